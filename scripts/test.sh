@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up, makes sure the local PostgreSQL is up, and runs the whole test suite (SQLite and PostgreSQL).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+export SYNC_TEST_POSTGRES_URL=${SYNC_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,150 @@
+"""Turn a tool's raw records into canonical rows through the stack file's declared field mapping.
+
+Every transform named in the stack file is a vectorised function on a pandas Series, so a mapping is applied
+column by column; a record that cannot be keyed or timed is rejected with its reason instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import phonenumbers
+
+from sync_pipelines.stack import Entity, Stream
+
+METADATA_COLUMNS = ["_source", "_source_stream", "_source_id", "_updated_at", "_extracted_at", "_deleted", "_raw"]
+
+_MISSING = object()
+
+
+def _phone_e164(value: Any, region: str = "US") -> Any:
+    """E.164 when libphonenumber can parse a valid number; the trimmed input otherwise, so a check can flag it."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return value.strip()
+    if not phonenumbers.is_valid_number(number):
+        return value.strip()
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _domain(series: pd.Series) -> pd.Series:
+    """``https://www.Acme.com/about`` and ``acme.com`` both become ``acme.com``."""
+    return series.str.extract(r"^(?:[a-z]+://)?(?:www\.)?([^/]+)", expand=False)
+
+
+TRANSFORMS: dict[str, Callable[[pd.Series], pd.Series]] = {
+    "trim": lambda s: s.str.strip().str.replace(r"\s+", " ", regex=True),
+    "lower": lambda s: s.str.lower(),
+    "upper": lambda s: s.str.upper(),
+    "title": lambda s: s.str.title(),
+    "snake": lambda s: s.str.replace(r"[^0-9a-zA-Z]+", "_", regex=True).str.strip("_"),
+    "first_word": lambda s: s.str.extract(r"^(\S+)", expand=False),
+    "rest_words": lambda s: s.str.extract(r"^\S+\s+(.+)$", expand=False),
+    "domain": _domain,
+    "phone_e164": lambda s: s.map(_phone_e164),
+    "utc": lambda s: pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce"),
+}
+
+_TEXT_TRANSFORMS = set(TRANSFORMS) - {"phone_e164", "utc"}
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """A string column whatever came in (numbers, NaN-only columns), so ``.str`` transforms always apply."""
+    if str(series.dtype) == "str":
+        return series
+    return pd.Series([None if v is None or v != v else str(v) for v in series], index=series.index, dtype="str")
+
+
+def get_path(record: dict, path: str) -> Any:
+    """The value at a dotted path (``properties.email``), or None when any step is missing."""
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def to_timestamp(values: pd.Series) -> pd.Series:
+    """Parse source timestamps to UTC: ISO strings in any vendor's style, or epoch seconds / milliseconds."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    is_number = numeric.notna()
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    if is_number.any():
+        n = numeric[is_number]
+        millis = n.where(n > 1e11, n * 1000)
+        out[is_number] = pd.to_datetime(millis, unit="ms", utc=True).astype("datetime64[us, UTC]")
+    text = ~is_number & values.notna()
+    if text.any():
+        out[text] = pd.to_datetime(values[text].astype(str), utc=True, format="ISO8601", errors="coerce")
+    return out
+
+
+def _coerce(series: pd.Series, field_type: str) -> pd.Series:
+    """Give a canonical column its declared type; values that do not fit become missing (quality checks see it)."""
+    if field_type in ("integer", "number"):
+        numbers = pd.to_numeric(series, errors="coerce")
+        return numbers.astype("Int64") if field_type == "integer" and (numbers.dropna() % 1 == 0).all() else numbers
+    if field_type == "boolean":
+        lowered = series.map(lambda v: str(v).strip().lower() if v is not None and v == v else None)
+        return lowered.map({"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False})
+    if field_type == "date":
+        return pd.to_datetime(series, errors="coerce", format="ISO8601").dt.strftime("%Y-%m-%d")
+    if field_type == "datetime":
+        return to_timestamp(series)
+    return _as_text(series).replace("", None)
+
+
+def map_records(
+    records: Iterable[dict],
+    *,
+    tool: str,
+    stream_name: str,
+    stream: Stream,
+    entity: Entity,
+    extracted_at: datetime,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Map raw records to canonical columns plus source metadata.
+
+    Returns ``(rows, rejects)``: rejects are records without a primary key, kept whole with a ``_reason`` so that
+    nothing is lost silently.
+    """
+    records = list(records)
+    columns: dict[str, pd.Series] = {}
+    for mapping in stream.fields:
+        raw = pd.Series([get_path(r, mapping.source) for r in records], dtype="object")
+        value = raw.map(lambda v: v if not isinstance(v, (dict, list)) else json.dumps(v))
+        for name in mapping.transforms:
+            value = TRANSFORMS[name](_as_text(value) if name in _TEXT_TRANSFORMS else value)
+        columns[mapping.to] = value
+    frame = pd.DataFrame(index=range(len(records)))
+    for field, spec in entity.fields.items():
+        column = columns.get(field, pd.Series([None] * len(records), dtype="object"))
+        frame[field] = _coerce(column, spec.type)
+    ids = pd.Series([get_path(r, stream.primary_key) for r in records], dtype="object")
+    frame["_source"] = tool
+    frame["_source_stream"] = stream_name
+    frame["_source_id"] = ids.map(lambda v: None if v is None or v == "" else str(v))
+    cursor = pd.Series([get_path(r, stream.cursor) for r in records], dtype="object") if stream.cursor else None
+    frame["_updated_at"] = to_timestamp(cursor) if cursor is not None else pd.Timestamp(extracted_at)
+    frame["_extracted_at"] = pd.Timestamp(extracted_at)
+    if stream.deleted_field:
+        flags = pd.Series([get_path(r, stream.deleted_field) for r in records], dtype="object")
+        frame["_deleted"] = flags.map(lambda v: v == stream.deleted_value or str(v).lower() == str(stream.deleted_value).lower())
+    else:
+        frame["_deleted"] = False
+    frame["_deleted"] = frame["_deleted"].astype(bool)
+    frame["_raw"] = [json.dumps(r, default=str, sort_keys=True) for r in records]
+
+    missing_id = frame["_source_id"].isna()
+    rejects = frame[missing_id].assign(_reason=f"missing primary key {stream.primary_key!r}")
+    rows = frame[~missing_id].sort_values("_updated_at", kind="stable").drop_duplicates("_source_id", keep="last")
+    return rows.reset_index(drop=True), rejects.reset_index(drop=True)
+

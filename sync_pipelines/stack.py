@@ -1,0 +1,350 @@
+"""The stack file: one declarative YAML describing every tool, entity, mapping and rule.
+
+Loaded once and validated completely, so a mistake fails at load with the file, the key path, what was found and
+what is allowed, instead of surfacing as a confusing error in the middle of a sync.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_STACK = Path(__file__).parent / "stacks" / "sandbox.yaml"
+
+ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
+FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
+Transform = Literal[
+    "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "phone_e164", "utc"
+]
+Method = Literal["exact", "jaro_winkler", "levenshtein", "token_sort"]
+RuleName = Literal["source_of_truth", "last_write_wins"]
+Score = Annotated[int, Field(ge=1, le=5)]
+
+
+class StackError(ValueError):
+    """A stack file that cannot be used; the message names the file, the key path and what is allowed."""
+
+    def __init__(self, file: str | Path, path: str, problem: str):
+        self.file, self.path, self.problem = str(file), path, problem
+        super().__init__(f"{file}: at {path or '<top>'}: {problem}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Model):
+    type: FieldType = "string"
+    description: str = ""
+
+
+class Entity(_Model):
+    description: str = ""
+    fields: dict[str, FieldSpec]
+
+
+class Mapping(_Model):
+    """One tool field (a dotted path into the record) copied to one canonical field, through declared transforms."""
+
+    source: str = Field(alias="from")
+    to: str
+    transforms: list[Transform] = []
+
+
+class Stream(_Model):
+    entity: str
+    primary_key: str
+    cursor: str | None = None
+    deleted_field: str | None = None
+    deleted_value: str | bool = True
+    fields: list[Mapping]
+
+
+class RateLimit(_Model):
+    requests: int = Field(gt=0)
+    per_seconds: float = Field(gt=0)
+
+
+class Scopes(_Model):
+    read: list[str] = []
+    write: list[str] = []
+
+
+class Tool(_Model):
+    kind: ToolKind
+    description: str = ""
+    base_url: str
+    credentials: dict[str, str] = {}
+    rate_limit: RateLimit | None = None
+    owner: str = "team:data"
+    scopes: Scopes = Scopes()
+    streams: dict[str, Stream] = {}
+
+    @field_validator("credentials")
+    @classmethod
+    def _env_var_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, env in value.items():
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", env):
+                raise ValueError(
+                    f"credential {key!r} must name an environment variable (UPPER_CASE letters, digits, _), "
+                    "not hold a value: secrets never go in the stack file"
+                )
+        return value
+
+
+class Priority(_Model):
+    frequency: Score
+    impact: Score
+    feasibility: Score
+
+    @property
+    def score(self) -> int:
+        return self.frequency * self.impact * self.feasibility
+
+
+class Trigger(_Model):
+    schedule: str | None = None
+    event: Literal["webhook"] | None = None
+
+
+class Integration(_Model):
+    name: str
+    purpose: str
+    owner: str
+    tools: list[str]
+    entities: list[str] = []
+    trigger: Trigger
+    priority: Priority
+
+
+class Condition(_Model):
+    field: str
+    method: Method = "exact"
+    threshold: float = Field(default=1.0, ge=0, le=1)
+
+
+class IdentityRule(_Model):
+    name: str
+    conditions: list[Condition] = Field(min_length=1)
+    blocking: list[str] = []
+
+
+class ManualOverrides(_Model):
+    merge: list[list[str]] = []
+    split: list[list[str]] = []
+
+
+class Identity(_Model):
+    rules: list[IdentityRule] = Field(min_length=1)
+    max_cluster_size: int = Field(default=12, ge=2)
+    manual: ManualOverrides = ManualOverrides()
+
+
+class Survivorship(_Model):
+    source_of_truth: str
+    priority: list[str]
+    default_rule: RuleName = "source_of_truth"
+    fields: dict[str, RuleName] = {}
+
+
+class Volume(_Model):
+    min_ratio: float = Field(default=0.5, gt=0)
+    max_ratio: float = Field(default=2.0, gt=0)
+    history: int = Field(default=5, ge=1)
+
+
+class Quality(_Model):
+    max_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    volume: Volume = Volume()
+    expectations: list[dict[str, Any]] = []
+
+
+class Destination(_Model):
+    tool: str
+    entity: str
+    stream: str
+    key: str
+
+
+class ActionWhen(_Model):
+    entity: str
+    field: str
+    becomes: str
+
+
+class ActionCreate(_Model):
+    tool: str
+    stream: str
+
+
+class Action(_Model):
+    name: str
+    when: ActionWhen
+    create: ActionCreate
+
+
+class Nightly(_Model):
+    cron: str = "0 2 * * *"
+
+
+class Warehouse(_Model):
+    url: str = "sqlite:///.sync_pipelines/warehouse.db"
+
+
+class Stack(_Model):
+    version: Literal[1] = 1
+    name: str
+    timezone: str = "UTC"
+    start_date: str
+    nightly: Nightly = Nightly()
+    warehouse: Warehouse = Warehouse()
+    entities: dict[str, Entity]
+    tools: dict[str, Tool]
+    integrations: list[Integration] = []
+    identity: dict[str, Identity] = {}
+    survivorship: dict[str, Survivorship] = {}
+    quality: dict[str, Quality] = {}
+    destinations: list[Destination] = []
+    actions: list[Action] = []
+
+    def streams(self) -> list[tuple[str, Tool, str, Stream]]:
+        """Every (tool name, tool, stream name, stream) in declaration order."""
+        return [(t, tool, s, stream) for t, tool in self.tools.items() for s, stream in tool.streams.items()]
+
+
+def _expand_env(value: Any) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string, so URLs can differ per environment."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(
+            r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}",
+            lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""),
+            value,
+        )
+    return value
+
+
+def _allowed(values) -> str:
+    return ", ".join(sorted(values)) or "(none declared)"
+
+
+def _check_references(stack: Stack, file: Path) -> None:
+    """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
+    entities, tools = set(stack.entities), set(stack.tools)
+
+    def need(found: str, allowed: set[str], path: str, what: str) -> None:
+        if found not in allowed:
+            raise StackError(file, path, f"unknown {what}: {found!r}; allowed: {_allowed(allowed)}")
+
+    for t, tool in stack.tools.items():
+        for scope in ("read", "write"):
+            for i, entity in enumerate(getattr(tool.scopes, scope)):
+                need(entity, entities, f"tools.{t}.scopes.{scope}[{i}]", "entity")
+        for s, stream in tool.streams.items():
+            base = f"tools.{t}.streams.{s}"
+            need(stream.entity, entities, f"{base}.entity", "entity")
+            if stream.entity not in tool.scopes.read:
+                raise StackError(
+                    file, f"{base}.entity",
+                    f"tool {t!r} is not allowed to read {stream.entity!r}; add it to tools.{t}.scopes.read "
+                    f"(now: {_allowed(tool.scopes.read)})",
+                )
+            canonical = set(stack.entities[stream.entity].fields)
+            for i, mapping in enumerate(stream.fields):
+                need(mapping.to, canonical, f"{base}.fields[{i}].to", f"field of entity {stream.entity!r}")
+    for i, integration in enumerate(stack.integrations):
+        for j, tool in enumerate(integration.tools):
+            need(tool, tools, f"integrations[{i}].tools[{j}]", "tool")
+        for j, entity in enumerate(integration.entities):
+            need(entity, entities, f"integrations[{i}].entities[{j}]", "entity")
+    for entity, identity in stack.identity.items():
+        need(entity, entities, f"identity.{entity}", "entity")
+        fields = set(stack.entities[entity].fields)
+        for i, rule in enumerate(identity.rules):
+            for j, cond in enumerate(rule.conditions):
+                need(cond.field, fields, f"identity.{entity}.rules[{i}].conditions[{j}].field", "field")
+    for entity, rules in stack.survivorship.items():
+        need(entity, entities, f"survivorship.{entity}", "entity")
+        need(rules.source_of_truth, tools, f"survivorship.{entity}.source_of_truth", "tool")
+        for i, tool in enumerate(rules.priority):
+            need(tool, tools, f"survivorship.{entity}.priority[{i}]", "tool")
+        for field in rules.fields:
+            need(field, set(stack.entities[entity].fields), f"survivorship.{entity}.fields.{field}", "field")
+    for entity in stack.quality:
+        need(entity, entities, f"quality.{entity}", "entity")
+    for i, dest in enumerate(stack.destinations):
+        base = f"destinations[{i}]"
+        need(dest.tool, tools, f"{base}.tool", "tool")
+        need(dest.entity, entities, f"{base}.entity", "entity")
+        if dest.entity not in stack.tools[dest.tool].scopes.write:
+            raise StackError(
+                file, f"{base}.entity",
+                f"tool {dest.tool!r} is not allowed to write {dest.entity!r}; "
+                f"its write scope is: {_allowed(stack.tools[dest.tool].scopes.write)}",
+            )
+    for i, action in enumerate(stack.actions):
+        need(action.when.entity, entities, f"actions[{i}].when.entity", "entity")
+        need(action.create.tool, tools, f"actions[{i}].create.tool", "tool")
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys a mapping at ``loc`` may hold, found by walking the models' annotations."""
+    node: Any = Stack
+    for part in loc:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            node = node.model_fields[part].annotation if part in node.model_fields else None
+        else:  # dict[str, X] or list[X]: this part is a key or an index
+            node = get_args(node)[-1] if get_args(node) else None
+        while get_origin(node) is Union or type(node).__name__ == "UnionType":
+            node = next(a for a in get_args(node) if a is not type(None))
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError:
+    """Turn pydantic's first error into a StackError with a dotted key path and the value found."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
+    path = ".".join(f"[{p}]" if p.isdigit() else p for p in loc).replace(".[", "[")
+    found: Any = raw
+    for part in first["loc"]:
+        try:
+            found = found[int(part)] if isinstance(found, list) else found[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            found = None
+            break
+    detail = first["msg"]
+    if first["type"] == "extra_forbidden":
+        detail = f"unknown key; allowed: {_allowed(_keys_at(first['loc'][:-1]))}"
+    elif first["type"] == "literal_error":
+        detail = f"allowed: {first['ctx']['expected']}"
+    secret = "credentials" in first["loc"]
+    shown = f"found {found!r}; " if found is not None and first["type"] != "missing" and not secret else ""
+    return StackError(file, path, f"{shown}{detail}")
+
+
+def load_stack(path: str | Path | None = None) -> Stack:
+    """Load and validate the stack file: ``path``, else ``$SYNC_STACK``, else the bundled sandbox stack."""
+    file = Path(path or os.environ.get("SYNC_STACK") or DEFAULT_STACK)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise StackError(file, "", "file not found (set SYNC_STACK to a stack file)") from None
+    except yaml.YAMLError as exc:
+        raise StackError(file, "", f"not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StackError(file, "", f"expected a mapping at the top, found {type(raw).__name__}")
+    raw = _expand_env(raw)
+    try:
+        stack = Stack.model_validate(raw)
+    except ValidationError as exc:
+        raise _format_pydantic(file, exc, raw) from None
+    _check_references(stack, file)
+    return stack

@@ -1,0 +1,67 @@
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from sync_pipelines.core.normalize import get_path, map_records, to_timestamp
+from sync_pipelines.stack import load_stack
+
+STACK = load_stack()
+NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
+
+
+def _map(tool, stream, records):
+    spec = STACK.tools[tool].streams[stream]
+    return map_records(records, tool=tool, stream_name=stream, stream=spec,
+                       entity=STACK.entities[spec.entity], extracted_at=NOW)
+
+
+def test_hubspot_contact_maps_nested_properties_and_canonical_values():
+    rows, rejects = _map("hubspot", "contacts", [{
+        "id": "101", "archived": False,
+        "properties": {"email": "  Jane.Doe@Example.COM ", "firstname": " Jane ", "lastname": "Doe",
+                       "phone": "(415) 555-0101", "lifecyclestage": "Customer",
+                       "lastmodifieddate": "2026-11-01T12:00:00.000Z"},
+    }])
+    assert rejects.empty
+    row = rows.iloc[0]
+    assert row["email"] == "jane.doe@example.com" and row["first_name"] == "Jane"
+    assert row["phone"] == "+14155550101" and row["lifecycle_stage"] == "customer"
+    assert row["_source"] == "hubspot" and row["_source_id"] == "101" and not row["_deleted"]
+    assert row["_updated_at"] == pd.Timestamp("2026-11-01T12:00:00Z")
+    assert pd.isna(row["job_title"])
+
+
+def test_zendesk_full_name_split_and_inactive_user_is_deleted():
+    rows, _ = _map("zendesk", "users", [
+        {"id": 7, "name": "Mary  Ann Smith", "email": "m@x.io", "active": False, "updated_at": "2026-10-01T00:00:00Z"},
+    ])
+    assert (rows.loc[0, "first_name"], rows.loc[0, "last_name"]) == ("Mary", "Ann Smith")
+    assert rows.loc[0, "_source_id"] == "7" and bool(rows.loc[0, "_deleted"])
+
+
+def test_record_without_primary_key_is_rejected_with_reason_not_dropped():
+    rows, rejects = _map("legacy_erp", "customers", [
+        {"customer_no": "", "email_address": "a@b.co", "modified": "2026-10-01T00:00:00Z"},
+        {"customer_no": "C-1", "email_address": "c@d.co", "modified": "2026-10-01T00:00:00Z"},
+    ])
+    assert list(rows["_source_id"]) == ["C-1"]
+    assert len(rejects) == 1 and "customer_no" in rejects.loc[0, "_reason"] and '"a@b.co"' in rejects.loc[0, "_raw"]
+
+
+def test_duplicate_ids_in_one_read_keep_the_newest():
+    rows, _ = _map("salesforce", "Contact", [
+        {"Id": "003A", "Email": "new@x.io", "LastModifiedDate": "2026-11-02T00:00:00.000+0000"},
+        {"Id": "003A", "Email": "old@x.io", "LastModifiedDate": "2026-11-01T00:00:00.000+0000"},
+    ])
+    assert list(rows["email"]) == ["new@x.io"]
+
+
+def test_timestamps_in_vendor_styles():
+    parsed = to_timestamp(pd.Series(["2026-11-01T12:34:56.000+0000", 1761998096, "1761998096000", None]))
+    assert parsed[0] == pd.Timestamp("2026-11-01T12:34:56Z")
+    assert parsed[1] == parsed[2] == pd.Timestamp(1761998096, unit="s", tz="UTC")
+    assert pd.isna(parsed[3])
+
+
+def test_get_path():
+    assert get_path({"a": {"b": 1}}, "a.b") == 1 and get_path({"a": None}, "a.b") is None

@@ -1,0 +1,95 @@
+"""Extraction into the warehouse with a scripted connector, on SQLite and on the real PostgreSQL."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sync_pipelines.extract import extract_stream, plan_read
+from sync_pipelines.stack import load_stack
+from sync_pipelines.warehouse import Warehouse
+
+STACK = load_stack()
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+class ScriptedConnector:
+    """Serves a list of Salesforce-shaped contacts, filtered by ``since`` like the real API; can crash midway."""
+
+    def __init__(self, records, crash_after=None):
+        self.records, self.crash_after, self.calls, self.stats = records, crash_after, [], {"requests": 1}
+
+    def read(self, stream, since=None):
+        self.calls.append(since)
+        for n, record in enumerate(r for r in self.records if since is None or r["_t"] >= since):
+            if self.crash_after is not None and n >= self.crash_after:
+                raise ConnectionError("connection reset mid-extraction")
+            yield {k: v for k, v in record.items() if k != "_t"} | {
+                "LastModifiedDate": record["_t"].strftime("%Y-%m-%dT%H:%M:%S.000+0000")}
+
+
+def contact(i, t, email=None):
+    return {"Id": f"003{i:015d}", "Email": email or f"p{i}@example.com", "FirstName": f"P{i}", "_t": t,
+            "IsDeleted": False}
+
+
+@pytest.fixture
+def warehouse(warehouse_url):
+    return Warehouse(STACK, warehouse_url)
+
+
+def test_full_then_incremental_reads_only_changes(warehouse):
+    records = [contact(i, T0 + timedelta(hours=i)) for i in range(120)]
+    source = ScriptedConnector(records)
+    first = extract_stream(STACK, warehouse, source, "salesforce", "Contact")
+    assert (first.mode, first.records_read, first.rows_landed) == ("full", 120, 120)
+    assert warehouse.cursor("salesforce", "Contact") == T0 + timedelta(hours=119)
+
+    second = extract_stream(STACK, warehouse, source, "salesforce", "Contact")
+    assert second.mode == "incremental" and second.since == T0 + timedelta(hours=119)
+    assert second.records_read == 1  # the boundary record, re-read on purpose (>= cursor) and upserted
+
+    records[5] = contact(5, T0 + timedelta(days=30), email="changed@example.com")
+    third = extract_stream(STACK, warehouse, source, "salesforce", "Contact")
+    assert third.records_read == 2  # the changed record and the boundary one
+    table = warehouse.read_table("stg_salesforce_contact")
+    assert len(table) == 120 and table["_source_id"].is_unique
+    assert table.set_index("_source_id").loc["003000000000000005", "email"] == "changed@example.com"
+
+
+def test_crash_mid_extraction_keeps_cursor_and_rerun_lands_each_record_once(warehouse, monkeypatch):
+    monkeypatch.setattr("sync_pipelines.extract.CHUNK_RECORDS", 10)
+    records = [contact(i, T0 + timedelta(minutes=i)) for i in range(50)]
+    with pytest.raises(ConnectionError):
+        extract_stream(STACK, warehouse, ScriptedConnector(records, crash_after=35), "salesforce", "Contact")
+    assert warehouse.cursor("salesforce", "Contact") is None  # 30 rows landed, but the cursor did not move
+    assert warehouse.count("stg_salesforce_contact") == 30
+    rerun = extract_stream(STACK, warehouse, ScriptedConnector(records), "salesforce", "Contact")
+    assert rerun.mode == "full" and warehouse.count("stg_salesforce_contact") == 50
+
+
+def test_backfill_window_behind_the_cursor_is_repulled_without_moving_it(warehouse):
+    records = [contact(i, T0 + timedelta(hours=6 * i)) for i in range(40)]  # 10 days
+    source = ScriptedConnector(records)
+    extract_stream(STACK, warehouse, source, "salesforce", "Contact")
+    cursor = warehouse.cursor("salesforce", "Contact")
+    window = (T0 + timedelta(days=2), T0 + timedelta(days=3))
+    backfill = extract_stream(STACK, warehouse, source, "salesforce", "Contact", window=window)
+    assert backfill.mode == "backfill" and source.calls[-1] == window[0]
+    assert backfill.rows_landed == 4 and backfill.rows_outside_window == 28
+    assert warehouse.cursor("salesforce", "Contact") == cursor
+
+
+def test_rejected_records_go_to_quarantine_with_reason(warehouse):
+    records = [contact(1, T0), {**contact(2, T0), "Id": None}]
+    result = extract_stream(STACK, warehouse, ScriptedConnector(records), "salesforce", "Contact")
+    assert (result.rows_landed, result.rows_quarantined) == (1, 1)
+    quarantine = warehouse.read_table("quarantine")
+    assert list(quarantine["reason"]) == ["missing primary key 'Id'"] and "p2@example.com" in quarantine["raw"][0]
+
+
+def test_plan_read():
+    cursor = T0 + timedelta(days=5)
+    assert plan_read(None, (T0, T0 + timedelta(days=1))) == ("full", None)
+    assert plan_read(cursor, (T0, T0 + timedelta(days=1))) == ("backfill", T0)
+    assert plan_read(cursor, (cursor - timedelta(hours=1), cursor + timedelta(days=1)))[1] == cursor - timedelta(hours=1)
+    assert plan_read(cursor, (cursor + timedelta(hours=1), cursor + timedelta(days=1))) == ("incremental", cursor)

@@ -1,0 +1,1 @@
+"""Asset factories: each builds Dagster assets from the stack file and adds no data work of its own."""

@@ -1,0 +1,78 @@
+"""Asana: tasks gathered project by project across workspaces (a task in several projects comes once);
+writes create or update one task per call, since Asana has no batch upsert."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterator
+
+from sync_pipelines.connectors.base import ApiConnector, ToolSpec, result
+from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest
+
+API = "/api/1.0"
+PAGE_MAX = 100
+TASK_FIELDS = ("gid", "name", "notes", "completed", "completed_at", "due_on", "due_at", "created_at", "modified_at",
+               "assignee.email", "assignee.name", "projects.name", "workspace.name", "permalink_url")
+OFFSET_PAGINATOR = CursorPaginator("next_page.offset", "offset")
+
+
+def error_code(body: Any) -> str | None:
+    """Asana errors are `{"errors": [{"message": ...}]}` with no code; the message is the best we have."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if errors and isinstance(errors[0], dict):
+        return str(errors[0].get("message", ""))[:120] or None
+    return None
+
+
+class AsanaConnector(ApiConnector):
+    kind = "asana"
+    streams = ("tasks",)
+    write_streams = ("tasks",)
+    write_modes = ("upsert", "update")
+    extra_options = frozenset({"project"})
+    spec = ToolSpec(credential_keys=("access_token",), auth=lambda c: Auth.bearer(c["access_token"]),
+                    error_code=error_code, page_size=PAGE_MAX)
+
+    def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
+        params: dict[str, Any] = {"limit": min(self.page_size, PAGE_MAX),
+                                  "opt_fields": ",".join(self.fields_for(stream) or TASK_FIELDS)}
+        if since:
+            params["modified_since"] = since.isoformat().replace("+00:00", "Z")
+        seen: set[str] = set()
+        for project in self._project_gids():
+            for task in self._list("/tasks", {**params, "project": project}):
+                if task["gid"] not in seen:
+                    seen.add(task["gid"])
+                    yield task
+
+    def _project_gids(self) -> Iterator[str]:
+        pinned = self.options.extra.get("project")
+        if pinned:
+            yield str(pinned)
+            return
+        for workspace in self._list("/workspaces", {}):
+            for project in self._list("/projects", {"workspace": workspace["gid"]}):
+                yield project["gid"]
+
+    def _list(self, path: str, params: dict[str, Any]) -> Iterator[dict]:
+        request = PageRequest("GET", API + path, params={"limit": min(self.page_size, PAGE_MAX), **params})
+        yield from self.http.paginate(request, records_path="data", paginator=OFFSET_PAGINATOR)
+
+    def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
+        """upsert creates tasks without a `gid` and updates the others; update needs the `gid`."""
+        return [result(False, error="record lacks gid") if mode == "update" and not record.get("gid")
+                else self._write_batch([record], self._save)[0] for record in records]
+
+    def _save(self, batch: list[dict]) -> list[dict[str, Any]]:
+        """A record with a `gid` updates that task; one without creates a task (in the pinned project if any).
+        Creation is not idempotent, so it is only retried when the API surely did nothing (429)."""
+        data = dict(batch[0])
+        gid = data.pop("gid", None)
+        if gid:
+            body = self.http.request("PUT", f"{API}/tasks/{gid}", json={"data": data})
+            return [result(True, body["data"]["gid"], False)]
+        pinned = self.options.extra.get("project")
+        if pinned and not data.get("projects") and not data.get("workspace"):
+            data["projects"] = [str(pinned)]
+        body = self.http.request("POST", f"{API}/tasks", json={"data": data}, idempotent=False)
+        return [result(True, body["data"]["gid"], True)]

@@ -1,0 +1,441 @@
+"""The one HTTP engine every API connector runs on.
+
+A tool module only declares what is special about its API (paths, auth, where the records and the next-page
+token sit); retries, backoff, throttling, pagination, redaction and stats live here, once.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import logging
+import math
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator, Protocol
+from urllib.parse import quote, quote_plus
+
+import requests
+
+from sync_pipelines.connectors.errors import (
+    ApiError, AuthError, ConnectorError, RateLimitError, ResponseError,
+)
+
+logger = logging.getLogger("sync_pipelines.connectors")
+
+MASK = "***"
+SECRET_QUERY_PARAMS = ("api_key", "apikey", "hapikey", "access_token", "token", "client_secret", "password",
+                       "secret", "signature", "sig", "key")
+_QUERY_SECRET_RE = re.compile(r"(?i)([?&;](?:%s)=)[^&#\s\"']+" % "|".join(SECRET_QUERY_PARAMS))
+_AUTH_HEADER_RE = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?)[^\s\"',;}]+")
+# A loose "Bearer x" or "Basic x" outside a header: mask x when it looks like a credential (a digit, or long),
+# so prose such as "Basic authentication failed" stays readable.
+_BEARER_RE = re.compile(r"(?i)\b((?:bearer|basic)\s+)(?:(?=[\w.~+/=-]*\d)[\w.~+/=-]{8,}|[\w.~+/=-]{20,})")
+_MIN_SECRET_LENGTH = 4
+MAX_MALFORMED_RETRIES = 2
+ERROR_TEXT_LIMIT = 300
+
+
+def redact(text: object, secrets: Iterable[str] = ()) -> str:
+    """Mask the given secret values (also URL-encoded), Authorization headers and secret query parameters."""
+    masked = str(text)
+    for secret in sorted(_secret_variants(secrets), key=len, reverse=True):
+        masked = masked.replace(secret, MASK)
+    masked = _AUTH_HEADER_RE.sub(lambda m: m.group(1) + MASK, masked)
+    masked = _BEARER_RE.sub(lambda m: m.group(1) + MASK, masked)
+    return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, masked)
+
+
+def _secret_variants(secrets: Iterable[str]) -> set[str]:
+    variants: set[str] = set()
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_SECRET_LENGTH:
+            variants |= {secret, quote(secret, safe=""), quote_plus(secret)}
+    return variants
+
+
+class Redactor:
+    """`redact()` bound to one connector's secrets, applied to every log line, message and stat it emits."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets: list[str] = [s for s in secrets if s]
+
+    def add(self, secret: str) -> None:
+        if secret:
+            self.secrets.append(secret)
+
+    def __call__(self, text: object) -> str:
+        return redact(text, self.secrets)
+
+
+@dataclass(frozen=True)
+class Auth:
+    """The Authorization header to send, and the values that must never be shown."""
+
+    header: str | None = None
+    secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def bearer(cls, token: str) -> Auth:
+        return cls(f"Bearer {token}", (token,))
+
+    @classmethod
+    def basic(cls, user: str, password: str) -> Auth:
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return cls(f"Basic {encoded}", (password, encoded))
+
+    @classmethod
+    def none(cls, *secrets: str) -> Auth:
+        return cls(None, tuple(secrets))
+
+
+@dataclass
+class Stats(Mapping):
+    """What one connector did; `latency_ms` is the total, with p95 and max beside it. It reads as a mapping
+    too (`stats["requests"]`, `dict(stats)`), so callers can store it as is."""
+
+    requests: int = 0
+    pages: int = 0
+    records: int = 0
+    retries: int = 0
+    throttled: int = 0
+    errors: int = 0
+    latency_ms: float = 0.0
+    _latencies: list[float] = field(default_factory=list, repr=False)
+
+    def add_latency(self, ms: float) -> None:
+        self.latency_ms += ms
+        self._latencies.append(ms)
+
+    @property
+    def latency_p95_ms(self) -> float:
+        if not self._latencies:
+            return 0.0
+        ordered = sorted(self._latencies)
+        return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+    @property
+    def latency_max_ms(self) -> float:
+        return max(self._latencies, default=0.0)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"requests": self.requests, "pages": self.pages, "records": self.records,
+                "retries": self.retries, "throttled": self.throttled, "errors": self.errors,
+                "latency_ms": round(self.latency_ms, 1), "latency_p95_ms": round(self.latency_p95_ms, 1),
+                "latency_max_ms": round(self.latency_max_ms, 1)}
+
+    def __getitem__(self, key: str) -> float | int:
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+
+class RateLimiter:
+    """Sliding window: at most `requests` request starts within any `per_seconds`, so we stay under the
+    vendor's quota instead of learning it from 429s."""
+
+    def __init__(self, requests: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not (isinstance(requests, int) and requests > 0) or not per_seconds or per_seconds <= 0:
+            raise ConnectorError(f"rate_limit needs a positive integer 'requests' and positive 'per_seconds', "
+                                 f"got requests={requests!r}, per_seconds={per_seconds!r}")
+        self.requests = requests
+        self.per_seconds = float(per_seconds)
+        self._clock = clock
+        self._sleep = sleep
+        self._starts: deque[float] = deque()
+
+    @classmethod
+    def from_option(cls, option: dict | None, **kwargs: Any) -> RateLimiter | None:
+        if option is None:
+            return None
+        if not isinstance(option, dict) or set(option) - {"requests", "per_seconds"}:
+            raise ConnectorError(f"rate_limit must look like {{'requests': n, 'per_seconds': s}}, got {option!r}")
+        return cls(option.get("requests"), option.get("per_seconds"), **kwargs)
+
+    def acquire(self) -> None:
+        while True:
+            now = self._clock()
+            while self._starts and now - self._starts[0] >= self.per_seconds:
+                self._starts.popleft()
+            if len(self._starts) < self.requests:
+                self._starts.append(now)
+                return
+            wait = self._starts[0] + self.per_seconds - now
+            if wait > 0:
+                self._sleep(wait)
+            self._starts.popleft()  # slept until it left the window; no float comparison that could spin
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header, which is either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def dig(payload: Any, path: str) -> Any:
+    """`dig(body, "paging.next.after")`: the value at a dotted path, or None when any step is missing."""
+    current = payload
+    for part in path.split("."):
+        if not isinstance(current, dict):
+            return None
+        current = current.get(part)
+    return current
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """One page's request; paginators derive the next one from it and the page's body."""
+
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+
+    def identity(self) -> str:
+        return repr((self.method, self.path, sorted((self.params or {}).items(), key=str), self.json))
+
+
+class Paginator(Protocol):
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None: ...
+
+
+@dataclass(frozen=True)
+class NextUrlPaginator:
+    """The body holds the next page's path or URL (Salesforce `nextRecordsUrl`), fetched with no parameters."""
+
+    next_path: str
+
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
+        next_url = dig(payload, self.next_path)
+        return PageRequest("GET", next_url) if next_url else None
+
+
+@dataclass(frozen=True)
+class CursorPaginator:
+    """The body holds a token (HubSpot `paging.next.after`, Zendesk `after_cursor`, Asana `next_page.offset`)
+    sent back as a query parameter; an optional end-of-stream flag stops (Zendesk `end_of_stream`)."""
+
+    cursor_path: str
+    param: str
+    stop_path: str | None = None
+    drop_params: tuple[str, ...] = ()
+
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
+        if self.stop_path and dig(payload, self.stop_path):
+            return None
+        token = dig(payload, self.cursor_path)
+        if token in (None, ""):
+            return None
+        params = {k: v for k, v in (request.params or {}).items() if k not in self.drop_params}
+        return replace(request, params={**params, self.param: token})
+
+
+@dataclass(frozen=True)
+class HasMorePaginator:
+    """`has_more` plus the last record's id as `starting_after` (Stripe lists)."""
+
+    flag_path: str = "has_more"
+    param: str = "starting_after"
+    id_field: str = "id"
+
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
+        if not dig(payload, self.flag_path) or not records:
+            return None
+        return replace(request, params={**(request.params or {}), self.param: records[-1][self.id_field]})
+
+
+ErrorCodeReader = Callable[[Any], "str | None"]
+
+
+def no_error_code(body: Any) -> str | None:
+    """For APIs whose error bodies carry no code (plain-text bodies still yield one, see `_error_code`)."""
+    return None
+
+
+@dataclass
+class RetryPolicy:
+    """How hard to insist: attempts after the first, the backoff curve, and the longest Retry-After we obey."""
+
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_retry_after: float = 300.0
+
+
+class HttpClient:
+    """A `requests.Session` for one tool: joins the base URL with vendor paths, throttles, retries what is
+    worth retrying, raises typed errors with redacted messages and counts everything in `stats`."""
+
+    def __init__(self, *, tool: str, base_url: str, auth: Auth, credential_hint: str,
+                 error_code: ErrorCodeReader = no_error_code, auth_statuses: tuple[int, ...] = (401, 403),
+                 rate_limit_codes: frozenset[str] = frozenset(), rate_limit: dict | None = None,
+                 timeout: float = 30.0, retry: RetryPolicy | None = None, headers: dict[str, str] | None = None,
+                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None) -> None:
+        self.tool = tool
+        self.base_url = base_url.rstrip("/")
+        self.credential_hint = credential_hint
+        self.error_code = error_code
+        self.auth_statuses = auth_statuses
+        self.rate_limit_codes = rate_limit_codes
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.redact = redactor or Redactor()
+        for secret in auth.secrets:
+            self.redact.add(secret)
+        self.stats = Stats()
+        self._sleep = sleep
+        self._limiter = RateLimiter.from_option(rate_limit, clock=clock, sleep=sleep)
+        self._random = random.Random()
+        self.session = session or requests.Session()
+        self.session.headers.update({"Accept": "application/json", "User-Agent": "sync-pipelines"})
+        self.session.headers.update(headers or {})
+        if auth.header:
+            self.session.headers["Authorization"] = auth.header
+
+    def url_for(self, path: str) -> str:
+        """Relative vendor paths join the base URL; absolute URLs (webhooks, next links) are used as given."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
+                data: Any = None, headers: dict[str, str] | None = None, idempotent: bool = True,
+                expect_json: bool = True) -> Any:
+        """Send one call, retrying 429, 5xx, network failures and malformed JSON; `idempotent=False` limits
+        retries to cases where the API surely did nothing (429, connect timeout)."""
+        url = self.url_for(path)
+        shown = self.redact(f"{method} {url}")
+        malformed = 0
+        attempt = 0
+        while True:
+            if self._limiter:
+                self._limiter.acquire()
+            self.stats.requests += 1
+            started = time.perf_counter()
+            try:
+                response = self.session.request(method, url, params=params, json=json, data=data,
+                                                headers=headers, timeout=self.timeout)
+            except requests.RequestException as exc:
+                self.stats.add_latency((time.perf_counter() - started) * 1000)
+                self.stats.errors += 1
+                failure = ConnectorError(self.redact(f"{self.tool}: {shown} failed: {type(exc).__name__}: {exc}"),
+                                         tool=self.tool)
+                retryable = idempotent or isinstance(exc, requests.ConnectTimeout)
+                self._wait_or_raise(failure, retryable, attempt, None, shown)
+                attempt += 1
+                continue
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.stats.add_latency(elapsed_ms)
+            logger.debug("%s: %s -> HTTP %s in %.0f ms", self.tool, shown, response.status_code, elapsed_ms)
+            status = response.status_code
+            if status < 400:
+                if not expect_json:
+                    return response.text
+                try:
+                    return response.json() if response.content.strip() else None
+                except ValueError:
+                    self.stats.errors += 1
+                    malformed += 1
+                    failure = ResponseError(f"{self.tool}: {shown} answered HTTP {status} with a body that is "
+                                            f"not JSON: {self._snippet(response)}", tool=self.tool, status=status)
+                    self._wait_or_raise(failure, malformed <= MAX_MALFORMED_RETRIES, attempt, None, shown)
+                    attempt += 1
+                    continue
+            self.stats.errors += 1
+            code = self._error_code(response)
+            if status == 429 or (code and code in self.rate_limit_codes):
+                self.stats.throttled += status == 429
+                failure = RateLimitError(
+                    f"{self.tool}: {shown} was rate limited (HTTP {status} {code or ''}".rstrip() +
+                    "); lower rate_limit for this tool in the stack file", tool=self.tool, status=status, code=code)
+                self._wait_or_raise(failure, status == 429, attempt,
+                                    parse_retry_after(response.headers.get("Retry-After")), shown)
+            elif status >= 500:
+                failure = ApiError(self._api_message(shown, response, code), tool=self.tool, status=status, code=code)
+                self._wait_or_raise(failure, idempotent, attempt, parse_retry_after(
+                    response.headers.get("Retry-After")), shown)
+            elif status in self.auth_statuses:
+                raise AuthError(self.redact(
+                    f"{self.tool}: the API rejected the credentials (HTTP {status} {code or ''}".rstrip() +
+                    f"); check {self.credential_hint}"), tool=self.tool, status=status, code=code)
+            else:
+                raise ApiError(self._api_message(shown, response, code), tool=self.tool, status=status, code=code)
+            attempt += 1
+
+    def paginate(self, request: PageRequest | None, *, records_path: str,
+                 paginator: Paginator | None = None) -> Iterator[dict]:
+        """Yield every record of every page, refusing a next page that repeats the previous request."""
+        while request is not None:
+            payload = self.request(request.method, request.path, params=request.params, json=request.json)
+            records = dig(payload, records_path)
+            if not isinstance(records, list):
+                raise ResponseError(self.redact(
+                    f"{self.tool}: {request.method} {request.path} answered without a '{records_path}' list"),
+                    tool=self.tool)
+            self.stats.pages += 1
+            yield from records
+            following = paginator.next_request(request, payload, records) if paginator else None
+            if following is not None and following.identity() == request.identity():
+                raise ResponseError(self.redact(
+                    f"{self.tool}: pagination did not advance at {request.method} {request.path}"), tool=self.tool)
+            request = following
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _wait_or_raise(self, failure: ConnectorError, retryable: bool, attempt: int, retry_after: float | None,
+                       shown: str) -> None:
+        if not retryable or attempt >= self.retry.max_retries:
+            raise failure
+        if retry_after is not None and retry_after > self.retry.max_retry_after:
+            raise RateLimitError(f"{failure} (the API asked to wait {retry_after:.0f} s, more than the "
+                                 f"{self.retry.max_retry_after:.0f} s we accept)", tool=self.tool,
+                                 status=failure.status, code=failure.code)
+        delay = retry_after if retry_after is not None else self._backoff(attempt)
+        self.stats.retries += 1
+        logger.warning("%s: retry %d/%d in %.1f s: %s", self.tool, attempt + 1, self.retry.max_retries, delay,
+                       self.redact(failure))
+        self._sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential with equal jitter: half the delay is fixed, half random, so clients do not sync up."""
+        ceiling = min(self.retry.backoff_max, self.retry.backoff_base * 2 ** attempt)
+        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+
+    def _error_code(self, response: requests.Response) -> str | None:
+        try:
+            code = self.error_code(response.json())
+        except ValueError:
+            text = response.text.strip()  # plain-text errors such as Slack's `invalid_token`
+            code = text if text and len(text) <= 64 and not any(c.isspace() or c in "<{" for c in text) else None
+        return self.redact(code) if code else None
+
+    def _api_message(self, shown: str, response: requests.Response, code: str | None) -> str:
+        return self.redact(f"{self.tool}: {shown} failed (HTTP {response.status_code}"
+                           f"{' ' + code if code else ''}): {self._snippet(response)}")
+
+    def _snippet(self, response: requests.Response) -> str:
+        text = " ".join(response.text.split())
+        return self.redact(text[:ERROR_TEXT_LIMIT] + ("…" if len(text) > ERROR_TEXT_LIMIT else ""))

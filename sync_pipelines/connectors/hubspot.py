@@ -1,0 +1,162 @@
+"""HubSpot CRM v3: list (live then archived) for full reads, search by modification time for incremental ones,
+restarted from the last seen time before the 10,000-result search ceiling; batch upsert by an id property."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
+from sync_pipelines.connectors.errors import ConnectorError
+from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest, dig
+
+API = "/crm/v3"
+LIST_PAGE_MAX = 100
+SEARCH_PAGE_MAX = 200
+SEARCH_CEILING = 10_000
+WRITE_CHUNK = 100
+RECORD_METADATA = ("id", "properties", "createdAt", "updatedAt", "archived", "archivedAt")
+
+
+def error_code(body: Any) -> str | None:
+    """HubSpot errors carry a `category` (e.g. INVALID_AUTHENTICATION); 429s a `policyName`."""
+    if isinstance(body, dict):
+        return body.get("category") or body.get("policyName") or body.get("errorType")
+    return None
+
+
+def cursor_property(stream: str) -> str:
+    """Contacts keep their modification time in `lastmodifieddate`, every other object in `hs_lastmodifieddate`."""
+    return "lastmodifieddate" if stream == "contacts" else "hs_lastmodifieddate"
+
+
+def epoch_ms(value: Any) -> int | None:
+    """HubSpot datetimes come as ISO strings or epoch milliseconds, depending on the endpoint."""
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass
+class CeilingPaginator:
+    """Follows `paging.next.after` in the search body, stopping (and saying so) before `after + limit`
+    would pass the ceiling the search endpoint refuses."""
+
+    limit: int
+    hit_ceiling: bool = False
+
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
+        token = dig(payload, "paging.next.after")
+        if token in (None, ""):
+            return None
+        if int(token) + self.limit > SEARCH_CEILING:
+            self.hit_ceiling = True
+            return None
+        return replace(request, json={**request.json, "after": token})
+
+
+class HubSpotConnector(ApiConnector):
+    kind = "hubspot"
+    write_streams = ("contacts", "companies")
+    write_modes = ("upsert", "update")
+    spec = ToolSpec(credential_keys=("access_token",), auth=lambda c: Auth.bearer(c["access_token"]),
+                    error_code=error_code, page_size=LIST_PAGE_MAX)
+
+    def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
+        properties = self.fields_for(stream) or self._properties(stream)
+        if since is None:
+            yield from self._list(stream, properties, archived=False)
+        else:
+            yield from self._search(stream, properties, since)
+        since_ms = int(since.timestamp() * 1000) if since else None
+        for record in self._list(stream, properties, archived=True):
+            changed = epoch_ms(record.get("archivedAt") or record.get("updatedAt"))
+            if since_ms is None or changed is None or changed >= since_ms:
+                yield {**record, "archived": True}
+
+    def _properties(self, stream: str) -> list[str]:
+        body = self.http.request("GET", f"{API}/properties/{stream}")
+        return [p["name"] for p in body.get("results", [])]
+
+    def _list(self, stream: str, properties: list[str], archived: bool) -> Iterator[dict]:
+        params = {"limit": min(self.page_size, LIST_PAGE_MAX), "properties": ",".join(properties),
+                  "archived": "true" if archived else "false"}
+        yield from self.http.paginate(PageRequest("GET", f"{API}/objects/{stream}", params=params),
+                                      records_path="results", paginator=CursorPaginator("paging.next.after", "after"))
+
+    def _search(self, stream: str, properties: list[str], since: datetime) -> Iterator[dict]:
+        cursor = cursor_property(stream)
+        limit = min(self.page_size * 2, SEARCH_PAGE_MAX)
+        floor_ms = int(since.timestamp() * 1000)
+        seen: set[str] = set()
+        while True:
+            since_filter = {"propertyName": cursor, "operator": "GTE", "value": str(floor_ms)}
+            body = {"filterGroups": [{"filters": [since_filter]}],
+                    "sorts": [{"propertyName": cursor, "direction": "ASCENDING"}],
+                    "properties": list(dict.fromkeys([*properties, cursor])), "limit": limit}
+            paginator = CeilingPaginator(limit)
+            newest_ms = floor_ms
+            for record in self.http.paginate(PageRequest("POST", f"{API}/objects/{stream}/search", json=body),
+                                             records_path="results", paginator=paginator):
+                newest_ms = max(newest_ms, epoch_ms(dig(record, f"properties.{cursor}") or record.get("updatedAt"))
+                                or newest_ms)
+                if record["id"] not in seen:
+                    seen.add(record["id"])
+                    yield record
+            if not paginator.hit_ceiling:
+                return
+            if newest_ms == floor_ms:
+                raise ConnectorError(f"{self.name}: more than {SEARCH_CEILING} {stream} share the modification time "
+                                     f"{floor_ms} ms; the search API cannot page past them, run a full read instead")
+            floor_ms = newest_ms
+
+    def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
+        """upsert: `batch/upsert` by a unique property (default email); update: `batch/update` by HubSpot's
+        record id (`key` id/hs_object_id/None, which HubSpot refuses as an upsert idProperty) or a unique property."""
+        id_property = None if mode == "update" and key in (None, "id", "hs_object_id") else (key or "email")
+        missing = f"record lacks {'its id' if id_property is None else 'the id property ' + id_property}"
+        results: list[dict[str, Any]] = [result(False, error=missing) for _ in records]
+        inputs = {}
+        for index, record in enumerate(records):
+            properties = dict(record.get("properties") or
+                              {k: v for k, v in record.items() if k not in RECORD_METADATA})
+            identity = record.get("id") if id_property is None else properties.get(id_property)
+            if identity not in (None, ""):
+                inputs[index] = {"id": str(identity), "properties": properties,
+                                 **({"idProperty": id_property} if id_property else {})}
+        for indexes in chunked(list(inputs), WRITE_CHUNK):
+            batch = [inputs[i] for i in indexes]
+            sent = self._write_batch(batch, lambda b: self._send_batch(stream, mode, id_property, b))
+            for index, outcome in zip(indexes, sent):
+                results[index] = outcome
+        return results
+
+    def _send_batch(self, stream: str, mode: str, id_property: str | None, batch: list[dict]) -> list[dict[str, Any]]:
+        """Map results back by record id or id-property value: HubSpot does not keep input order, and lowers emails."""
+        body = self.http.request("POST", f"{API}/objects/{stream}/batch/{mode}", json={"inputs": batch}) or {}
+
+        def identity(item: dict) -> str:
+            value = item.get("id") if id_property is None else dig(item, f"properties.{id_property}")
+            return str(value or "").lower()
+
+        by_identity = {identity(item): item for item in body.get("results", [])}
+        failures = {}
+        for error in body.get("errors", []):
+            for failed in dig(error, "context.ids") or dig(error, "context.id") or []:
+                failures[str(failed).lower()] = f"{error.get('category')}: {error.get('message')}"
+        outcomes = []
+        for entry in batch:
+            item = by_identity.get(entry["id"].lower())
+            if item is not None:
+                outcomes.append(result(True, item.get("id"), bool(item.get("new"))))
+            else:
+                outcomes.append(result(False, error=failures.get(entry["id"].lower())
+                                       or "HubSpot returned no result for this record"))
+        return outcomes

@@ -1,0 +1,52 @@
+"""Dagster resources: the warehouse and the tools' connectors, with secrets read from environment variables only."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import dagster as dg
+
+from sync_pipelines.connectors import connect
+from sync_pipelines.stack import Stack, load_stack
+from sync_pipelines.warehouse import Warehouse
+
+
+@cache
+def _warehouse(stack_path: str | None, url: str) -> Warehouse:
+    """One engine (and one schema check) per process and warehouse, not one per step."""
+    return Warehouse(load_stack(stack_path), url)
+
+
+class SyncResource(dg.ConfigurableResource):
+    """Everything a sync step needs from the outside world: the stack, the warehouse and connectors."""
+
+    warehouse_url: str
+    stack_path: str | None = None
+
+    @property
+    def stack(self) -> Stack:
+        """Loaded on use (milliseconds), so environment-dependent URLs are read when a step runs."""
+        return load_stack(self.stack_path)
+
+    @property
+    def warehouse(self) -> Warehouse:
+        return _warehouse(self.stack_path, self.warehouse_url)
+
+    def connector(self, tool_name: str):
+        """A connector for ``tool_name``; a missing credential fails at once, naming its environment variable."""
+        tool = self.stack.tools[tool_name]
+        credentials = {}
+        for key, env in tool.credentials.items():
+            value = dg.EnvVar(env).get_value()
+            if not value:
+                raise dg.Failure(
+                    f"{tool_name}: the environment variable {env} (credential {key!r}) is not set",
+                    allow_retries=False,
+                )
+            credentials[key] = value
+        return connect(
+            tool.kind, tool.base_url, credentials,
+            name=tool_name,
+            credential_env=dict(tool.credentials),
+            rate_limit=tool.rate_limit.model_dump() if tool.rate_limit else None,
+        )

@@ -1,0 +1,11 @@
+"""Local emulators of the tools' APIs (Salesforce, HubSpot, Zendesk, Asana, Stripe, Slack) over one seeded company.
+
+Each tool is served under its own prefix with the vendor's real paths; `/_sandbox` exposes ground truth, fault
+knobs, stats and mutations. See docs/contracts.md.
+"""
+
+from .app import SandboxState, build_app
+from .data import World, build_world
+from .server import RunningSandbox, running_sandbox, serve
+
+__all__ = ["RunningSandbox", "SandboxState", "World", "build_app", "build_world", "running_sandbox", "serve"]

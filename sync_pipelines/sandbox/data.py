@@ -1,0 +1,498 @@
+"""The seeded company: people, companies and every tool's streams, generated as numpy columns.
+
+The same seed and anchor give byte-identical data. Only integer codes are stored per row; `Table.fields` renders a
+record when a page asks for it, so scale 300 (about a million records) builds in seconds.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+
+from . import names as N
+from .ids import IdScheme
+from .table import INVALID_REASONS, Table
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+WINDOW_DAYS = 60
+BAD_EMAIL, MISSING_EMAIL, MISSING_ID = (INVALID_REASONS.index(r) for r in ("bad_email", "missing_email", "missing_id"))
+EMAIL_MISSING_STYLE = 4
+PHONE_MISSING_STYLE = 4
+
+PROJECTS = (("1200000000000101", "Customer onboarding"), ("1200000000000102", "Renewals"),
+            ("1200000000000103", "Support escalations"))
+WORKSPACE = ("1200000000000001", "Sandbox Co")
+
+
+def today_anchor() -> datetime:
+    """UTC midnight of today: generated times fall in the 60 days before it, so recent backfills find data."""
+    now = datetime.now(timezone.utc)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+@dataclass
+class People:
+    """One row per real person; every tool's contact records point here."""
+
+    first: np.ndarray
+    last: np.ndarray
+    company: np.ndarray
+    title: np.ndarray
+    lifecycle: np.ndarray
+    personal_domain: np.ndarray  # -1 when the person uses the company domain
+    email_suffix: np.ndarray  # -1 for none
+    area: np.ndarray
+    line: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def first_name(self, p: int) -> str:
+        return N.FIRST_NAMES[self.first[p]]
+
+    def last_name(self, p: int) -> str:
+        return N.LAST_NAMES[self.last[p]]
+
+    def email(self, p: int, companies: "Companies", alternate: bool = False) -> str:
+        local = f"{self.first_name(p)}.{self.last_name(p)}".lower()
+        if alternate:
+            domain = N.PERSONAL_DOMAINS[(max(int(self.personal_domain[p]), 0) + 1) % len(N.PERSONAL_DOMAINS)]
+            return f"{local}{p}@{domain}"
+        suffix = "" if self.email_suffix[p] < 0 else str(int(self.email_suffix[p]))
+        domain = (companies.domain(int(self.company[p])) if self.personal_domain[p] < 0
+                  else N.PERSONAL_DOMAINS[self.personal_domain[p]])
+        return f"{local}{suffix}@{domain}"
+
+    def phone(self, p: int, alternate: bool = False) -> str:
+        """E.164; the alternate number differs only in area code, so it never equals anyone's main number."""
+        area = (int(self.area[p]) + int(alternate)) % len(N.AREA_CODES)
+        return f"+1{N.AREA_CODES[area]}{int(self.line[p])}"
+
+
+@dataclass
+class Companies:
+    first: np.ndarray
+    second: np.ndarray
+    suffix: np.ndarray
+    industry: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def name(self, c: int) -> str:
+        combos = len(N.COMPANY_FIRST) * len(N.COMPANY_SECOND)
+        base = f"{N.COMPANY_FIRST[self.first[c]]} {N.COMPANY_SECOND[self.second[c]]}"
+        return base + ("" if c < combos else f" {c // combos + 1}") + f" {N.COMPANY_SUFFIX[self.suffix[c]]}"
+
+    def domain(self, c: int) -> str:
+        combos = len(N.COMPANY_FIRST) * len(N.COMPANY_SECOND)
+        slug = f"{N.COMPANY_FIRST[self.first[c]]}{N.COMPANY_SECOND[self.second[c]]}".lower()
+        return f"{slug}{'' if c < combos else c // combos + 1}.com"
+
+
+@dataclass
+class World:
+    """Everything the sandbox serves, plus what the generator planted on purpose."""
+
+    seed: int
+    scale: float
+    anchor_ms: int
+    people: People
+    companies: Companies
+    tables: dict[str, Table] = field(default_factory=dict)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+
+    def table(self, tool: str, stream: str) -> Table | None:
+        return self.tables.get(f"{tool}/{stream}")
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _pick(rng: np.random.Generator, n: int, weights: tuple[float, ...]) -> np.ndarray:
+    return rng.choice(len(weights), size=n, p=np.asarray(weights) / sum(weights)).astype(np.int8)
+
+
+def _times(rng: np.random.Generator, n: int, anchor_ms: int, edited_share: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
+    """Created times spread over the window (sorted, so ids grow with time) and later modification times."""
+    start, end = anchor_ms - WINDOW_DAYS * DAY_MS, anchor_ms - 3 * DAY_MS
+    created = np.sort(rng.integers(start, end, n))
+    edited = rng.random(n) < edited_share
+    modified = created + (rng.random(n) * (end - created) * edited).astype(np.int64)
+    return created, modified
+
+
+def _people(seed: int, n: int, n_companies: int) -> People:
+    rng = _rng(seed, "people")
+    first = rng.integers(0, len(N.FIRST_NAMES), n).astype(np.int16)
+    last = rng.integers(0, len(N.LAST_NAMES), n).astype(np.int16)
+    company = rng.integers(0, n_companies, n).astype(np.int32)
+    personal = np.where(rng.random(n) < 0.3, rng.integers(0, len(N.PERSONAL_DOMAINS), n), -1).astype(np.int8)
+    # People sharing a name at the same company domain get a number, as mail admins do.
+    key = (first.astype(np.int64) * 1000 + last) * 10_000_000 + company
+    key = np.where(personal < 0, key, -1 - np.arange(n))
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    group_start = np.maximum.accumulate(np.where(np.r_[True, sorted_key[1:] != sorted_key[:-1]], np.arange(n), 0))
+    occurrence = np.empty(n, np.int64)
+    occurrence[order] = np.arange(n) - group_start
+    suffix = np.where(personal >= 0, np.arange(n), np.where(occurrence > 0, occurrence + 1, -1))
+    return People(
+        first=first, last=last, company=company,
+        title=rng.integers(0, len(N.JOB_TITLES), n).astype(np.int8),
+        lifecycle=_pick(rng, n, (0.5, 0.2, 0.3)),
+        personal_domain=personal, email_suffix=suffix,
+        area=(np.arange(n) % len(N.AREA_CODES)).astype(np.int8),
+        line=2_000_000 + (np.arange(n, dtype=np.int64) * 7919 + seed * 104_729) % 8_000_000,
+    )
+
+
+def _companies(seed: int, n: int) -> Companies:
+    rng = _rng(seed, "companies")
+    combos = len(N.COMPANY_FIRST) * len(N.COMPANY_SECOND)
+    combo = (rng.permutation(combos)[np.arange(n) % combos]).astype(np.int32)
+    return Companies(
+        first=(combo // len(N.COMPANY_SECOND)).astype(np.int16),
+        second=(combo % len(N.COMPANY_SECOND)).astype(np.int16),
+        suffix=rng.integers(0, len(N.COMPANY_SUFFIX), n).astype(np.int8),
+        industry=rng.integers(0, len(N.INDUSTRIES), n).astype(np.int8),
+    )
+
+
+@dataclass(frozen=True)
+class ContactShape:
+    """How one tool holds people: who is in it, how messy, and how it renders a person."""
+
+    share: float
+    email_styles: tuple[float, ...]  # plain, Capitalised, UPPER, padded, missing
+    phone_styles: tuple[float, ...]  # (415) 555-0101, +1 415 555 0101, 415.555.0101, E.164, missing
+    name_styles: tuple[float, ...]  # exact, nickname, typo in first name, typo in last name
+    duplicate_share: float = 0.0
+    junk_share: float = 0.01
+    junk_reasons: tuple[int, ...] = (BAD_EMAIL, MISSING_EMAIL)
+    deleted_share: float = 0.03
+
+
+def _contact_table(world: World, rng: np.random.Generator, tool: str, name: str, ids: IdScheme,
+                   shape: ContactShape, render: Callable[[Table, int], dict[str, Any]],
+                   present_fields: dict[str, str]) -> Table:
+    """Rows for the people in one tool; `present_fields` maps canonical field -> which code makes it missing."""
+    n_people = len(world.people)
+    members = np.flatnonzero(rng.random(n_people) < shape.share)
+    duplicates = members[rng.random(len(members)) < shape.duplicate_share]
+    n_junk = int(round(len(members) * shape.junk_share))
+    person = np.concatenate([members, duplicates, np.full(n_junk, -1)])
+    is_duplicate = np.concatenate([np.zeros(len(members), bool), np.ones(len(duplicates), bool), np.zeros(n_junk, bool)])
+    order = rng.permutation(len(person))
+    person, is_duplicate = person[order], is_duplicate[order]
+    n = len(person)
+    created, modified = _times(rng, n, world.anchor_ms)
+    junk = person < 0
+    invalid = np.where(junk, np.asarray(shape.junk_reasons)[rng.integers(0, len(shape.junk_reasons), n)], 0)
+    deleted = (rng.random(n) < shape.deleted_share) & ~junk
+    codes = {
+        "email_style": _pick(rng, n, shape.email_styles),
+        "phone_style": np.where(is_duplicate, 1, _pick(rng, n, shape.phone_styles)).astype(np.int8),
+        "name_style": np.where(is_duplicate, 1, _pick(rng, n, shape.name_styles)).astype(np.int8),
+        "alt_email": is_duplicate.astype(np.int8),
+        "alt_phone": np.zeros(n, np.int8),
+        "extra_missing": (rng.random(n) < 0.15).astype(np.int8),
+        "junk_seed": rng.integers(0, 1 << 30, n).astype(np.int64),
+    }
+    codes["email_style"][is_duplicate] = 0
+    missing_by = {"email": (codes["email_style"] == EMAIL_MISSING_STYLE) | (invalid == MISSING_EMAIL),
+                  "phone": codes["phone_style"] == PHONE_MISSING_STYLE,
+                  "extra": codes["extra_missing"] == 1}
+    present = {f: ~missing_by[code] if code else np.ones(n, bool) for f, code in present_fields.items()}
+    table = Table(tool, name, ids, created, modified, person, render, deleted, invalid, codes, present)
+    world.tables[table.key] = table
+    return table
+
+
+def person_values(world: World, table: Table, row: int) -> dict[str, Any]:
+    """First/last name, email and phone of a contact row as the tool shows them (messy on purpose)."""
+    codes = table.codes
+    p = int(table.person[row])
+    if p < 0:
+        seed = int(codes["junk_seed"][row])
+        first, last = N.FIRST_NAMES[seed % len(N.FIRST_NAMES)], N.LAST_NAMES[(seed >> 8) % len(N.LAST_NAMES)]
+        reason = INVALID_REASONS[int(table.invalid[row])]
+        email = f"{first.lower()}@@example" if reason == "bad_email" else (
+            None if reason == "missing_email" else f"{first.lower()}.{last.lower()}@example.com")
+        return {"first": first, "last": last, "email": email, "phone": None, "company": None,
+                "title": None, "lifecycle": "lead", "extra_missing": True}
+    people = world.people
+    first, last = people.first_name(p), people.last_name(p)
+    style = codes["name_style"][row]
+    if style == 1:
+        first = N.NICKNAMES.get(first, first)
+    elif style == 2:
+        first = N.typo(first, int(codes["junk_seed"][row]))
+    elif style == 3:
+        last = N.typo(last, int(codes["junk_seed"][row]))
+    email = people.email(p, world.companies, alternate=bool(codes["alt_email"][row]))
+    email = (email, email.title(), email.upper(), f"  {email} ", None)[codes["email_style"][row]]
+    phone_style = int(codes["phone_style"][row])
+    phone = None if phone_style == PHONE_MISSING_STYLE else N.format_phone(
+        people.phone(p, alternate=bool(codes["alt_phone"][row])), phone_style)
+    company = int(people.company[p])
+    return {"first": first, "last": last, "email": email, "phone": phone,
+            "company": world.companies.name(company), "company_index": company,
+            "title": N.JOB_TITLES[people.title[p]], "lifecycle": N.LIFECYCLE_STAGES[people.lifecycle[p]],
+            "extra_missing": bool(codes["extra_missing"][row])}
+
+
+def build_world(seed: int = 42, scale: float = 1.0, anchor: datetime | None = None) -> World:
+    """Generate the whole company; `anchor` defaults to today's UTC midnight."""
+    if scale <= 0:
+        raise ValueError(f"sandbox scale must be positive, got {scale!r}")
+    anchor = anchor or today_anchor()
+    n_people = max(10, int(round(1000 * scale)))
+    n_companies = max(3, n_people // 8)
+    world = World(seed, scale, int(anchor.timestamp() * 1000), _people(seed, n_people, n_companies),
+                  _companies(seed, n_companies))
+    _build_contacts(world)
+    _plant_conflicts(world)
+    _build_business(world)
+    return world
+
+
+def _build_contacts(world: World) -> None:
+    seed = world.seed
+
+    def salesforce(t: Table, row: int) -> dict[str, Any]:
+        v = person_values(world, t, row)
+        account = world.tables["salesforce/Account"].id(v["company_index"]) if "company_index" in v else None
+        return {"FirstName": v["first"], "LastName": v["last"], "Email": v["email"], "Phone": v["phone"],
+                "Title": None if v["extra_missing"] else v["title"], "AccountId": account, "External_Id__c": None}
+
+    def hubspot(t: Table, row: int) -> dict[str, Any]:
+        v = person_values(world, t, row)
+        return {"email": v["email"], "firstname": v["first"], "lastname": v["last"], "phone": v["phone"],
+                "company": v["company"], "jobtitle": None if v["extra_missing"] else v["title"],
+                "lifecyclestage": v["lifecycle"]}
+
+    def full_name(t: Table, row: int) -> dict[str, Any]:
+        v = person_values(world, t, row)
+        return {"name": f"{v['first']} {v['last']}", "email": v["email"], "phone": v["phone"]}
+
+    def erp(t: Table, row: int) -> dict[str, Any]:
+        v = person_values(world, t, row)
+        customer_no = None if t.invalid[row] == MISSING_ID else t.id(row)
+        return {"customer_no": customer_no, "contact_name": f"{v['first']} {v['last']}",
+                "email_address": v["email"], "phone": v["phone"],
+                "company": None if v["extra_missing"] else v["company"]}
+
+    # Accounts exist before contacts point at them: one Account per company.
+    _account_table(world)
+    names = {"first_name": "", "last_name": ""}
+    specs = [
+        ("salesforce", "Contact", IdScheme("salesforce", "003"), salesforce,
+         ContactShape(0.85, (85, 10, 0, 3, 2), (60, 20, 10, 0, 10), (1, 0, 0, 0)),
+         {**names, "email": "email", "phone": "phone", "job_title": "extra"}),
+        ("hubspot", "contacts", IdScheme("string_int", offset=1001), hubspot,
+         ContactShape(0.70, (80, 5, 5, 5, 5), (30, 40, 10, 5, 15), (88, 8, 2, 2), duplicate_share=0.04),
+         {**names, "email": "email", "phone": "phone", "company_name": "", "job_title": "extra",
+          "lifecycle_stage": ""}),
+        ("zendesk", "users", IdScheme("int", offset=360_000_000_001), full_name,
+         ContactShape(0.50, (75, 10, 5, 8, 2), (20, 20, 30, 10, 20), (80, 12, 4, 4)),
+         {**names, "email": "email", "phone": "phone"}),
+        ("stripe", "customers", IdScheme("stripe", "cus"), full_name,
+         ContactShape(0.40, (90, 5, 0, 5, 0), (0, 0, 0, 70, 30), (90, 6, 2, 2), junk_share=0.005),
+         {**names, "email": "email", "phone": "phone"}),
+        ("legacy_erp", "customers", IdScheme("csv", "C", offset=100_000), erp,
+         ContactShape(0.30, (60, 10, 20, 10, 0), (40, 0, 40, 0, 20), (85, 5, 5, 5), junk_share=0.03,
+                      junk_reasons=(BAD_EMAIL, MISSING_EMAIL, MISSING_ID), deleted_share=0.0),
+         {**names, "email": "email", "phone": "phone", "company_name": "extra"}),
+    ]
+    for tool, stream, ids, render, shape, present in specs:
+        _contact_table(world, _rng(seed, f"{tool}/{stream}"), tool, stream, ids, shape, render, present)
+
+
+def _plant_conflicts(world: World) -> None:
+    """Make some people's newest email live in Zendesk and newest phone in HubSpot, after Salesforce's value."""
+    rng = _rng(world.seed, "conflicts")
+    contact_tables = [t for t in world.tables.values() if "email" in t.present]
+    newest = np.zeros(len(world.people), np.int64)
+    for t in contact_tables:
+        mask = t.person >= 0
+        np.maximum.at(newest, t.person[mask], t.modified[mask])
+    sf = world.tables["salesforce/Contact"]
+    sf_ok = (sf.person >= 0) & ~sf.deleted
+    in_sf = {f: np.zeros(len(world.people), bool) for f in ("email", "phone")}
+    for f in in_sf:
+        in_sf[f][sf.person[sf_ok & sf.present[f]]] = True
+    taken = np.zeros(len(world.people), bool)
+    plans = (("zendesk/users", "email", "alt_email", 0.06), ("hubspot/contacts", "phone", "alt_phone", 0.03))
+    for key, canonical, code, share in plans:
+        t = world.tables[key]
+        persons = t.person
+        candidates = np.flatnonzero((persons >= 0) & ~t.deleted & t.present[canonical] & (t.codes["alt_email"] == 0))
+        candidates = candidates[in_sf[canonical][persons[candidates]] & ~taken[persons[candidates]]]
+        _, first_rows = np.unique(persons[candidates], return_index=True)
+        candidates = candidates[np.sort(first_rows)]
+        chosen = candidates[rng.random(len(candidates)) < share]
+        taken[persons[chosen]] = True
+        t.codes[code][chosen] = 1
+        t.modified[chosen] = np.minimum(newest[persons[chosen]] + rng.integers(HOUR_MS, 2 * DAY_MS, len(chosen)),
+                                        world.anchor_ms - 60_000)
+        for row in chosen.tolist():
+            p = int(persons[row])
+            if canonical == "email":
+                value, older = world.people.email(p, world.companies, True), world.people.email(p, world.companies)
+            else:
+                value, older = world.people.phone(p, True), world.people.phone(p)
+            world.conflicts.append({"person": person_key(p), "field": canonical, "tool": t.tool, "value": value,
+                                    "older_tool": "salesforce", "older_value": older})
+
+
+def person_key(p: int) -> str:
+    return f"P{p:06d}"
+
+
+def _account_table(world: World) -> None:
+    rng = _rng(world.seed, "salesforce/Account")
+    n = len(world.companies)
+    created, modified = _times(rng, n, world.anchor_ms)
+    website_style = _pick(rng, n, (50, 30, 20))
+    companies = world.companies
+
+    def render(t: Table, row: int) -> dict[str, Any]:
+        domain = companies.domain(row)
+        website = (f"https://www.{domain}", f"www.{domain}", f"http://{domain}/")[int(t.codes["website"][row])]
+        return {"Name": companies.name(row), "Website": website, "Industry": N.INDUSTRIES[companies.industry[row]]}
+
+    # Account rows are the companies in order (not sorted by creation) so a contact's AccountId is its company row.
+    table = Table("salesforce", "Account", IdScheme("salesforce", "001"), rng.permutation(created),
+                  modified, np.full(n, -1), render, deleted=rng.random(n) < 0.02, codes={"website": website_style})
+    table.modified = np.maximum(table.modified, table.created)
+    world.tables[table.key] = table
+
+
+def _build_business(world: World) -> None:
+    """Deals, company records in HubSpot, tickets, tasks and invoices, linked to the people and companies."""
+    n_people, companies = len(world.people), world.companies
+    seed = world.seed
+
+    rng = _rng(seed, "salesforce/Opportunity")
+    n = max(3, int(round(n_people * 0.4)))
+    created, modified = _times(rng, n, world.anchor_ms)
+    opp_codes = {"company": rng.integers(0, len(companies), n).astype(np.int32),
+                 "product": rng.integers(0, len(N.PRODUCTS), n).astype(np.int8),
+                 "stage": _pick(rng, n, (25, 20, 20, 20, 15)),
+                 "amount": (rng.integers(10, 1000, n) * 100).astype(np.int64),
+                 "close_days": rng.integers(10, 90, n).astype(np.int32)}
+    accounts = world.tables["salesforce/Account"]
+
+    def opportunity(t: Table, row: int) -> dict[str, Any]:
+        c = int(t.codes["company"][row])
+        close = int(t.created[row]) + int(t.codes["close_days"][row]) * DAY_MS
+        return {"Name": f"{companies.name(c)} - {N.PRODUCTS[t.codes['product'][row]]}", "AccountId": accounts.id(c),
+                "Amount": float(t.codes["amount"][row]), "StageName": N.OPPORTUNITY_STAGES[t.codes["stage"][row]],
+                "CloseDate": datetime.fromtimestamp(close / 1000, timezone.utc).strftime("%Y-%m-%d")}
+
+    opportunities = Table("salesforce", "Opportunity", IdScheme("salesforce", "006"), created, modified,
+                          np.full(n, -1), opportunity, deleted=rng.random(n) < 0.02, codes=opp_codes)
+    world.tables[opportunities.key] = opportunities
+
+    rng = _rng(seed, "hubspot/companies")
+    members = np.flatnonzero(rng.random(len(companies)) < 0.8)
+    created, modified = _times(rng, len(members), world.anchor_ms)
+
+    def hubspot_company(t: Table, row: int) -> dict[str, Any]:
+        c = int(t.codes["company"][row])
+        return {"name": companies.name(c), "domain": companies.domain(c),
+                "industry": N.INDUSTRIES[companies.industry[c]]}
+
+    hs_companies = Table("hubspot", "companies", IdScheme("string_int", offset=5001), created, modified,
+                         np.full(len(members), -1), hubspot_company, deleted=rng.random(len(members)) < 0.02,
+                         codes={"company": rng.permutation(members).astype(np.int32)})
+    world.tables[hs_companies.key] = hs_companies
+
+    users = world.tables["zendesk/users"]
+    rng = _rng(seed, "zendesk/tickets")
+    n = max(3, int(round(n_people * 0.3)))
+    created, modified = _times(rng, n, world.anchor_ms)
+    people_users = np.flatnonzero(users.person >= 0)
+    ticket_codes = {"requester": people_users[rng.integers(0, len(people_users), n)].astype(np.int64),
+                    "subject": rng.integers(0, len(N.TICKET_SUBJECTS), n).astype(np.int8),
+                    "status": _pick(rng, n, (15, 30, 15, 25, 15)),
+                    "priority": _pick(rng, n, (30, 45, 20, 5))}
+    ticket_deleted = rng.random(n) < 0.02
+
+    def ticket(t: Table, row: int) -> dict[str, Any]:
+        subject = N.TICKET_SUBJECTS[t.codes["subject"][row]]
+        return {"subject": subject, "description": f"{subject}. Please help, this blocks our team.",
+                "status": N.TICKET_STATUSES[t.codes["status"][row]],
+                "priority": N.TICKET_PRIORITIES[t.codes["priority"][row]],
+                "requester_id": users.id(int(t.codes["requester"][row]))}
+
+    tickets = Table("zendesk", "tickets", IdScheme("int", offset=1), created, modified, np.full(n, -1), ticket,
+                    deleted=ticket_deleted, codes=ticket_codes)
+    world.tables[tickets.key] = tickets
+
+    rng = _rng(seed, "asana/tasks")
+    n = max(3, int(round(n_people * 0.25)))
+    created, modified = _times(rng, n, world.anchor_ms, edited_share=0.8)
+    task_codes = {"project": rng.integers(0, len(PROJECTS), n).astype(np.int8),
+                  "verb": rng.integers(0, len(N.TASK_VERBS), n).astype(np.int8),
+                  "company": rng.integers(0, len(companies), n).astype(np.int32),
+                  "assignee": np.where(rng.random(n) < 0.1, -1, rng.integers(0, len(N.TEAM), n)).astype(np.int8),
+                  "completed": (rng.random(n) < 0.4).astype(np.int8),
+                  "due_days": rng.integers(-20, 40, n).astype(np.int32)}
+
+    def task(t: Table, row: int) -> dict[str, Any]:
+        due = world.anchor_ms + int(t.codes["due_days"][row]) * DAY_MS
+        assignee = int(t.codes["assignee"][row])
+        return {"name": f"{N.TASK_VERBS[t.codes['verb'][row]]} {companies.name(int(t.codes['company'][row]))}",
+                "notes": "Checklist: kick-off, data import, training.",
+                "completed": bool(t.codes["completed"][row]),
+                "due_on": datetime.fromtimestamp(due / 1000, timezone.utc).strftime("%Y-%m-%d"),
+                "assignee": None if assignee < 0 else team_member(assignee),
+                "projects": [PROJECTS[int(t.codes["project"][row])][0]]}
+
+    tasks = Table("asana", "tasks", IdScheme("string_int", offset=1_200_000_100_000_000), created, modified,
+                  np.full(n, -1), task, codes=task_codes)
+    world.tables[tasks.key] = tasks
+
+    customers = world.tables["stripe/customers"]
+    rng = _rng(seed, "stripe/invoices")
+    n = max(3, int(round(n_people * 0.2)))
+    created, modified = _times(rng, n, world.anchor_ms)
+    live_customers = np.flatnonzero(~customers.deleted)
+    won = np.flatnonzero((opp_codes["stage"] == N.OPPORTUNITY_STAGES.index("Closed Won")) & ~opportunities.deleted)
+    deal_draw = rng.integers(0, max(len(won), 1), n)
+    deals = np.where(rng.random(n) < 0.5, won[deal_draw], -1) if len(won) else np.full(n, -1)
+    invoice_codes = {"customer": live_customers[rng.integers(0, len(live_customers), n)].astype(np.int64),
+                     "amount": (rng.integers(5, 500, n) * 1000).astype(np.int64),
+                     "status": _pick(rng, n, (10, 30, 50, 5, 5)),
+                     "deal": deals.astype(np.int64)}
+
+    def invoice(t: Table, row: int) -> dict[str, Any]:
+        customer = int(t.codes["customer"][row])
+        deal = int(t.codes["deal"][row])
+        return {"customer": customers.id(customer), "customer_email": customers.fields(customer).get("email"),
+                "amount_due": int(t.codes["amount"][row]), "currency": "usd",
+                "status": N.INVOICE_STATUSES[t.codes["status"][row]],
+                "metadata": {} if deal < 0 else {"deal_id": opportunities.id(deal)}}
+
+    invoices = Table("stripe", "invoices", IdScheme("stripe", "in"), created, modified, np.full(n, -1), invoice,
+                     codes=invoice_codes)
+    world.tables[invoices.key] = invoices
+
+
+def team_member(index: int) -> dict[str, str]:
+    """An Asana user of the sandbox company (tasks are assigned to staff, not customers)."""
+    first, last = N.TEAM[index]
+    return {"gid": str(1_200_000_000_000_500 + index), "name": f"{first} {last}",
+            "email": f"{first.lower()}.{last.lower()}@{N.TEAM_DOMAIN}"}
+
+
+def total_records(world: World) -> int:
+    return sum(len(t) for t in world.tables.values())

@@ -1,0 +1,117 @@
+"""Ground truth: what a correct pipeline should find, computed from the live tables (so writes change it too)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import numpy as np
+import phonenumbers
+
+from .data import World, person_key
+from .table import INVALID_REASONS, Table
+
+CANONICAL_FIELDS = ("email", "first_name", "last_name", "phone", "company_name", "job_title", "lifecycle_stage")
+
+
+def _split_name(name: Any) -> tuple[str | None, str | None]:
+    parts = str(name or "").split()
+    return (parts[0] if parts else None), (" ".join(parts[1:]) or None)
+
+
+def _from_full_name(name_key: str, email_key: str, extra: dict[str, str] | None = None) -> Callable[[dict], dict]:
+    def extract(f: dict[str, Any]) -> dict[str, Any]:
+        first, last = _split_name(f.get(name_key))
+        values = {"email": f.get(email_key), "first_name": first, "last_name": last, "phone": f.get("phone")}
+        values.update({canonical: f.get(source) for canonical, source in (extra or {}).items()})
+        return values
+    return extract
+
+
+# Mirrors the contact mappings of stacks/sandbox.yaml: tool stream -> canonical values of one rendered record.
+CONTACT_MAPPINGS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "salesforce/Contact": lambda f: {"email": f.get("Email"), "first_name": f.get("FirstName"),
+                                     "last_name": f.get("LastName"), "phone": f.get("Phone"),
+                                     "job_title": f.get("Title")},
+    "hubspot/contacts": lambda f: {"email": f.get("email"), "first_name": f.get("firstname"),
+                                   "last_name": f.get("lastname"), "phone": f.get("phone"),
+                                   "company_name": f.get("company"), "job_title": f.get("jobtitle"),
+                                   "lifecycle_stage": f.get("lifecyclestage")},
+    "zendesk/users": _from_full_name("name", "email"),
+    "stripe/customers": _from_full_name("name", "email"),
+    "legacy_erp/customers": _from_full_name("contact_name", "email_address", {"company_name": "company"}),
+}
+
+
+def canonical_value(field: str, value: Any) -> Any:
+    """The value as the truth states it: email trimmed and lower-cased, phone in E.164, text trimmed."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    if field in ("email", "lifecycle_stage"):
+        return text.lower()
+    if field == "phone":
+        digits = re.sub(r"\D", "", text)
+        if len(digits) == 10 and not text.startswith("+") or len(digits) == 11 and digits[0] == "1":
+            return "+1" + digits[-10:]
+        try:
+            return phonenumbers.format_number(phonenumbers.parse(text, "US"), phonenumbers.PhoneNumberFormat.E164)
+        except phonenumbers.NumberParseException:
+            return text
+    return text
+
+
+def summary(world: World) -> dict[str, Any]:
+    people_with_records = np.zeros(len(world.people), bool)
+    for table in world.tables.values():
+        people_with_records[table.person[table.person >= 0]] = True
+    return {"seed": world.seed, "scale": world.scale, "people": int(people_with_records.sum()),
+            "anchor_ms": world.anchor_ms,
+            "streams": {key: table.counts() for key, table in world.tables.items()}}
+
+
+def records(table: Table) -> list[dict[str, Any]]:
+    """One entry per record: id as the tool shows it, person, deleted flag and invalid reason."""
+    ids = [None if table.tool == "legacy_erp" and reason == "missing_id" else table.id(row)
+           for row, reason in enumerate(INVALID_REASONS[i] for i in table.invalid.tolist())]
+    return [{"id": ids[row], "person": None if p < 0 else person_key(p), "deleted": d,
+             "invalid": INVALID_REASONS[i] or None}
+            for row, (p, d, i) in enumerate(zip(table.person.tolist(), table.deleted.tolist(), table.invalid.tolist()))]
+
+
+def people(world: World) -> dict[str, dict[str, Any]]:
+    """Per person, the newest value of each canonical contact field over their live, valid records."""
+    candidates: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {f: [] for f in CANONICAL_FIELDS}
+    sources = [(world.tables[key], extract) for key, extract in CONTACT_MAPPINGS.items()]
+    for index, (table, extract) in enumerate(sources):
+        usable = (table.person >= 0) & ~table.deleted & (table.invalid == 0)
+        touched = np.zeros(len(table), bool)
+        touched[list(table.overrides)] = True
+        touched[table.n_base:] = True
+        touched_values = {row: extract(table.fields(row)) for row in np.flatnonzero(usable & touched).tolist()}
+        sample = extract(table.fields(0)) if len(table) else {}
+        for field in CANONICAL_FIELDS:
+            if field not in sample:
+                continue
+            present = np.ones(len(table), bool)
+            present[: table.n_base] = table.present.get(field, True)
+            for row, values in touched_values.items():
+                present[row] = canonical_value(field, values.get(field)) is not None
+            rows = np.flatnonzero(usable & present)
+            candidates[field].append((table.person[rows], table.modified[rows], rows + (index << 40)))
+    rendered: dict[int, dict[str, Any]] = {}
+    result: dict[str, dict[str, Any]] = {}
+    for field, parts in candidates.items():
+        if not parts:
+            continue
+        persons, times, keys = (np.concatenate(column) for column in zip(*parts))
+        order = np.lexsort((keys, times, persons))
+        last_of_person = np.r_[persons[order][1:] != persons[order][:-1], True]
+        for p, key in zip(persons[order][last_of_person].tolist(), keys[order][last_of_person].tolist()):
+            if key not in rendered:
+                table, extract = sources[key >> 40]
+                rendered[key] = extract(table.fields(key & ((1 << 40) - 1)))
+            result.setdefault(person_key(p), {})[field] = canonical_value(field, rendered[key].get(field))
+    return {person: {field: values.get(field) for field in CANONICAL_FIELDS} for person, values in sorted(result.items())}

@@ -1,0 +1,177 @@
+"""Zendesk Support API v2: cursor-based incremental exports, create_or_update_many with job statuses."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .common import ApiError, Call, iso_s, json_response, now_ms
+from .limits import Verdict
+from .table import Table
+from .vendor import Vendor, basic_credentials
+
+API = "/api/v2"
+PAGE_MAX = 1000
+WRITE_MAX = 100
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+USER_FIELDS = ("name", "email", "phone", "external_id")
+
+
+class Zendesk(Vendor):
+    tool = "zendesk"
+    default_credential = {"email": "sync@sandbox.example", "api_token": "sandbox-zendesk-token"}
+    drift_fields = {"users": "phone", "tickets": "priority"}
+
+    def __init__(self, state) -> None:
+        super().__init__(state)
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    def routes(self):
+        return [
+            ("GET", f"{API}/incremental/{{stream}}/cursor.json", self.export, True),
+            ("POST", f"{API}/users/create_or_update_many.json", self.create_or_update_many, False),
+            ("GET", f"{API}/job_statuses/{{id}}.json", self.job_status, False),
+            ("GET", f"{API}/users/{{id}}.json", self.get_user, False),
+        ]
+
+    def error_body(self, status: int, code: str, message: str, **extra: Any) -> Any:
+        return {"error": code, "description": message, **extra}
+
+    def authorized(self, request: Request, credential: Any) -> bool:
+        token = credential["api_token"] if isinstance(credential, dict) else str(credential)
+        if request.headers.get("authorization", "") == f"Bearer {token}":
+            return True
+        basic = basic_credentials(request)
+        email = credential.get("email") if isinstance(credential, dict) else None
+        return basic is not None and basic[1] == token and (email is None or basic[0] == f"{email}/token")
+
+    def unauthorized(self) -> Response:
+        return json_response({"error": "Couldn't authenticate you"}, 401)
+
+    def throttled(self, verdict: Verdict) -> Response:
+        return self.error(429, "APIRateLimitExceeded", "Number of allowed incremental export API requests per "
+                          "minute exceeded", headers={"Retry-After": str(verdict.retry_after)})
+
+    def record(self, call: Call, table: Table, row: int) -> dict[str, Any]:
+        fields = table.fields(row)
+        record_id = table.id(row)
+        record: dict[str, Any] = {"id": record_id, "url": call.absolute(f"{API}/{table.name}/{record_id}.json")}
+        if table.name == "users":
+            record.update(name=fields.get("name"), email=fields.get("email"), phone=fields.get("phone"),
+                          role="end-user", active=not bool(table.deleted[row]), verified=True,
+                          external_id=fields.get("external_id"), time_zone="UTC")
+        else:
+            record.update(fields, type=None)
+            if table.deleted[row]:
+                record["status"] = "deleted"
+        record.update(created_at=iso_s(int(table.created[row])), updated_at=iso_s(int(table.modified[row])))
+        return self.drift(table.name, record)
+
+    def export(self, call: Call) -> Response:
+        stream = call.params["stream"]
+        table = self.table(stream)
+        if table is None:
+            raise ApiError(404, "InvalidEndpoint", f"incremental export of {stream!r} is not available")
+        size = self.page_size(call.int_param("per_page", PAGE_MAX, 1, PAGE_MAX))
+        cursor = call.query.get("cursor")
+        if cursor:
+            after_ms, after_row = _decode(cursor)
+        else:
+            start_time = call.int_param("start_time", -1, 0, 2**40)
+            if start_time < 0:
+                raise ApiError(400, "InvalidValue", "start_time or cursor is required")
+            if start_time * 1000 > now_ms() - 60_000:
+                raise ApiError(400, "InvalidValue", "Too recent start_time. Use a start_time older than 1 minute")
+            after_ms, after_row = start_time * 1000, -1
+        rows, _ = table.by_modified()
+        position = table.after_position(after_ms, after_row)
+        chunk = rows[position:position + size].tolist()
+        if chunk:
+            last = chunk[-1]
+            after_cursor = _encode(int(table.modified[last]), last)
+            before_cursor = _encode(int(table.modified[chunk[0]]), chunk[0] - 1)
+        else:
+            after_cursor, before_cursor = _encode(after_ms, after_row), None
+        base = f"{API}/incremental/{stream}/cursor.json?"
+        per_page = f"&per_page={call.query['per_page']}" if call.query.get("per_page") else ""
+        return json_response({
+            stream: [self.record(call, table, row) for row in chunk],
+            "after_cursor": after_cursor,
+            "after_url": call.absolute(f"{base}cursor={after_cursor}{per_page}"),
+            "before_cursor": before_cursor,
+            "before_url": call.absolute(f"{base}cursor={before_cursor}{per_page}") if before_cursor else None,
+            "end_of_stream": position + len(chunk) >= len(rows),
+        })
+
+    def get_user(self, call: Call) -> Response:
+        table = self.table("users")
+        row = table.row_of(call.params["id"])
+        if row is None:
+            raise ApiError(404, "RecordNotFound", "Not found")
+        return json_response({"user": self.record(call, table, row)})
+
+    def create_or_update_many(self, call: Call) -> Response:
+        body = call.json()
+        users = body.get("users") if isinstance(body, dict) else None
+        if not isinstance(users, list) or not users:
+            raise ApiError(400, "InvalidValue", "expected {\"users\": [{\"email\", \"name\", ...}]}")
+        if len(users) > WRITE_MAX:
+            raise ApiError(400, "TooManyValues", f"{len(users)} users given; at most {WRITE_MAX} per request")
+        table = self.table("users")
+        now = now_ms()
+        results = [self._write_user(table, index, user, now) for index, user in enumerate(users)]
+        job_id = uuid.UUID(int=self.state.random.getrandbits(128)).hex
+        url = call.absolute(f"{API}/job_statuses/{job_id}.json")
+        self.jobs[job_id] = {"id": job_id, "url": url, "total": len(users), "progress": len(users),
+                             "status": "completed", "message": f"Completed at {iso_s(now_ms())}", "results": results}
+        return json_response({"job_status": {"id": job_id, "url": url, "total": len(users), "progress": None,
+                                             "status": "queued", "message": None, "results": None}})
+
+    def _write_user(self, table: Table, index: int, user: Any, now: int) -> dict[str, Any]:
+        if not isinstance(user, dict):
+            return {"index": index, "id": None, "action": "create", "status": "Failed", "success": False,
+                    "error": "InvalidValue", "details": "each user must be an object", "email": None}
+        email, external_id = user.get("email"), user.get("external_id")
+        row = table.lookup("external_id", external_id) if external_id else None
+        if row is None and email:
+            row = table.lookup("email", email)
+        action = "create" if row is None else "update"
+        changes = {k: user[k] for k in USER_FIELDS if k in user}
+        failure = None
+        if email is not None and not EMAIL.match(str(email).strip()):
+            failure = f"Email: {email} is not properly formatted"
+        elif row is None and not (changes.get("name") or "").strip():
+            failure = "Name: is too short (minimum one character)"
+        if failure:
+            return {"index": index, "id": None, "action": action, "status": "Failed", "success": False,
+                    "error": "RecordInvalid", "details": failure, "email": email}
+        if row is None:
+            row = table.append({k: changes.get(k) for k in USER_FIELDS}, now)
+        else:
+            table.update(row, changes, now)
+        return {"index": index, "id": table.id(row), "action": action,
+                "status": "Created" if action == "create" else "Updated", "success": True, "email": email}
+
+    def job_status(self, call: Call) -> Response:
+        job = self.jobs.get(call.params["id"])
+        if job is None:
+            raise ApiError(404, "RecordNotFound", "Not found")
+        return json_response({"job_status": job})
+
+
+def _encode(modified_ms: int, row: int) -> str:
+    return base64.urlsafe_b64encode(f"{modified_ms}.{row}".encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[int, int]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        modified_ms, row = text.split(".")
+        return int(modified_ms), int(row)
+    except ValueError:
+        raise ApiError(400, "InvalidCursor", f"cursor {cursor!r} was not issued by this export") from None

@@ -1,0 +1,209 @@
+"""The HTTP engine against a scripted local server: retries, backoff, auth, throttling, redaction, pagination."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timezone
+
+import pytest
+
+from sync_pipelines.connectors import ApiError, AuthError, ConnectorError, ResponseError, connect, redact
+from sync_pipelines.connectors.http import (
+    Auth, CursorPaginator, HttpClient, PageRequest, RateLimiter, RetryPolicy, parse_retry_after,
+)
+from sync_pipelines_tests.connectors.conftest import Reply
+
+TOKEN = "tok-SECRET-1234567890"
+
+
+def client(fake_api, sleeps, **overrides) -> HttpClient:
+    settings = dict(tool="demo", base_url=fake_api.url + "/demo", auth=Auth.bearer(TOKEN),
+                    credential_hint="the environment variable DEMO_TOKEN", sleep=sleeps,
+                    retry=RetryPolicy(max_retries=4, backoff_base=0.5, backoff_max=8))
+    settings.update(overrides)
+    return HttpClient(**settings)
+
+
+def test_429_waits_for_retry_after_then_succeeds(fake_api, sleeps):
+    replies = iter([Reply(429, {"message": "slow down"}, {"Retry-After": "7"}), Reply(200, {"ok": True})])
+    fake_api.script = lambda seen: next(replies)
+    http = client(fake_api, sleeps)
+    assert http.request("GET", "/things") == {"ok": True}
+    assert sleeps == [7.0]
+    assert (http.stats.requests, http.stats.retries, http.stats.throttled) == (2, 1, 1)
+
+
+def test_retry_after_accepts_an_http_date():
+    now = datetime(2026, 9, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert parse_retry_after("Tue, 01 Sep 2026 12:00:30 GMT", now) == 30.0
+    assert parse_retry_after("3", now) == 3.0
+    assert parse_retry_after("soon", now) is None
+
+
+def test_5xx_backs_off_exponentially_with_jitter(fake_api, sleeps):
+    replies = iter([Reply(503, "busy")] * 3 + [Reply(200, {"ok": 1})])
+    fake_api.script = lambda seen: next(replies)
+    http = client(fake_api, sleeps)
+    assert http.request("GET", "/things") == {"ok": 1}
+    assert len(sleeps) == 3
+    for attempt, pause in enumerate(sleeps):
+        ceiling = 0.5 * 2 ** attempt
+        assert ceiling / 2 <= pause <= ceiling
+
+
+def test_5xx_gives_up_after_max_retries(fake_api, sleeps):
+    fake_api.script = lambda seen: Reply(500, {"error": "boom"})
+    http = client(fake_api, sleeps, retry=RetryPolicy(max_retries=2))
+    with pytest.raises(ApiError) as raised:
+        http.request("GET", "/things")
+    assert raised.value.status == 500
+    assert http.stats.requests == 3 and http.stats.retries == 2
+
+
+@pytest.mark.parametrize("status, error", [(400, ApiError), (404, ApiError), (401, AuthError), (403, AuthError)])
+def test_no_retry_on_client_errors(fake_api, sleeps, status, error):
+    fake_api.script = lambda seen: Reply(status, {"error": "nope"})
+    http = client(fake_api, sleeps)
+    with pytest.raises(error):
+        http.request("GET", "/things")
+    assert http.stats.requests == 1 and sleeps == []
+
+
+def test_auth_error_names_the_env_var_and_hides_the_secret(fake_api, sleeps):
+    fake_api.script = lambda seen: Reply(401, {"category": "INVALID_AUTHENTICATION",
+                                               "message": f"bad token {seen.headers['Authorization']}"})
+    hubspot = connect("hubspot", fake_api.url + "/hubspot", TOKEN, name="crm", sleep=sleeps,
+                      credential_env={"access_token": "CRM_TOKEN"})
+    with pytest.raises(AuthError) as raised:
+        list(hubspot.read("contacts"))
+    message = str(raised.value)
+    assert "CRM_TOKEN" in message and "HTTP 401 INVALID_AUTHENTICATION" in message and message.startswith("crm:")
+    assert TOKEN not in message
+    assert hubspot.stats.requests == 1
+
+
+def test_secrets_never_reach_errors_or_logs(fake_api, sleeps, caplog):
+    echo = lambda seen: Reply(400, {"message": f"you sent {seen.headers['Authorization']} and {seen.path}"})
+    fake_api.script = echo
+    http = client(fake_api, sleeps)
+    caplog.set_level(logging.DEBUG, logger="sync_pipelines.connectors")
+    with pytest.raises(ApiError) as raised:
+        http.request("GET", f"/things?api_key={TOKEN}&token=other-secret-value")
+    assert TOKEN not in str(raised.value) and "other-secret-value" not in str(raised.value)
+    fake_api.script = lambda seen: Reply(503, f"down {TOKEN}")
+    with pytest.raises(ApiError):
+        http.request("GET", "/things", params={"access_token": "third-secret-value"})
+    logged = caplog.text
+    assert "retry" in logged and TOKEN not in logged and "third-secret-value" not in logged
+
+
+def test_redact_masks_values_headers_and_query_params():
+    text = redact(f"Authorization: Bearer abcdefgh123 url=https://x/y?api_key=k123456&q=1 body {TOKEN}", [TOKEN])
+    assert "abcdefgh123" not in text and "k123456" not in text and TOKEN not in text
+    assert "q=1" in text
+
+
+def test_malformed_json_page_is_retried(fake_api, sleeps):
+    pages = {None: Reply(200, {"items": [{"id": 1}, {"id": 2}], "next": "p2"}),
+             "p2": Reply(200, {"items": [{"id": 3}], "next": None})}
+    broken = {"p2": 1}
+
+    def script(seen):
+        cursor = seen.query.get("cursor", [None])[0]
+        if broken.get(cursor):
+            broken[cursor] -= 1
+            return Reply(200, b'{"items": [{"id": 3}')
+        return pages[cursor]
+
+    fake_api.script = script
+    http = client(fake_api, sleeps)
+    ids = [r["id"] for r in http.paginate(PageRequest("GET", "/items"), records_path="items",
+                                          paginator=CursorPaginator("next", "cursor"))]
+    assert ids == [1, 2, 3]
+    assert (http.stats.pages, http.stats.retries, http.stats.errors) == (2, 1, 1)
+
+
+def test_persistently_malformed_json_raises_response_error(fake_api, sleeps):
+    fake_api.script = lambda seen: Reply(200, b"<html>oops</html>")
+    http = client(fake_api, sleeps)
+    with pytest.raises(ResponseError):
+        http.request("GET", "/items")
+    assert http.stats.requests == 3  # the first try and two retries
+
+
+def test_every_record_exactly_once_despite_20_percent_5xx(fake_api, sleeps):
+    records = [{"id": n} for n in range(500)]
+    chance = random.Random(7)
+
+    def script(seen):
+        if chance.random() < 0.2:
+            return Reply(502, "bad gateway")
+        offset = int(seen.query.get("offset", ["0"])[0])
+        page = records[offset:offset + 25]
+        following = offset + 25 if offset + 25 < len(records) else None
+        return Reply(200, {"data": page, "next_page": {"offset": str(following)} if following else None})
+
+    fake_api.script = script
+    http = client(fake_api, sleeps, retry=RetryPolicy(max_retries=8))
+    ids = [r["id"] for r in http.paginate(PageRequest("GET", "/tasks"), records_path="data",
+                                          paginator=CursorPaginator("next_page.offset", "offset"))]
+    assert ids == list(range(500))
+    assert http.stats.retries > 0 and http.stats.pages == 20
+
+
+def test_pagination_that_does_not_advance_is_refused(fake_api, sleeps):
+    fake_api.script = lambda seen: Reply(200, {"items": [{"id": 1}], "next": "same"})
+    http = client(fake_api, sleeps)
+    with pytest.raises(ResponseError, match="did not advance"):
+        list(http.paginate(PageRequest("GET", "/items", params={"cursor": "same"}), records_path="items",
+                           paginator=CursorPaginator("next", "cursor")))
+
+
+def test_network_failures_are_retried_then_reported(sleeps):
+    http = HttpClient(tool="demo", base_url="http://127.0.0.1:9", auth=Auth.bearer(TOKEN), credential_hint="x",
+                      sleep=sleeps, retry=RetryPolicy(max_retries=2), timeout=2)
+    with pytest.raises(ConnectorError, match="demo: GET http://127.0.0.1:9/x failed"):
+        http.request("GET", "/x")
+    assert http.stats.requests == 3 and len(sleeps) == 2
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_rate_limiter_keeps_every_window_within_budget():
+    clock = FakeClock()
+    limiter = RateLimiter(5, 1.0, clock=clock, sleep=clock.sleep)
+    starts = []
+    for _ in range(23):
+        limiter.acquire()
+        starts.append(clock.now)
+        clock.now += 0.01  # the request itself
+    for first in starts:
+        assert sum(1 for s in starts if first <= s < first + 1.0) <= 5
+    assert starts[-1] >= 4.0  # 23 requests at 5/s cannot finish before the fifth second
+
+
+def test_client_applies_the_declared_rate_limit(fake_api):
+    clock = FakeClock()
+    fake_api.script = lambda seen: Reply(200, {"ok": True})
+    http = HttpClient(tool="demo", base_url=fake_api.url, auth=Auth.none(), credential_hint="x",
+                      rate_limit={"requests": 3, "per_seconds": 10}, clock=clock, sleep=clock.sleep)
+    for _ in range(7):
+        http.request("GET", "/x")
+    assert clock.now == pytest.approx(20.0)
+    with pytest.raises(ConnectorError, match="rate_limit"):
+        RateLimiter.from_option({"requests": 0, "per_seconds": 1})
+
+
+def test_redact_keeps_prose_that_only_looks_like_a_scheme():
+    assert redact("Basic authentication failed") == "Basic authentication failed"
+    assert redact("header Bearer abc123def was refused") == "header Bearer *** was refused"

@@ -1,0 +1,207 @@
+"""What is special about each API, checked against a scripted server: SOQL building, the HubSpot search
+ceiling, Zendesk job polling, Stripe form encoding and idempotency keys, option and `since` validation."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+from urllib.parse import parse_qsl
+
+import pytest
+
+from sync_pipelines.connectors import ConnectorError, connect
+from sync_pipelines.connectors import hubspot
+from sync_pipelines.connectors.base import parse_since
+from sync_pipelines.connectors.stripe import form_encode, idempotency_key
+from sync_pipelines_tests.connectors.conftest import Reply
+
+
+def test_salesforce_builds_soql_from_fields_and_follows_next_records_url(fake_api, sleeps):
+    def script(seen):
+        if seen.path.endswith("/queryAll"):
+            return Reply(200, {"done": False, "nextRecordsUrl": "/services/data/v60.0/query/01g-2",
+                               "records": [{"attributes": {"type": "Contact"}, "Id": "1"}]})
+        assert seen.path == "/sf/services/data/v60.0/query/01g-2" and not seen.query
+        return Reply(200, {"done": True, "records": [{"attributes": {"type": "Contact"}, "Id": "2"}]})
+
+    fake_api.script = script
+    salesforce = connect("salesforce", fake_api.url + "/sf", "tok-123456", fields={"Contact": ["Email"]},
+                         sleep=sleeps)
+    records = list(salesforce.read("Contact", since="2026-09-01T10:00:00+02:00"))
+    assert records == [{"Id": "1"}, {"Id": "2"}]
+    soql = fake_api.seen[0].query["q"][0]
+    assert soql == ("SELECT Id, LastModifiedDate, IsDeleted, Email FROM Contact "
+                    "WHERE LastModifiedDate >= 2026-09-01T08:00:00Z ORDER BY LastModifiedDate ASC")
+
+
+def hubspot_search_api(fake_api, stamps):
+    """Contacts `i` modified at `stamps[i]` ms; the search refuses `after + limit` past the (patched) ceiling."""
+    def script(seen):
+        if seen.method == "GET":  # the archived pass
+            return Reply(200, {"results": []})
+        body = json.loads(seen.body)
+        floor = int(body["filterGroups"][0]["filters"][0]["value"])
+        matches = sorted((s, i) for i, s in enumerate(stamps) if s >= floor)
+        after, limit = int(body.get("after", 0)), body["limit"]
+        if after + limit > hubspot.SEARCH_CEILING:
+            return Reply(400, {"category": "VALIDATION_ERROR", "message": "past the ceiling"})
+        page = [{"id": str(i), "properties": {"lastmodifieddate": str(s)}} for s, i in matches[after:after + limit]]
+        more = after + limit < len(matches)
+        return Reply(200, {"total": len(matches), "results": page,
+                           **({"paging": {"next": {"after": str(after + limit)}}} if more else {})})
+    fake_api.script = script
+
+
+def test_hubspot_search_restarts_from_the_last_time_before_the_ceiling(fake_api, sleeps, monkeypatch):
+    monkeypatch.setattr(hubspot, "SEARCH_CEILING", 10)
+    stamps = [1000 + (n // 2) * 1000 for n in range(25)]  # pairs share a modification time
+    hubspot_search_api(fake_api, stamps)
+    connector = connect("hubspot", fake_api.url, "tok-123456", page_size=2, fields={"contacts": ["email"]},
+                        sleep=sleeps)
+    ids = [r["id"] for r in connector.read("contacts", since=datetime.fromtimestamp(0, timezone.utc))]
+    assert ids == [str(n) for n in range(25)]
+    searches = [json.loads(s.body) for s in fake_api.seen if s.method == "POST"]
+    floors = {s["filterGroups"][0]["filters"][0]["value"] for s in searches}
+    assert len(floors) > 2  # restarted more than once, each time from a later modification time
+
+
+def test_hubspot_search_stuck_on_one_timestamp_says_so(fake_api, sleeps, monkeypatch):
+    monkeypatch.setattr(hubspot, "SEARCH_CEILING", 10)
+    hubspot_search_api(fake_api, [5000] * 25)
+    connector = connect("hubspot", fake_api.url, "tok-123456", page_size=2, fields={"contacts": ["email"]},
+                        sleep=sleeps)
+    with pytest.raises(ConnectorError, match="share the modification time"):
+        list(connector.read("contacts", since="1970-01-01"))
+
+
+def test_zendesk_polls_the_job_and_maps_each_result(fake_api, sleeps):
+    states = iter(["queued", "working", "completed"])
+
+    def script(seen):
+        if seen.path.endswith("create_or_update_many.json"):
+            assert [u["email"] for u in json.loads(seen.body)["users"]] == ["a@x.io", "b@x.io"]
+            return Reply(200, {"job_status": {"id": "J1", "status": "queued"}})
+        status = next(states)
+        results = [{"id": 11, "status": "Created", "email": "a@x.io"},
+                   {"id": 2, "status": "Failed", "error": "UserUpdateError", "details": "bad email"}]
+        return Reply(200, {"job_status": {"id": "J1", "status": status,
+                                          "results": results if status == "completed" else None}})
+
+    fake_api.script = script
+    zendesk = connect("zendesk", fake_api.url, {"email": "me@x.io", "api_token": "zd-secret"}, sleep=sleeps)
+    results = zendesk.write("users", [{"email": "a@x.io"}, {"email": "b@x.io"}])
+    assert results[0] == {"ok": True, "id": "11", "created": True, "error": None}
+    assert results[1]["ok"] is False and "bad email" in results[1]["error"]
+    assert sleeps == [1, 2]
+    assert fake_api.seen[0].headers["Authorization"].startswith("Basic ")
+
+
+def test_stripe_form_encoding_nests_like_stripe():
+    pairs = form_encode({"customer": "cus_1", "metadata": {"deal_id": "D1"}, "lines": [{"price": "p", "qty": 2}],
+                         "auto_advance": True, "description": None})
+    assert pairs == [("customer", "cus_1"), ("metadata[deal_id]", "D1"), ("lines[0][price]", "p"),
+                     ("lines[0][qty]", "2"), ("auto_advance", "true"), ("description", "")]
+
+
+def test_stripe_idempotency_key_is_deterministic_and_overridable(fake_api, sleeps):
+    fake_api.script = lambda seen: Reply(200, {"id": "in_1"})
+    stripe = connect("stripe", fake_api.url, "sk_test_abcdef", sleep=sleeps)
+    stripe.write("invoices", [{"customer": "cus_1", "metadata": {"deal_id": "D1"}}] * 2
+                 + [{"customer": "cus_2"}, {"customer": "cus_3", "idempotency_key": "mine-1"}])
+    keys = [s.headers["Idempotency-Key"] for s in fake_api.seen]
+    assert keys[0] == keys[1] != keys[2] and keys[3] == "mine-1"
+    assert dict(parse_qsl(fake_api.seen[3].body.decode())) == {"customer": "cus_3"}
+    assert keys[0] == idempotency_key("invoices", None, {"customer": "cus_1", "metadata": {"deal_id": "D1"}})
+
+
+def test_since_must_say_its_time_zone():
+    assert parse_since("2026-09-01", "t") == datetime(2026, 9, 1, tzinfo=timezone.utc)
+    assert parse_since(date(2026, 9, 1), "t") == datetime(2026, 9, 1, tzinfo=timezone.utc)
+    assert parse_since("2026-09-01T02:00:00Z", "t") == datetime(2026, 9, 1, 2, tzinfo=timezone.utc)
+    with pytest.raises(ConnectorError, match="no time zone"):
+        parse_since(datetime(2026, 9, 1), "t")
+    with pytest.raises(ConnectorError, match="not an ISO 8601"):
+        parse_since("last tuesday", "t")
+
+
+@pytest.mark.parametrize("kind, credentials, options, message", [
+    ("nosuch", "x", {}, "unknown connector kind 'nosuch'"),
+    ("hubspot", "tok-123456", {"pagesize": 10}, "unknown option(s) ['pagesize']"),
+    ("zendesk", {"email": "me@x.io"}, {"credential_env": {"api_token": "ZD_TOKEN"}},
+     "set the environment variable ZD_TOKEN"),
+    ("stripe", "sk_1234", {"timeout": -1}, "option timeout must be a positive number"),
+    ("asana", "tok-123456", {"rate_limit": {"requests": 10}}, "rate_limit needs a positive"),
+    ("salesforce", "tok-123456", {}, "base_url must be an http(s) URL"),
+])
+def test_connect_rejects_bad_input_clearly(kind, credentials, options, message):
+    base_url = "acme.my.salesforce.com" if kind == "salesforce" else "http://127.0.0.1:9"
+    with pytest.raises(ConnectorError) as raised:
+        connect(kind, base_url, credentials, **options)
+    assert message in str(raised.value)
+
+
+def test_streams_and_modes_are_checked(fake_api):
+    zendesk = connect("zendesk", fake_api.url, {"email": "me@x.io", "api_token": "zd-secret"})
+    with pytest.raises(ConnectorError, match="cannot write stream 'tickets'"):
+        zendesk.write("tickets", [{"subject": "x"}])
+    with pytest.raises(ConnectorError, match="write mode 'merge' is not supported"):
+        zendesk.write("users", [{"email": "a@x.io"}], mode="merge")
+    with pytest.raises(ConnectorError, match="record #1 for users is a str"):
+        zendesk.write("users", [{"email": "a@x.io"}, "b@x.io"])
+    assert fake_api.seen == []
+
+
+def test_hubspot_update_by_record_id_uses_batch_update(fake_api, sleeps):
+    def script(seen):
+        inputs = json.loads(seen.body)["inputs"]
+        return Reply(200, {"status": "COMPLETE", "results": [
+            {"id": i["id"], "properties": i["properties"]} for i in reversed(inputs) if i["id"] != "404"]})
+
+    fake_api.script = script
+    connector = connect("hubspot", fake_api.url, "tok-123456", sleep=sleeps)
+    results = connector.write("contacts", [{"id": "101", "properties": {"email": "new@x.io"}},
+                                           {"id": "404", "properties": {"phone": "+1555"}},
+                                           {"properties": {"phone": "+1555"}}], mode="update", key="id")
+    assert fake_api.seen[0].path == "/crm/v3/objects/contacts/batch/update"
+    assert json.loads(fake_api.seen[0].body)["inputs"][0] == {"id": "101", "properties": {"email": "new@x.io"}}
+    assert results[0] == {"ok": True, "id": "101", "created": False, "error": None}
+    assert results[1]["ok"] is False and results[2] == {"ok": False, "id": None, "created": None,
+                                                        "error": "record lacks its id"}
+
+
+def test_zendesk_update_by_id_uses_update_many(fake_api, sleeps):
+    def script(seen):
+        if seen.path.endswith("update_many.json"):
+            assert seen.method == "PUT" and json.loads(seen.body)["users"] == [{"id": 7, "email": "new@x.io"}]
+            return Reply(200, {"job_status": {"id": "J2", "status": "queued"}})
+        return Reply(200, {"job_status": {"id": "J2", "status": "completed",
+                                          "results": [{"id": 7, "action": "update", "status": "Updated"}]}})
+
+    fake_api.script = script
+    zendesk = connect("zendesk", fake_api.url, {"email": "me@x.io", "api_token": "zd-secret"}, sleep=sleeps)
+    assert zendesk.write("users", [{"id": 7, "email": "new@x.io"}], mode="update", key="id") == [
+        {"ok": True, "id": "7", "created": False, "error": None}]
+    with pytest.raises(ConnectorError, match="update matches users by id, not email"):
+        zendesk.write("users", [{"email": "a@x.io"}], mode="update", key="email")
+
+
+def test_asana_walks_workspaces_and_projects_and_dedupes_tasks(fake_api, sleeps):
+    tasks = {"P1": [{"gid": "T1"}, {"gid": "T2"}, {"gid": "T3"}], "P2": [{"gid": "T2"}, {"gid": "T4"}]}
+
+    def script(seen):
+        if seen.path.endswith("/workspaces"):
+            return Reply(200, {"data": [{"gid": "W1"}], "next_page": None})
+        if seen.path.endswith("/projects"):
+            assert seen.query["workspace"] == ["W1"]
+            return Reply(200, {"data": [{"gid": "P1"}, {"gid": "P2"}], "next_page": None})
+        project, offset = seen.query["project"][0], int(seen.query.get("offset", ["0"])[0])
+        page = tasks[project][offset:offset + 2]
+        more = offset + 2 < len(tasks[project])
+        return Reply(200, {"data": page, "next_page": {"offset": str(offset + 2)} if more else None})
+
+    fake_api.script = script
+    asana = connect("asana", fake_api.url, "tok-123456", page_size=2, sleep=sleeps)
+    assert [t["gid"] for t in asana.read("tasks", since="2026-09-01T00:00:00Z")] == ["T1", "T2", "T3", "T4"]
+    first_task_page = next(s for s in fake_api.seen if s.path.endswith("/tasks"))
+    assert first_task_page.query["modified_since"] == ["2026-09-01T00:00:00Z"]
+    assert "assignee.email" in first_task_page.query["opt_fields"][0]

@@ -1,0 +1,26 @@
+import dagster as dg
+
+from sync_pipelines.definitions import defs, stack
+
+
+def test_every_asset_has_owner_group_kinds_and_description():
+    graph = defs.resolve_asset_graph()
+    keys = list(graph.get_all_asset_keys())
+    assert len(keys) >= len(stack.streams())
+    for key in keys:
+        spec = graph.get(key)
+        assert spec.owners, key
+        assert spec.group_name, key
+        assert spec.kinds, key
+        assert spec.description, key
+
+
+def test_extraction_assets_group_by_tool_and_use_a_pool_per_tool_api():
+    for tool, _, stream, _ in stack.streams():
+        spec = defs.resolve_asset_graph().get(dg.AssetKey([tool, stream]))
+        assert spec.group_name == tool
+        assert spec.owners == [stack.tools[tool].owner]
+
+
+def test_nightly_job_is_defined():
+    assert defs.resolve_job_def("nightly_sync").partitions_def is not None

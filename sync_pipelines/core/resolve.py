@@ -1,0 +1,728 @@
+"""Entity resolution: decide which records, from any tool, describe the same real-world entity.
+
+Pure pandas/numpy/rapidfuzz/scipy; no Dagster, no HTTP. The public contract is documented in
+`sync_pipelines.resolve`; this module holds the machinery:
+
+1. comparison values: every field a rule uses is casefolded, trimmed and whitespace-collapsed; missing or
+   empty values never match anything;
+2. candidate pairs per rule: exact-only rules group on their fields; rules with fuzzy conditions compare
+   record pairs inside blocks (a blocking key, plus the rule's exact fields), scored with rapidfuzz;
+3. clusters: connected components of all matched pairs, with a chain guard that re-clusters any component
+   that is too large or that joins two records with clearly different names (see `_ChainGuard`);
+4. manual overrides, then stable entity ids reused from a crosswalk of earlier runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import JaroWinkler, Levenshtein
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+log = logging.getLogger(__name__)
+
+SOURCE = "_source"
+SOURCE_ID = "_source_id"
+ENTITY_ID = "entity_id"
+REPORT_ATTR = "resolution"
+CROSSWALK_COLUMNS = (ENTITY_ID, SOURCE, SOURCE_ID)
+
+DEFAULT_MAX_CLUSTER_SIZE = 12
+DEFAULT_MAX_BLOCK_SIZE = 5000
+PREFIX_LENGTH = 3
+EXACT = "exact"
+# Scores are compared with this slack so a pair scoring exactly the threshold (rapidfuzz returns float32) matches.
+SCORE_TOLERANCE = 1e-6
+# Blocks up to this many records are scored pair by pair, all such blocks in one vectorized call; bigger
+# blocks are scored by comparing their distinct values, which is cheaper once values repeat.
+_SMALL_BLOCK = 64
+_ROW_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    function: Callable[..., float]
+    scale: float  # the score of two identical strings
+
+
+SCORERS: dict[str, _Scorer] = {
+    "jaro_winkler": _Scorer(JaroWinkler.normalized_similarity, 1.0),
+    "levenshtein": _Scorer(Levenshtein.normalized_similarity, 1.0),  # 1 - distance / longer length
+    "token_sort": _Scorer(fuzz.token_sort_ratio, 100.0),
+}
+METHODS = (EXACT, *SCORERS)
+
+
+# --------------------------------------------------------------------------------------------- rules
+
+
+def _get(spec: Any, name: str, default: Any = None) -> Any:
+    """Read `name` from a mapping or an object (a pydantic model), so both spellings of the rules work."""
+    if isinstance(spec, Mapping):
+        return spec.get(name, default)
+    return getattr(spec, name, default)
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    method: str
+    threshold: float | None  # None for exact
+
+    def cutoff(self) -> float:
+        """The threshold on the scorer's own scale, with the float32 slack."""
+        scorer = SCORERS[self.method]
+        return max(float(self.threshold) - SCORE_TOLERANCE, 0.0) * scorer.scale
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    conditions: tuple[Condition, ...]
+    blocking: tuple[str, ...]
+
+    @property
+    def exact(self) -> tuple[Condition, ...]:
+        return tuple(c for c in self.conditions if c.method == EXACT)
+
+    @property
+    def fuzzy(self) -> tuple[Condition, ...]:
+        return tuple(c for c in self.conditions if c.method != EXACT)
+
+    def blocking_keys(self) -> tuple[str, ...]:
+        """Declared keys; a fuzzy rule without keys or exact fields blocks on its first fuzzy field's prefix."""
+        if self.blocking or self.exact or not self.fuzzy:
+            return self.blocking
+        return (f"{self.fuzzy[0].field}_prefix",)
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """The identity section of a stack file for one entity, validated."""
+
+    rules: tuple[Rule, ...]
+    max_cluster_size: int
+    merge: tuple[tuple[str, ...], ...]
+    split: tuple[str, ...]
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> IdentityRules:
+        """Accept the stack file's dict or any object with the same attributes; raise ValueError on bad input."""
+        if isinstance(spec, IdentityRules):
+            return spec
+        rules = tuple(_parse_rule(raw, position) for position, raw in enumerate(_get(spec, "rules") or ()))
+        max_size = _get(spec, "max_cluster_size")
+        max_size = DEFAULT_MAX_CLUSTER_SIZE if max_size is None else max_size
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"identity max_cluster_size must be a positive integer, got {max_size!r}")
+        manual = _get(spec, "manual") or {}
+        merge = tuple(tuple(str(ref) for ref in group) for group in (_get(manual, "merge") or ()))
+        split = tuple(str(ref) for group in (_get(manual, "split") or ()) for ref in _as_group(group))
+        both = sorted({ref for group in merge for ref in group} & set(split))
+        if both:
+            raise ValueError(f"identity manual overrides: {both[0]!r} is listed in both merge and split")
+        return cls(rules, max_size, merge, split)
+
+    def fields(self, columns: Sequence[str]) -> set[str]:
+        """Record columns the rules read (a derived blocking key counts as the column it derives from)."""
+        return {c.field for rule in self.rules for c in rule.conditions} | {
+            _blocking_source(rule, key, columns)[0] for rule in self.rules for key in rule.blocking_keys()
+        }
+
+
+def _as_group(group: Any) -> Sequence[Any]:
+    return [group] if isinstance(group, str) else group
+
+
+def _parse_rule(raw: Any, position: int) -> Rule:
+    name = str(_get(raw, "name") or f"rule #{position + 1}")
+    conditions = []
+    for raw_condition in _get(raw, "conditions") or ():
+        field = _get(raw_condition, "field")
+        method = _get(raw_condition, "method", EXACT)
+        method = str(getattr(method, "value", method))
+        if not field:
+            raise ValueError(f"identity rule {name!r}: a condition has no field")
+        if method not in METHODS:
+            raise ValueError(f"identity rule {name!r}: unknown method {method!r} for {field!r} (use one of {METHODS})")
+        threshold = _get(raw_condition, "threshold")
+        if method != EXACT:
+            if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+                raise ValueError(
+                    f"identity rule {name!r}: {method} on {field!r} needs a threshold in [0, 1], got {threshold!r}"
+                )
+            threshold = float(threshold)
+        conditions.append(Condition(str(field), method, threshold if method != EXACT else None))
+    if not conditions:
+        raise ValueError(f"identity rule {name!r} has no conditions")
+    return Rule(name, tuple(conditions), tuple(str(key) for key in (_get(raw, "blocking") or ())))
+
+
+# ------------------------------------------------------------------------------- comparison values
+
+
+def normalize_values(column: pd.Series) -> np.ndarray:
+    """Comparison form of a column: casefolded, trimmed, whitespace collapsed; missing or empty is None."""
+    text = column.astype("string").str.casefold().str.strip().str.replace(r"\s+", " ", regex=True)
+    return text.mask(text == "").to_numpy(dtype=object, na_value=None)
+
+
+_SOUNDEX_DIGITS = {
+    letter: digit
+    for letters, digit in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"), ("l", "4"), ("mn", "5"), ("r", "6"))
+    for letter in letters
+}
+
+
+def soundex(text: str) -> str | None:
+    """American Soundex of the ASCII letters of `text` (accents stripped), or None when it has none."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    letters = [char for char in ascii_text if char.isalpha()]
+    if not letters:
+        return None
+    digits, previous = [], _SOUNDEX_DIGITS.get(letters[0], "")
+    for letter in letters[1:]:
+        digit = _SOUNDEX_DIGITS.get(letter, "")
+        if digit and digit != previous:
+            digits.append(digit)
+        if letter not in "hw":  # h and w do not separate letters with the same code; vowels do
+            previous = digit
+    return (letters[0].upper() + "".join(digits) + "000")[:4]
+
+
+def _prefix(value: str) -> str:
+    return value[:PREFIX_LENGTH]
+
+
+def _domain(value: str) -> str | None:
+    _, at, domain = value.rpartition("@")
+    return domain or None if at else None
+
+
+_DERIVED_KEYS: dict[str, Callable[[str], str | None]] = {"_prefix": _prefix, "_soundex": soundex, "_domain": _domain}
+
+
+def _blocking_source(rule: Rule, key: str, columns: Sequence[str]) -> tuple[str, Callable | None]:
+    """The column a blocking key reads and the derivation applied to it (None: the value itself)."""
+    if key in columns:
+        return key, None
+    for suffix, derive in _DERIVED_KEYS.items():
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)], derive
+    raise ValueError(
+        f"identity rule {rule.name!r}: blocking key {key!r} is neither a column of the records nor "
+        "<field>_prefix, <field>_soundex or <field>_domain"
+    )
+
+
+def _derive(values: np.ndarray, derive: Callable[[str], str | None] | None) -> np.ndarray:
+    if derive is None:
+        return values
+    present = pd.Series(values).dropna().unique()
+    derived = {value: derive(value) for value in present}
+    return np.array([None if value is None else derived[value] for value in values], dtype=object)
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Integer codes of values, -1 where missing."""
+    return pd.factorize(values, use_na_sentinel=True)[0].astype(np.int64)
+
+
+def _combine(code_arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """One code per distinct tuple of codes, -1 where any part is missing."""
+    if len(code_arrays) == 1:
+        return code_arrays[0].copy()
+    valid = np.logical_and.reduce([codes >= 0 for codes in code_arrays])
+    combined = np.full(len(code_arrays[0]), -1, dtype=np.int64)
+    if valid.any():
+        stacked = np.stack([codes[valid] for codes in code_arrays], axis=1)
+        combined[valid] = np.unique(stacked, axis=0, return_inverse=True)[1].ravel()
+    return combined
+
+
+# ------------------------------------------------------------------------------------------- pairs
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Positions sorted by group code (ascending within a group), with each group's start and size."""
+
+    members: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, codes: np.ndarray) -> _Groups:
+        positions = np.flatnonzero(codes >= 0)
+        members = positions[np.argsort(codes[positions], kind="stable")]
+        starts = np.r_[0, np.flatnonzero(np.diff(codes[members])) + 1] if len(members) else np.empty(0, np.int64)
+        sizes = np.diff(np.r_[starts, len(members)])
+        return cls(members, starts.astype(np.int64), sizes.astype(np.int64))
+
+    def pairs(self, min_size: int = 2, max_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair (i < j) inside groups of min_size..max_size members, vectorized per group size."""
+        chosen = (self.sizes >= max(min_size, 2)) & (self.sizes <= (max_size or np.inf))
+        left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for size in np.unique(self.sizes[chosen]):
+            starts = self.starts[chosen & (self.sizes == size)]
+            first, second = np.triu_indices(int(size), 1)
+            left.append(self.members[starts[:, None] + first].ravel())
+            right.append(self.members[starts[:, None] + second].ravel())
+        return np.concatenate(left), np.concatenate(right)
+
+    def large(self, min_size: int) -> Iterator[np.ndarray]:
+        for start, size in zip(self.starts, self.sizes):
+            if size >= min_size:
+                yield self.members[start : start + size]
+
+
+def _keep_similar(
+    left: np.ndarray, right: np.ndarray, conditions: Sequence[Condition], values: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs that meet every fuzzy condition (both values present: callers only pass such records)."""
+    for condition in conditions:
+        if not len(left):
+            break
+        column = values[condition.field]
+        cutoff = condition.cutoff()
+        scores = process.cpdist(
+            column[left].tolist(), column[right].tolist(), scorer=SCORERS[condition.method].function,
+            score_cutoff=cutoff, workers=-1,
+        )
+        keep = scores >= cutoff
+        left, right = left[keep], right[keep]
+    return left, right
+
+
+def _similar_in_block(
+    members: np.ndarray, conditions: Sequence[Condition], values: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Matching pairs of one large block: the condition with the fewest distinct values is scored once per
+    pair of distinct values, the others only on the pairs that survive, a chunk of rows at a time."""
+    distinct = [pd.factorize(values[c.field][members]) for c in conditions]
+    lead = min(range(len(conditions)), key=lambda k: len(distinct[k][1]))
+    codes, uniques = distinct[lead]
+    condition = conditions[lead]
+    cutoff = condition.cutoff()
+    similar = process.cdist(
+        list(uniques), list(uniques), scorer=SCORERS[condition.method].function, score_cutoff=cutoff, workers=-1
+    ) >= cutoff
+    rest = [c for k, c in enumerate(conditions) if k != lead]
+    left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    columns = np.arange(len(members))
+    for start in range(0, len(members), _ROW_CHUNK):
+        rows = columns[start : start + _ROW_CHUNK]
+        matches = similar[codes[rows][:, None], codes[None, :]] & (rows[:, None] < columns[None, :])
+        row, column = np.nonzero(matches)
+        kept = _keep_similar(members[rows[row]], members[column], rest, values)
+        left.append(kept[0])
+        right.append(kept[1])
+    return np.concatenate(left), np.concatenate(right)
+
+
+# ------------------------------------------------------------------------------------------- resolve
+
+
+@dataclass
+class _Report:
+    """What the run decided beyond the ids themselves; attached to the result as attrs["resolution"]."""
+
+    merged_ids: dict[str, str]
+    split_ids: dict[str, list[str]]
+    unknown_refs: list[str]
+    skipped: list[dict[str, Any]]
+    guarded_components: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "merged_ids": self.merged_ids, "split_ids": self.split_ids, "unknown_refs": self.unknown_refs,
+            "skipped": self.skipped, "guarded_components": self.guarded_components,
+        }
+
+
+class _Resolver:
+    """One run over one frame; positions are rows sorted by ref so every tie breaks the same way."""
+
+    def __init__(self, refs: np.ndarray, values: dict[str, np.ndarray], spec: IdentityRules, max_block_size: int):
+        self.refs = refs
+        self.ref_codes = _codes(refs)
+        self.values = values
+        self.spec = spec
+        self.max_block_size = max_block_size
+        self.report = _Report({}, {}, [], [])
+
+    def _skip(self, rule: Rule, key: str, members: np.ndarray, reason: str) -> None:
+        self.report.skipped.append(
+            {"rule": rule.name, "key": key, "size": int(len(members)), "example_ref": str(self.refs[members[0]]),
+             "reason": reason}
+        )
+
+    def rule_pairs(self, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
+        """Matched pairs (i < j) for one rule."""
+        exact_codes = [_codes(self.values[c.field]) for c in rule.exact]
+        if not rule.fuzzy:
+            return self._shared_value_pairs(rule, _combine(exact_codes))
+        present = np.logical_and.reduce([self.values[c.field] != None for c in rule.fuzzy])  # noqa: E711
+        left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for key in rule.blocking_keys() or (None,):
+            key_codes = []
+            if key is not None:
+                column, derive = _blocking_source(rule, key, list(self.values))
+                key_codes = [_codes(_derive(self.values[column], derive))]
+            block_codes = _combine([*key_codes, *exact_codes])
+            block_codes[~present] = -1
+            groups = _Groups.of(block_codes)
+            pairs = _keep_similar(*groups.pairs(max_size=_SMALL_BLOCK), rule.fuzzy, self.values)
+            left.append(pairs[0])
+            right.append(pairs[1])
+            for members in groups.large(_SMALL_BLOCK + 1):
+                if len(members) > self.max_block_size:
+                    self._skip(rule, key or "+".join(c.field for c in rule.exact), members, "block too large")
+                    continue
+                pairs = _similar_in_block(members, rule.fuzzy, self.values)
+                left.append(pairs[0])
+                right.append(pairs[1])
+        return np.concatenate(left), np.concatenate(right)
+
+    def _shared_value_pairs(self, rule: Rule, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair inside each group of equal values (a clique, not a star, so the chain guard sees
+        direct matches). A value shared by more refs than one entity may hold (a team mailbox, a
+        switchboard) identifies nobody, so its group yields no pairs."""
+        limit = self.spec.max_cluster_size
+        for members in _Groups.of(codes).large(limit + 1):
+            if len(np.unique(self.ref_codes[members])) > limit:
+                self._skip(rule, "+".join(c.field for c in rule.exact), members, "value shared by too many records")
+                codes[members] = -1
+        return _Groups.of(codes).pairs()
+
+    def edges(self, split_positions: np.ndarray) -> pd.DataFrame:
+        """All matched pairs: same-ref pairs first (strength -1), then each rule by its position (0 strongest).
+
+        Pairs touching a manually split record are dropped, except same-ref pairs.
+        """
+        same_ref = np.flatnonzero(self.ref_codes[1:] == self.ref_codes[:-1])
+        frames = [pd.DataFrame({"i": same_ref, "j": same_ref + 1, "strength": -1})]
+        for strength, rule in enumerate(self.spec.rules):
+            left, right = self.rule_pairs(rule)
+            keep = ~(np.isin(left, split_positions) | np.isin(right, split_positions))
+            frames.append(pd.DataFrame({"i": left[keep], "j": right[keep], "strength": strength}))
+        edges = pd.concat(frames, ignore_index=True)
+        # keep each pair once, with its strongest rule
+        return edges.sort_values(["strength", "i", "j"], kind="stable").drop_duplicates(["i", "j"])
+
+
+class _ChainGuard:
+    """Re-clusters components that transitive closure made implausible.
+
+    A component is suspect when it holds more than max_cluster_size distinct refs, or when two of its
+    records that no rule matched directly are clearly different: both carry a value for a field some rule
+    compares fuzzily, and those values score below the lowest threshold any rule uses for that field
+    (e.g. last names "Smith" and "Okafor" joined only through a chain). Different emails or phones are not
+    a contradiction: one person often has several.
+
+    A suspect component is rebuilt greedily: pairs in order of rule strength (rules listed first are the
+    stronger evidence) then by ref; two partial clusters join only if the result stays within
+    max_cluster_size and no cross pair is clearly different. Same-ref records always stay together.
+    """
+
+    def __init__(self, rules: IdentityRules, values: Mapping[str, np.ndarray], ref_codes: np.ndarray):
+        thresholds: dict[tuple[str, str], float] = {}
+        for rule in rules.rules:
+            for c in rule.fuzzy:
+                key = (c.field, c.method)
+                thresholds[key] = min(thresholds.get(key, 1.0), c.threshold)
+        self.checks = [Condition(field, method, threshold) for (field, method), threshold in thresholds.items()]
+        self.max_size = rules.max_cluster_size
+        self.values = values
+        self.ref_codes = ref_codes
+
+    def differ(self, a: int, b: int) -> bool:
+        """Whether two records are clearly different (one pair; see `contradicting` for many)."""
+        for check in self.checks:
+            column = self.values[check.field]
+            if column[a] is not None and column[b] is not None:
+                if SCORERS[check.method].function(column[a], column[b]) < check.cutoff():
+                    return True
+        return False
+
+    def contradicting(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Which pairs are clearly different records (vectorized)."""
+        conflict = np.zeros(len(left), dtype=bool)
+        for check in self.checks:
+            column = self.values[check.field]
+            both = np.flatnonzero((column[left] != None) & (column[right] != None))  # noqa: E711
+            if not len(both):
+                continue
+            cutoff = check.cutoff()
+            scores = process.cpdist(
+                column[left[both]].tolist(), column[right[both]].tolist(), scorer=SCORERS[check.method].function,
+                workers=-1,
+            )
+            conflict[both[scores < cutoff]] = True
+        return conflict
+
+    def suspect_components(self, labels: np.ndarray, edges: pd.DataFrame) -> np.ndarray:
+        """Labels of the components to rebuild."""
+        n_labels = labels.max() + 1
+        distinct = pd.DataFrame({"label": labels, "ref": self.ref_codes}).drop_duplicates()
+        ref_counts = np.bincount(distinct["label"].to_numpy(), minlength=n_labels)
+        record_counts = np.bincount(labels, minlength=n_labels)
+        oversized = (ref_counts > self.max_size) | (record_counts > self.max_size * 4)
+        candidates = np.where((oversized | (record_counts < 3))[labels], -1, labels)
+        left, right = _Groups.of(candidates).pairs()
+        matched = edges["i"].to_numpy() * len(labels) + edges["j"].to_numpy()
+        indirect = ~np.isin(left * len(labels) + right, matched) & (self.ref_codes[left] != self.ref_codes[right])
+        left, right = left[indirect], right[indirect]
+        contradicted = np.unique(labels[left[self.contradicting(left, right)]])
+        return np.union1d(np.flatnonzero(oversized), contradicted)
+
+    def rebuild(self, labels: np.ndarray, edges: pd.DataFrame) -> tuple[np.ndarray, int]:
+        """Labels after rebuilding every suspect component, and how many components were rebuilt."""
+        suspects = self.suspect_components(labels, edges)
+        if not len(suspects):
+            return labels, 0
+        is_suspect = np.isin(labels, suspects)
+        members_of = {int(labels[m[0]]): m for m in _Groups.of(np.where(is_suspect, labels, -1)).large(1)}
+        inside = is_suspect[edges["i"].to_numpy()]
+        suspect_edges = edges[inside].assign(label=labels[edges["i"].to_numpy()[inside]])
+        rebuilt = labels.copy()
+        for label, component_edges in suspect_edges.groupby("label", sort=True):
+            for position, representative in self._rebuild_component(members_of[label], component_edges).items():
+                rebuilt[position] = len(labels) + representative
+        return pd.factorize(rebuilt)[0].astype(np.int64), len(suspects)
+
+    def _rebuild_component(self, members: np.ndarray, edges: pd.DataFrame) -> dict[int, int]:
+        """Greedy constrained merge of one component; returns position -> representative position."""
+        parent = {int(p): int(p) for p in members}
+        cluster: dict[int, list[int]] = {int(p): [int(p)] for p in members}
+        refs: dict[int, set[int]] = {int(p): {int(self.ref_codes[p])} for p in members}
+        direct = set(zip(edges["i"].tolist(), edges["j"].tolist()))
+        known: dict[tuple[int, int], bool] = {}
+
+        def root(p: int) -> int:
+            while parent[p] != p:
+                parent[p] = parent[parent[p]]
+                p = parent[p]
+            return p
+
+        def clearly_different(a: int, b: int) -> bool:
+            pair = (min(a, b), max(a, b))
+            if pair in direct:
+                return False
+            if pair not in known:
+                known[pair] = self.differ(*pair)
+            return known[pair]
+
+        for i, j, strength in edges[["i", "j", "strength"]].itertuples(index=False):
+            a, b = root(i), root(j)
+            if a == b:
+                continue
+            if strength >= 0:
+                if len(refs[a] | refs[b]) > self.max_size:
+                    continue
+                if any(clearly_different(x, y) for x in cluster[a] for y in cluster[b]):
+                    continue
+            parent[b] = a
+            cluster[a] += cluster.pop(b)
+            refs[a] |= refs.pop(b)
+        return {p: root(p) for p in parent}
+
+
+def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _record_refs(frame: pd.DataFrame, what: str) -> np.ndarray:
+    """'{_source}:{_source_id}' per row; a row without either cannot be referenced, so it is an error."""
+    missing = [column for column in (SOURCE, SOURCE_ID) if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lack the column(s) {missing}; every record needs {SOURCE} and {SOURCE_ID}")
+    for column in (SOURCE, SOURCE_ID):
+        text = frame[column].astype("string").str.strip()
+        empty = (text.isna() | (text == "")).to_numpy(dtype=bool, na_value=True)
+        if empty.any():
+            first = frame.index[empty][0]
+            raise ValueError(f"{what}: {int(empty.sum())} row(s) have no {column} (first at index {first!r})")
+    return (frame[SOURCE].astype(str) + ":" + frame[SOURCE_ID].astype(str)).to_numpy(dtype=object)
+
+
+def _check_fields(records: pd.DataFrame, spec: IdentityRules) -> None:
+    for rule in spec.rules:
+        needed = [c.field for c in rule.conditions]
+        needed += [_blocking_source(rule, key, list(records.columns))[0] for key in rule.blocking_keys()]
+        for field in needed:
+            if field not in records.columns:
+                raise ValueError(
+                    f"identity rule {rule.name!r} needs field {field!r}, which the records lack "
+                    f"(columns: {sorted(map(str, records.columns))})"
+                )
+
+
+def entity_id_for(ref: str, salt: int = 0) -> str:
+    """The id a brand-new cluster takes: a hash of its smallest member ref, stable across runs."""
+    text = ref if salt == 0 else f"{ref}#{salt}"
+    return "ent_" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _previous_ids(refs: np.ndarray, crosswalk: pd.DataFrame | None) -> np.ndarray:
+    """The entity id each position held in an earlier run, or None (a ref held under several: the smallest)."""
+    if crosswalk is None or crosswalk.empty:
+        return np.full(len(refs), None, dtype=object)
+    missing = [column for column in CROSSWALK_COLUMNS if column not in crosswalk.columns]
+    if missing:
+        raise ValueError(f"crosswalk lacks the column(s) {missing}; expected {list(CROSSWALK_COLUMNS)}")
+    held = pd.Series(crosswalk[ENTITY_ID].astype(str).to_numpy(), index=_record_refs(crosswalk, "crosswalk rows"))
+    held = held.groupby(level=0).min()
+    return held.reindex(refs).to_numpy(dtype=object, na_value=None)
+
+
+def _assign_ids(labels: np.ndarray, refs: np.ndarray, previous: np.ndarray, report: _Report) -> np.ndarray:
+    """Entity id per label: the earlier id most of its members held (each earlier id goes to one cluster;
+    a cluster holding several keeps the smallest), else a hash of its smallest ref."""
+    n_labels = labels.max() + 1
+    smallest_position = np.full(n_labels, len(labels))
+    np.minimum.at(smallest_position, labels, np.arange(len(labels)))
+    ids = np.full(n_labels, None, dtype=object)
+    has_previous = np.flatnonzero(previous != None)  # noqa: E711
+    claims = pd.DataFrame({"label": labels[has_previous], "entity_id": previous[has_previous]})
+    if len(claims):
+        claims = claims.value_counts().rename("votes").reset_index()
+        claims["smallest"] = smallest_position[claims["label"]]
+        claims = claims.sort_values(["entity_id", "votes", "smallest"], ascending=[True, False, True])
+        winners = claims.drop_duplicates("entity_id")
+        for label, won in winners.groupby("label")["entity_id"]:
+            kept, *retired = sorted(won)
+            ids[label] = kept
+            report.merged_ids.update({old: kept for old in retired})
+    taken = set(previous[has_previous]) | {i for i in ids if i is not None}
+    for label in np.flatnonzero(ids == None):  # noqa: E711
+        salt, new_id = 0, entity_id_for(refs[smallest_position[label]])
+        while new_id in taken:
+            salt += 1
+            new_id = entity_id_for(refs[smallest_position[label]], salt)
+        ids[label] = new_id
+        taken.add(new_id)
+    if len(claims):
+        contested = claims.merge(winners[["entity_id", "label"]], on="entity_id", suffixes=("", "_winner"))
+        for row in contested[contested["label"] != contested["label_winner"]].itertuples():
+            report.split_ids.setdefault(row.entity_id, []).append(ids[row.label])
+    return ids
+
+
+def resolve_entities(
+    records: pd.DataFrame,
+    rules: Any,
+    crosswalk: pd.DataFrame | None = None,
+    *,
+    max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
+) -> pd.Series:
+    """Cluster records into entities; see `sync_pipelines.resolve` for the contract."""
+    spec = IdentityRules.from_spec(rules)
+    if isinstance(max_block_size, bool) or not isinstance(max_block_size, int) or max_block_size < 2:
+        raise ValueError(f"max_block_size must be an integer of at least 2, got {max_block_size!r}")
+    if not isinstance(records, pd.DataFrame):
+        raise TypeError(f"records must be a pandas DataFrame, got {type(records).__name__}")
+    report = _Report({}, {}, [], [])
+    if records.empty:
+        result = pd.Series([], index=records.index, dtype="str", name=ENTITY_ID)
+        result.attrs[REPORT_ATTR] = report.as_dict()
+        return result
+    _check_fields(records, spec)
+    columns = list(records.columns)
+    unsorted_refs = _record_refs(records, "records")
+    order = np.argsort(unsorted_refs, kind="stable")
+    refs = unsorted_refs[order]
+    values = {field: normalize_values(records[field])[order] for field in spec.fields(columns)}
+    resolver = _Resolver(refs, values, spec, max_block_size)
+    report = resolver.report
+
+    def positions_of(ref: str) -> np.ndarray:
+        found = np.arange(np.searchsorted(refs, ref, "left"), np.searchsorted(refs, ref, "right"))
+        if not len(found) and ref not in report.unknown_refs:
+            report.unknown_refs.append(ref)
+        return found
+
+    split_positions = np.concatenate([positions_of(ref) for ref in spec.split] or [np.empty(0, np.int64)])
+    edges = resolver.edges(split_positions)
+    labels = _components(len(refs), edges["i"].to_numpy(), edges["j"].to_numpy())
+
+    labels, report.guarded_components = _ChainGuard(spec, values, resolver.ref_codes).rebuild(labels, edges)
+
+    merge_left, merge_right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for group in spec.merge:
+        found = np.concatenate([positions_of(ref) for ref in group] or [np.empty(0, np.int64)])
+        merge_left.append(np.full(max(len(found) - 1, 0), labels[found[0]] if len(found) else 0))
+        merge_right.append(labels[found[1:]])
+    # manual merges are a person's decision: they join whole clusters and are not capped by max_cluster_size
+    labels = _components(labels.max() + 1, np.concatenate(merge_left), np.concatenate(merge_right))[labels]
+    for skipped in report.skipped:
+        log.warning(
+            "identity rule %r: %s for key %r (%d records, e.g. %s); those records were not compared by this rule",
+            skipped["rule"], skipped["reason"], skipped["key"], skipped["size"], skipped["example_ref"],
+        )
+    if report.unknown_refs:
+        log.warning("identity manual overrides name refs that are not among the records: %s", report.unknown_refs)
+
+    ids = _assign_ids(labels, refs, _previous_ids(refs, crosswalk), report)
+    by_position = np.empty(len(refs), dtype=object)
+    by_position[order] = ids[labels]
+    result = pd.Series(by_position, index=records.index, name=ENTITY_ID, dtype="str")
+    result.attrs[REPORT_ATTR] = report.as_dict()
+    return result
+
+
+def build_crosswalk(records: pd.DataFrame, clusters: pd.Series) -> pd.DataFrame:
+    """The (entity_id, _source, _source_id) rows to store, so the next run keeps these ids."""
+    if not clusters.index.equals(records.index):
+        raise ValueError("clusters must be aligned with the records' index (use the Series resolve_entities returned)")
+    _record_refs(records, "records")
+    crosswalk = pd.DataFrame(
+        {ENTITY_ID: clusters.astype(str).to_numpy(), SOURCE: records[SOURCE].astype(str).to_numpy(),
+         SOURCE_ID: records[SOURCE_ID].astype(str).to_numpy()}
+    ).drop_duplicates()
+    clashes = crosswalk.duplicated([SOURCE, SOURCE_ID], keep=False)
+    if clashes.any():
+        first = crosswalk[clashes].iloc[0]
+        raise ValueError(f"record {first[SOURCE]}:{first[SOURCE_ID]} is in more than one entity")
+    return crosswalk.sort_values([ENTITY_ID, SOURCE, SOURCE_ID], ignore_index=True)
+
+
+def pairwise_precision_recall(predicted: pd.Series, truth: pd.Series) -> tuple[float, float]:
+    """Pairwise precision and recall of predicted clusters against true ones, from cluster contingency counts.
+
+    Both Series label the same index; a missing label makes that record a singleton. With no predicted
+    (true) pairs, precision (recall) is 1.0.
+    """
+    if len(predicted.index) != len(truth.index) or not predicted.index.sort_values().equals(truth.index.sort_values()):
+        raise ValueError("predicted and truth must label the same index")
+    if not predicted.index.is_unique:
+        raise ValueError("predicted and truth need a unique index")
+    truth = truth.reindex(predicted.index)
+
+    def codes(labels: pd.Series) -> np.ndarray:
+        found = pd.factorize(labels, use_na_sentinel=True)[0].astype(np.int64)
+        missing = found < 0
+        found[missing] = found.max(initial=-1) + 1 + np.arange(missing.sum())
+        return found
+
+    def pair_count(counts: np.ndarray) -> int:
+        return int((counts * (counts - 1) // 2).sum())
+
+    predicted_codes, truth_codes = codes(predicted), codes(truth)
+    joint = predicted_codes * (truth_codes.max(initial=0) + 1) + truth_codes
+    true_pairs = pair_count(np.unique(joint, return_counts=True)[1])
+    predicted_pairs = pair_count(np.bincount(predicted_codes))
+    truth_pairs = pair_count(np.bincount(truth_codes))
+    precision = true_pairs / predicted_pairs if predicted_pairs else 1.0
+    recall = true_pairs / truth_pairs if truth_pairs else 1.0
+    return precision, recall

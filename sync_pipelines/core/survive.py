@@ -1,0 +1,489 @@
+"""Survivorship: pick one golden value per entity and field from every tool's records, and say why.
+
+Entity resolution groups records of the same real-world thing; this module decides, field by field, which
+record's value survives into the golden record, records where each golden value came from (provenance) and
+lists every value that lost (the conflicts audit), so a steward can see what write-back will overwrite.
+
+Everything is vectorised: per field one ``argsort`` of a packed (entity, rule order) key over the non-empty
+values, then the first row of each entity wins. Loops run over fields and tools only, never over records or
+entities. Outputs do not depend on input order: ties left by the rule are broken by source id, then value.
+
+Conflicts compare values as text after ``strip`` and ``casefold``: the stack's field mappings already lower-case
+what is case-insensitive (emails, stages), so a difference in case alone (``McDonald``/``Mcdonald``) is cosmetic,
+not a disagreement about the fact, and would only drown the real conflicts. The winner's exact spelling still wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SOURCE_OF_TRUTH = "source_of_truth"
+LAST_WRITE_WINS = "last_write_wins"
+RULE_TYPES = (SOURCE_OF_TRUTH, LAST_WRITE_WINS)
+REQUIRED_COLUMNS = ("_source", "_source_id", "_updated_at")
+KEY_COLUMNS = ["_source", "_source_id"]
+CHANGED_AT_SUFFIX = "__changed_at"
+PROVENANCE_COLUMNS = ["entity_id", "field", "value", "tool", "source_id", "changed_at", "rule"]
+CONFLICT_COLUMNS = [
+    "entity_id", "field", "rule",
+    "winner_tool", "winner_source_id", "winner_value", "winner_changed_at",
+    "loser_tool", "loser_source_id", "loser_value", "loser_changed_at",
+    "decided_at",
+]
+UTC_DTYPE = "datetime64[us, UTC]"
+_NO_TIME = np.iinfo(np.int64).min  # NaT as an int64: the oldest possible time, so it never wins on recency
+
+
+@dataclass(frozen=True)
+class SurvivorshipRules:
+    """One entity's survivorship rules, read from a plain dict or the stack model (same attribute names)."""
+
+    source_of_truth: str | None = None
+    priority: tuple[str, ...] = ()
+    default_rule: str = SOURCE_OF_TRUTH
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, rules: Any) -> SurvivorshipRules:
+        """Accept a mapping or any object with the attributes, and reject rule names this module cannot apply."""
+        if isinstance(rules, SurvivorshipRules):
+            return rules
+
+        def read(name: str, default: Any) -> Any:
+            value = rules.get(name, default) if isinstance(rules, Mapping) else getattr(rules, name, default)
+            return default if value is None else value
+
+        priority = read("priority", ())
+        if isinstance(priority, str) or not isinstance(priority, Sequence):
+            raise ValueError(f"survivorship priority must be a list of tool names, got {priority!r}")
+        parsed = cls(
+            source_of_truth=read("source_of_truth", None),
+            priority=tuple(str(tool) for tool in priority),
+            default_rule=_rule_name(read("default_rule", SOURCE_OF_TRUTH)),
+            fields={str(name): _rule_name(rule) for name, rule in dict(read("fields", {})).items()},
+        )
+        for where, rule in [("default_rule", parsed.default_rule)] + [
+            (f"fields.{name}", rule) for name, rule in parsed.fields.items()
+        ]:
+            if rule not in RULE_TYPES:
+                raise ValueError(f"survivorship {where}: unknown rule {rule!r}; known rules: {', '.join(RULE_TYPES)}")
+        return parsed
+
+    def rule_for(self, field_name: str) -> str:
+        return self.fields.get(field_name, self.default_rule)
+
+    def tool_order(self, tools: Sequence[str]) -> list[str]:
+        """Truth tool first, then the declared priority, then undeclared tools alphabetically (deterministic)."""
+        declared = list(dict.fromkeys(([self.source_of_truth] if self.source_of_truth else []) + list(self.priority)))
+        return declared + sorted(set(tools) - set(declared))
+
+
+def _rule_name(rule: Any) -> str:
+    """A rule as text, also when the stack model hands over an Enum."""
+    return str(getattr(rule, "value", rule))
+
+
+@dataclass(frozen=True)
+class Survivorship:
+    """Golden records (index ``entity_id``), where each golden value came from, and every value that lost."""
+
+    golden: pd.DataFrame
+    provenance: pd.DataFrame
+    conflicts: pd.DataFrame
+
+
+def canonical_fields(records: pd.DataFrame) -> list[str]:
+    """Canonical field columns: everything that is not ``_``-prefixed metadata, in the records' order."""
+    return [str(c) for c in records.columns if not str(c).startswith("_")]
+
+
+def survivorship(
+    records: pd.DataFrame,
+    clusters: pd.Series,
+    rules: Any,
+    field_times: pd.DataFrame | None = None,
+    decided_at: Any = None,
+) -> Survivorship:
+    """Build golden records of one entity from resolved records.
+
+    ``clusters`` holds the entity id of each record (aligned with ``records.index``). ``field_times`` holds, per
+    canonical field, when that value last changed at its source (NaT: unknown, the record's ``_updated_at`` is
+    used); it is either aligned with ``records.index`` or keyed by ``_source``/``_source_id`` columns (the state
+    from :func:`derive_field_change_times`), with columns named ``<field>`` or ``<field>__changed_at``.
+    Deleted records (``_deleted``) take no part; an entity with only deleted records has no golden row.
+    Provenance and conflict values are text so one audit table can hold every field's type; golden columns keep
+    their dtype. Both tables list fields in the records' column order, each by entity id; conflicts within an
+    entity come closest contender first. ``decided_at`` (default: now) stamps the conflicts.
+    """
+    parsed = SurvivorshipRules.coerce(rules)
+    fields = canonical_fields(records)
+    _check_columns(records, fields, parsed)
+    stamp = _utc_timestamp(decided_at, "decided_at") if decided_at is not None else pd.Timestamp.now(tz="UTC")
+
+    updated = _utc_micros(records["_updated_at"], "records._updated_at")
+    times = _field_times(records, field_times, fields, updated)
+    members = _Members.build(records, _aligned_clusters(records, clusters), updated, parsed)
+
+    golden = pd.DataFrame(index=members.entity_index)
+    newest_win = np.full(len(members.entity_index), _NO_TIME, dtype=np.int64)
+    provenance_parts: list[pd.DataFrame] = []
+    conflict_parts: list[pd.DataFrame] = []
+    for name in fields:
+        rule = parsed.rule_for(name)
+        outcome = members.decide(records[name], times[name], rule)
+        golden[name] = members.golden_column(records[name], outcome)
+        provenance_parts.append(members.provenance(outcome, name, rule))
+        conflict_parts.append(members.conflicts(outcome, name, rule, stamp))
+        won = outcome.winner_entities
+        newest_win[won] = np.maximum(newest_win[won], outcome.times[outcome.winner_rows])
+
+    golden["_member_count"] = members.member_counts()
+    golden["_updated_at"] = _utc_times(np.where(newest_win == _NO_TIME, members.newest_update(), newest_win))
+    return Survivorship(
+        golden=golden,
+        provenance=_concat(provenance_parts, PROVENANCE_COLUMNS),
+        conflicts=_concat(conflict_parts, CONFLICT_COLUMNS),
+    )
+
+
+def _check_columns(records: pd.DataFrame, fields: list[str], rules: SurvivorshipRules) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in records.columns]
+    if missing:
+        raise ValueError(f"records lack required column(s) {', '.join(missing)}")
+    unknown = sorted(set(rules.fields) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"survivorship rules name field(s) {', '.join(map(repr, unknown))} that the records do not have; "
+            f"record fields: {', '.join(fields) or '(none)'}"
+        )
+
+
+def _aligned_clusters(records: pd.DataFrame, clusters: pd.Series) -> np.ndarray:
+    """Entity ids in record order; every live record needs one (deleted records may have none)."""
+    if not clusters.index.equals(records.index):
+        if clusters.index.has_duplicates or not records.index.isin(clusters.index).all():
+            raise ValueError("clusters must be aligned with records.index (one entity id per record)")
+        clusters = clusters.reindex(records.index)
+    unassigned = clusters.isna().to_numpy() & ~_deleted_mask(records)
+    if unassigned.any():
+        example = records.loc[unassigned, KEY_COLUMNS].head(3).to_dict("records")
+        raise ValueError(f"{int(unassigned.sum())} live record(s) have no entity id in clusters, e.g. {example}")
+    return clusters.to_numpy()
+
+
+def _deleted_mask(records: pd.DataFrame) -> np.ndarray:
+    if "_deleted" not in records.columns:
+        return np.zeros(len(records), dtype=bool)
+    return records["_deleted"].eq(True).to_numpy()
+
+
+def _utc_timestamp(value: Any, where: str) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is None:
+        raise ValueError(f"{where} must be timezone-aware, got {value!r}")
+    return stamp.tz_convert("UTC")
+
+
+def _utc_micros(values: pd.Series, where: str) -> np.ndarray:
+    """UTC microseconds as int64 (NaT as the oldest time): cheap keys for sorting and comparing."""
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind == "M":
+        raise ValueError(f"{where} holds timezone-naive datetimes; give UTC (tz-aware) times")
+    try:
+        parsed = pd.to_datetime(values, utc=True).astype(UTC_DTYPE)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where} holds values that are not times: {exc}") from None
+    return parsed.dt.tz_convert(None).to_numpy().view(np.int64).copy()  # NaT views as int64 min: _NO_TIME
+
+
+def _field_times(
+    records: pd.DataFrame, field_times: pd.DataFrame | None, fields: list[str], updated: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-field change time of every record as int64 micros, falling back to ``updated`` where unknown."""
+    times = {name: updated for name in fields}
+    if field_times is None:
+        return times
+    suffixed = any(str(c).endswith(CHANGED_AT_SUFFIX) for c in field_times.columns)
+    column_of = {name: name + CHANGED_AT_SUFFIX if suffixed else name for name in fields}
+    known = {name: column for name, column in column_of.items() if column in field_times.columns}
+    if set(KEY_COLUMNS) <= set(field_times.columns):
+        keys = field_times[KEY_COLUMNS].astype(str)
+        if keys.duplicated().any():
+            raise ValueError("field_times repeats _source/_source_id keys; it must hold one row per record")
+        aligned = records[KEY_COLUMNS].astype(str).merge(
+            pd.concat([keys, field_times[list(known.values())]], axis=1), on=KEY_COLUMNS, how="left"
+        )
+    elif records.index.isin(field_times.index).all() and not field_times.index.has_duplicates:
+        aligned = field_times.reindex(records.index)
+    else:
+        raise ValueError("field_times must be aligned with records.index or carry _source and _source_id columns")
+    for name, column in known.items():
+        changed = _utc_micros(aligned[column], f"field_times.{column}")
+        times[name] = np.where(changed == _NO_TIME, updated, changed)
+    return times
+
+
+def _empty_mask(values: pd.Series) -> np.ndarray:
+    """None, NaN and "" are empty: they never win and never conflict.
+
+    Whitespace-only text is not stripped here (a per-value Python call, the costliest step at 1M records): the
+    stack's ``trim`` transform already turns it into "".
+    """
+    return (values.isna() | values.eq("")).to_numpy()
+
+
+def _comparable(values: np.ndarray) -> np.ndarray:
+    return pd.Series(values, dtype=object).astype("str").str.strip().str.casefold().to_numpy()
+
+
+def _utc_times(micros: np.ndarray) -> pd.DatetimeIndex:
+    """Int64 micros back to UTC times, kept as a datetime column (not an object array of Timestamps)."""
+    return pd.DatetimeIndex(micros.view("datetime64[us]")).tz_localize("UTC")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One field's decision, in record positions: ``winner_of[entity code]`` is the winning row (-1: no value).
+
+    ``loser_rows`` hold the rows whose value differs from their entity's winner, by entity and then by their place
+    in the rule's ranking (the closest contender first).
+    """
+
+    winner_of: np.ndarray
+    winner_entities: np.ndarray
+    winner_rows: np.ndarray
+    loser_rows: np.ndarray
+    values: np.ndarray
+    times: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Members:
+    """Records reduced to positional arrays shared by every field; deleted rows have entity code -1."""
+
+    entity_index: pd.Index
+    entity_codes: np.ndarray
+    live_rows: np.ndarray
+    tool_rank: np.ndarray
+    tool_names: np.ndarray
+    source_ids: np.ndarray
+    updated: np.ndarray
+    updated_rank: tuple[int, np.ndarray]
+
+    @classmethod
+    def build(
+        cls, records: pd.DataFrame, entity_ids: np.ndarray, updated: np.ndarray, rules: SurvivorshipRules
+    ) -> _Members:
+        live_rows = np.flatnonzero(~_deleted_mask(records))
+        live_codes, uniques = pd.factorize(entity_ids[live_rows], sort=True)
+        entity_codes = np.full(len(records), -1, dtype=np.int64)
+        entity_codes[live_rows] = live_codes
+        tool_codes, tools = pd.factorize(records["_source"].astype(str))
+        order = rules.tool_order(list(tools))
+        rank_of_code = np.array([order.index(tool) for tool in tools], dtype=np.int64)
+        return cls(
+            entity_index=pd.Index(uniques, name="entity_id"),
+            entity_codes=entity_codes,
+            live_rows=live_rows,
+            tool_rank=rank_of_code[tool_codes] if len(tools) else np.zeros(0, dtype=np.int64),
+            tool_names=np.asarray(order, dtype=object),
+            source_ids=records["_source_id"].astype(str).to_numpy(dtype=object),
+            updated=updated,
+            updated_rank=_dense_rank(updated),
+        )
+
+    def member_counts(self) -> np.ndarray:
+        return np.bincount(self.entity_codes[self.live_rows], minlength=len(self.entity_index))
+
+    def newest_update(self) -> np.ndarray:
+        newest = np.full(len(self.entity_index), _NO_TIME, dtype=np.int64)
+        np.maximum.at(newest, self.entity_codes[self.live_rows], self.updated[self.live_rows])
+        return newest
+
+    def decide(self, values: pd.Series, times: np.ndarray, rule: str) -> _Outcome:
+        """Rank each entity's non-empty values by the rule; the first wins, differing others are conflicts."""
+        value_array = values.to_numpy(dtype=object)
+        rows = self.live_rows[~_empty_mask(values)[self.live_rows]]
+        ranked = self._break_ties(rows[np.argsort(self._ranking_key(rows, times, rule))], times, value_array)
+        ranked_entity = self.entity_codes[ranked]
+        first = np.ones(len(ranked), dtype=bool)
+        first[1:] = ranked_entity[1:] != ranked_entity[:-1]
+        winners, winner_entities = ranked[first], ranked_entity[first]
+        winner_of = np.full(len(self.entity_index), -1, dtype=np.int64)
+        winner_of[winner_entities] = winners
+
+        losers = ranked[~first]
+        losers = losers[value_array[losers] != value_array[winner_of[self.entity_codes[losers]]]]
+        their_winners = winner_of[self.entity_codes[losers]]
+        losers = losers[_comparable(value_array[losers]) != _comparable(value_array[their_winners])]
+        return _Outcome(winner_of, winner_entities, winners, losers, value_array, times)
+
+    def _ranking_key(self, rows: np.ndarray, times: np.ndarray, rule: str) -> np.ndarray:
+        """One int64 per row ordering by entity, then the rule's (tool, recency) or (recency, tool).
+
+        Packing the keys lets one ``argsort`` replace a three-key ``lexsort`` (3x faster at 1M records); times are
+        replaced by their dense rank so they fit in the bits left over. Fields without their own change times use
+        the record times, whose ranking is computed once.
+        """
+        time_count, time_rank = self.updated_rank if times is self.updated else _dense_rank(times)
+        newest_first = time_count - 1 - time_rank[rows]
+        tool, tool_bits = self.tool_rank[rows], len(self.tool_names).bit_length()
+        time_bits, entity_bits = time_count.bit_length(), len(self.entity_index).bit_length()
+        if entity_bits + time_bits + tool_bits > 63:
+            raise ValueError(f"{len(rows):,} records are too many to rank in one survivorship pass")
+        if rule == LAST_WRITE_WINS:
+            minor = (newest_first << tool_bits) | tool
+        else:
+            minor = (tool << time_bits) | newest_first
+        return (self.entity_codes[rows] << (time_bits + tool_bits)) | minor
+
+    def _break_ties(self, ranked: np.ndarray, times: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Runs of rows equal on entity, tool and time are put in source id (then value) order.
+
+        This makes the whole ranking independent of input order. Sorting every source id would cost a full string
+        sort; ties are rare, so only tied rows are sorted.
+        """
+        tool, entity, when = self.tool_rank[ranked], self.entity_codes[ranked], times[ranked]
+        tied_to_previous = np.zeros(len(ranked), dtype=bool)
+        tied_to_previous[1:] = (entity[1:] == entity[:-1]) & (tool[1:] == tool[:-1]) & (when[1:] == when[:-1])
+        if not tied_to_previous.any():
+            return ranked
+        run_start = np.maximum.accumulate(np.where(tied_to_previous, 0, np.arange(len(ranked))))
+        slots = np.flatnonzero(tied_to_previous | np.append(tied_to_previous[1:], False))
+        contest = pd.DataFrame({
+            "run": run_start[slots],
+            "source_id": self.source_ids[ranked[slots]],
+            "value": _as_text(values[ranked[slots]]),
+            "row": ranked[slots],
+        }).sort_values(["run", "source_id", "value"], kind="stable")
+        reordered = ranked.copy()
+        reordered[slots] = contest["row"].to_numpy()  # a run's slots are contiguous, so runs keep their place
+        return reordered
+
+    def golden_column(self, values: pd.Series, outcome: _Outcome) -> pd.Series:
+        won = values.iloc[outcome.winner_rows].set_axis(self.entity_index[outcome.winner_entities])
+        return won.reindex(self.entity_index)
+
+    def provenance(self, outcome: _Outcome, name: str, rule: str) -> pd.DataFrame:
+        return pd.DataFrame({
+            "entity_id": self.entity_index[outcome.winner_entities],
+            "field": name,
+            **self._origin("", outcome.winner_rows, outcome),
+            "rule": rule,
+        })
+
+    def conflicts(self, outcome: _Outcome, name: str, rule: str, decided_at: pd.Timestamp) -> pd.DataFrame:
+        losers = outcome.loser_rows
+        entities = self.entity_codes[losers]
+        return pd.DataFrame({
+            "entity_id": self.entity_index[entities],
+            "field": name,
+            "rule": rule,
+            **self._origin("winner_", outcome.winner_of[entities], outcome),
+            **self._origin("loser_", losers, outcome),
+            "decided_at": pd.Series(decided_at, index=pd.RangeIndex(len(losers)), dtype=UTC_DTYPE),
+        })
+
+    def _origin(self, prefix: str, rows: np.ndarray, outcome: _Outcome) -> dict[str, Any]:
+        """Value, tool, source id and change time of ``rows``, as audit columns named with ``prefix``."""
+        return {
+            f"{prefix}value": _as_text(outcome.values[rows]),
+            f"{prefix}tool": self.tool_names[self.tool_rank[rows]],
+            f"{prefix}source_id": self.source_ids[rows],
+            f"{prefix}changed_at": _utc_times(outcome.times[rows]),
+        }
+
+
+def _dense_rank(times: np.ndarray) -> tuple[int, np.ndarray]:
+    """How many distinct times there are, and each time's rank among them (0 = oldest)."""
+    distinct, rank = np.unique(times, return_inverse=True)
+    return len(distinct), rank
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    return pd.Series(values, dtype=object).astype("str").to_numpy()
+
+
+def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """Per-field parts one after the other (fields in the records' order, each by entity id), in ``columns`` order."""
+    if not parts:
+        return pd.DataFrame({name: pd.Series(dtype=UTC_DTYPE if name.endswith("_at") else object) for name in columns})
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def derive_field_change_times(
+    previous_state: pd.DataFrame | None,
+    current: pd.DataFrame,
+    fields: Sequence[str],
+    extracted_at: Any,
+) -> pd.DataFrame:
+    """Per-field change times for APIs that only give a record timestamp, from successive extractions.
+
+    State layout (one row per ``_source``, ``_source_id``, sorted by them)::
+
+        _source, _source_id, <field>, <field>__changed_at, ..., _seen_at
+
+    ``<field>`` is the value last seen, ``<field>__changed_at`` (UTC) when it last changed: kept from the previous
+    state while the value is unchanged, the record's ``_updated_at`` (``extracted_at`` when that is unknown) when the
+    value changed or the record is new. ``_seen_at`` is the last extraction that returned the record. Records absent
+    from ``current`` (incremental runs return only changed records) keep their previous row. Values are compared
+    as text, so a value that round-tripped through the warehouse as text still counts as unchanged.
+    Store the result and pass it as ``field_times`` to :func:`survivorship` (it joins on the key columns).
+    """
+    if isinstance(fields, str):
+        raise ValueError(f"fields must be a list of field names, got the string {fields!r}")
+    fields = list(fields)
+    seen_at = _utc_timestamp(extracted_at, "extracted_at")
+    missing = [c for c in KEY_COLUMNS + ["_updated_at"] + fields if c not in current.columns]
+    if missing:
+        raise ValueError(f"current records lack column(s) {', '.join(missing)}")
+    changed_columns = [name + CHANGED_AT_SUFFIX for name in fields]
+    layout = KEY_COLUMNS + [c for pair in zip(fields, changed_columns) for c in pair] + ["_seen_at"]
+
+    now = current[KEY_COLUMNS + fields].astype({c: str for c in KEY_COLUMNS}).reset_index(drop=True)
+    duplicated = now.duplicated(KEY_COLUMNS)
+    if duplicated.any():
+        example = now.loc[duplicated, KEY_COLUMNS].head(3).to_dict("records")
+        raise ValueError(f"current records repeat keys, e.g. {example}")
+    updated = pd.Series(_utc_times(_utc_micros(current["_updated_at"], "current._updated_at"))).fillna(seen_at)
+
+    previous = _previous_state(previous_state, fields, changed_columns)
+    merged = now.merge(previous, on=KEY_COLUMNS, how="left", suffixes=("", "__previous"), validate="one_to_one")
+    for name, changed in zip(fields, changed_columns):
+        before = merged[name + "__previous"]
+        same = _same_text(merged[name], before) & merged[changed].notna()
+        merged[changed] = merged[changed].where(same, updated)
+    merged["_seen_at"] = pd.Series(seen_at, index=merged.index, dtype=UTC_DTYPE)
+
+    untouched = ~pd.MultiIndex.from_frame(previous[KEY_COLUMNS]).isin(pd.MultiIndex.from_frame(now[KEY_COLUMNS]))
+    state = pd.concat([previous.loc[untouched, layout], merged[layout]], ignore_index=True)
+    return state.sort_values(KEY_COLUMNS, kind="stable", ignore_index=True)
+
+
+def _previous_state(previous_state: pd.DataFrame | None, fields: list[str], changed_columns: list[str]) -> pd.DataFrame:
+    """The stored state in the current layout: fields new since the last run start with no value and no time."""
+    previous = pd.DataFrame(columns=KEY_COLUMNS) if previous_state is None else previous_state.copy()
+    missing_keys = [c for c in KEY_COLUMNS if c not in previous.columns]
+    if missing_keys:
+        raise ValueError(f"previous_state lacks key column(s) {', '.join(missing_keys)}")
+    previous = previous.astype({c: str for c in KEY_COLUMNS})
+    for name in fields:
+        if name not in previous.columns:
+            previous[name] = None
+    for column in changed_columns + ["_seen_at"]:
+        values = previous[column] if column in previous.columns else pd.Series(pd.NaT, index=previous.index)
+        previous[column] = pd.to_datetime(values, utc=True).astype(UTC_DTYPE)
+    if previous.duplicated(KEY_COLUMNS).any():
+        raise ValueError("previous_state repeats _source/_source_id keys; it must hold one row per record")
+    return previous[KEY_COLUMNS + fields + changed_columns + ["_seen_at"]]
+
+
+def _same_text(now: pd.Series, before: pd.Series) -> pd.Series:
+    """Equal as text, with empty equal to empty."""
+    now_empty, before_empty = pd.Series(_empty_mask(now)), pd.Series(_empty_mask(before))
+    equal = now.astype(object).astype("str").eq(before.astype(object).astype("str"))
+    return (now_empty & before_empty) | (~now_empty & ~before_empty & equal)

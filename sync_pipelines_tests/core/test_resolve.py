@@ -1,0 +1,441 @@
+"""Entity resolution: matching, blocking, clusters and the chain guard, overrides, stable ids, metrics."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from rapidfuzz import fuzz
+from rapidfuzz.distance import JaroWinkler, Levenshtein
+
+from sync_pipelines.resolve import (
+    build_crosswalk,
+    entity_id_for,
+    pairwise_precision_recall,
+    resolve_entities,
+    soundex,
+)
+
+FIELDS = ("email", "first_name", "last_name", "phone", "company_name", "team")
+SANDBOX_RULES = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "sync_pipelines" / "stacks" / "sandbox.yaml").read_text()
+)["identity"]["contacts"]
+EMAIL = {"name": "same_email", "conditions": [{"field": "email", "method": "exact"}]}
+PHONE = {"name": "same_phone", "conditions": [{"field": "phone", "method": "exact"}]}
+
+
+def frame(*rows: dict, index: list | None = None) -> pd.DataFrame:
+    """Records with every identity column present; `ref` 'tool:id' fills _source and _source_id."""
+    records = []
+    for row in rows:
+        source, source_id = row["ref"].split(":")
+        records.append({"_source": source, "_source_id": source_id, **{f: row.get(f) for f in FIELDS}})
+    return pd.DataFrame(records, index=index)
+
+
+def identity(*rules: dict, max_cluster_size: int = 12, merge=(), split=()) -> dict:
+    manual = {"merge": list(merge), "split": list(split)}
+    return {"rules": list(rules), "max_cluster_size": max_cluster_size, "manual": manual}
+
+
+def groups(result: pd.Series, records: pd.DataFrame) -> set[frozenset[str]]:
+    """The partition as sets of refs, independent of the ids chosen."""
+    refs = records["_source"] + ":" + records["_source_id"]
+    return {frozenset(refs[result == entity]) for entity in result.unique()}
+
+
+def partition(*clusters: tuple[str, ...]) -> set[frozenset[str]]:
+    return {frozenset(cluster) for cluster in clusters}
+
+
+# ------------------------------------------------------------------------------------------ matching
+
+
+def test_exact_match_ignores_case_and_whitespace_and_missing_never_matches():
+    records = frame(
+        {"ref": "a:1", "email": "Ann@Example.com"},
+        {"ref": "b:1", "email": "  ann@example.com "},
+        {"ref": "c:1", "email": "bob@example.com"},
+        {"ref": "d:1", "email": None},
+        {"ref": "e:1", "email": "   "},
+    )
+    result = resolve_entities(records, identity(EMAIL))
+    assert groups(result, records) == partition(("a:1", "b:1"), ("c:1",), ("d:1",), ("e:1",))
+
+
+def test_inner_whitespace_is_collapsed_before_comparing():
+    records = frame({"ref": "a:1", "company_name": "Acme   Corp"}, {"ref": "b:1", "company_name": "acme corp"})
+    rule = {"name": "company", "conditions": [{"field": "company_name", "method": "exact"}]}
+    assert resolve_entities(records, identity(rule)).nunique() == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "left", "right", "score"),
+    [
+        ("jaro_winkler", "Katherine", "Kathryn", JaroWinkler.normalized_similarity("katherine", "kathryn")),
+        ("levenshtein", "Jonathan", "Johnathon", Levenshtein.normalized_similarity("jonathan", "johnathon")),
+        ("token_sort", "Acme Widgets Ltd", "Widgets Acme Limited",
+         fuzz.token_sort_ratio("acme widgets ltd", "widgets acme limited") / 100),
+    ],
+)
+def test_each_fuzzy_method_matches_at_its_threshold_and_not_above(method, left, right, score):
+    records = frame({"ref": "a:1", "first_name": left, "team": "x"}, {"ref": "b:1", "first_name": right, "team": "x"})
+
+    def matches(threshold: float) -> bool:
+        rule = {"name": "fuzzy", "blocking": ["team"],
+                "conditions": [{"field": "first_name", "method": method, "threshold": threshold}]}
+        return resolve_entities(records, identity(rule)).nunique() == 1
+
+    assert 0.5 < score < 0.99
+    assert matches(score)
+    assert matches(score - 0.02)
+    assert not matches(score + 0.02)
+
+
+def test_a_rule_needs_all_its_conditions_and_any_rule_is_enough():
+    name_and_company = {
+        "name": "name_and_company", "blocking": ["team"],
+        "conditions": [
+            {"field": "last_name", "method": "jaro_winkler", "threshold": 0.9},
+            {"field": "company_name", "method": "token_sort", "threshold": 0.9},
+        ],
+    }
+    records = frame(
+        {"ref": "a:1", "last_name": "Lindqvist", "company_name": "Acme Corp", "team": "t"},
+        {"ref": "b:1", "last_name": "Lindquist", "company_name": "Corp Acme", "team": "t"},  # both hold
+        {"ref": "c:1", "last_name": "Lindqvist", "company_name": "Globex", "team": "t"},  # company fails
+        {"ref": "d:1", "last_name": "Okonkwo", "company_name": "Globex", "team": "t", "email": "x@y.com"},
+        {"ref": "e:1", "email": "x@y.com"},  # only the email rule links it to d
+    )
+    result = resolve_entities(records, identity(name_and_company, EMAIL))
+    assert groups(result, records) == partition(("a:1", "b:1"), ("c:1",), ("d:1", "e:1"))
+
+
+def test_rules_with_pydantic_like_objects_give_the_same_result_as_the_dict():
+    records = frame(
+        {"ref": "a:1", "email": "a@x.com", "phone": "+1555", "last_name": "Smith"},
+        {"ref": "b:1", "email": "b@x.com", "phone": "+1555", "last_name": "Smyth"},
+    )
+    as_object = SimpleNamespace(
+        max_cluster_size=12,
+        manual=SimpleNamespace(merge=[], split=[]),
+        rules=[SimpleNamespace(name=r["name"], blocking=r.get("blocking", []),
+                               conditions=[SimpleNamespace(**c) for c in r["conditions"]])
+               for r in SANDBOX_RULES["rules"]],
+    )
+    by_dict = resolve_entities(records, SANDBOX_RULES)
+    assert by_dict.nunique() == 1
+    assert resolve_entities(records, as_object).equals(by_dict)
+
+
+# ------------------------------------------------------------------------------------------ blocking
+
+
+def fuzzy_last_name(blocking: list[str], threshold: float = 0.8) -> dict:
+    return {"name": "similar_last_name", "blocking": blocking,
+            "conditions": [{"field": "last_name", "method": "jaro_winkler", "threshold": threshold}]}
+
+
+def test_soundex_codes():
+    assert [soundex(w) for w in ("Robert", "Rupert", "Ashcraft", "Tymczak", "Pfister", "Smyth")] == [
+        "R163", "R163", "A261", "T522", "P236", "S530"]
+    assert soundex("123") is None
+
+
+def test_only_records_sharing_a_blocking_key_are_compared():
+    records = frame({"ref": "a:1", "last_name": "Smith"}, {"ref": "b:1", "last_name": "Smyth"})
+    assert resolve_entities(records, identity(fuzzy_last_name(["last_name_prefix"]))).nunique() == 2  # smi / smy
+    assert resolve_entities(records, identity(fuzzy_last_name(["last_name_soundex"]))).nunique() == 1  # S530
+
+
+def test_several_blocking_keys_are_each_tried():
+    records = frame(
+        {"ref": "a:1", "last_name": "Smith", "email": "a@acme.com"},
+        {"ref": "b:1", "last_name": "Smyth", "email": "b@acme.com"},
+    )
+    assert resolve_entities(records, identity(fuzzy_last_name(["last_name_prefix"]))).nunique() == 2
+    assert resolve_entities(records, identity(fuzzy_last_name(["last_name_prefix", "email_domain"]))).nunique() == 1
+
+
+def test_domain_key_is_missing_without_an_at_sign():
+    records = frame({"ref": "a:1", "last_name": "Smith", "email": "acme.com"},
+                    {"ref": "b:1", "last_name": "Smith", "email": "acme.com"})
+    assert resolve_entities(records, identity(fuzzy_last_name(["email_domain"]))).nunique() == 2
+
+
+def test_a_large_block_is_scored_like_small_ones():
+    """Over 64 records in one block take the distinct-values path; each family of spellings is one cluster."""
+    families = {"Lindqvist": ["Lindqvist", "Lindquist", "Lindkvist"], "Okonkwo": ["Okonkwo", "Okonkwoo"],
+                "Bergstrom": ["Bergstrom", "Bergström", "Bergstrum"], "Fitzgerald": ["Fitzgerald", "Fitzgerrald"]}
+    rows, truth = [], []
+    for family, spellings in families.items():
+        for k in range(20):
+            rows.append({"ref": f"t:{family}{k:02d}", "last_name": spellings[k % len(spellings)], "team": "all"})
+            truth.append(family)
+    records = frame(*rows)
+    rule = fuzzy_last_name(["team"], threshold=0.9)
+    result = resolve_entities(records, identity(rule, max_cluster_size=50))
+    assert pairwise_precision_recall(result, pd.Series(truth, index=records.index)) == (1.0, 1.0)
+
+    skipped = resolve_entities(records, identity(rule, max_cluster_size=50), max_block_size=79)
+    assert skipped.nunique() == len(records)
+    assert skipped.attrs["resolution"]["skipped"][0]["rule"] == "similar_last_name"
+    assert skipped.attrs["resolution"]["skipped"][0]["size"] == 80
+
+
+def test_a_fuzzy_rule_without_keys_blocks_on_its_first_fields_prefix():
+    records = frame({"ref": "a:1", "last_name": "Smith"}, {"ref": "b:1", "last_name": "Smithe"},
+                    {"ref": "c:1", "last_name": "Smyth"})
+    result = resolve_entities(records, identity(fuzzy_last_name([])))
+    assert groups(result, records) == partition(("a:1", "b:1"), ("c:1",))
+
+
+# ----------------------------------------------------------------------------- clusters and the guard
+
+
+def test_matches_are_closed_transitively_when_nothing_contradicts():
+    records = frame(
+        {"ref": "salesforce:1", "email": "ann@x.com", "last_name": "Smith"},
+        {"ref": "hubspot:1", "email": "ann@x.com", "phone": "+1555", "last_name": "Smith"},
+        {"ref": "zendesk:1", "email": "ann.new@y.com", "phone": "+1555", "last_name": "Smith"},
+    )
+    result = resolve_entities(records, SANDBOX_RULES)
+    assert result.nunique() == 1
+    assert result.attrs["resolution"]["guarded_components"] == 0
+
+
+def test_chain_through_a_middle_record_does_not_join_clearly_different_people():
+    """A ~ B by phone and similar last name, B ~ C by email, but A (Smith) and C (Okafor) are different people.
+
+    The email match is the stronger rule (listed first), so B stays with C and A stands alone.
+    """
+    records = frame(
+        {"ref": "salesforce:A", "email": "ann@x.com", "phone": "+1555", "last_name": "Smith"},
+        {"ref": "hubspot:B", "email": "shared@y.com", "phone": "+1555", "last_name": "Smyth"},
+        {"ref": "zendesk:C", "email": "shared@y.com", "last_name": "Okafor"},
+    )
+    result = resolve_entities(records, SANDBOX_RULES)
+    assert groups(result, records) == partition(("salesforce:A",), ("hubspot:B", "zendesk:C"))
+    assert result.attrs["resolution"]["guarded_components"] == 1
+
+
+def test_components_are_cut_back_to_max_cluster_size():
+    records = frame(
+        {"ref": "a:1", "email": "one@x.com", "phone": "+1"},
+        {"ref": "a:2", "email": "one@x.com", "phone": "+2"},
+        {"ref": "a:3", "email": "two@x.com", "phone": "+2"},
+    )
+    chained = resolve_entities(records, identity(EMAIL, PHONE, max_cluster_size=3))
+    assert chained.nunique() == 1
+    guarded = resolve_entities(records, identity(EMAIL, PHONE, max_cluster_size=2))
+    assert groups(guarded, records) == partition(("a:1", "a:2"), ("a:3",))  # the email rule is listed first
+
+
+def test_a_value_shared_by_too_many_refs_links_nobody(caplog):
+    records = frame(*({"ref": f"a:{k}", "email": "info@acme.com"} for k in range(4)))
+    with caplog.at_level(logging.WARNING):
+        result = resolve_entities(records, identity(EMAIL, max_cluster_size=3))
+    assert result.nunique() == 4
+    assert "same_email" in caplog.text and "info@acme.com" not in caplog.text
+    assert result.attrs["resolution"]["skipped"][0]["size"] == 4
+
+
+def test_same_ref_is_always_one_entity_and_one_source_may_hold_a_person_twice():
+    records = frame(
+        {"ref": "salesforce:1", "email": "old@x.com"},
+        {"ref": "salesforce:1", "email": "new@x.com"},  # the same record seen twice
+        {"ref": "salesforce:2", "email": "other@x.com", "phone": "+1555", "last_name": "Smith"},
+        {"ref": "salesforce:3", "email": "third@x.com", "phone": "+1555", "last_name": "Smith"},
+    )
+    result = resolve_entities(records, SANDBOX_RULES)
+    assert groups(result, records) == partition(("salesforce:1",), ("salesforce:2", "salesforce:3"))
+    assert result.iloc[0] == result.iloc[1]
+
+
+def test_records_without_identity_values_are_singletons():
+    records = frame({"ref": "a:1"}, {"ref": "b:1"}, {"ref": "c:1", "first_name": "Ann"})
+    assert resolve_entities(records, SANDBOX_RULES).nunique() == 3
+
+
+# ------------------------------------------------------------------------------------------ stable ids
+
+
+def people() -> pd.DataFrame:
+    return frame(
+        {"ref": "salesforce:1", "email": "ann@x.com"},
+        {"ref": "hubspot:7", "email": "ann@x.com"},
+        {"ref": "zendesk:3", "email": "bob@x.com"},
+        {"ref": "stripe:9", "email": "cy@x.com"},
+    )
+
+
+def test_ids_are_identical_across_runs_and_row_orders():
+    records = people()
+    first = resolve_entities(records, SANDBOX_RULES)
+    assert first.equals(resolve_entities(records, SANDBOX_RULES))
+    shuffled = records.sample(frac=1, random_state=3)
+    assert resolve_entities(shuffled, SANDBOX_RULES).reindex(records.index).equals(first)
+    assert first.iloc[0] == entity_id_for("hubspot:7")  # the smallest member ref names a new cluster
+
+
+def test_adding_a_record_does_not_renumber_other_clusters():
+    records = people()
+    before = resolve_entities(records, SANDBOX_RULES)
+    grown = pd.concat([records, frame({"ref": "asana:1", "email": "dee@x.com"}, index=[99])])
+    after = resolve_entities(grown, SANDBOX_RULES)
+    assert after.loc[records.index].equals(before)
+    assert after.loc[99] not in set(before)
+
+
+def test_crosswalk_keeps_ids_when_a_smaller_ref_joins():
+    records = people()
+    crosswalk = build_crosswalk(records, resolve_entities(records, SANDBOX_RULES))
+    grown = pd.concat([records, frame({"ref": "asana:1", "email": "ann@x.com"}, index=[99])])
+    without = resolve_entities(grown, SANDBOX_RULES)
+    with_crosswalk = resolve_entities(grown, SANDBOX_RULES, crosswalk)
+    assert without.loc[0] != crosswalk.loc[crosswalk["_source_id"] == "1", "entity_id"].item()  # renamed
+    assert with_crosswalk.loc[[0, 1, 99]].nunique() == 1
+    assert with_crosswalk.loc[0] == crosswalk.loc[crosswalk["_source_id"] == "1", "entity_id"].item()
+
+
+def test_when_clusters_merge_the_smallest_earlier_id_wins_and_the_merge_is_reported():
+    records = people()
+    crosswalk = pd.DataFrame({"entity_id": ["ent_b", "ent_a", "ent_c"], "_source": ["salesforce", "hubspot", "zendesk"],
+                              "_source_id": ["1", "7", "3"]})
+    result = resolve_entities(records, SANDBOX_RULES, crosswalk)
+    assert result.loc[0] == result.loc[1] == "ent_a"
+    assert result.loc[2] == "ent_c"
+    assert result.attrs["resolution"]["merged_ids"] == {"ent_b": "ent_a"}
+
+
+def test_when_an_entity_splits_the_larger_part_keeps_its_id():
+    records = frame(
+        {"ref": "a:1", "email": "ann@x.com"},
+        {"ref": "a:2", "email": "ann@x.com"},
+        {"ref": "a:3", "email": "zed@x.com"},
+    )
+    crosswalk = pd.DataFrame({"entity_id": ["ent_old"] * 3, "_source": ["a"] * 3, "_source_id": ["1", "2", "3"]})
+    result = resolve_entities(records, SANDBOX_RULES, crosswalk)
+    assert result.loc[0] == result.loc[1] == "ent_old"
+    assert result.loc[2] == entity_id_for("a:3")
+    assert result.attrs["resolution"]["split_ids"] == {"ent_old": [entity_id_for("a:3")]}
+
+
+def test_build_crosswalk_lists_each_ref_once():
+    records = pd.concat([people(), people().iloc[[0]]])
+    result = resolve_entities(records, SANDBOX_RULES)
+    crosswalk = build_crosswalk(records, result)
+    assert list(crosswalk.columns) == ["entity_id", "_source", "_source_id"]
+    assert len(crosswalk) == 4
+    assert crosswalk["entity_id"].nunique() == 3
+
+
+# ------------------------------------------------------------------------------------- manual overrides
+
+
+def test_manual_merge_joins_and_manual_split_separates():
+    records = people()
+    result = resolve_entities(records, identity(EMAIL, merge=[["zendesk:3", "stripe:9"]], split=[["hubspot:7"]]))
+    assert groups(result, records) == partition(("salesforce:1",), ("hubspot:7",), ("zendesk:3", "stripe:9"))
+
+
+def test_manual_merge_is_not_capped_by_max_cluster_size():
+    records = people()
+    merge = [["salesforce:1", "zendesk:3", "stripe:9"]]
+    assert resolve_entities(records, identity(EMAIL, max_cluster_size=2, merge=merge)).nunique() == 1
+
+
+def test_unknown_refs_in_overrides_are_reported(caplog):
+    with caplog.at_level(logging.WARNING):
+        result = resolve_entities(people(), identity(EMAIL, merge=[["zendesk:3", "ghost:1"]], split=[["ghost:2"]]))
+    assert result.attrs["resolution"]["unknown_refs"] == ["ghost:2", "ghost:1"]
+    assert "ghost:1" in caplog.text and "ghost:2" in caplog.text
+
+
+def test_a_ref_both_merged_and_split_is_an_error():
+    with pytest.raises(ValueError, match="zendesk:3"):
+        resolve_entities(people(), identity(EMAIL, merge=[["zendesk:3", "stripe:9"]], split=[["zendesk:3"]]))
+
+
+# ------------------------------------------------------------------------------------- shapes and errors
+
+
+def test_empty_frame_gives_an_empty_series():
+    result = resolve_entities(pd.DataFrame(columns=["_source", "_source_id", "email"]), identity(EMAIL))
+    assert result.empty and result.name == "entity_id"
+
+
+def test_result_is_aligned_with_a_non_default_index():
+    records = frame(
+        {"ref": "a:1", "email": "ann@x.com"},
+        {"ref": "b:1", "email": "bob@x.com"},
+        {"ref": "c:1", "email": "ann@x.com"},
+        index=["z", "m", "a"],
+    )
+    result = resolve_entities(records, identity(EMAIL))
+    assert list(result.index) == ["z", "m", "a"]
+    assert result["z"] == result["a"] != result["m"]
+    assert all(isinstance(value, str) for value in result)
+
+
+def test_a_missing_field_names_the_rule_and_the_field():
+    records = frame({"ref": "a:1", "email": "a@x.com"}).drop(columns=["phone"])
+    with pytest.raises(ValueError, match=r"same_phone_similar_name.*'phone'"):
+        resolve_entities(records, SANDBOX_RULES)
+
+
+def test_records_need_a_source_and_a_source_id():
+    with pytest.raises(ValueError, match="_source_id"):
+        resolve_entities(frame({"ref": "a:1"}).drop(columns=["_source_id"]), identity(EMAIL))
+    records = frame({"ref": "a:1"}, {"ref": "b:1"})
+    records.loc[1, "_source_id"] = None
+    with pytest.raises(ValueError, match="1 row"):
+        resolve_entities(records, identity(EMAIL))
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ({"field": "email", "method": "soundalike"}, "unknown method 'soundalike'"),
+        ({"field": "email", "method": "jaro_winkler", "threshold": 1.5}, "threshold in"),
+        ({"field": "email", "method": "levenshtein"}, "threshold in"),
+    ],
+)
+def test_bad_conditions_name_the_rule(condition, message):
+    with pytest.raises(ValueError, match=rf"'broken'.*{message}"):
+        resolve_entities(people(), identity({"name": "broken", "conditions": [condition]}))
+
+
+def test_an_unknown_blocking_key_names_the_rule():
+    rule = fuzzy_last_name(["last_name_initials"])
+    with pytest.raises(ValueError, match=r"'similar_last_name'.*last_name_initials"):
+        resolve_entities(people(), identity(rule))
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def test_pairwise_precision_and_recall():
+    truth = pd.Series(["p", "p", "p", "q", "q"], index=list("abcde"))
+    predicted = pd.Series([1, 1, 2, 2, 3], index=list("abcde"))
+    # predicted pairs: ab, cd -> one right (ab); true pairs: ab, ac, bc, de
+    assert pairwise_precision_recall(predicted, truth) == (0.5, 0.25)
+    assert pairwise_precision_recall(truth.sample(frac=1, random_state=1), truth) == (1.0, 1.0)
+
+
+def test_precision_recall_treats_missing_labels_as_singletons_and_checks_the_index():
+    truth = pd.Series(["p", "p", None, None], index=range(4))
+    assert pairwise_precision_recall(pd.Series([1, 1, 2, 3]), truth) == (1.0, 1.0)
+    assert pairwise_precision_recall(pd.Series([1, 1, 2, 2]), truth) == (0.5, 1.0)
+    with pytest.raises(ValueError, match="same index"):
+        pairwise_precision_recall(pd.Series([1, 2]), truth)
+
+
+def test_precision_recall_is_near_linear_on_many_records():
+    labels = pd.Series(np.arange(200_000) // 2)
+    assert pairwise_precision_recall(labels, labels) == (1.0, 1.0)

@@ -24,6 +24,7 @@ from .limits import Faults, RateLimiter, Stats
 from .salesforce import Salesforce
 from .slack import Slack
 from .stripe import Stripe
+from .table import Table
 from .vendor import Handler, Vendor
 from .zendesk import Zendesk
 
@@ -51,6 +52,7 @@ class SandboxState:
             raise ValueError(f"sandbox credentials: unknown tool(s) {sorted(unknown)}; expected {sorted(self.vendors)}")
         self.credentials = {tool: (credentials or {}).get(tool, v.default_credential) for tool, v in self.vendors.items()}
         self._truth_cache: tuple[tuple[int, ...], dict[str, Any]] | None = None
+        self.email_owners = truth.EmailOwners(world)
         if csv_dir is not None:
             write_csv(world, csv_dir)
 
@@ -61,14 +63,30 @@ class SandboxState:
             self._truth_cache = (versions, truth.people(self.world))
         return self._truth_cache[1]
 
-    def changed(self, tool: str, stream: str, row: int, kind: str) -> None:
-        """Let the tool react to a change (Stripe logs an event, the ERP rewrites its export)."""
-        table = self.world.table(tool, stream)
-        if tool == "legacy_erp":
+    def write(self, table: Table, row: int | None, changes: dict[str, Any], now: int | None = None,
+              deleted: bool | None = None, codes: dict[str, int] | None = None) -> int:
+        """Create a record (`row` None) or change one, then let truth and the tool follow; returns its row.
+
+        Every write path (vendor APIs and `/_sandbox/mutate`) goes through here, so all of them bump the record's
+        time, reach ground truth and fire the tool's hooks (Stripe events, the ERP export) alike.
+        """
+        now = now_ms() if now is None else now
+        if row is None:
+            row = table.append(changes, now, codes)
+            kind = "created"
+        else:
+            if changes or deleted is None:
+                table.update(row, changes, now)
+            if deleted is not None:
+                table.set_deleted(row, deleted, now)
+            kind = "deleted" if deleted else "updated"
+        self.email_owners.attribute(table, row)
+        if table.tool == "legacy_erp":
             if self.csv_dir is not None:
                 write_csv(self.world, self.csv_dir)
-            return
-        self.vendors[tool].on_change(table, row, kind)
+        else:
+            self.vendors[table.tool].on_change(table, row, kind)
+        return row
 
     def mutate(self, body: Any) -> dict[str, Any]:
         """Change one record's fields (or `deleted`) as if someone edited it in the tool, bumping its time."""
@@ -91,14 +109,8 @@ class SandboxState:
         unknown = set(changes) - set(fields) - {"deleted"}
         if unknown:
             raise ValueError(f"mutate: {table.key} has no field(s) {sorted(unknown)}; fields are {sorted(fields)}")
-        now = now_ms()
         field_changes = {k: v for k, v in changes.items() if k != "deleted"}
-        if field_changes:
-            table.update(row, field_changes, now)
-        if "deleted" in changes:
-            table.set_deleted(row, bool(changes["deleted"]), now)
-        kind = "deleted" if changes.get("deleted") else "updated"
-        self.changed(table.tool, table.name, row, kind)
+        self.write(table, row, field_changes, deleted=bool(changes["deleted"]) if "deleted" in changes else None)
         return {"id": body["id"], "modified_ms": int(table.modified[row]), "fields": table.fields(row),
                 "deleted": bool(table.deleted[row])}
 

@@ -11,7 +11,7 @@ import numpy as np
 from starlette.responses import Response
 
 from . import names as N
-from .common import ApiError, Call, iso_ms, json_response, now_ms, parse_datetime
+from .common import ApiError, Call, iso_ms, json_response, parse_datetime
 from .data import PROJECTS, WORKSPACE, team_member
 from .limits import Verdict
 from .table import Table
@@ -131,7 +131,7 @@ class Asana(Vendor):
         fields = {"name": data.get("name", ""), "notes": data.get("notes", ""), "completed": False, "due_on": None,
                   "assignee": None, "projects": [PROJECTS[i][0] for i in indexes]}
         fields.update(_task_changes(data))
-        row = table.append(fields, now_ms(), codes={"project": indexes[0] if indexes else -1})
+        row = self.state.write(table, None, fields, codes={"project": indexes[0] if indexes else -1})
         full = list(TASK_FIELDS) + ["created_at", "modified_at", "projects", "workspace", "resource_type"]
         return json_response({"data": self.task(table, row, full)}, 201)
 
@@ -140,7 +140,7 @@ class Asana(Vendor):
         row = table.row_of(call.params["gid"])
         if row is None or table.deleted[row]:
             raise ApiError(404, "NOT_FOUND", f"task: Unknown object: {call.params['gid']}")
-        table.update(row, _task_changes(_data(call)), now_ms())
+        self.state.write(table, row, _task_changes(_data(call)))
         return json_response({"data": self.task(table, row, list(TASK_FIELDS) + ["modified_at"])})
 
 

@@ -1,4 +1,5 @@
-"""HubSpot CRM v3: object lists with `after` cursors, search (10,000-result ceiling), batch upsert, properties."""
+"""HubSpot CRM v3: object lists with `after` cursors, search (10,000-result ceiling), batch upsert and update,
+properties."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ API = "/crm/v3"
 LIST_MAX = 100
 SEARCH_MAX = 200
 SEARCH_CEILING = 10_000
-UPSERT_MAX = 100
+BATCH_MAX = 100
 MODIFIED_PROPERTY = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifieddate"}
 PROPERTIES: dict[str, tuple[tuple[str, str], ...]] = {
     "contacts": (("email", "string"), ("firstname", "string"), ("lastname", "string"), ("phone", "string"),
@@ -30,6 +31,10 @@ DEFAULT_PROPERTIES = {
     "contacts": ("firstname", "lastname", "email", "createdate", "lastmodifieddate", "hs_object_id"),
     "companies": ("name", "domain", "createdate", "hs_lastmodifieddate", "hs_object_id"),
 }
+# Properties HubSpot lets a batch upsert/update match on (hs_object_id is not one: it is the record id).
+UNIQUE_PROPERTIES = {"contacts": ("email",), "companies": ()}
+# Object type id and the name HubSpot uses for the object in batch errors.
+OBJECT_TYPES = {"contacts": ("0-1", "CONTACT"), "companies": ("0-2", "COMPANY")}
 READ_ONLY = ("createdate", "lastmodifieddate", "hs_lastmodifieddate", "hs_object_id")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 OPERATORS = {"GT": np.greater, "GTE": np.greater_equal, "LT": np.less, "LTE": np.less_equal, "EQ": np.equal,
@@ -46,6 +51,7 @@ class HubSpot(Vendor):
             ("GET", f"{API}/objects/{{object}}", self.list_objects, True),
             ("POST", f"{API}/objects/{{object}}/search", self.search, True),
             ("POST", f"{API}/objects/{{object}}/batch/upsert", self.batch_upsert, True),
+            ("POST", f"{API}/objects/{{object}}/batch/update", self.batch_update, True),
             ("GET", f"{API}/objects/{{object}}/{{id}}", self.get_object, True),
             ("GET", f"{API}/properties/{{object}}", self.properties, True),
         ]
@@ -204,65 +210,89 @@ class HubSpot(Vendor):
         return ordered[::-1] if descending else ordered
 
     def batch_upsert(self, call: Call) -> Response:
+        """Create or update by a unique property (`idProperty` required): hs_object_id is refused, as HubSpot does."""
+        return self._batch_write(call, create=True)
+
+    def batch_update(self, call: Call) -> Response:
+        """Update by record id, or by a unique property when `idProperty` is given; unknown ids land in `errors`."""
+        return self._batch_write(call, create=False)
+
+    def _batch_write(self, call: Call, create: bool) -> Response:
         obj = call.params["object"]
         table = self._object(obj)
-        body = call.json()
-        inputs = body.get("inputs") if isinstance(body, dict) else None
-        if not isinstance(inputs, list) or not inputs:
-            raise ApiError(400, "VALIDATION_ERROR", "expected {\"inputs\": [{\"idProperty\", \"id\", \"properties\"}]}")
-        if len(inputs) > UPSERT_MAX:
-            raise ApiError(400, "VALIDATION_ERROR", f"Batch input of {len(inputs)} exceeds the limit of "
-                           f"{UPSERT_MAX} inputs")
-        ids = [str(i.get("id", "")).strip().lower() for i in inputs if isinstance(i, dict)]
-        if len(set(ids)) != len(ids):
-            raise ApiError(400, "VALIDATION_ERROR", "Duplicate IDs found in batch input")
+        inputs = self._batch_inputs(call, obj, create)
         now = now_ms()
-        results, errors = [], []
+        results, errors, missing = [], [], []
         for item in inputs:
-            plan = self._plan_upsert(table, obj, item)
+            plan = self._plan_write(table, obj, item)
             if isinstance(plan, str):
                 errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": plan,
-                               "context": {"id": [str(item.get("id")) if isinstance(item, dict) else None]}})
+                               "context": {"id": [str(item.get("id"))]}})
                 continue
             row, properties = plan
+            if row is None and not create:
+                missing.append(str(item["id"]))
+                continue
             if row is None:
-                fields = {name: None for name, _ in PROPERTIES[obj]}
-                fields.update(properties)
-                row = table.append(fields, now)
+                written = self.state.write(table, None, {**{name: None for name, _ in PROPERTIES[obj]}, **properties},
+                                           now)
             else:
-                table.update(row, properties, now)
-            results.append({**self.record(table, row, [*dict(PROPERTIES[obj]), *READ_ONLY]), "new": plan[0] is None})
+                written = self.state.write(table, row, properties, now)
+            record = self.record(table, written, [*dict(PROPERTIES[obj]), *READ_ONLY])
+            results.append({**record, "new": row is None} if create else record)
+        if missing:
+            errors.append({"status": "error", "category": "OBJECT_NOT_FOUND",
+                           "message": f"Could not get some {OBJECT_TYPES[obj][1]} objects, they may be deleted or "
+                                      f"not exist. Check that ids are valid.", "context": {"ids": missing}})
         body = {"status": "COMPLETE", "results": results, "startedAt": iso_ms(now), "completedAt": iso_ms(now_ms())}
         if errors:
             body.update(numErrors=len(errors), errors=errors)
         return json_response(body, 207 if errors else 200)
 
-    def _plan_upsert(self, table: Table, obj: str, item: Any) -> tuple[int | None, dict[str, Any]] | str:
-        """(row or None to create, properties), or why the input is refused."""
-        if not isinstance(item, dict) or not isinstance(item.get("properties", {}), dict):
-            return "each input must be {idProperty, id, properties: {...}}"
-        id_property, key = item.get("idProperty") or "hs_object_id", item.get("id")
+    def _batch_inputs(self, call: Call, obj: str, create: bool) -> list[dict[str, Any]]:
+        """The batch's inputs, or a 400 for the whole batch: too many, malformed, duplicated or a bad idProperty."""
+        body = call.json()
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        shape = "{idProperty, id, properties}" if create else "{id, properties}"
+        if not isinstance(inputs, list) or not inputs:
+            raise ApiError(400, "VALIDATION_ERROR", f"expected {{\"inputs\": [{shape}, ...]}}")
+        if len(inputs) > BATCH_MAX:
+            raise ApiError(400, "VALIDATION_ERROR", f"Batch input of {len(inputs)} exceeds the limit of "
+                           f"{BATCH_MAX} inputs")
+        for index, item in enumerate(inputs):
+            if not isinstance(item, dict) or not isinstance(item.get("properties", {}), dict):
+                raise ApiError(400, "VALIDATION_ERROR", f"inputs[{index}] must be {shape} with properties an object")
+            if item.get("id") in (None, ""):
+                raise ApiError(400, "VALIDATION_ERROR", f"inputs[{index}].id is required")
+            id_property = item.get("idProperty")
+            if id_property is None and create:
+                raise ApiError(400, "VALIDATION_ERROR", f"inputs[{index}].idProperty is required: upsert matches "
+                               f"by a unique property ({', '.join(UNIQUE_PROPERTIES[obj]) or 'none on ' + obj})")
+            if id_property is not None and id_property not in UNIQUE_PROPERTIES[obj]:
+                raise ApiError(400, "VALIDATION_ERROR", f"Unable to perform update/upsert by non-unique "
+                               f"{OBJECT_TYPES[obj][0]} property {id_property}")
+        ids = [str(item["id"]).strip().lower() for item in inputs]
+        duplicates = sorted({key for key in ids if ids.count(key) > 1})
+        if duplicates:
+            raise ApiError(400, "VALIDATION_ERROR", f"Duplicate IDs found in batch input: {duplicates}")
+        return inputs
+
+    def _plan_write(self, table: Table, obj: str, item: dict[str, Any]) -> tuple[int | None, dict[str, Any]] | str:
+        """(live row, or None when no live record matches, and properties), or why the input is refused."""
+        id_property, key = item.get("idProperty"), item["id"]
         properties = {k: None if v is None else str(v) for k, v in (item.get("properties") or {}).items()}
         known = dict(PROPERTIES[obj])
         bad = [name for name in properties if name not in known]
         if bad:
             return f"Property values were not valid: {', '.join(bad)} " + (
                 "is read-only" if set(bad) <= set(READ_ONLY) else "does not exist")
-        if key in (None, ""):
-            return "id is required"
-        if id_property == "hs_object_id":
-            row = table.row_of(key)
-            if row is None:
-                return f"No {obj} with hs_object_id {key}"
-        elif id_property in known:
-            row = table.lookup(id_property, key)
-            properties.setdefault(id_property, str(key))
-        else:
-            return f"idProperty {id_property!r} is not a unique property of {obj}"
         email = properties.get("email")
         if email and not EMAIL.match(email.strip()):
             return f"Property values were not valid: INVALID_EMAIL {email!r}"
-        return row, properties
+        if id_property is None:
+            return table.live(table.row_of(key)), properties
+        properties.setdefault(id_property, str(key))
+        return table.live(table.lookup(id_property, key)), properties
 
     def properties(self, call: Call) -> Response:
         obj = call.params["object"]

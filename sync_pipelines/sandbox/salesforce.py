@@ -231,15 +231,9 @@ class Salesforce(Vendor):
                 results.append({"id": None, "success": False, "errors": plan, "created": None})
                 continue
             row, changes = plan
-            if row is None:
-                fields = {name: None for name, _ in OBJECT_FIELDS[obj]}
-                fields.update(changes)
-                row = table.append(fields, now)
-                created = True
-            else:
-                table.update(row, changes, now)
-                created = False
-            results.append({"id": table.id(row), "success": True, "errors": [], "created": created})
+            fields = changes if row is not None else {**{name: None for name, _ in OBJECT_FIELDS[obj]}, **changes}
+            written = self.state.write(table, row, fields, now)
+            results.append({"id": table.id(written), "success": True, "errors": [], "created": row is None})
         return json_response(results)
 
     def _plan_upsert(self, table: Table, obj: str, key_field: str,
@@ -262,11 +256,15 @@ class Salesforce(Vendor):
         email = changes.get("Email")
         if email not in (None, "") and not EMAIL.match(str(email).strip()):
             errors.append(_error("INVALID_EMAIL_ADDRESS", f"Email: invalid email address: {email}", ["Email"]))
-        row = table.row_of(key) if key_field == "Id" else table.lookup(key_field, key)
-        if key_field == "Id" and row is None:
-            errors.append(_error("NOT_FOUND", f"Provided external ID field does not exist or is not accessible: "
-                                 f"{key}", ["Id"]))
-        if row is None:
+        # Deleted records sit in the recycle bin: an external id no longer matches them, an Id is refused.
+        row = table.row_of(key) if key_field == "Id" else table.live(table.lookup(key_field, key))
+        if key_field == "Id":
+            if row is None:
+                errors.append(_error("NOT_FOUND", f"Provided external ID field does not exist or is not accessible: "
+                                     f"{key}", ["Id"]))
+            elif table.deleted[row]:
+                errors.append(_error("ENTITY_IS_DELETED", "entity is deleted", ["Id"]))
+        elif row is None:
             missing = [name for name in REQUIRED_ON_CREATE[obj] if changes.get(name) in (None, "")]
             if missing:
                 errors.append(_error("REQUIRED_FIELD_MISSING", f"Required fields are missing: {missing}", missing))

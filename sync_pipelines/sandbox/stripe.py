@@ -218,8 +218,7 @@ class Stripe(Vendor):
     def create_customer(self, call: Call) -> Response:
         params = _form(call, CUSTOMER_PARAMS)
         table = self.table("customers")
-        row = table.append({"name": None, "email": None, "phone": None, "metadata": {}, **params}, now_ms())
-        self.on_change(table, row, "created")
+        row = self.state.write(table, None, {"name": None, "email": None, "phone": None, "metadata": {}, **params})
         return json_response(self.obj(table, row))
 
     def update_customer(self, call: Call) -> Response:
@@ -227,14 +226,12 @@ class Stripe(Vendor):
         params = _form(call, CUSTOMER_PARAMS)
         if "metadata" in params:
             params["metadata"] = {**(table.fields(row).get("metadata") or {}), **params["metadata"]}
-        table.update(row, params, now_ms())
-        self.on_change(table, row, "updated")
+        self.state.write(table, row, params)
         return json_response(self.obj(table, row))
 
     def delete_customer(self, call: Call) -> Response:
         table, row = self._live(call, "customers")
-        table.set_deleted(row, True, now_ms())
-        self.on_change(table, row, "deleted")
+        self.state.write(table, row, {}, deleted=True)
         return json_response(self.obj(table, row))
 
     def _live(self, call: Call, stream: str) -> tuple[Table, int]:
@@ -256,8 +253,7 @@ class Stripe(Vendor):
         fields = {"customer": customer_id, "customer_email": customers.fields(row).get("email"), "amount_due": 0,
                   "currency": params.get("currency", "usd"), "status": "draft", "metadata": params.get("metadata", {}),
                   "description": params.get("description")}
-        invoice = invoices.append(fields, now_ms())
-        self.on_change(invoices, invoice, "created")
+        invoice = self.state.write(invoices, None, fields)
         return json_response(self.obj(invoices, invoice))
 
     def create_invoice_item(self, call: Call) -> Response:
@@ -271,8 +267,7 @@ class Stripe(Vendor):
         if not str(amount).isdigit():
             raise ApiError(400, "parameter_invalid_integer", f"Invalid integer: {amount}", param="amount")
         total = int(invoices.fields(row).get("amount_due") or 0) + int(amount)
-        invoices.update(row, {"amount_due": total}, now_ms())
-        self.on_change(invoices, row, "updated")
+        self.state.write(invoices, row, {"amount_due": total})
         self._invoice_items += 1
         return json_response({"id": ITEM_IDS.id(self._invoice_items), "object": "invoiceitem",
                               "amount": int(amount), "invoice": invoices.id(row), "customer": params.get("customer")})

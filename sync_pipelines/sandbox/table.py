@@ -63,6 +63,10 @@ class Table:
         row = self.ids.row(record_id)
         return row if row is not None and row < len(self) else None
 
+    def live(self, row: int | None) -> int | None:
+        """The row unless it is missing or deleted: vendors match writes against live records only."""
+        return row if row is not None and not self.deleted[row] else None
+
     def fields(self, row: int) -> dict[str, Any]:
         """The row's current field values (generated or written, then changed)."""
         base = self.render_base(self, row) if row < self.n_base else dict(self.extra[row - self.n_base])

@@ -63,6 +63,57 @@ def canonical_value(field: str, value: Any) -> Any:
     return text
 
 
+class EmailOwners:
+    """Which person owns an email, so a contact record created through an API joins that person's truth.
+
+    Built on the first create that needs it (every person's plain and alternate address, plus addresses written
+    since), then kept up to date by `attribute`.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self._owners: dict[str, int] | None = None
+
+    def _build(self) -> dict[str, int]:
+        people, companies = self.world.people, self.world.companies
+        owners: dict[str, int] = {}
+        for p in range(len(people)):
+            for alternate in (False, True):
+                owners.setdefault(canonical_value("email", people.email(p, companies, alternate)), p)
+        for key, extract in CONTACT_MAPPINGS.items():
+            table = self.world.tables[key]
+            written = [*table.overrides, *range(table.n_base, len(table))]
+            for row in written:
+                self._learn(owners, table, row, extract)
+        return owners
+
+    @staticmethod
+    def _learn(owners: dict[str, int], table: Table, row: int, extract: Callable[[dict], dict]) -> None:
+        email = canonical_value("email", extract(table.fields(row)).get("email"))
+        if email is not None and table.person[row] >= 0:
+            owners.setdefault(email, int(table.person[row]))
+
+    def attribute(self, table: Table, row: int) -> None:
+        """After a write: a valid contact record nobody owns yet goes to the person owning its email."""
+        extract = CONTACT_MAPPINGS.get(table.key)
+        if extract is None:
+            return
+        if table.person[row] >= 0:
+            if self._owners is not None:
+                self._learn(self._owners, table, row, extract)
+            return
+        if table.invalid[row]:
+            return
+        email = canonical_value("email", extract(table.fields(row)).get("email"))
+        if email is None:
+            return
+        if self._owners is None:
+            self._owners = self._build()
+        owner = self._owners.get(email)
+        if owner is not None:
+            table.person[row] = owner
+
+
 def summary(world: World) -> dict[str, Any]:
     people_with_records = np.zeros(len(world.people), bool)
     for table in world.tables.values():

@@ -1,4 +1,5 @@
-"""Zendesk Support API v2: cursor-based incremental exports, create_or_update_many with job statuses."""
+"""Zendesk Support API v2: cursor-based incremental exports, create_or_update_many and update_many with job
+statuses."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Zendesk(Vendor):
         return [
             ("GET", f"{API}/incremental/{{stream}}/cursor.json", self.export, True),
             ("POST", f"{API}/users/create_or_update_many.json", self.create_or_update_many, False),
+            ("PUT", f"{API}/users/update_many.json", self.update_many, False),
             ("GET", f"{API}/job_statuses/{{id}}.json", self.job_status, False),
             ("GET", f"{API}/users/{{id}}.json", self.get_user, False),
         ]
@@ -116,52 +118,91 @@ class Zendesk(Vendor):
         return json_response({"user": self.record(call, table, row)})
 
     def create_or_update_many(self, call: Call) -> Response:
-        body = call.json()
-        users = body.get("users") if isinstance(body, dict) else None
-        if not isinstance(users, list) or not users:
-            raise ApiError(400, "InvalidValue", "expected {\"users\": [{\"email\", \"name\", ...}]}")
-        if len(users) > WRITE_MAX:
-            raise ApiError(400, "TooManyValues", f"{len(users)} users given; at most {WRITE_MAX} per request")
-        table = self.table("users")
+        """Match each user by external_id, then email (live users only), and update it or create one."""
+        users = _users(call, "{\"users\": [{\"email\", \"name\", ...}]}")
         now = now_ms()
-        results = [self._write_user(table, index, user, now) for index, user in enumerate(users)]
+        return self._queue_job(call, [self._create_or_update(index, user, now) for index, user in enumerate(users)])
+
+    def update_many(self, call: Call) -> Response:
+        """Update each user named by `id` with its own fields; unknown or deleted ids fail in the job's results."""
+        users = _users(call, "{\"users\": [{\"id\", ...fields}]}")
+        now = now_ms()
+        return self._queue_job(call, [self._update(index, user, now) for index, user in enumerate(users)])
+
+    def _queue_job(self, call: Call, results: list[dict[str, Any]]) -> Response:
+        """The work is already done; the job answers `queued` now and `completed` with the results when polled."""
         job_id = uuid.UUID(int=self.state.random.getrandbits(128)).hex
         url = call.absolute(f"{API}/job_statuses/{job_id}.json")
-        self.jobs[job_id] = {"id": job_id, "url": url, "total": len(users), "progress": len(users),
+        self.jobs[job_id] = {"id": job_id, "url": url, "total": len(results), "progress": len(results),
                              "status": "completed", "message": f"Completed at {iso_s(now_ms())}", "results": results}
-        return json_response({"job_status": {"id": job_id, "url": url, "total": len(users), "progress": None,
+        return json_response({"job_status": {"id": job_id, "url": url, "total": len(results), "progress": None,
                                              "status": "queued", "message": None, "results": None}})
 
-    def _write_user(self, table: Table, index: int, user: Any, now: int) -> dict[str, Any]:
+    def _create_or_update(self, index: int, user: Any, now: int) -> dict[str, Any]:
         if not isinstance(user, dict):
-            return {"index": index, "id": None, "action": "create", "status": "Failed", "success": False,
-                    "error": "InvalidValue", "details": "each user must be an object", "email": None}
+            return _failed(index, "create", None, "InvalidValue", "each user must be an object")
+        table = self.table("users")
         email, external_id = user.get("email"), user.get("external_id")
-        row = table.lookup("external_id", external_id) if external_id else None
+        row = table.live(table.lookup("external_id", external_id)) if external_id else None
         if row is None and email:
-            row = table.lookup("email", email)
+            row = table.live(table.lookup("email", email))
         action = "create" if row is None else "update"
         changes = {k: user[k] for k in USER_FIELDS if k in user}
-        failure = None
-        if email is not None and not EMAIL.match(str(email).strip()):
-            failure = f"Email: {email} is not properly formatted"
-        elif row is None and not (changes.get("name") or "").strip():
-            failure = "Name: is too short (minimum one character)"
+        failure = _invalid(changes, creating=row is None)
         if failure:
-            return {"index": index, "id": None, "action": action, "status": "Failed", "success": False,
-                    "error": "RecordInvalid", "details": failure, "email": email}
-        if row is None:
-            row = table.append({k: changes.get(k) for k in USER_FIELDS}, now)
-        else:
-            table.update(row, changes, now)
-        return {"index": index, "id": table.id(row), "action": action,
+            return {**_failed(index, action, None, "RecordInvalid", failure), "email": email}
+        written = self.state.write(table, row, changes if row is not None else
+                                   {k: changes.get(k) for k in USER_FIELDS}, now)
+        return {"index": index, "id": table.id(written), "action": action,
                 "status": "Created" if action == "create" else "Updated", "success": True, "email": email}
+
+    def _update(self, index: int, user: Any, now: int) -> dict[str, Any]:
+        if not isinstance(user, dict) or user.get("id") in (None, ""):
+            return _failed(index, "update", None, "InvalidValue", "each user must be an object with an id")
+        table = self.table("users")
+        user_id = user["id"]
+        row = table.row_of(user_id)
+        if row is None:
+            return _failed(index, "update", user_id, "RecordNotFound", f"User {user_id} not found")
+        if table.deleted[row]:
+            return _failed(index, "update", user_id, "RecordInvalid", f"User {user_id} is deleted")
+        changes = {k: user[k] for k in USER_FIELDS if k in user}
+        failure = _invalid(changes, creating=False)
+        if failure:
+            return _failed(index, "update", user_id, "RecordInvalid", failure)
+        self.state.write(table, row, changes, now)
+        return {"index": index, "id": table.id(row), "action": "update", "status": "Updated", "success": True}
 
     def job_status(self, call: Call) -> Response:
         job = self.jobs.get(call.params["id"])
         if job is None:
             raise ApiError(404, "RecordNotFound", "Not found")
         return json_response({"job_status": job})
+
+
+def _users(call: Call, shape: str) -> list[Any]:
+    body = call.json()
+    users = body.get("users") if isinstance(body, dict) else None
+    if not isinstance(users, list) or not users:
+        raise ApiError(400, "InvalidValue", f"expected {shape}")
+    if len(users) > WRITE_MAX:
+        raise ApiError(400, "TooManyValues", f"{len(users)} users given; at most {WRITE_MAX} per request")
+    return users
+
+
+def _invalid(changes: dict[str, Any], creating: bool) -> str | None:
+    """Why Zendesk would refuse these user fields, or None."""
+    email = changes.get("email")
+    if email is not None and not EMAIL.match(str(email).strip()):
+        return f"Email: {email} is not properly formatted"
+    if (creating or "name" in changes) and not str(changes.get("name") or "").strip():
+        return "Name: is too short (minimum one character)"
+    return None
+
+
+def _failed(index: int, action: str, user_id: Any, error: str, details: str) -> dict[str, Any]:
+    return {"index": index, "id": user_id, "action": action, "status": "Failed", "success": False, "error": error,
+            "details": details}
 
 
 def _encode(modified_ms: int, row: int) -> str:

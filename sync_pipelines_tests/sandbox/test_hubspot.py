@@ -104,3 +104,110 @@ def test_batch_upsert_by_email_creates_and_updates(sandbox):
 def test_properties_endpoint(shared_sandbox):
     body = requests.get(f"{shared_sandbox.url}{API}/properties/contacts", headers=AUTH["hubspot"]).json()
     assert {"email", "lastmodifieddate", "hs_object_id", "lifecyclestage"} <= {p["name"] for p in body["results"]}
+
+
+def batch(sandbox, obj: str, action: str, inputs: list[dict]) -> requests.Response:
+    return requests.post(f"{sandbox.url}{API}/objects/{obj}/batch/{action}", json={"inputs": inputs},
+                         headers=AUTH["hubspot"])
+
+
+def person_contacts(sandbox) -> list[dict]:
+    """Live, valid HubSpot contacts of real people (truth records)."""
+    return [r for r in sandbox.truth("records", tool="hubspot", stream="contacts")
+            if r["person"] and not r["deleted"] and not r["invalid"]]
+
+
+def test_batch_update_is_seen_by_reads_search_and_truth(sandbox):
+    record = person_contacts(sandbox)[0]
+    before = requests.get(f"{sandbox.url}{API}/objects/contacts/{record['id']}", headers=AUTH["hubspot"]).json()
+    response = batch(sandbox, "contacts", "update", [
+        {"id": record["id"], "properties": {"phone": "(415) 555-0199", "jobtitle": "Head of Sandboxes"}}])
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "COMPLETE" and "errors" not in body
+    [result] = body["results"]
+    assert result["id"] == record["id"] and "new" not in result
+    assert result["properties"]["phone"] == "(415) 555-0199"
+    assert result["updatedAt"] > before["updatedAt"] and result["properties"]["lastmodifieddate"] == result["updatedAt"]
+    read = requests.get(f"{sandbox.url}{API}/objects/contacts/{record['id']}", headers=AUTH["hubspot"],
+                        params={"properties": "phone,jobtitle,lastmodifieddate"}).json()
+    assert read["properties"] == {"phone": "(415) 555-0199", "jobtitle": "Head of Sandboxes",
+                                  "lastmodifieddate": result["updatedAt"]}
+    found = search(sandbox, "contacts", {"filterGroups": [{"filters": [
+        {"propertyName": "lastmodifieddate", "operator": "GT", "value": before["updatedAt"]},
+        {"propertyName": "jobtitle", "operator": "EQ", "value": "head of sandboxes"}]}]}).json()
+    assert [r["id"] for r in found["results"]] == [record["id"]]
+    person = sandbox.truth("people")[record["person"]]
+    assert person["phone"] == "+14155550199" and person["job_title"] == "Head of Sandboxes"
+
+
+def test_batch_update_of_companies_bumps_hs_lastmodifieddate(sandbox):
+    company = walk(sandbox, "companies")[0]
+    result = batch(sandbox, "companies", "update", [{"id": company["id"], "properties": {"industry": "Toys"}}])
+    [record] = result.json()["results"]
+    assert record["properties"]["industry"] == "Toys"
+    assert record["properties"]["hs_lastmodifieddate"] == record["updatedAt"] > company["updatedAt"]
+
+
+def test_batch_update_answers_207_for_unknown_and_archived_ids(sandbox):
+    live = person_contacts(sandbox)[0]["id"]
+    archived = walk(sandbox, "contacts", archived="true")[0]["id"]
+    response = batch(sandbox, "contacts", "update", [
+        {"id": "999999999", "properties": {"jobtitle": "Ghost"}},
+        {"id": live, "properties": {"jobtitle": "Real"}},
+        {"id": archived, "properties": {"jobtitle": "Zombie"}}])
+    assert response.status_code == 207
+    body = response.json()
+    assert [r["id"] for r in body["results"]] == [live]
+    assert body["numErrors"] == 1
+    [error] = body["errors"]
+    assert error["category"] == "OBJECT_NOT_FOUND" and error["context"] == {"ids": ["999999999", archived]}
+    still = requests.get(f"{sandbox.url}{API}/objects/contacts/{archived}", headers=AUTH["hubspot"],
+                         params={"archived": "true", "properties": "jobtitle"}).json()
+    assert still["properties"]["jobtitle"] != "Zombie"
+
+
+def test_batch_update_by_email_id_property(sandbox):
+    contact = next(r for r in walk(sandbox, "contacts", properties="email") if r["properties"]["email"])
+    email = contact["properties"]["email"]
+    total = sandbox.truth()["streams"]["hubspot/contacts"]["total"]
+    response = batch(sandbox, "contacts", "update", [
+        {"idProperty": "email", "id": email.strip().upper(), "properties": {"firstname": "Renamed"}},
+        {"idProperty": "email", "id": "nobody@nowhere.example", "properties": {"firstname": "Nobody"}}])
+    assert response.status_code == 207
+    assert [r["id"] for r in response.json()["results"]] == [contact["id"]]
+    assert response.json()["errors"][0]["context"]["ids"] == ["nobody@nowhere.example"]
+    assert sandbox.truth()["streams"]["hubspot/contacts"]["total"] == total  # update never creates
+    read = requests.get(f"{sandbox.url}{API}/objects/contacts/{contact['id']}", headers=AUTH["hubspot"]).json()
+    assert read["properties"]["firstname"] == "Renamed"
+
+
+def test_batch_update_limits_and_bad_input(sandbox):
+    ids = [r["id"] for r in walk(sandbox, "contacts")[:101]]
+    too_many = batch(sandbox, "contacts", "update", [{"id": i, "properties": {"jobtitle": "X"}} for i in ids])
+    assert too_many.status_code == 400 and too_many.json()["category"] == "VALIDATION_ERROR"
+    assert "101" in too_many.json()["message"]
+    hundred = batch(sandbox, "contacts", "update", [{"id": i, "properties": {"jobtitle": "X"}} for i in ids[:100]])
+    assert hundred.status_code == 200 and len(hundred.json()["results"]) == 100
+    duplicated = batch(sandbox, "contacts", "update", [{"id": ids[0], "properties": {}}] * 2)
+    assert duplicated.status_code == 400 and "Duplicate" in duplicated.json()["message"]
+    bad_property = batch(sandbox, "contacts", "update", [{"id": ids[0], "properties": {"hs_object_id": "1"}}])
+    assert bad_property.status_code == 207 and bad_property.json()["errors"][0]["category"] == "VALIDATION_ERROR"
+    no_id = batch(sandbox, "contacts", "update", [{"properties": {"jobtitle": "X"}}])
+    assert no_id.status_code == 400 and "inputs[0].id" in no_id.json()["message"]
+
+
+def test_hs_object_id_is_refused_as_id_property(sandbox):
+    record_id = person_contacts(sandbox)[0]["id"]
+    for action in ("upsert", "update"):
+        response = batch(sandbox, "contacts", action, [
+            {"idProperty": "hs_object_id", "id": record_id, "properties": {"jobtitle": "Should not land"}}])
+        assert response.status_code == 400, action
+        assert response.json()["category"] == "VALIDATION_ERROR" and "hs_object_id" in response.json()["message"]
+    read = requests.get(f"{sandbox.url}{API}/objects/contacts/{record_id}", params={"properties": "jobtitle"},
+                        headers=AUTH["hubspot"]).json()
+    assert read["properties"]["jobtitle"] != "Should not land"
+    no_id_property = batch(sandbox, "contacts", "upsert", [{"id": "a@b.com", "properties": {}}])
+    assert no_id_property.status_code == 400 and "idProperty" in no_id_property.json()["message"]
+    not_unique = batch(sandbox, "contacts", "upsert", [{"idProperty": "firstname", "id": "Ada", "properties": {}}])
+    assert not_unique.status_code == 400 and "firstname" in not_unique.json()["message"]

@@ -96,3 +96,64 @@ def test_create_or_update_many_and_job_status(sandbox):
     too_many = requests.post(f"{sandbox.url}{API}/users/create_or_update_many.json", headers=AUTH["zendesk"],
                              json={"users": [{"email": f"u{i}@x.com", "name": "U"} for i in range(101)]})
     assert too_many.status_code == 400
+
+
+def run_job(sandbox, method: str, action: str, users: list[dict]) -> dict:
+    response = requests.request(method, f"{sandbox.url}{API}/users/{action}.json", json={"users": users},
+                                headers=AUTH["zendesk"])
+    assert response.status_code == 200, response.text
+    job = response.json()["job_status"]
+    assert job["status"] == "queued" and job["url"].endswith(f"/job_statuses/{job['id']}.json")
+    done = requests.get(job["url"], headers=AUTH["zendesk"]).json()["job_status"]
+    assert done["status"] == "completed"
+    return done
+
+
+def test_update_many_is_seen_by_exports_and_truth(sandbox):
+    _, last = export(sandbox, "users")
+    record = next(r for r in sandbox.truth("records", tool="zendesk", stream="users")
+                  if r["person"] and not r["deleted"] and not r["invalid"])
+    before = requests.get(f"{sandbox.url}{API}/users/{record['id']}.json", headers=AUTH["zendesk"]).json()["user"]
+    done = run_job(sandbox, "PUT", "update_many", [
+        {"id": record["id"], "name": "Ada Lovelace", "email": " Ada.Lovelace@Example.COM ", "phone": "415.555.0142"}])
+    assert done["results"] == [{"index": 0, "id": record["id"], "action": "update", "status": "Updated",
+                                "success": True}]
+    later = requests.get(f"{sandbox.url}{API}/incremental/users/cursor.json", params={"cursor": last["after_cursor"]},
+                         headers=AUTH["zendesk"]).json()
+    [user] = later["users"]
+    assert user["id"] == record["id"] and user["updated_at"] > before["updated_at"]
+    assert (user["name"], user["email"], user["phone"]) == ("Ada Lovelace", " Ada.Lovelace@Example.COM ",
+                                                           "415.555.0142")
+    person = sandbox.truth("people")[record["person"]]
+    assert (person["first_name"], person["last_name"], person["email"], person["phone"]) == (
+        "Ada", "Lovelace", "ada.lovelace@example.com", "+14155550142")
+
+
+def test_update_many_reports_unknown_deleted_and_invalid_users(sandbox):
+    records = sandbox.truth("records", tool="zendesk", stream="users")
+    live = next(r["id"] for r in records if not r["deleted"])
+    deleted = next(r["id"] for r in records if r["deleted"])
+    total = sandbox.truth()["streams"]["zendesk/users"]["total"]
+    done = run_job(sandbox, "PUT", "update_many", [
+        {"id": 1, "name": "Nobody"}, {"id": live, "phone": "+14155550000"}, {"id": deleted, "name": "Lazarus"},
+        {"id": live, "email": "jane@@example"}, {"name": "no id"}])
+    results = done["results"]
+    assert [r["status"] for r in results] == ["Failed", "Updated", "Failed", "Failed", "Failed"]
+    assert [r.get("error") for r in results] == ["RecordNotFound", None, "RecordInvalid", "RecordInvalid",
+                                                "InvalidValue"]
+    assert results[0]["id"] == 1 and results[0]["success"] is False and results[0]["action"] == "update"
+    assert sandbox.truth()["streams"]["zendesk/users"]["total"] == total
+    users = {u["id"]: u for u in export(sandbox, "users")[0]}
+    assert users[live]["phone"] == "+14155550000" and users[deleted]["name"] != "Lazarus"
+
+
+def test_update_many_limit_is_one_hundred(sandbox):
+    ids = [r["id"] for r in sandbox.truth("records", tool="zendesk", stream="users")]
+    too_many = requests.put(f"{sandbox.url}{API}/users/update_many.json", headers=AUTH["zendesk"],
+                            json={"users": [{"id": i, "name": "U"} for i in ids[:101]]})
+    assert too_many.status_code == 400 and too_many.json()["error"] == "TooManyValues"
+    done = run_job(sandbox, "PUT", "update_many", [{"id": i, "name": "U"} for i in ids[:100]])
+    assert len(done["results"]) == 100 and done["total"] == 100
+    wrong_shape = requests.put(f"{sandbox.url}{API}/users/update_many.json", headers=AUTH["zendesk"],
+                               json={"user": {"name": "U"}})
+    assert wrong_shape.status_code == 400 and wrong_shape.json()["error"] == "InvalidValue"

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from sync_pipelines.assets.core import build_core_assets
 from sync_pipelines.assets.extract import build_extraction_assets, daily_partitions
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import load_stack
@@ -16,7 +17,7 @@ nightly_sync = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=build_extraction_assets(stack),
+    assets=[*build_extraction_assets(stack), *build_core_assets(stack)],
     jobs=[nightly_sync],
     resources={"sync": SyncResource(warehouse_url=stack.warehouse.url, stack_path=dg.EnvVar("SYNC_STACK").get_value())},
     executor=dg.in_process_executor,

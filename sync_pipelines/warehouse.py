@@ -146,13 +146,52 @@ class Warehouse:
         with self.transaction() as conn:
             return self._upsert(conn, self.quarantine, frame.drop_duplicates("record_key", keep="last"))
 
+    def release_from_quarantine(self, entity: str, clean: pd.DataFrame) -> int:
+        """Drop quarantine entries whose records now pass: fixed at the source, they flow again."""
+        if clean.empty or self.count("quarantine") == 0:
+            return 0
+        q = self.quarantine
+        released = 0
+        with self.transaction() as conn:
+            for (source, stream), part in clean.groupby(["_source", "_source_stream"]):
+                for start in range(0, len(part), CHUNK_ROWS):
+                    keys = part["_source_id"].iloc[start:start + CHUNK_ROWS].tolist()
+                    released += conn.execute(q.delete().where(
+                        q.c.entity == entity, q.c._source == source, q.c._source_stream == stream,
+                        q.c.record_key.in_(keys),
+                    )).rowcount
+        return released
+
     def read_table(self, table: str) -> pd.DataFrame:
+        """A whole table, with every timestamp as tz-aware UTC (SQLite hands them back naive)."""
         with self.engine.connect() as conn:
-            return pd.read_sql_table(table, conn)
+            frame = pd.read_sql_table(table, conn)
+        for column in frame.columns:
+            if pd.api.types.is_datetime64_any_dtype(frame[column]) and frame[column].dt.tz is None:
+                frame[column] = frame[column].dt.tz_localize("UTC")
+        return frame
+
+    def read_if_exists(self, table: str) -> pd.DataFrame | None:
+        """A derived table from an earlier run, or None on the first run."""
+        return self.read_table(table) if sa.inspect(self.engine).has_table(table) else None
+
+    def replace(self, table: str, frame: pd.DataFrame) -> int:
+        """Swap a derived table's content in one transaction: readers see the old or the new, never half."""
+        with self.transaction() as conn:
+            frame.to_sql(table, conn, if_exists="replace", index=False, chunksize=CHUNK_ROWS)
+        return len(frame)
+
+    def append(self, table: str, frame: pd.DataFrame) -> int:
+        """Add rows to an audit table (conflicts, volumes, the write ledger)."""
+        if frame.empty:
+            return 0
+        with self.transaction() as conn:
+            frame.to_sql(table, conn, if_exists="append", index=False, chunksize=CHUNK_ROWS)
+        return len(frame)
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(self.metadata.tables[table])).scalar_one()
+            return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

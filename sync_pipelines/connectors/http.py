@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -139,6 +140,10 @@ class Stats(Mapping):
         return len(self.as_dict())
 
 
+_SHARED_LIMITERS: dict[tuple, "RateLimiter"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class RateLimiter:
     """Sliding window: at most `requests` request starts within any `per_seconds`, so we stay under the
     vendor's quota instead of learning it from 429s."""
@@ -153,16 +158,29 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._starts: deque[float] = deque()
+        self._lock = threading.Lock()
 
     @classmethod
-    def from_option(cls, option: dict | None, **kwargs: Any) -> RateLimiter | None:
+    def from_option(cls, option: dict | None, share_key: tuple | None = None, **kwargs: Any) -> RateLimiter | None:
+        """A limiter for the option; with `share_key`, the one limiter every connector of that tool API shares in
+        this process, since a vendor counts one budget per token, not per stream."""
         if option is None:
             return None
         if not isinstance(option, dict) or set(option) - {"requests", "per_seconds"}:
             raise ConnectorError(f"rate_limit must look like {{'requests': n, 'per_seconds': s}}, got {option!r}")
-        return cls(option.get("requests"), option.get("per_seconds"), **kwargs)
+        if share_key is None:
+            return cls(option.get("requests"), option.get("per_seconds"), **kwargs)
+        key = (*share_key, option.get("requests"), option.get("per_seconds"))
+        with _SHARED_LOCK:
+            if key not in _SHARED_LIMITERS:
+                _SHARED_LIMITERS[key] = cls(option.get("requests"), option.get("per_seconds"), **kwargs)
+            return _SHARED_LIMITERS[key]
 
     def acquire(self) -> None:
+        with self._lock:
+            self._acquire()
+
+    def _acquire(self) -> None:
         while True:
             now = self._clock()
             while self._starts and now - self._starts[0] >= self.per_seconds:
@@ -306,7 +324,8 @@ class HttpClient:
             self.redact.add(secret)
         self.stats = Stats()
         self._sleep = sleep
-        self._limiter = RateLimiter.from_option(rate_limit, clock=clock, sleep=sleep)
+        shared = (tool, self.base_url) if clock is time.monotonic else None  # tests with fake clocks stay private
+        self._limiter = RateLimiter.from_option(rate_limit, share_key=shared, clock=clock, sleep=sleep)
         self._random = random.Random()
         self.session = session or requests.Session()
         self.session.headers.update({"Accept": "application/json", "User-Agent": "sync-pipelines"})

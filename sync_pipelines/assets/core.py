@@ -1,0 +1,160 @@
+"""The core group: staging with per-tool quality checks, golden records with a blocking check, and write-back."""
+
+import dagster as dg
+
+from sync_pipelines.assets.extract import extraction_key
+from sync_pipelines.connectors import ConnectorError
+from sync_pipelines.core.quality import to_metadata
+from sync_pipelines.pipeline import (
+    build_golden, check_golden, entity_streams, resolved_entities, stage, table, write_back,
+)
+from sync_pipelines.resources import SyncResource
+from sync_pipelines.stack import Destination, Stack
+
+CORE_OWNER = "team:data"
+
+
+def staged_key(entity: str) -> dg.AssetKey:
+    return dg.AssetKey(f"staged_{entity}")
+
+
+def golden_key(entity: str) -> dg.AssetKey:
+    return dg.AssetKey(f"golden_{entity}")
+
+
+def writeback_key(dest: Destination) -> dg.AssetKey:
+    return dg.AssetKey([dest.tool, f"{dest.entity}_writeback"])
+
+
+def _check_metadata(meta: dict) -> dict:
+    """Quality metadata as Dagster values: Markdown tables render in the UI, numbers plot over time."""
+    out = {
+        "failure_rate": dg.MetadataValue.float(float(meta["failure_rate"])),
+        "rows": meta["rows"],
+        "quarantined_rows": meta["quarantined_rows"],
+        "summary": dg.MetadataValue.md(meta["summary"]),
+    }
+    for item in meta["expectations"]:
+        if not item["success"]:
+            name = f"{item['column']}: {item['expectation']}"
+            out[name] = dg.MetadataValue.md(
+                f"**{item['unexpected_count']} unexpected ({item['unexpected_percent']:.2f}%)**, "
+                f"on_fail={item['on_fail']}, sources: {item['sources']}\n\n{item['sample']}"
+            )
+    return out
+
+
+def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
+    tools = sorted({tool for tool, _ in entity_streams(stack, entity)})
+    key = staged_key(entity)
+
+    @dg.asset(
+        key=key,
+        group_name="core",
+        deps=[extraction_key(t, s) for t, s in entity_streams(stack, entity)],
+        description=(
+            f"Every tool's live {entity} in one table (`{table('staged', entity)}`), after the stack's Great "
+            "Expectations suite ran on each tool's records; failing rows go to `quarantine` with their reason and "
+            "raw payload, and come back by themselves once fixed at the source."
+        ),
+        owners=[CORE_OWNER],
+        kinds={"pandas", "great_expectations"},
+        check_specs=[
+            dg.AssetCheckSpec(f"{tool}_quality", asset=key, description=f"{tool}'s {entity} against the suite")
+            for tool in tools
+        ],
+    )
+    def _staged(sync: SyncResource):
+        result = stage(sync.stack, sync.warehouse, entity)
+        yield dg.MaterializeResult(metadata={
+            "dagster/row_count": result.rows, "quarantined": result.quarantined, "released": result.released,
+        })
+        for tool in tools:
+            report = result.reports[tool]
+            yield dg.AssetCheckResult(
+                check_name=f"{tool}_quality", passed=report.success, severity=dg.AssetCheckSeverity.WARN,
+                metadata=_check_metadata(to_metadata(report)),
+            )
+
+    return _staged
+
+
+def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
+    key = golden_key(entity)
+    check = f"golden_{entity}_quality"
+
+    @dg.asset(
+        key=key,
+        group_name="core",
+        deps=[staged_key(entity)],
+        description=(
+            f"One golden record per {entity[:-1] if entity.endswith('s') else entity}: entity resolution "
+            f"(`crosswalk_{entity}` keeps ids stable), then source-of-truth and per-field last-write-wins "
+            f"survivorship with provenance (`provenance_{entity}`) and an audit of every overridden value "
+            f"(`conflicts_{entity}`). A blocking check stops the write-back when the records look wrong."
+        ),
+        owners=[CORE_OWNER],
+        kinds={"pandas", "great_expectations"},
+        check_specs=[dg.AssetCheckSpec(
+            check, asset=key, blocking=True,
+            description="Golden failure rate within the stack's limit and record volume within the ratio of recent runs",
+        )],
+    )
+    def _golden(sync: SyncResource):
+        golden = build_golden(sync.stack, sync.warehouse, entity)
+        yield dg.MaterializeResult(metadata={
+            "dagster/row_count": golden.entities, "source_records": golden.records,
+            "conflicts_recorded": golden.conflicts, "entity_ids_merged": len(golden.merges),
+        })
+        verdict = check_golden(sync.stack, sync.warehouse, entity)
+        yield dg.AssetCheckResult(
+            check_name=check, passed=verdict.passed, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "volume": verdict.volume_message,
+                "max_failure_rate": dg.MetadataValue.float(verdict.max_failure_rate),
+                **_check_metadata(to_metadata(verdict.report)),
+            },
+        )
+
+    return _golden
+
+
+def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinition:
+    tool = stack.tools[dest.tool]
+
+    @dg.asset(
+        key=writeback_key(dest),
+        group_name=dest.tool,
+        deps=[golden_key(dest.entity)],
+        description=(
+            f"Writes golden {dest.entity} back to {dest.tool} `{dest.stream}`: only the fields that differ, in the "
+            "API's batch sizes, by the record's own id; a ledger makes reruns write nothing twice."
+        ),
+        owners=[tool.owner],
+        kinds={tool.kind},
+        pool=f"{dest.tool}_api",
+    )
+    def _writeback(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
+        try:
+            outcome = write_back(sync.stack, sync.warehouse, sync.connector(dest.tool), dest)
+        except ConnectorError as exc:
+            raise dg.Failure(str(exc)) from None
+        for error in outcome.errors[:20]:
+            context.log.warning(f"{dest.tool}: write failed for {error}")
+        if outcome.failed:
+            raise dg.Failure(f"{dest.tool}: {outcome.failed} of {outcome.updates} writes failed; "
+                             f"first: {outcome.errors[0]}", metadata={"written": outcome.written})
+        return dg.MaterializeResult(metadata={
+            "planned_updates": outcome.updates, "unchanged": outcome.unchanged, "written": outcome.written,
+        })
+
+    return _writeback
+
+
+def build_core_assets(stack: Stack) -> list[dg.AssetsDefinition]:
+    assets = []
+    for entity in resolved_entities(stack):
+        assets += [build_staged_asset(stack, entity), build_golden_asset(stack, entity)]
+    assets += [build_writeback_asset(stack, dest) for dest in stack.destinations]
+    return assets
+

@@ -1,0 +1,100 @@
+"""Write-back planning: compare golden records with what a tool holds, and send only the differences.
+
+What a tool holds is its landing table (already mapped to canonical fields), so the comparison is canonical to
+canonical; only the changed fields travel, mapped back through the stack's field mapping. A ledger of what was
+written makes a rerun before the next extraction a no-op instead of a second write. Only records a tool already
+holds are updated: creating records in a tool is left to declared actions, so no tool is flooded with contacts
+it never had.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pandas as pd
+
+from sync_pipelines.stack import Stream
+
+# Transforms whose output can be written back as the tool's value unchanged (they only clean the value).
+_CLEANING = {"trim", "lower", "upper", "title", "phone_e164", "utc", "domain"}
+PLAN_COLUMNS = ["action", "entity_id", "source_id", "changes"]
+
+
+def writable_fields(stream: Stream) -> dict[str, list[str]]:
+    """Tool path → the canonical fields that compose it, for every path the mapping can invert."""
+    by_path: dict[str, list] = defaultdict(list)
+    for mapping in stream.fields:
+        by_path[mapping.source].append(mapping)
+    writable = {}
+    for path, mappings in by_path.items():
+        if len(mappings) == 1 and set(mappings[0].transforms) <= _CLEANING:
+            writable[path] = [mappings[0].to]
+        elif len(mappings) == 2:
+            first = next((m for m in mappings if "first_word" in m.transforms), None)
+            rest = next((m for m in mappings if "rest_words" in m.transforms), None)
+            if first and rest:  # a full name split into first and last: join them back
+                writable[path] = [first.to, rest.to]
+    return writable
+
+
+def _text(value) -> str | None:
+    if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
+        return None
+    return str(value)
+
+
+def plan_writes(
+    golden: pd.DataFrame,
+    crosswalk: pd.DataFrame,
+    current: pd.DataFrame,
+    fields: list[str],
+    tool: str,
+    ledger: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per golden entity the tool holds a live record of: ``update`` (with its changes) or ``unchanged``.
+
+    ``golden`` is indexed by entity id; ``crosswalk`` links entity ids to ``(_source, _source_id)``; ``current`` is
+    the tool's landing rows. A golden value that is empty never erases a value the tool holds. ``ledger`` rows
+    (``source_id, field, value, written_at``) are writes not yet seen by an extraction: a value already sent is
+    not sent again until the tool has been re-read.
+    """
+    links = crosswalk[crosswalk["_source"] == tool][["entity_id", "_source_id"]]
+    live = current[~current["_deleted"].astype(bool)]
+    held = links.merge(live[["_source_id", "_extracted_at", *fields]], on="_source_id", how="inner")
+    held = held[held["entity_id"].isin(golden.index)].rename(
+        columns={"_source_id": "source_id", "_extracted_at": "extracted_at"})
+    pending: dict[tuple[str, str], tuple[str, object]] = {}
+    if ledger is not None and len(ledger):
+        latest = ledger.sort_values("written_at").drop_duplicates(["source_id", "field"], keep="last")
+        pending = {(r.source_id, r.field): (r.value, r.written_at) for r in latest.itertuples()}
+    wanted = golden[fields]
+    rows = []
+    for record in held.itertuples(index=False):
+        target = wanted.loc[record.entity_id]
+        changes = {}
+        for name in fields:
+            value, have = _text(target[name]), _text(getattr(record, name))
+            if value is None or value == have:
+                continue
+            sent = pending.get((record.source_id, name))
+            if sent and sent[0] == value and pd.Timestamp(record.extracted_at) < pd.Timestamp(sent[1]):
+                continue  # already written; the tool has not been re-read since
+            changes[name] = value
+        rows.append(("update" if changes else "unchanged", record.entity_id, record.source_id, changes))
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+
+
+def to_tool_record(changes: dict, golden_row: pd.Series, writable: dict[str, list[str]]) -> dict:
+    """The tool-shaped record carrying ``changes``: nested paths (``properties.email``) become nested dicts."""
+    record: dict = {}
+    for path, canonical in writable.items():
+        if not any(f in changes for f in canonical):
+            continue
+        parts = [_text(golden_row.get(f)) for f in canonical]
+        value = " ".join(p for p in parts if p) or None
+        node = record
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return record

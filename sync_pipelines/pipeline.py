@@ -168,6 +168,7 @@ class WriteBack:
     stream: str
     updates: int = 0
     unchanged: int = 0
+    duplicates: int = 0
     written: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -193,7 +194,8 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     stream = stack.tools[dest.tool].streams[dest.stream]
     plan, golden = plan_destination(stack, warehouse, dest)
     outcome = WriteBack(dest.tool, dest.stream, unchanged=int((plan["action"] == "unchanged").sum()),
-                        updates=int((plan["action"] == "update").sum()))
+                        updates=int((plan["action"] == "update").sum()),
+                        duplicates=int((plan["action"] == "duplicate").sum()))
     todo = plan[plan["action"] == "update"]
     writable = writable_fields(stream)
     provenance = warehouse.read_table(table("provenance", dest.entity)).set_index(["entity_id", "field"])

@@ -146,6 +146,7 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
                              f"first: {outcome.errors[0]}", metadata={"written": outcome.written})
         return dg.MaterializeResult(metadata={
             "planned_updates": outcome.updates, "unchanged": outcome.unchanged, "written": outcome.written,
+            "duplicates_in_tool": outcome.duplicates,
         })
 
     return _writeback

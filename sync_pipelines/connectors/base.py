@@ -13,7 +13,8 @@ from sync_pipelines.connectors.http import (
     Auth, ErrorCodeReader, HttpClient, Redactor, RetryPolicy, Stats, no_error_code,
 )
 
-COMMON_OPTIONS = frozenset({"name", "credential_env", "rate_limit", "timeout", "page_size", "max_retries", "fields",
+COMMON_OPTIONS = frozenset({"name", "credential_env", "rate_limit", "endpoint_limits", "timeout", "page_size",
+                            "max_retries", "fields",
                             "sleep", "clock", "session", "backoff_base"})
 
 
@@ -24,6 +25,7 @@ class Options:
     name: str
     credential_env: dict[str, str] = field(default_factory=dict)
     rate_limit: dict | None = None
+    endpoint_limits: dict[str, dict] | None = None  # None: the vendor's documented ones (ToolSpec)
     timeout: float = 30.0
     page_size: int | None = None
     max_retries: int = 5
@@ -183,6 +185,8 @@ class ToolSpec:
     rate_limit_codes: frozenset[str] = frozenset()
     headers: dict[str, str] = field(default_factory=dict)
     page_size: int = 100
+    # Budgets some endpoints have on top of the tool's own: path prefix -> {"requests": n, "per_seconds": s}.
+    endpoint_limits: dict[str, dict] = field(default_factory=dict)
 
 
 class ApiConnector(Connector):
@@ -201,7 +205,9 @@ class ApiConnector(Connector):
             tool=self.name, base_url=base_url, auth=self.spec.auth(self.credentials),
             credential_hint=options.credential_hint(self.spec.credential_keys), error_code=self.spec.error_code,
             auth_statuses=self.spec.auth_statuses, rate_limit_codes=self.spec.rate_limit_codes,
-            rate_limit=options.rate_limit, timeout=options.timeout, headers=self.spec.headers,
+            rate_limit=options.rate_limit, timeout=options.timeout,
+            endpoint_limits=self.spec.endpoint_limits if options.endpoint_limits is None else options.endpoint_limits,
+            headers=self.spec.headers,
             retry=RetryPolicy(max_retries=options.max_retries, backoff_base=options.backoff_base),
             session=options.session, sleep=options.sleep, clock=options.clock, redactor=self.redact)
         self._stats = self.http.stats

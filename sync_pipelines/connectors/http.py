@@ -308,6 +308,7 @@ class HttpClient:
     def __init__(self, *, tool: str, base_url: str, auth: Auth, credential_hint: str,
                  error_code: ErrorCodeReader = no_error_code, auth_statuses: tuple[int, ...] = (401, 403),
                  rate_limit_codes: frozenset[str] = frozenset(), rate_limit: dict | None = None,
+                 endpoint_limits: dict[str, dict] | None = None,
                  timeout: float = 30.0, retry: RetryPolicy | None = None, headers: dict[str, str] | None = None,
                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None) -> None:
@@ -326,6 +327,10 @@ class HttpClient:
         self._sleep = sleep
         shared = (tool, self.base_url) if clock is time.monotonic else None  # tests with fake clocks stay private
         self._limiter = RateLimiter.from_option(rate_limit, share_key=shared, clock=clock, sleep=sleep)
+        self._endpoint_limiters = {
+            prefix: RateLimiter.from_option(option, share_key=shared and (*shared, prefix), clock=clock, sleep=sleep)
+            for prefix, option in (endpoint_limits or {}).items()
+        }
         self._random = random.Random()
         self.session = session or requests.Session()
         self.session.headers.update({"Accept": "application/json", "User-Agent": "sync-pipelines"})
@@ -351,6 +356,9 @@ class HttpClient:
         while True:
             if self._limiter:
                 self._limiter.acquire()
+            for prefix, limiter in self._endpoint_limiters.items():
+                if path.startswith(prefix):
+                    limiter.acquire()
             self.stats.requests += 1
             started = time.perf_counter()
             try:

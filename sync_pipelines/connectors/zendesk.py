@@ -36,7 +36,9 @@ class ZendeskConnector(ApiConnector):
     write_modes = ("upsert", "update")
     spec = ToolSpec(credential_keys=("email", "api_token"),
                     auth=lambda c: Auth.basic(f"{c['email']}/token", c["api_token"]),
-                    error_code=error_code, page_size=EXPORT_PAGE_MAX)
+                    error_code=error_code, page_size=EXPORT_PAGE_MAX,
+                    # Documented: incremental exports allow 10 requests a minute, whatever the plan's own limit.
+                    endpoint_limits={f"{API}/incremental/": {"requests": 10, "per_seconds": 60}})
 
     def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
         params: dict[str, Any] = {"start_time": self._start_time(since)}

@@ -51,7 +51,8 @@ def plan_writes(
     tool: str,
     ledger: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One row per golden entity the tool holds a live record of: ``update`` (with its changes) or ``unchanged``.
+    """One row per live record of the tool linked to a golden entity: ``update`` (with its changes),
+    ``unchanged``, or ``duplicate`` (another record of the same tool holds that entity and gets the update).
 
     ``golden`` is indexed by entity id; ``crosswalk`` links entity ids to ``(_source, _source_id)``; ``current`` is
     the tool's landing rows. A golden value that is empty never erases a value the tool holds. ``ledger`` rows
@@ -60,16 +61,20 @@ def plan_writes(
     """
     links = crosswalk[crosswalk["_source"] == tool][["entity_id", "_source_id"]]
     live = current[~current["_deleted"].astype(bool)]
-    held = links.merge(live[["_source_id", "_extracted_at", *fields]], on="_source_id", how="inner")
+    held = links.merge(live[["_source_id", "_updated_at", "_extracted_at", *fields]], on="_source_id", how="inner")
     held = held[held["entity_id"].isin(golden.index)].rename(
         columns={"_source_id": "source_id", "_extracted_at": "extracted_at"})
+    # Duplicates inside one tool: only its most recently changed record receives the golden values; writing
+    # them to every copy would break the tool's unique keys (HubSpot emails) and hide the duplicate.
+    held = held.sort_values(["_updated_at", "source_id"], ascending=[False, True], kind="stable")
+    duplicate = held.duplicated("entity_id")
     pending: dict[tuple[str, str], tuple[str, object]] = {}
     if ledger is not None and len(ledger):
         latest = ledger.sort_values("written_at").drop_duplicates(["source_id", "field"], keep="last")
         pending = {(r.source_id, r.field): (r.value, r.written_at) for r in latest.itertuples()}
     wanted = golden[fields]
-    rows = []
-    for record in held.itertuples(index=False):
+    rows = [("duplicate", r.entity_id, r.source_id, {}) for r in held[duplicate].itertuples(index=False)]
+    for record in held[~duplicate].itertuples(index=False):
         target = wanted.loc[record.entity_id]
         changes = {}
         for name in fields:

@@ -1,7 +1,7 @@
 """Data quality of canonical entities, checked with Great Expectations (GX 1.x) on pandas DataFrames.
 
 The stack file declares, per entity, ``quality.<entity>.expectations``: a list of
-``{expect, column, <params>, mostly?, on_fail?}``. The vocabulary is kept small on purpose:
+``{expect, column, <params>, mostly?, on_fail?, when?}``. The vocabulary is kept small on purpose:
 
 ================  ======================  ==========================================
 ``expect``        parameters              GX expectation
@@ -23,6 +23,8 @@ Every expectation also takes:
   expectations are only reported. A row's fate depends on the row alone, not on ``mostly``: a row
   that violates a ``quarantine`` expectation is quarantined even when ``mostly`` lets the expectation
   pass, so use ``on_fail: warn`` for rules whose failing rows should still flow on.
+- ``when``: a pandas query (GX ``row_condition``): only matching rows are checked, e.g.
+  ``{expect: not_null, column: email, when: "phone.isnull()"}`` asks for an email or a phone.
 
 As in GX, ``unique`` flags every copy of a repeated value, and a column missing from the data fails its
 expectation with an ``error`` message instead of raising.
@@ -59,7 +61,7 @@ if TYPE_CHECKING:  # GX takes seconds to import: only pay for it when validating
 SAMPLE_SIZE = 10
 ON_FAIL_CHOICES = ("quarantine", "warn")
 SOURCE_COLUMNS = ("_source", "_source_id")
-_COMMON_KEYS = ("expect", "column", "mostly", "on_fail")
+_COMMON_KEYS = ("expect", "column", "mostly", "on_fail", "when")
 _INTERNAL_KWARGS = ("batch_id", "column")
 
 
@@ -320,6 +322,10 @@ def _checked(name: str, index: int, spec: dict[str, Any]) -> tuple[_Rule, str, d
         if isinstance(mostly, bool) or not isinstance(mostly, Real) or not 0 <= mostly <= 1:
             raise ValueError(f"{where} ({expect}): 'mostly' must be a number from 0 to 1, got {mostly!r}")
         kwargs["mostly"] = float(mostly)
+    if spec.get("when") is not None:  # only rows matching a pandas query are checked, e.g. "phone.isnull()"
+        if not isinstance(spec["when"], str) or not spec["when"].strip():
+            raise ValueError(f"{where} ({expect}): 'when' must be a pandas query string, got {spec['when']!r}")
+        kwargs.update(row_condition=spec["when"], condition_parser="pandas")
     on_fail = spec.get("on_fail") or "quarantine"
     if on_fail not in ON_FAIL_CHOICES:
         raise ValueError(f"{where} ({expect}): 'on_fail' is {on_fail!r}; allowed: {', '.join(ON_FAIL_CHOICES)}")

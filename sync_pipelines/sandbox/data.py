@@ -333,8 +333,13 @@ def _plant_conflicts(world: World) -> None:
     for key, canonical, code, share in plans:
         t = world.tables[key]
         persons = t.person
-        candidates = np.flatnonzero((persons >= 0) & ~t.deleted & t.present[canonical] & (t.codes["alt_email"] == 0))
-        candidates = candidates[in_sf[canonical][persons[candidates]] & ~taken[persons[candidates]]]
+        # The record that changed one contact point keeps the other, as a real support-desk or CRM user does:
+        # without it nobody (nor any resolver) could tell this is the same person rather than a namesake.
+        other = "phone" if canonical == "email" else "email"
+        candidates = np.flatnonzero((persons >= 0) & ~t.deleted & t.present[canonical] & t.present[other]
+                                    & (t.codes["alt_email"] == 0) & (t.codes["alt_phone"] == 0))
+        candidates = candidates[in_sf[canonical][persons[candidates]] & in_sf[other][persons[candidates]]
+                                & ~taken[persons[candidates]]]
         _, first_rows = np.unique(persons[candidates], return_index=True)
         candidates = candidates[np.sort(first_rows)]
         chosen = candidates[rng.random(len(candidates)) < share]

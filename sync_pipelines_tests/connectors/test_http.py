@@ -204,6 +204,26 @@ def test_client_applies_the_declared_rate_limit(fake_api):
         RateLimiter.from_option({"requests": 0, "per_seconds": 1})
 
 
+def test_endpoint_limits_apply_only_to_their_paths(fake_api):
+    clock = FakeClock()
+    fake_api.script = lambda seen: Reply(200, {"ok": True})
+    http = HttpClient(tool="demo", base_url=fake_api.url, auth=Auth.none(), credential_hint="x",
+                      endpoint_limits={"/export/": {"requests": 2, "per_seconds": 60}}, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        http.request("GET", "/other")
+    assert clock.now == 0
+    for _ in range(3):
+        http.request("GET", "/export/users")
+    assert clock.now == pytest.approx(60.0)
+
+
+def test_connectors_of_one_tool_share_its_rate_budget():
+    first = RateLimiter.from_option({"requests": 3, "per_seconds": 10}, share_key=("hubspot", "https://x"))
+    second = RateLimiter.from_option({"requests": 3, "per_seconds": 10}, share_key=("hubspot", "https://x"))
+    other = RateLimiter.from_option({"requests": 3, "per_seconds": 10}, share_key=("zendesk", "https://y"))
+    assert first is second and first is not other
+
+
 def test_redact_keeps_prose_that_only_looks_like_a_scheme():
     assert redact("Basic authentication failed") == "Basic authentication failed"
     assert redact("header Bearer abc123def was refused") == "header Bearer *** was refused"

@@ -419,3 +419,20 @@ def test_metadata_is_json_and_shows_failing_rows_as_markdown():
     assert between["sample"].splitlines()[2] == "| hubspot | 17 | 99 |"
     assert seen["sample"].splitlines()[2] == "| hubspot | 17 |  |"
     assert "| FAIL | email | expect_column_values_to_match_regex |" in decoded["summary"]
+
+
+def test_when_checks_only_matching_rows_so_a_contact_needs_an_email_or_a_phone():
+    frame = pd.DataFrame({
+        "email": ["a@b.co", None, None],
+        "phone": [None, "+14155550101", None],
+        "_source": "crm",
+        "_source_id": ["1", "2", "3"],
+    }, index=[10, 11, 12])
+    report = validate(frame, "contacts", [{"expect": "not_null", "column": "email", "when": "phone.isnull()"}])
+    assert report.row_failures.notna().tolist() == [False, False, True]
+    assert report.results[0].unexpected_count == 1
+
+
+def test_when_must_be_a_query_string():
+    with pytest.raises(ValueError, match="'when' must be a pandas query string"):
+        build_suite("contacts", [{"expect": "not_null", "column": "email", "when": 3}])

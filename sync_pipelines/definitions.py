@@ -5,20 +5,24 @@ import dagster as dg
 from sync_pipelines.assets.core import build_core_assets
 from sync_pipelines.assets.extract import build_extraction_assets, daily_partitions
 from sync_pipelines.resources import SyncResource
-from sync_pipelines.stack import load_stack
+from sync_pipelines.stack import Stack, load_stack
+
+
+def build_definitions(stack: Stack) -> dg.Definitions:
+    nightly_sync = dg.define_asset_job(
+        "nightly_sync",
+        selection=dg.AssetSelection.all(),
+        partitions_def=daily_partitions(stack),
+        description="Every integration of the stack, end to end.",
+    )
+    return dg.Definitions(
+        assets=[*build_extraction_assets(stack), *build_core_assets(stack)],
+        jobs=[nightly_sync],
+        resources={"sync": SyncResource(warehouse_url=stack.warehouse.url,
+                                        stack_path=dg.EnvVar("SYNC_STACK").get_value())},
+        executor=dg.in_process_executor,
+    )
+
 
 stack = load_stack()
-
-nightly_sync = dg.define_asset_job(
-    "nightly_sync",
-    selection=dg.AssetSelection.all(),
-    partitions_def=daily_partitions(stack),
-    description="Every integration of the stack, end to end.",
-)
-
-defs = dg.Definitions(
-    assets=[*build_extraction_assets(stack), *build_core_assets(stack)],
-    jobs=[nightly_sync],
-    resources={"sync": SyncResource(warehouse_url=stack.warehouse.url, stack_path=dg.EnvVar("SYNC_STACK").get_value())},
-    executor=dg.in_process_executor,
-)
+defs = build_definitions(stack)

@@ -44,12 +44,16 @@ class Extraction:
 
 
 def plan_read(cursor: datetime | None, window: tuple[datetime, datetime] | None) -> tuple[str, datetime | None]:
-    """Decide how to read: everything, from the cursor, or a backfill of a window the cursor already passed."""
+    """Decide how to read: everything, from the cursor, or a backfill of a window the cursor already passed.
+
+    A window the cursor has not passed yet is a normal run: everything before the cursor is already landed, so
+    reading from the cursor is complete and costs only what changed.
+    """
     if cursor is None:
         return "full", None
     if window is not None and window[1] <= cursor:
         return "backfill", window[0]
-    return "incremental", min(cursor, window[0]) if window is not None else cursor
+    return "incremental", cursor
 
 
 def extract_stream(

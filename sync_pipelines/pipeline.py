@@ -16,7 +16,7 @@ from sync_pipelines.core.plan import plan_writes, to_tool_record, writable_field
 from sync_pipelines.core.quality import QualityReport, split_quarantine, validate, volume_check
 from sync_pipelines.core.survive import derive_field_change_times, survivorship
 from sync_pipelines.resolve import build_crosswalk, resolve_entities
-from sync_pipelines.stack import Destination, Stack
+from sync_pipelines.stack import Action, Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 METADATA = ["_source", "_source_stream", "_source_id", "_updated_at", "_extracted_at"]
@@ -218,4 +218,118 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
                                     "entity_id": row.entity_id, "field": fname, "value": value,
                                     "origin_changed_at": origin, "written_at": written_at})
         warehouse.append("writeback_ledger", pd.DataFrame(ledger_rows))
+    return outcome
+
+
+# --- derived actions -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ActionRun:
+    action: str
+    baseline: bool = False
+    transitions: int = 0
+    created: int = 0
+    already_done: int = 0
+    created_ids: list[str] = field(default_factory=list)
+
+
+def _entity_rows(stack: Stack, warehouse: Warehouse, entity: str) -> pd.DataFrame:
+    parts = [warehouse.read_table(landing_table_name(t, s)) for t, s in entity_streams(stack, entity)]
+    rows = pd.concat(parts, ignore_index=True)
+    return rows[~rows["_deleted"].astype(bool)]
+
+
+def _stripe_customer_for(stack: Stack, warehouse: Warehouse, connector, tool: str, deal: pd.Series,
+                         action: Action) -> str:
+    """The invoicing customer of a deal's account: an existing one linked through the golden contacts, else one
+    created from the account's golden contact with an idempotency key, so a rerun never creates a second."""
+    contacts = warehouse.read_table(table("staged", "contacts"))
+    crosswalk = warehouse.read_table(table("crosswalk", "contacts"))
+    members = contacts[contacts["company_source_id"] == deal["company_source_id"]]
+    entities = crosswalk.merge(members[["_source", "_source_id"]], on=["_source", "_source_id"])["entity_id"]
+    linked = crosswalk[crosswalk["entity_id"].isin(entities) & (crosswalk["_source"] == tool)]
+    if len(linked):
+        return str(linked["_source_id"].min())
+    golden = warehouse.read_table(table("golden", "contacts")).set_index("entity_id")
+    known = sorted(set(entities) & set(golden.index))
+    person = golden.loc[known[0]] if known else None
+    customer = {
+        "name": f"{person['first_name']} {person['last_name']}" if person is not None else str(deal["name"]),
+        "email": person["email"] if person is not None else None,
+        "metadata": {"crm_account_id": deal["company_source_id"]},
+        "idempotency_key": f"{action.name}:customer:{deal['company_source_id']}",
+    }
+    [created] = connector.write("customers", [{k: v for k, v in customer.items() if v is not None}])
+    if not created["ok"]:
+        raise RuntimeError(f"{tool}: could not create a customer for account {deal['company_source_id']}: "
+                           f"{created['error']}")
+    return created["id"]
+
+
+def _stripe_invoice(stack, warehouse, connector, tool: str, action: Action, deal: pd.Series) -> dict:
+    customer = _stripe_customer_for(stack, warehouse, connector, tool, deal, action)
+    return {
+        "customer": customer,
+        "description": f"{deal['name']}",
+        "collection_method": "send_invoice",
+        "days_until_due": 30,
+        "metadata": {"deal_id": deal["_source_id"], "deal_source": deal["_source"], "sync_action": action.name},
+        "idempotency_key": f"{action.name}:{deal['_source']}:{deal['_source_id']}",
+    }
+
+
+def _asana_task(stack, warehouse, connector, tool: str, action: Action, record: pd.Series) -> dict:
+    return {"name": f"Onboard: {record.get('name') or record['_source_id']}",
+            "notes": f"Created by sync_pipelines action {action.name} for {record['_source']} {record['_source_id']}"}
+
+
+# What to create, per target tool kind and stream: only the payload is special, the exactly-once logic is shared.
+ACTION_PAYLOADS = {("stripe", "invoices"): _stripe_invoice, ("asana", "tasks"): _asana_task}
+
+
+def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) -> ActionRun:
+    """Create the dependent record for every record that newly reached ``when.becomes``, exactly once.
+
+    The first run records a baseline (records already in that state are history, not transitions). A ledger row
+    is written as soon as each record is created, and each create carries an idempotency key, so a crash between
+    the two cannot create a second record on the rerun.
+    """
+    when, target = action.when, action.create
+    payload_for = ACTION_PAYLOADS[(stack.tools[target.tool].kind, target.stream)]
+    rows = _entity_rows(stack, warehouse, when.entity)
+    state = warehouse.read_if_exists("action_state")
+    seen = state[state["action"] == action.name] if state is not None else pd.DataFrame()
+    outcome = ActionRun(action.name)
+    current = rows.assign(action=action.name, value=rows[when.field].astype("str"))[
+        ["action", "_source", "_source_id", "value"]]
+    if seen.empty:
+        outcome.baseline = True
+    else:
+        before = current.merge(seen, on=["action", "_source", "_source_id"], how="left", suffixes=("", "_before"))
+        reached = (before["value"] == when.becomes) & (before["value_before"] != when.becomes)
+        ledger = warehouse.read_if_exists("action_ledger")
+        done = set() if ledger is None else set(
+            ledger.loc[ledger["action"] == action.name, ["_source", "_source_id"]].itertuples(index=False, name=None))
+        keys = before.loc[reached, ["_source", "_source_id"]]
+        outcome.transitions = len(keys)
+        indexed = rows.set_index(["_source", "_source_id"])
+        for source, source_id in keys.itertuples(index=False, name=None):
+            if (source, source_id) in done:
+                outcome.already_done += 1
+                continue
+            record = indexed.loc[(source, source_id)].copy()
+            record["_source"], record["_source_id"] = source, source_id
+            payload = payload_for(stack, warehouse, connector, target.tool, action, record)
+            [result] = connector.write(target.stream, [payload])
+            if not result["ok"]:
+                raise RuntimeError(f"{action.name}: {target.tool} refused the {target.stream} record for "
+                                   f"{source} {source_id}: {result['error']}")
+            warehouse.append("action_ledger", pd.DataFrame([{
+                "action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,
+                "created_id": result["id"], "created_at": datetime.now(timezone.utc)}]))
+            outcome.created += 1
+            outcome.created_ids.append(result["id"])
+    others = state[state["action"] != action.name] if state is not None else current.iloc[0:0]
+    warehouse.replace("action_state", pd.concat([others, current], ignore_index=True))
     return outcome

@@ -24,17 +24,26 @@ Soundex), `<field>_domain` (the part after "@"). A fuzzy rule with neither keys 
 rules group on their fields; a value held by more than `max_cluster_size` refs (a team mailbox, a
 switchboard) identifies nobody and links nothing. Skips are logged as warnings and listed in the report.
 
-Clusters and the chain guard. Clusters are the connected components of matched pairs. A component is
-rebuilt when it holds more than `max_cluster_size` refs, or when two members that no rule matched directly
-are clearly different: both have a value for a field some rule compares fuzzily, scoring below the lowest
-threshold used for it (different emails or phones are no contradiction; one person often has several). The
-rebuild takes matched pairs strongest first (rules earlier in the list are stronger, ties by ref) and joins
-two partial clusters only when the result stays within `max_cluster_size` and holds no clearly different
-pair. Precision comes before recall: a false merge corrupts two customers.
+Identity persists (crosswalk stickiness). With a `crosswalk`, records whose refs shared an entity id on the
+last run stay linked even when no rule links them any more (a customer changed their email in one tool, and
+that tool's record kept its id): a previous co-membership counts as a link like a rule match. It does not
+hold when a `manual.split` names either record, and the chain guard below may break it.
+
+Clusters and the chain guard. Clusters are the connected components of matched pairs and crosswalk links.
+A component is rebuilt when it holds more than `max_cluster_size` refs, or when two members that no rule
+matched directly (a crosswalk link is no direct match) are clearly different: both have a value for a field
+some rule compares fuzzily, scoring below the lowest threshold used for it (different emails or phones are
+no contradiction, as one person often has several; a name changed beyond the threshold is one). The rebuild takes links
+strongest first (rules earlier in the list are stronger, crosswalk links weaker than every rule, ties by
+ref) and joins two partial clusters only when the result stays within `max_cluster_size` and holds no
+clearly different pair. So a stale link (the record now describes someone else) breaks, while the other
+members of that old entity stay together. Precision comes before recall: a false merge corrupts two
+customers.
 
 Manual overrides. `manual.split` refs stand alone (rules never link them; same-ref rows stay together);
 `manual.merge` groups join the clusters of the refs they name, whatever the size. A ref in both is a
-ValueError; refs not among the records are logged and listed in the report.
+ValueError; refs not among the records are logged and listed in the report. A merge is remembered by the
+crosswalk: removing it from the stack file does not separate the records; split one of them instead.
 
 Stable ids. `crosswalk` (columns `entity_id, _source, _source_id`, e.g. from `build_crosswalk` on the last
 run) lets clusters keep their ids: each earlier id goes to the cluster holding most of its refs (ties: the
@@ -43,8 +52,10 @@ with no earlier id gets `ent_` + a hash of its smallest ref, so reruns give the 
 not renumber other clusters.
 
 Report. `result.attrs["resolution"]` holds `merged_ids` ({retired id: surviving id}), `split_ids` ({earlier
-id: [ids of clusters that left it]}), `unknown_refs`, `skipped` (rule, key, size, example ref, reason) and
-`guarded_components` (how many components the chain guard rebuilt).
+id: [ids of clusters that left it]}), `unknown_refs`, `skipped` (rule, key, size, example ref, reason),
+`guarded_components` (how many components the chain guard rebuilt) and `sticky_links` (how many records are
+in their entity only through the crosswalk: per entity, the records outside its largest part that rules hold
+together, i.e. those that would have split off without the crosswalk; 0 without one).
 
 `build_crosswalk(records, clusters)` gives the crosswalk rows to store; `pairwise_precision_recall(predicted,
 truth)` scores clusters against true labels from contingency counts.

@@ -44,9 +44,12 @@ class SyncResource(dg.ConfigurableResource):
                     allow_retries=False,
                 )
             credentials[key] = value
+        files = {"cursor": {name: s.cursor for name, s in tool.streams.items() if s.cursor}} \
+            if tool.kind in ("csv", "sql") else {}  # files and tables have no API to filter by time: we do
         return connect(
             tool.kind, tool.base_url, credentials,
             name=tool_name,
             credential_env=dict(tool.credentials),
             rate_limit=tool.rate_limit.model_dump() if tool.rate_limit else None,
+            **files,
         )

@@ -91,5 +91,5 @@ def test_plan_read():
     cursor = T0 + timedelta(days=5)
     assert plan_read(None, (T0, T0 + timedelta(days=1))) == ("full", None)
     assert plan_read(cursor, (T0, T0 + timedelta(days=1))) == ("backfill", T0)
-    assert plan_read(cursor, (cursor - timedelta(hours=1), cursor + timedelta(days=1)))[1] == cursor - timedelta(hours=1)
+    assert plan_read(cursor, (cursor - timedelta(hours=1), cursor + timedelta(days=1))) == ("incremental", cursor)
     assert plan_read(cursor, (cursor + timedelta(hours=1), cursor + timedelta(days=1))) == ("incremental", cursor)

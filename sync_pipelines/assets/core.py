@@ -6,10 +6,10 @@ from sync_pipelines.assets.extract import extraction_key
 from sync_pipelines.connectors import ConnectorError
 from sync_pipelines.core.quality import to_metadata
 from sync_pipelines.pipeline import (
-    build_golden, check_golden, entity_streams, resolved_entities, stage, table, write_back,
+    build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table, write_back,
 )
 from sync_pipelines.resources import SyncResource
-from sync_pipelines.stack import Destination, Stack
+from sync_pipelines.stack import Action, Destination, Stack
 
 CORE_OWNER = "team:data"
 
@@ -152,10 +152,42 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
     return _writeback
 
 
+def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
+    tool = stack.tools[action.create.tool]
+    when = action.when
+
+    @dg.asset(
+        key=dg.AssetKey([action.create.tool, action.name]),
+        group_name=action.create.tool,
+        deps=[*(extraction_key(t, s) for t, s in entity_streams(stack, when.entity)),
+              *(golden_key(e) for e in resolved_entities(stack))],
+        description=(
+            f"When a {when.entity[:-1]}'s `{when.field}` becomes `{when.becomes}`, creates a "
+            f"`{action.create.stream}` record in {action.create.tool}, exactly once per record (ledger "
+            "`action_ledger` plus an idempotency key). The first run records a baseline and creates nothing."
+        ),
+        owners=[tool.owner],
+        kinds={tool.kind},
+        pool=f"{action.create.tool}_api",
+    )
+    def _action(sync: SyncResource) -> dg.MaterializeResult:
+        try:
+            outcome = run_action(sync.stack, sync.warehouse, sync.connector(action.create.tool), action)
+        except ConnectorError as exc:
+            raise dg.Failure(str(exc)) from None
+        return dg.MaterializeResult(metadata={
+            "baseline_run": outcome.baseline, "transitions": outcome.transitions, "created": outcome.created,
+            "already_done": outcome.already_done, "created_ids": ", ".join(outcome.created_ids) or "none",
+        })
+
+    return _action
+
+
 def build_core_assets(stack: Stack) -> list[dg.AssetsDefinition]:
     assets = []
     for entity in resolved_entities(stack):
         assets += [build_staged_asset(stack, entity), build_golden_asset(stack, entity)]
     assets += [build_writeback_asset(stack, dest) for dest in stack.destinations]
+    assets += [build_action_asset(stack, action) for action in stack.actions]
     return assets
 

@@ -1,10 +1,13 @@
 """Benchmark entity resolution on synthetic contacts: time, peak memory, pairwise precision and recall.
 
-    python -m sync_pipelines.core.bench_resolve --records 100000
+    python -m sync_pipelines.core.bench_resolve --records 100000 [--crosswalk]
 
 Synthetic people get one record each, then ~30% more records are noisy copies of some of them from other
 tools (case and whitespace changes, nicknames, typos in last names, missing fields, a second email), and a
 few colleagues share a switchboard phone. Resolution runs with the sandbox stack's contact rules.
+
+With --crosswalk a second run follows, as after a sync: 5% of the records get a new email and are resolved
+with the first run's crosswalk, which should keep them in their entities (identity persists).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from sync_pipelines.core.resolve import pairwise_precision_recall, resolve_entities
+from sync_pipelines.core.resolve import build_crosswalk, pairwise_precision_recall, resolve_entities
 
 STACK_FILE = Path(__file__).resolve().parents[1] / "stacks" / "sandbox.yaml"
+CHANGED_EMAIL_SHARE = 0.05
 TOOLS = ("salesforce", "hubspot", "zendesk", "stripe", "legacy_erp")
 NICKNAMES = {
     "robert": ["bob", "rob"], "william": ["bill", "will"], "elizabeth": ["liz", "beth"], "james": ["jim"],
@@ -123,10 +127,46 @@ def synthesize(n_records: int, seed: int = 7, duplicate_share: float = 0.3) -> t
     return records, pd.Series(person, index=records.index, name="person")
 
 
+def change_emails(records: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """A copy where `share` of the records (those with an email) moved to an address no other record has."""
+    rng = np.random.default_rng(seed)
+    with_email = np.flatnonzero(records["email"].notna().to_numpy())
+    chosen = rng.choice(with_email, int(len(records) * share), replace=False)
+    changed = records.copy()
+    changed.iloc[chosen, changed.columns.get_loc("email")] = [f"moved{position}@new.example" for position in chosen]
+    return changed
+
+
+def measure(
+    title: str, records: pd.DataFrame, truth: pd.Series, rules: dict, crosswalk: pd.DataFrame | None, trace: bool
+) -> pd.Series:
+    """Resolve once and print time, memory, pairwise precision and recall and the guard's counts."""
+    if trace:
+        tracemalloc.start()
+    started = time.perf_counter()
+    clusters = resolve_entities(records, rules, crosswalk)
+    elapsed = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1] if trace else None
+    tracemalloc.stop()
+
+    precision, recall = pairwise_precision_recall(clusters, truth)
+    report = clusters.attrs["resolution"]
+    print(f"[{title}] resolved into {clusters.nunique():,} entities in {elapsed:.2f} s")
+    if peak is not None:
+        print(f"[{title}] peak traced Python memory during resolve: {peak / 2**20:.0f} MiB")
+    print(f"[{title}] pairwise precision {precision:.4f}, recall {recall:.4f}")
+    print(f"[{title}] components re-clustered by the chain guard: {report['guarded_components']:,}; "
+          f"blocks or groups skipped: {len(report['skipped'])}; records held only by the crosswalk: "
+          f"{report['sticky_links']:,}")
+    return clusters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--crosswalk", action="store_true",
+                        help=f"rerun after {CHANGED_EMAIL_SHARE:.0%} of emails changed, with the first run's crosswalk")
     parser.add_argument("--no-tracemalloc", action="store_true", help="time without tracemalloc's overhead")
     args = parser.parse_args()
 
@@ -136,23 +176,15 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     print(f"synthesized {len(records):,} records of {truth.nunique():,} people in {elapsed:.1f} s")
 
-    if not args.no_tracemalloc:
-        tracemalloc.start()
-    started = time.perf_counter()
-    clusters = resolve_entities(records, rules)
-    elapsed = time.perf_counter() - started
-    peak = tracemalloc.get_traced_memory()[1] if not args.no_tracemalloc else None
-    tracemalloc.stop()
-
-    precision, recall = pairwise_precision_recall(clusters, truth)
-    report = clusters.attrs["resolution"]
-    print(f"resolved into {clusters.nunique():,} entities in {elapsed:.2f} s")
-    if peak is not None:
-        print(f"peak traced Python memory during resolve: {peak / 2**20:.0f} MiB")
+    trace = not args.no_tracemalloc
+    clusters = measure("first run", records, truth, rules, None, trace)
+    if args.crosswalk:
+        changed = change_emails(records, CHANGED_EMAIL_SHARE, args.seed)
+        print(f"changed the email of {(changed['email'] != records['email']).sum():,} records")
+        rerun = measure("rerun with crosswalk", changed, truth, rules, build_crosswalk(records, clusters), trace)
+        print(f"[rerun with crosswalk] records whose entity id changed: {(rerun != clusters).sum():,}")
+        measure("rerun without crosswalk", changed, truth, rules, None, trace=False)
     print(f"process max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    print(f"pairwise precision {precision:.4f}, recall {recall:.4f}")
-    print(f"components re-clustered by the chain guard: {report['guarded_components']:,}; "
-          f"blocks or groups skipped: {len(report['skipped'])}")
 
 
 if __name__ == "__main__":

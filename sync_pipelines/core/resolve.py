@@ -7,13 +7,23 @@ Pure pandas/numpy/rapidfuzz/scipy; no Dagster, no HTTP. The public contract is d
    empty values never match anything;
 2. candidate pairs per rule: exact-only rules group on their fields; rules with fuzzy conditions compare
    record pairs inside blocks (a blocking key, plus the rule's exact fields), scored with rapidfuzz;
-3. clusters: connected components of all matched pairs, with a chain guard that re-clusters any component
-   that is too large or that joins two records with clearly different names (see `_ChainGuard`);
-4. manual overrides, then stable entity ids reused from a crosswalk of earlier runs.
+3. crosswalk links: records that shared an entity on the last run stay linked (identity persists when a
+   record's email or phone changes in one tool), unless a manual split names one of them;
+4. clusters: connected components of all matched pairs and crosswalk links, with a chain guard that
+   re-clusters any component that is too large or that holds two clearly different records, such as two
+   names that no rule matched directly (see `_ChainGuard`). A crosswalk link is no direct match, so a
+   stale link to a record that now describes someone else is broken there; in a rebuild crosswalk links
+   come after every rule. Given names (any field whose name contains `first_name` or `given_name`) are
+   compared the way people write them: two values are never a contradiction when one is a prefix of the
+   other (3+ letters: "Alex"/"Alexander"), one is an initial of the other ("J."/"James"), or they are
+   listed together in `NICKNAME_GROUPS` ("Bob"/"Robert", "Liz"/"Elizabeth"). This only keeps the guard
+   from splitting; it never creates a match;
+5. manual merges, then stable entity ids reused from the crosswalk.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import unicodedata
@@ -60,6 +70,122 @@ SCORERS: dict[str, _Scorer] = {
     "token_sort": _Scorer(fuzz.token_sort_ratio, 100.0),
 }
 METHODS = (EXACT, *SCORERS)
+
+GIVEN_NAME_MARKERS = ("first_name", "given_name")
+# Interchangeable given names, one group per line (formal spellings and their common nicknames). Names
+# that a shared prefix already relates (Alex/Alexander, Chris/Christopher) need no entry.
+NICKNAME_GROUPS = """
+abigail abby gail
+albert al bert bertie
+alexander alex al xander sandy
+alexandra alex alexa lexi sandra sandy
+alfred al alf fred freddie
+andrew andy drew
+ann anne anna annie nan nancy
+anthony antony tony
+arthur art artie
+barbara barb babs
+benjamin ben benny benji
+bernard bernie
+bradley brad
+caroline carolyn carrie
+catherine katherine kathryn kate kathy katie cathy kat kit
+charles charlie chuck chas
+charlotte charlie lottie
+christina christine chris tina christy
+christopher chris kit
+cynthia cindy
+daniel dan danny
+david dave davy
+deborah debra deb debbie
+dominic dom
+donald don donnie
+dorothy dot dottie dolly
+douglas doug
+edward ed eddie ted ned
+elizabeth liz lizzie beth betty betsy bess eliza libby lisa
+eleanor ellie nora
+ernest ernie
+eugene gene
+frances fran frankie
+francis frank fran
+frederick fred freddie
+gabriel gabe
+geoffrey jeffrey geoff jeff
+gerald gerry jerry
+gregory greg
+harold hal harry
+henry hank harry hal
+herbert herb
+howard howie
+isaac ike
+isabella isabel bella izzy
+jacob jake
+jacqueline jackie
+james jim jimmy jamie
+jennifer jen jenn jenny
+jeremy jerry
+jessica jess jessie
+john jack johnny jon
+jonathan jon jonny nathan
+joseph joe joey
+josephine jo josie
+joshua josh
+judith judy
+kenneth ken kenny
+kimberly kim
+lawrence laurence larry
+leonard leo len lenny
+louis lewis lou
+margaret maggie meg peggy marge greta
+mary molly polly mae
+matthew matt
+megan meg
+melissa mel missy
+michael mike mikey mick mickey
+michelle shelly
+mitchell mitch
+nathaniel nathan nate nat
+nicholas nick nicky
+nicole nikki
+oliver ollie
+pamela pam
+patricia pat patty trish tricia
+patrick pat paddy
+penelope penny
+peter pete
+philip phillip phil
+randall randy
+raymond ray
+rebecca becky becca
+reginald reg reggie
+richard rick ricky rich dick
+robert bob bobby rob robbie bert
+rodney rod
+ronald ron ronnie
+russell russ
+samantha sam sammy
+samuel sam sammy
+sidney sydney sid
+stanley stan
+stephen steven steve stevie
+stuart stewart stu
+susan suzanne sue suzy
+terence terrence terry
+theodore ted teddy theo
+theresa teresa terry tess tessa
+thomas tom tommy
+timothy tim timmy
+tobias toby
+valerie val
+victoria vicky tori
+vincent vince vinny
+virginia ginny
+walter walt wally
+william bill billy will willy liam
+zachary zach zack
+"""
+MIN_GIVEN_NAME_PREFIX = 3
 
 
 # --------------------------------------------------------------------------------------------- rules
@@ -132,6 +258,11 @@ class IdentityRules:
             raise ValueError(f"identity manual overrides: {both[0]!r} is listed in both merge and split")
         return cls(rules, max_size, merge, split)
 
+    @property
+    def crosswalk_strength(self) -> int:
+        """The strength of a link kept from the last run: after every rule (rule k has strength k)."""
+        return len(self.rules)
+
     def fields(self, columns: Sequence[str]) -> set[str]:
         """Record columns the rules read (a derived blocking key counts as the column it derives from)."""
         return {c.field for rule in self.rules for c in rule.conditions} | {
@@ -197,6 +328,45 @@ def soundex(text: str) -> str | None:
         if letter not in "hw":  # h and w do not separate letters with the same code; vowels do
             previous = digit
     return (letters[0].upper() + "".join(digits) + "000")[:4]
+
+
+def _nickname_index(table: str) -> dict[str, frozenset[int]]:
+    """Each name in the table -> the numbers of the groups that list it (Sam is in Samuel's and Samantha's)."""
+    index: dict[str, set[int]] = {}
+    for number, line in enumerate(table.strip().splitlines()):
+        for name in line.split():
+            index.setdefault(name, set()).add(number)
+    return {name: frozenset(numbers) for name, numbers in index.items()}
+
+
+_NICKNAME_INDEX = _nickname_index(NICKNAME_GROUPS)
+_NO_GROUPS: frozenset[int] = frozenset()
+
+
+def is_given_name_field(field: str) -> bool:
+    """Whether a field holds given names, so nickname-aware comparison applies to it."""
+    folded = field.casefold()
+    return any(marker in folded for marker in GIVEN_NAME_MARKERS)
+
+
+def _same_given_name(left: str, right: str) -> bool:
+    shorter, longer = sorted((left, right), key=len)
+    if longer.startswith(shorter) and (len(shorter) == 1 or len(shorter) >= MIN_GIVEN_NAME_PREFIX):
+        return True
+    return not _NICKNAME_INDEX.get(left, _NO_GROUPS).isdisjoint(_NICKNAME_INDEX.get(right, _NO_GROUPS))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def given_names_compatible(left: str, right: str) -> bool:
+    """Whether two given names (comparison form) can name one person: one is a prefix (3+ letters) or an
+    initial of the other, or they share a `NICKNAME_GROUPS` line; checked on the whole names (dots dropped)
+    and on their first words ("Bob" and "Robert James"). A name with no letters left is no evidence."""
+    left_words, right_words = left.replace(".", " ").split(), right.replace(".", " ").split()
+    if not left_words or not right_words:
+        return True
+    return _same_given_name(" ".join(left_words), " ".join(right_words)) or _same_given_name(
+        left_words[0], right_words[0]
+    )
 
 
 def _prefix(value: str) -> str:
@@ -341,11 +511,13 @@ class _Report:
     unknown_refs: list[str]
     skipped: list[dict[str, Any]]
     guarded_components: int = 0
+    sticky_links: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "merged_ids": self.merged_ids, "split_ids": self.split_ids, "unknown_refs": self.unknown_refs,
             "skipped": self.skipped, "guarded_components": self.guarded_components,
+            "sticky_links": self.sticky_links,
         }
 
 
@@ -404,20 +576,48 @@ class _Resolver:
                 codes[members] = -1
         return _Groups.of(codes).pairs()
 
-    def edges(self, split_positions: np.ndarray) -> pd.DataFrame:
-        """All matched pairs: same-ref pairs first (strength -1), then each rule by its position (0 strongest).
+    def crosswalk_pairs(self, previous_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs (i < j) of refs that shared an entity id on the last run, one position per ref.
 
-        Pairs touching a manually split record are dropped, except same-ref pairs.
+        An entity within max_cluster_size refs yields every pair, so the chain guard can drop one stale
+        member and keep the others together; a larger one (only a manual merge makes those) is a chain,
+        since the size guard rebuilds it anyway.
+        """
+        first_of_ref = np.r_[True, self.ref_codes[1:] != self.ref_codes[:-1]]  # positions are sorted by ref
+        groups = _Groups.of(np.where(first_of_ref, _codes(previous_ids), -1))
+        limit = self.spec.max_cluster_size
+        left, right = groups.pairs(max_size=limit)
+        chains = list(groups.large(limit + 1))
+        return np.concatenate([left, *(m[:-1] for m in chains)]), np.concatenate([right, *(m[1:] for m in chains)])
+
+    def edges(self, split_positions: np.ndarray, previous_ids: np.ndarray) -> pd.DataFrame:
+        """All links: same-ref pairs first (strength -1), then each rule by its position (0 strongest), then
+        crosswalk links (`IdentityRules.crosswalk_strength`, weaker than every rule).
+
+        Links touching a manually split record are dropped, except same-ref pairs.
         """
         same_ref = np.flatnonzero(self.ref_codes[1:] == self.ref_codes[:-1])
         frames = [pd.DataFrame({"i": same_ref, "j": same_ref + 1, "strength": -1})]
-        for strength, rule in enumerate(self.spec.rules):
-            left, right = self.rule_pairs(rule)
+        linked = [self.rule_pairs(rule) for rule in self.spec.rules] + [self.crosswalk_pairs(previous_ids)]
+        for strength, (left, right) in enumerate(linked):
             keep = ~(np.isin(left, split_positions) | np.isin(right, split_positions))
             frames.append(pd.DataFrame({"i": left[keep], "j": right[keep], "strength": strength}))
         edges = pd.concat(frames, ignore_index=True)
         # keep each pair once, with its strongest rule
         return edges.sort_values(["strength", "i", "j"], kind="stable").drop_duplicates(["i", "j"])
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One field the chain guard compares, at the lowest threshold any rule uses for it."""
+
+    condition: Condition
+    # values scoring below the threshold that still do not contradict (nicknames), or None
+    compatible: Callable[[str, str], bool] | None
+
+    def excused(self, left: str, right: str) -> bool:
+        """Whether two values that score below the threshold are still no contradiction."""
+        return self.compatible is not None and self.compatible(left, right)
 
 
 class _ChainGuard:
@@ -426,12 +626,16 @@ class _ChainGuard:
     A component is suspect when it holds more than max_cluster_size distinct refs, or when two of its
     records that no rule matched directly are clearly different: both carry a value for a field some rule
     compares fuzzily, and those values score below the lowest threshold any rule uses for that field
-    (e.g. last names "Smith" and "Okafor" joined only through a chain). Different emails or phones are not
-    a contradiction: one person often has several.
+    (e.g. last names "Smith" and "Okafor" joined only through a chain, or only by the crosswalk). Different
+    emails or phones are not a contradiction: one person often has several. Given names that are
+    nicknames, prefixes or initials of one another are not a contradiction either; any other given name
+    below the threshold is, even when both records share an email or phone with a common member, since
+    colleagues on one switchboard and family on one home phone share a last name.
 
-    A suspect component is rebuilt greedily: pairs in order of rule strength (rules listed first are the
-    stronger evidence) then by ref; two partial clusters join only if the result stays within
-    max_cluster_size and no cross pair is clearly different. Same-ref records always stay together.
+    A suspect component is rebuilt greedily: links in order of strength (rules listed first are the
+    stronger evidence, crosswalk links come last) then by ref; two partial clusters join only if the result
+    stays within max_cluster_size and no cross pair is clearly different. Same-ref records always stay
+    together.
     """
 
     def __init__(self, rules: IdentityRules, values: Mapping[str, np.ndarray], ref_codes: np.ndarray):
@@ -440,35 +644,47 @@ class _ChainGuard:
             for c in rule.fuzzy:
                 key = (c.field, c.method)
                 thresholds[key] = min(thresholds.get(key, 1.0), c.threshold)
-        self.checks = [Condition(field, method, threshold) for (field, method), threshold in thresholds.items()]
+        self.checks = [
+            _Check(Condition(field, method, threshold), given_names_compatible if is_given_name_field(field) else None)
+            for (field, method), threshold in thresholds.items()
+        ]
         self.max_size = rules.max_cluster_size
+        self.crosswalk_strength = rules.crosswalk_strength
         self.values = values
         self.ref_codes = ref_codes
 
     def differ(self, a: int, b: int) -> bool:
         """Whether two records are clearly different (one pair; see `contradicting` for many)."""
         for check in self.checks:
-            column = self.values[check.field]
-            if column[a] is not None and column[b] is not None:
-                if SCORERS[check.method].function(column[a], column[b]) < check.cutoff():
+            column = self.values[check.condition.field]
+            left, right = column[a], column[b]
+            if left is not None and right is not None:
+                score = SCORERS[check.condition.method].function(left, right)
+                if score < check.condition.cutoff() and not check.excused(left, right):
                     return True
         return False
 
     def contradicting(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """Which pairs are clearly different records (vectorized)."""
+        """Which pairs are clearly different records (vectorized; the few low scores are then checked one
+        by one for nicknames)."""
         conflict = np.zeros(len(left), dtype=bool)
         for check in self.checks:
-            column = self.values[check.field]
+            column = self.values[check.condition.field]
             both = np.flatnonzero((column[left] != None) & (column[right] != None))  # noqa: E711
             if not len(both):
                 continue
-            cutoff = check.cutoff()
             scores = process.cpdist(
-                column[left[both]].tolist(), column[right[both]].tolist(), scorer=SCORERS[check.method].function,
-                workers=-1,
+                column[left[both]].tolist(), column[right[both]].tolist(),
+                scorer=SCORERS[check.condition.method].function, workers=-1,
             )
-            conflict[both[scores < cutoff]] = True
+            low = both[scores < check.condition.cutoff()]
+            excused = np.array([check.excused(column[left[k]], column[right[k]]) for k in low], dtype=bool)
+            conflict[low[~excused]] = True
         return conflict
+
+    def direct_matches(self, edges: pd.DataFrame) -> pd.DataFrame:
+        """The links a rule (or a shared ref) made; a crosswalk link is history, not a match."""
+        return edges[edges["strength"].to_numpy() < self.crosswalk_strength]
 
     def suspect_components(self, labels: np.ndarray, edges: pd.DataFrame) -> np.ndarray:
         """Labels of the components to rebuild."""
@@ -477,9 +693,9 @@ class _ChainGuard:
         ref_counts = np.bincount(distinct["label"].to_numpy(), minlength=n_labels)
         record_counts = np.bincount(labels, minlength=n_labels)
         oversized = (ref_counts > self.max_size) | (record_counts > self.max_size * 4)
-        candidates = np.where((oversized | (record_counts < 3))[labels], -1, labels)
-        left, right = _Groups.of(candidates).pairs()
-        matched = edges["i"].to_numpy() * len(labels) + edges["j"].to_numpy()
+        left, right = _Groups.of(np.where(oversized[labels], -1, labels)).pairs()
+        direct = self.direct_matches(edges)
+        matched = direct["i"].to_numpy() * len(labels) + direct["j"].to_numpy()
         indirect = ~np.isin(left * len(labels) + right, matched) & (self.ref_codes[left] != self.ref_codes[right])
         left, right = left[indirect], right[indirect]
         contradicted = np.unique(labels[left[self.contradicting(left, right)]])
@@ -505,7 +721,8 @@ class _ChainGuard:
         parent = {int(p): int(p) for p in members}
         cluster: dict[int, list[int]] = {int(p): [int(p)] for p in members}
         refs: dict[int, set[int]] = {int(p): {int(self.ref_codes[p])} for p in members}
-        direct = set(zip(edges["i"].tolist(), edges["j"].tolist()))
+        direct_edges = self.direct_matches(edges)
+        direct = set(zip(direct_edges["i"].tolist(), direct_edges["j"].tolist()))
         known: dict[tuple[int, int], bool] = {}
 
         def root(p: int) -> int:
@@ -540,6 +757,17 @@ class _ChainGuard:
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _held_only_by_crosswalk(labels: np.ndarray, direct: pd.DataFrame) -> int:
+    """How many records share their cluster only through the crosswalk: in each cluster, the records
+    outside its largest part that direct matches hold together (what would have split off without it)."""
+    i, j = direct["i"].to_numpy(), direct["j"].to_numpy()
+    inside = labels[i] == labels[j]
+    parts = _components(len(labels), i[inside], j[inside])
+    largest_part = np.zeros(labels.max() + 1, dtype=np.int64)
+    np.maximum.at(largest_part, labels, np.bincount(parts)[parts])
+    return int(len(labels) - largest_part.sum())
 
 
 def _record_refs(frame: pd.DataFrame, what: str) -> np.ndarray:
@@ -582,7 +810,8 @@ def _previous_ids(refs: np.ndarray, crosswalk: pd.DataFrame | None) -> np.ndarra
     if missing:
         raise ValueError(f"crosswalk lacks the column(s) {missing}; expected {list(CROSSWALK_COLUMNS)}")
     held = pd.Series(crosswalk[ENTITY_ID].astype(str).to_numpy(), index=_record_refs(crosswalk, "crosswalk rows"))
-    held = held.groupby(level=0).min()
+    held = held.sort_values(kind="stable")
+    held = held[~held.index.duplicated(keep="first")]
     return held.reindex(refs).to_numpy(dtype=object, na_value=None)
 
 
@@ -599,11 +828,11 @@ def _assign_ids(labels: np.ndarray, refs: np.ndarray, previous: np.ndarray, repo
         claims = claims.value_counts().rename("votes").reset_index()
         claims["smallest"] = smallest_position[claims["label"]]
         claims = claims.sort_values(["entity_id", "votes", "smallest"], ascending=[True, False, True])
-        winners = claims.drop_duplicates("entity_id")
-        for label, won in winners.groupby("label")["entity_id"]:
-            kept, *retired = sorted(won)
-            ids[label] = kept
-            report.merged_ids.update({old: kept for old in retired})
+        winners = claims.drop_duplicates("entity_id").sort_values(["label", "entity_id"])
+        kept = winners.drop_duplicates("label")
+        ids[kept["label"].to_numpy()] = kept["entity_id"].to_numpy(dtype=object)
+        retired = winners[winners.duplicated("label")]
+        report.merged_ids.update(zip(retired["entity_id"].tolist(), ids[retired["label"].to_numpy()].tolist()))
     taken = set(previous[has_previous]) | {i for i in ids if i is not None}
     for label in np.flatnonzero(ids == None):  # noqa: E711
         salt, new_id = 0, entity_id_for(refs[smallest_position[label]])
@@ -653,10 +882,13 @@ def resolve_entities(
         return found
 
     split_positions = np.concatenate([positions_of(ref) for ref in spec.split] or [np.empty(0, np.int64)])
-    edges = resolver.edges(split_positions)
+    previous_ids = _previous_ids(refs, crosswalk)
+    edges = resolver.edges(split_positions, previous_ids)
     labels = _components(len(refs), edges["i"].to_numpy(), edges["j"].to_numpy())
 
-    labels, report.guarded_components = _ChainGuard(spec, values, resolver.ref_codes).rebuild(labels, edges)
+    guard = _ChainGuard(spec, values, resolver.ref_codes)
+    labels, report.guarded_components = guard.rebuild(labels, edges)
+    report.sticky_links = _held_only_by_crosswalk(labels, guard.direct_matches(edges))
 
     merge_left, merge_right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     for group in spec.merge:
@@ -673,7 +905,7 @@ def resolve_entities(
     if report.unknown_refs:
         log.warning("identity manual overrides name refs that are not among the records: %s", report.unknown_refs)
 
-    ids = _assign_ids(labels, refs, _previous_ids(refs, crosswalk), report)
+    ids = _assign_ids(labels, refs, previous_ids, report)
     by_position = np.empty(len(refs), dtype=object)
     by_position[order] = ids[labels]
     result = pd.Series(by_position, index=records.index, name=ENTITY_ID, dtype="str")

@@ -26,6 +26,7 @@ from .slack import Slack
 from .stripe import Stripe
 from .table import Table
 from .vendor import Handler, Vendor
+from .webhooks import WebhookSender
 from .zendesk import Zendesk
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class SandboxState:
         self.credentials = {tool: (credentials or {}).get(tool, v.default_credential) for tool, v in self.vendors.items()}
         self._truth_cache: tuple[tuple[int, ...], dict[str, Any]] | None = None
         self.email_owners = truth.EmailOwners(world)
+        self.webhooks: WebhookSender | None = None
         if csv_dir is not None:
             write_csv(world, csv_dir)
 
@@ -68,7 +70,7 @@ class SandboxState:
         """Create a record (`row` None) or change one, then let truth and the tool follow; returns its row.
 
         Every write path (vendor APIs and `/_sandbox/mutate`) goes through here, so all of them bump the record's
-        time, reach ground truth and fire the tool's hooks (Stripe events, the ERP export) alike.
+        time, reach ground truth and fire the tool's hooks (Stripe events, the ERP export, webhooks) alike.
         """
         now = now_ms() if now is None else now
         if row is None:
@@ -86,6 +88,8 @@ class SandboxState:
                 write_csv(self.world, self.csv_dir)
         else:
             self.vendors[table.tool].on_change(table, row, kind)
+        if self.webhooks is not None:
+            self.webhooks.on_write(table, row, kind, changes)
         return row
 
     def mutate(self, body: Any) -> dict[str, Any]:
@@ -202,6 +206,7 @@ def _control_routes(state: SandboxState) -> list[Route]:
         Route("/stats/reset", control(reset_stats), methods=["POST"]),
         Route("/mutate", control(lambda r, b: state.mutate(b)), methods=["POST"]),
         Route("/slack/messages", control(lambda r, b: state.vendors["slack"].messages)),
+        Route("/webhooks/sent", control(lambda r, b: state.webhooks.sent_log() if state.webhooks else [])),
     ]
 
 
@@ -217,10 +222,19 @@ def _not_found(vendor: Vendor) -> Handler:
 
 def build_app(seed: int = 42, scale: float = 1.0, csv_dir: str | Path | None = None,
               credentials: dict[str, Any] | None = None, faults: dict[str, Any] | None = None,
-              rate_limits: bool = True, world: World | None = None) -> Starlette:
-    """The sandbox app; `app.state.sandbox` is its SandboxState. Pass `world` to serve pre-built data."""
+              rate_limits: bool = True, world: World | None = None, webhook_url: str | None = None,
+              webhook_secrets: dict[str, str] | None = None) -> Starlette:
+    """The sandbox app; `app.state.sandbox` is its SandboxState. Pass `world` to serve pre-built data.
+
+    With `webhook_url`, changes to HubSpot contacts, Zendesk users and Stripe customers are sent, signed, to
+    `{webhook_url}/webhooks/{tool}` (secrets per tool default to `sandbox-<tool>-webhook-secret`).
+    """
     world = world or build_world(seed, scale)
     state = SandboxState(world, Path(csv_dir) if csv_dir is not None else None, credentials, faults, rate_limits)
+    if webhook_url is not None:
+        state.webhooks = WebhookSender(state, webhook_url, webhook_secrets)
+    elif webhook_secrets:
+        raise ValueError("sandbox webhook_secrets given without webhook_url: webhooks need a receiver URL")
     mounts = []
     for vendor in state.vendors.values():
         routes = [Route(path, _guarded(state, vendor, handler, limited), methods=[method])

@@ -17,9 +17,9 @@ from .app import SandboxState, build_app
 
 
 def serve(port: int, seed: int = 42, scale: float = 1.0, csv_dir: str | Path | None = None,
-          host: str = "127.0.0.1", rate_limits: bool = True, **kw: Any) -> None:
-    """Serve the sandbox until interrupted."""
-    app = build_app(seed=seed, scale=scale, csv_dir=csv_dir, rate_limits=rate_limits, **kw)
+          host: str = "127.0.0.1", rate_limits: bool = True, webhook_url: str | None = None, **kw: Any) -> None:
+    """Serve the sandbox until interrupted; with `webhook_url`, record changes are also sent there as webhooks."""
+    app = build_app(seed=seed, scale=scale, csv_dir=csv_dir, rate_limits=rate_limits, webhook_url=webhook_url, **kw)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -63,26 +63,38 @@ class RunningSandbox:
 
 
 @contextlib.contextmanager
-def running_sandbox(seed: int = 42, scale: float = 1.0, csv_dir: str | Path | None = None,
-                    rate_limits: bool = True, host: str = "127.0.0.1", **kw: Any) -> Iterator[RunningSandbox]:
-    """Start the sandbox on a free port in a background thread; stops it on exit."""
-    app = build_app(seed=seed, scale=scale, csv_dir=csv_dir, rate_limits=rate_limits, **kw)
+def serving(app: Starlette, host: str = "127.0.0.1", name: str = "sandbox") -> Iterator[str]:
+    """Serve any starlette app on a free port in a background thread; yields its URL and stops it on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="sandbox")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=name)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             sock.close()
-            raise RuntimeError("the sandbox server did not start")
+            raise RuntimeError(f"the {name} server did not start")
         time.sleep(0.01)
     try:
-        yield RunningSandbox(app, f"http://{host}:{port}")
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextlib.contextmanager
+def running_sandbox(seed: int = 42, scale: float = 1.0, csv_dir: str | Path | None = None,
+                    rate_limits: bool = True, host: str = "127.0.0.1", webhook_url: str | None = None,
+                    **kw: Any) -> Iterator[RunningSandbox]:
+    """Start the sandbox on a free port in a background thread; stops it (and its webhook sender) on exit."""
+    app = build_app(seed=seed, scale=scale, csv_dir=csv_dir, rate_limits=rate_limits, webhook_url=webhook_url, **kw)
+    try:
+        with serving(app, host) as url:
+            yield RunningSandbox(app, url)
+    finally:
+        if app.state.sandbox.webhooks is not None:
+            app.state.sandbox.webhooks.close()

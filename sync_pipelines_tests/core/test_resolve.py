@@ -314,16 +314,123 @@ def test_when_clusters_merge_the_smallest_earlier_id_wins_and_the_merge_is_repor
 
 
 def test_when_an_entity_splits_the_larger_part_keeps_its_id():
+    """a:3 now carries a clearly different name, which breaks its crosswalk links (see the stickiness tests)."""
     records = frame(
-        {"ref": "a:1", "email": "ann@x.com"},
-        {"ref": "a:2", "email": "ann@x.com"},
-        {"ref": "a:3", "email": "zed@x.com"},
+        {"ref": "a:1", "email": "ann@x.com", "last_name": "Smith"},
+        {"ref": "a:2", "email": "ann@x.com", "last_name": "Smith"},
+        {"ref": "a:3", "email": "zed@x.com", "last_name": "Okafor"},
     )
     crosswalk = pd.DataFrame({"entity_id": ["ent_old"] * 3, "_source": ["a"] * 3, "_source_id": ["1", "2", "3"]})
     result = resolve_entities(records, SANDBOX_RULES, crosswalk)
     assert result.loc[0] == result.loc[1] == "ent_old"
     assert result.loc[2] == entity_id_for("a:3")
     assert result.attrs["resolution"]["split_ids"] == {"ent_old": [entity_id_for("a:3")]}
+
+
+# ---------------------------------------------------------------------------- crosswalk stickiness
+
+
+def crm_and_desk(desk_email: str = "ann@x.com", desk_last_name: str = "Smith") -> pd.DataFrame:
+    """Ann in the CRM and in the support desk, plus Bob; the desk record's email and name can change."""
+    return frame(
+        {"ref": "salesforce:1", "email": "ann@x.com", "first_name": "Ann", "last_name": "Smith"},
+        {"ref": "zendesk:1", "email": desk_email, "first_name": "Ann", "last_name": desk_last_name},
+        {"ref": "hubspot:5", "email": "bob@x.com", "first_name": "Bob", "last_name": "Jones"},
+    )
+
+
+def last_run_crosswalk() -> pd.DataFrame:
+    records = crm_and_desk()
+    return build_crosswalk(records, resolve_entities(records, SANDBOX_RULES))
+
+
+def with_split(*refs: str) -> dict:
+    return {**SANDBOX_RULES, "manual": {"merge": [], "split": [list(refs)]}}
+
+
+def test_a_record_whose_email_changed_stays_in_its_entity_only_with_a_crosswalk():
+    crosswalk = last_run_crosswalk()
+    ann = crosswalk.loc[crosswalk["_source_id"] == "1", "entity_id"].unique().item()
+    records = crm_and_desk(desk_email="ann.new@y.com")
+
+    kept = resolve_entities(records, SANDBOX_RULES, crosswalk)
+    assert kept.loc[0] == kept.loc[1] == ann
+    assert kept.attrs["resolution"]["sticky_links"] == 1
+    assert kept.attrs["resolution"]["split_ids"] == {}
+
+    without = resolve_entities(records, SANDBOX_RULES)
+    assert groups(without, records) == partition(("salesforce:1",), ("zendesk:1",), ("hubspot:5",))
+    assert without.attrs["resolution"]["sticky_links"] == 0
+
+
+def test_records_a_rule_still_links_are_not_counted_as_sticky():
+    result = resolve_entities(crm_and_desk(), SANDBOX_RULES, last_run_crosswalk())
+    assert result.loc[0] == result.loc[1]
+    assert result.attrs["resolution"]["sticky_links"] == 0
+
+
+def test_a_manual_split_wins_over_the_crosswalk():
+    records = crm_and_desk(desk_email="ann.new@y.com")
+    result = resolve_entities(records, with_split("zendesk:1"), last_run_crosswalk())
+    assert groups(result, records) == partition(("salesforce:1",), ("zendesk:1",), ("hubspot:5",))
+    assert result.attrs["resolution"]["sticky_links"] == 0
+
+
+def test_a_clearly_different_name_breaks_a_stale_crosswalk_link():
+    """The desk record now describes someone else (a reused id): history must not merge two people."""
+    records = crm_and_desk(desk_email="kofi@z.com", desk_last_name="Okafor")
+    result = resolve_entities(records, SANDBOX_RULES, last_run_crosswalk())
+    assert groups(result, records) == partition(("salesforce:1",), ("zendesk:1",), ("hubspot:5",))
+    report = result.attrs["resolution"]
+    assert report["guarded_components"] == 1
+    assert report["sticky_links"] == 0
+
+
+def test_only_the_stale_member_leaves_and_the_others_stay_together():
+    """The stale record has the smallest ref, so linking the others only through it would lose them too."""
+    crosswalk = pd.DataFrame({"entity_id": ["ent_ann"] * 3, "_source": ["hubspot", "salesforce", "zendesk"],
+                              "_source_id": ["1", "2", "3"]})
+    records = frame(
+        {"ref": "hubspot:1", "email": "kofi@z.com", "last_name": "Okafor"},
+        {"ref": "salesforce:2", "email": "ann@x.com", "last_name": "Smith"},
+        {"ref": "zendesk:3", "email": "ann@new.com", "last_name": "Smith"},
+    )
+    result = resolve_entities(records, SANDBOX_RULES, crosswalk)
+    assert groups(result, records) == partition(("hubspot:1",), ("salesforce:2", "zendesk:3"))
+    assert result.loc[1] == "ent_ann"
+    assert result.attrs["resolution"]["sticky_links"] == 1
+
+
+def test_in_a_rebuild_a_rule_match_beats_a_crosswalk_link():
+    """A~B from the last run, B~C by email now, A and C clearly different: the current email match wins."""
+    crosswalk = pd.DataFrame({"entity_id": ["ent_ab"] * 2, "_source": ["salesforce", "hubspot"],
+                              "_source_id": ["A", "B"]})
+    records = frame(
+        {"ref": "salesforce:A", "email": "ann@x.com", "last_name": "Smith"},
+        {"ref": "hubspot:B", "email": "shared@y.com", "last_name": "Smyth"},
+        {"ref": "zendesk:C", "email": "shared@y.com", "last_name": "Okafor"},
+    )
+    result = resolve_entities(records, SANDBOX_RULES, crosswalk)
+    assert groups(result, records) == partition(("salesforce:A",), ("hubspot:B", "zendesk:C"))
+
+
+def test_the_size_guard_still_cuts_an_entity_held_by_the_crosswalk():
+    refs = [f"a:{k}" for k in range(5)]
+    crosswalk = pd.DataFrame({"entity_id": "ent_big", "_source": "a", "_source_id": [r[2:] for r in refs]})
+    records = frame(*({"ref": ref} for ref in refs))
+    result = resolve_entities(records, identity(EMAIL, max_cluster_size=3), crosswalk)
+    assert result.value_counts().max() == 3
+    assert result.attrs["resolution"]["guarded_components"] == 1
+
+
+def test_sticky_ids_are_stable_across_runs_and_row_orders():
+    records = crm_and_desk(desk_email="ann.new@y.com")
+    first = resolve_entities(records, SANDBOX_RULES, last_run_crosswalk())
+    again = resolve_entities(records, SANDBOX_RULES, build_crosswalk(records, first))
+    assert again.equals(first)
+    assert again.attrs["resolution"]["sticky_links"] == 1
+    shuffled = records.sample(frac=1, random_state=5)
+    assert resolve_entities(shuffled, SANDBOX_RULES, last_run_crosswalk()).reindex(records.index).equals(first)
 
 
 def test_build_crosswalk_lists_each_ref_once():

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from sync_pipelines.stack import StackError, load_stack
 
-console = Console()
+console = Console(width=120)
 
 
 @click.group()
@@ -28,23 +28,92 @@ def main() -> None:
 @click.option("--csv-dir", default=lambda: os.environ.get("SANDBOX_CSV_DIR", ".sync_pipelines/sandbox_csv"),
               show_default=".sync_pipelines/sandbox_csv", help="Folder for the legacy ERP's CSV export.")
 @click.option("--no-rate-limits", is_flag=True, help="Lift the vendors' rate limits (benchmarks).")
-def sandbox(port: int, seed: int, scale: float, csv_dir: str, no_rate_limits: bool) -> None:
+@click.option("--webhook-url", help="Send signed webhooks on every record change to this receiver "
+                                    "(e.g. http://127.0.0.1:8766, see `sync-pipelines webhooks`).")
+def sandbox(port: int, seed: int, scale: float, csv_dir: str, no_rate_limits: bool, webhook_url: str | None) -> None:
     """Serve local emulators of every tool's API, with their real request and response shapes."""
     from sync_pipelines.sandbox import serve
 
     console.print(f"sandbox on http://127.0.0.1:{port} (seed {seed}, scale {scale}); CSV export in {csv_dir}")
-    serve(port, seed=seed, scale=scale, csv_dir=csv_dir, rate_limits=not no_rate_limits)
+    serve(port, seed=seed, scale=scale, csv_dir=csv_dir, rate_limits=not no_rate_limits, webhook_url=webhook_url)
+
+
+@main.command()
+@click.option("--port", default=8766, show_default=True, help="Port to listen on (127.0.0.1).")
+def webhooks(port: int) -> None:
+    """Receive tool webhooks, verify each vendor's signature, and store accepted events in the inbox table."""
+    from sync_pipelines.webhooks import secrets_from_env, serve_webhooks
+
+    stack = _stack_or_exit(None)
+    try:
+        secrets = secrets_from_env()
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        sys.exit(2)
+    console.print(f"webhooks on http://127.0.0.1:{port}/webhooks/{{hubspot,stripe,zendesk}}")
+    serve_webhooks(port, stack.warehouse.url, secrets)
+
+
+@main.command()
+def plan() -> None:
+    """Dry run: print, per destination tool, what the next write-back would create, update or leave alone."""
+    from sync_pipelines.pipeline import plan_destination
+    from sync_pipelines.warehouse import Warehouse
+
+    stack = _stack_or_exit(None)
+    warehouse = Warehouse(stack, stack.warehouse.url)
+    table = Table("tool", "stream", "entity", "updates", "unchanged", "duplicates in tool", "fields changing")
+    for dest in stack.destinations:
+        if warehouse.read_if_exists(f"golden_{dest.entity}") is None:
+            console.print(f"[yellow]no golden {dest.entity} yet: run `sync-pipelines sync` first[/yellow]")
+            sys.exit(1)
+        planned, _ = plan_destination(stack, warehouse, dest)
+        updates = planned[planned["action"] == "update"]
+        fields = sorted({f for changes in updates["changes"] for f in changes})
+        counts = planned["action"].value_counts()
+        table.add_row(dest.tool, dest.stream, dest.entity, str(counts.get("update", 0)),
+                      str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), ", ".join(fields) or "—")
+    console.print(table)
+    console.print("dry run: nothing was written")
+
+
+@main.command()
+@click.argument("path", required=False)
+def catalog(path: str | None) -> None:
+    """Print the integration catalog (purpose, trigger, actions, mappings, owner, priority) as Markdown."""
+    from sync_pipelines.reports import catalog_markdown
+
+    click.echo(catalog_markdown(_stack_or_exit(path)))
+
+
+@main.command()
+@click.option("--days", default=90, show_default=True, help="Period to review.")
+def review(days: int) -> None:
+    """Per integration: runs, success rate, records moved, errors, hours saved; flags to retire or investigate."""
+    import dagster as dg
+
+    from sync_pipelines.reports import review as build_review
+
+    if not os.environ.get("DAGSTER_HOME"):
+        console.print("[red]DAGSTER_HOME is not set: the review reads the run history of that instance[/red]")
+        sys.exit(2)
+    with dg.DagsterInstance.get() as instance:
+        click.echo(build_review(_stack_or_exit(None), instance, days=days).to_markdown())
+
+
+def _stack_or_exit(path: str | None):
+    try:
+        return load_stack(path)
+    except StackError as exc:
+        console.print(f"[red]invalid stack file[/red] {exc}")
+        sys.exit(2)
 
 
 @main.command()
 @click.argument("path", required=False)
 def validate(path: str | None) -> None:
     """Validate a stack file (default: $SYNC_STACK or the sandbox stack) and summarise it."""
-    try:
-        stack = load_stack(path)
-    except StackError as exc:
-        console.print(f"[red]invalid stack file[/red] {exc}")
-        sys.exit(2)
+    stack = _stack_or_exit(path)
     table = Table("tool", "kind", "streams → entities", "writes", "owner")
     for name, tool in stack.tools.items():
         streams = ", ".join(f"{s} → {st.entity}" for s, st in tool.streams.items()) or "—"
@@ -63,10 +132,12 @@ def sync(partition: str | None) -> None:
 
     partition = partition or datetime.now(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    result = defs.get_job_def("nightly_sync").execute_in_process(
-        partition_key=partition, instance=instance, raise_on_error=False
+    result = defs.resolve_job_def("nightly_sync").execute_in_process(
+        partition_key=partition, instance=instance, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
     table = Table("asset", "mode", "read", "landed", "quarantined", "requests", "429s", "retries")
+    others = Table("asset", "outcome")
     for event in result.get_asset_materialization_events():
         materialization = event.materialization
         meta = {k: v.value for k, v in materialization.metadata.items()}
@@ -76,7 +147,15 @@ def sync(partition: str | None) -> None:
                 str(meta["rows_landed"]), str(meta["rows_quarantined"]), str(meta["requests"]),
                 str(meta["throttled_429"]), str(meta["retries"]),
             )
+        else:
+            others.add_row(materialization.asset_key.to_user_string(),
+                           ", ".join(f"{k}={v}" for k, v in meta.items() if not str(k).startswith("dagster/"))
+                           or f"{meta.get('dagster/row_count', '')} rows")
+    for evaluation in (e.event_specific_data for e in result.all_events
+                       if e.event_type_value == "ASSET_CHECK_EVALUATION"):
+        others.add_row(f"check {evaluation.asset_check_key.name}", "passed" if evaluation.passed else "FAILED")
     console.print(table)
+    console.print(others)
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:

@@ -1,6 +1,8 @@
 """One extraction asset per tool stream: a group per tool, daily partitions for backfills, a pool per tool API."""
 
 
+from datetime import datetime, timezone
+
 import dagster as dg
 
 from sync_pipelines.connectors import AuthError, ConnectorError
@@ -32,7 +34,10 @@ def _describe(tool_name: str, tool: Tool, stream_name: str, stream: Stream) -> s
 
 
 def _metadata(result: Extraction) -> dict:
+    """Figures the UI plots over time: volume, API cost, success rate, latency and how stale the data is."""
     stats = result.stats
+    requests = stats.get("requests", 0)
+    lag = (datetime.now(timezone.utc) - result.cursor_after).total_seconds() if result.cursor_after else None
     return {
         "mode": result.mode,
         "since": str(result.since) if result.since else "beginning",
@@ -47,6 +52,10 @@ def _metadata(result: Extraction) -> dict:
         "retries": stats.get("retries", 0),
         "throttled_429": stats.get("throttled", 0),
         "latency_ms_total": dg.MetadataValue.float(float(stats.get("latency_ms", 0.0))),
+        "latency_ms_p95": dg.MetadataValue.float(float(stats.get("latency_p95_ms", 0.0))),
+        "request_success_rate": dg.MetadataValue.float(
+            1.0 - stats.get("errors", 0) / requests if requests else 1.0),
+        **({"freshness_lag_seconds": dg.MetadataValue.float(lag)} if lag is not None else {}),
         "dagster/row_count": result.rows_landed,
     }
 

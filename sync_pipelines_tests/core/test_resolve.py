@@ -13,6 +13,7 @@ import yaml
 from rapidfuzz import fuzz
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 
+from sync_pipelines.core.resolve import given_names_compatible, is_given_name_field
 from sync_pipelines.resolve import (
     build_crosswalk,
     entity_id_for,
@@ -260,6 +261,117 @@ def test_same_ref_is_always_one_entity_and_one_source_may_hold_a_person_twice():
 def test_records_without_identity_values_are_singletons():
     records = frame({"ref": "a:1"}, {"ref": "b:1"}, {"ref": "c:1", "first_name": "Ann"})
     assert resolve_entities(records, SANDBOX_RULES).nunique() == 3
+
+
+# ----------------------------------------------------------------------- given names in the guard
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [("alex", "alexander"), ("alexander", "alex"), ("chris", "christopher"), ("bob", "robert"),
+     ("bill", "william"), ("liz", "elizabeth"), ("jim", "james"), ("kate", "katherine"), ("kate", "catherine"),
+     ("bob", "rob"), ("j.", "james"), ("j", "john"), ("bob", "robert james"), ("mary", "mary ann"),
+     ("peggy", "margaret"), ("sam", "samuel"), ("sam", "samantha"), (".", "james")],
+)
+def test_nicknames_prefixes_and_initials_are_compatible_given_names(left, right):
+    assert given_names_compatible(left, right)
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [("jane", "john"), ("samuel", "samantha"), ("al", "alan"), ("jo", "john"), ("bob", "william"),
+     ("j", "robert"), ("ann", "joanna")],
+)
+def test_different_given_names_are_not_compatible(left, right):
+    assert not given_names_compatible(left, right)
+
+
+def test_given_name_fields_are_recognised_by_name():
+    assert is_given_name_field("first_name") and is_given_name_field("Contact_Given_Name")
+    assert not is_given_name_field("last_name") and not is_given_name_field("company_name")
+
+
+def alexander_harris(hubspot_email: str | None = None) -> pd.DataFrame:
+    """The sandbox case: HubSpot matches Salesforce by phone and last name, Zendesk by email; HubSpot and
+    Zendesk match nothing directly and carry "Alex" against "Alexander"."""
+    return frame(
+        {"ref": "salesforce:1", "first_name": "Alexander", "last_name": "Harris", "phone": "+12136270104",
+         "email": "alexander.harris@vertexline.com"},
+        {"ref": "zendesk:1", "first_name": "Alexander", "last_name": "Harris",
+         "email": "alexander.harris@vertexline.com"},
+        {"ref": "hubspot:1", "first_name": "Alex", "last_name": "Harris", "phone": "+12136270104",
+         "email": hubspot_email},
+    )
+
+
+def test_a_nickname_does_not_split_records_linked_by_phone_and_email():
+    records = alexander_harris()
+    assert JaroWinkler.normalized_similarity("alex", "alexander") < 0.90  # what used to split them
+    result = resolve_entities(records, SANDBOX_RULES)
+    assert result.nunique() == 1
+    assert result.attrs["resolution"]["guarded_components"] == 0
+
+
+def test_the_entity_stays_the_same_after_write_back_fills_in_a_value():
+    records = alexander_harris()
+    first = resolve_entities(records, SANDBOX_RULES)
+    written_back = alexander_harris(hubspot_email="alexander.harris@vertexline.com")
+    again = resolve_entities(written_back, SANDBOX_RULES, build_crosswalk(records, first))
+    assert again.equals(first)
+    assert again.attrs["resolution"]["merged_ids"] == {} and again.attrs["resolution"]["split_ids"] == {}
+
+
+def test_a_table_nickname_does_not_split_records_either():
+    records = frame(
+        {"ref": "salesforce:1", "first_name": "Robert", "last_name": "Okafor", "phone": "+1555", "email": "r@x.com"},
+        {"ref": "zendesk:1", "first_name": "Robert", "last_name": "Okafor", "email": "r@x.com"},
+        {"ref": "hubspot:1", "first_name": "Bob", "last_name": "Okafor", "phone": "+1555"},
+    )
+    assert resolve_entities(records, SANDBOX_RULES).nunique() == 1
+
+
+def test_a_different_given_name_still_splits_even_when_it_shares_the_phone_with_the_core():
+    """Family on one home phone (or colleagues on a switchboard) share a last name: the phone rule links
+    Jane to John's CRM record, but John's desk record says "John", which is clear evidence. Precision first."""
+    records = frame(
+        {"ref": "salesforce:1", "first_name": "John", "last_name": "Smith", "phone": "+1555", "email": "j@x.com"},
+        {"ref": "zendesk:1", "first_name": "John", "last_name": "Smith", "email": "j@x.com"},
+        {"ref": "hubspot:1", "first_name": "Jane", "last_name": "Smith", "phone": "+1555"},
+    )
+    result = resolve_entities(records, SANDBOX_RULES)
+    assert groups(result, records) == partition(("salesforce:1", "zendesk:1"), ("hubspot:1",))
+    assert result.attrs["resolution"]["guarded_components"] == 1
+
+
+def test_a_rebuilt_component_keeps_nickname_records_together():
+    """A stale crosswalk member (now Okafor) makes the component suspect; the rebuild keeps Alex with
+    Alexander and drops only the stale record."""
+    records = pd.concat([alexander_harris(), frame(
+        {"ref": "stripe:9", "first_name": "Kofi", "last_name": "Okafor", "email": "kofi@z.com"})],
+        ignore_index=True)
+    crosswalk = pd.DataFrame({"entity_id": "ent_alex", "_source": ["salesforce", "zendesk", "hubspot", "stripe"],
+                              "_source_id": ["1", "1", "1", "9"]})
+    result = resolve_entities(records, SANDBOX_RULES, crosswalk)
+    assert groups(result, records) == partition(("salesforce:1", "zendesk:1", "hubspot:1"), ("stripe:9",))
+    assert result.loc[0] == "ent_alex"
+    assert result.attrs["resolution"]["guarded_components"] == 1
+
+
+def test_nickname_awareness_applies_to_given_name_fields_only():
+    """The same values in a field that is not a given name still contradict below the threshold."""
+    def records(field: str) -> pd.DataFrame:
+        return pd.DataFrame({
+            "_source": ["a", "b", "c"], "_source_id": ["1", "1", "1"], "email": ["x@x.com", "x@x.com", None],
+            "phone": ["+1555", None, "+1555"], field: ["Alexander", "Alexander", "Alex"],
+        })
+
+    def rules(field: str) -> dict:
+        similar = {"name": "similar", "blocking": ["email"],
+                   "conditions": [{"field": field, "method": "jaro_winkler", "threshold": 0.9}]}
+        return identity(EMAIL, PHONE, similar)
+
+    assert resolve_entities(records("given_name"), rules("given_name")).nunique() == 1
+    assert resolve_entities(records("team"), rules("team")).nunique() == 2
 
 
 # ------------------------------------------------------------------------------------------ stable ids

@@ -1,0 +1,127 @@
+"""Schedules and sensors built from the stack file: the nightly batch, per-integration schedules, webhook-driven
+runs, run-failure alerts to Slack, and freshness checks per extraction."""
+
+import os
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from sync_pipelines.assets.extract import extraction_key
+from sync_pipelines.connectors import connect
+from sync_pipelines.stack import Integration, Stack
+from sync_pipelines.webhooks import mark_processed, read_inbox
+
+WEBSERVER_URL_ENV = "DAGSTER_WEBSERVER_URL"
+FRESHNESS_HOURS = 26  # a nightly sync plus slack: an extraction older than this missed its night
+
+
+def _today(stack: Stack) -> str:
+    return datetime.now(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
+
+
+def nightly_schedule(stack: Stack, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+    @dg.schedule(job=job, cron_schedule=stack.nightly.cron, execution_timezone=stack.timezone,
+                 default_status=dg.DefaultScheduleStatus.RUNNING, name="nightly_sync_schedule",
+                 description=f"Every integration at {stack.nightly.cron} ({stack.timezone}).")
+    def _nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        day = context.scheduled_execution_time.astimezone(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
+        return dg.RunRequest(run_key=f"nightly-{day}", partition_key=day)
+
+    return _nightly
+
+
+def integration_selection(stack: Stack, integration: Integration) -> dg.AssetSelection:
+    """An integration's extractions and everything downstream of them (staging, golden, write-back, actions)."""
+    keys = [extraction_key(t, s) for t in integration.tools for s, stream in stack.tools[t].streams.items()
+            if not integration.entities or stream.entity in integration.entities]
+    return dg.AssetSelection.assets(*keys).downstream()
+
+
+def integration_schedules(stack: Stack, job: dg.JobDefinition) -> list[dg.ScheduleDefinition]:
+    """A schedule for each integration whose cron differs from the nightly batch (the batch already covers it)."""
+    schedules = []
+    for integration in stack.integrations:
+        cron = integration.trigger.schedule
+        if not cron or cron == stack.nightly.cron:
+            continue
+
+        def _evaluate(context: dg.ScheduleEvaluationContext, integration=integration) -> dg.RunRequest:
+            day = context.scheduled_execution_time.astimezone(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
+            keys = integration_selection(stack, integration).resolve(context.repository_def.asset_graph)
+            return dg.RunRequest(run_key=f"{integration.name}-{context.scheduled_execution_time.isoformat()}",
+                                 partition_key=day, asset_selection=list(keys))
+
+        schedules.append(dg.ScheduleDefinition(
+            name=f"{integration.name}_schedule", job=job, cron_schedule=cron, execution_timezone=stack.timezone,
+            execution_fn=_evaluate, default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=f"{integration.purpose} ({cron})",
+        ))
+    return schedules
+
+
+def webhook_sensor(stack: Stack, job: dg.JobDefinition) -> dg.SensorDefinition:
+    """Turn new inbox events into one small run that syncs the tools they came from (incremental reads fetch only
+    the changed records; write-back sends only what differs)."""
+
+    @dg.sensor(job=job, name="webhook_inbox_sensor", minimum_interval_seconds=5,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Near real time: events from `sync-pipelines webhooks` trigger a sync of their tools.")
+    def _inbox(context: dg.SensorEvaluationContext):
+        after = int(context.cursor or 0)
+        events = read_inbox(stack.warehouse.url, after_id=after)
+        if not events:
+            return dg.SkipReason(f"no webhook events after inbox id {after}")
+        vendors = {e["tool"] for e in events}
+        tools = sorted(name for name, tool in stack.tools.items() if tool.kind in vendors)
+        keys = [extraction_key(t, s) for t in tools for s in stack.tools[t].streams]
+        selection = dg.AssetSelection.assets(*keys).downstream().resolve(context.repository_def.asset_graph)
+        newest = max(e["id"] for e in events)
+        mark_processed(stack.warehouse.url, [e["id"] for e in events])
+        context.update_cursor(str(newest))
+        return dg.RunRequest(run_key=f"inbox-{newest}", partition_key=_today(stack), asset_selection=list(selection),
+                             tags={"sync_pipelines/trigger": "webhook", "sync_pipelines/events": str(len(events))})
+
+    return _inbox
+
+
+def _integrations_of(stack: Stack, step_keys: list[str]) -> list[str]:
+    tools = {key.split("__")[0] for key in step_keys}
+    return [i.name for i in stack.integrations if tools & set(i.tools)] or ["core"]
+
+
+def failure_alert_sensor(stack: Stack) -> dg.SensorDefinition:
+    """One Slack message per failed run: the integrations touched, the failing steps, the error and a link."""
+    slack = next((name for name, tool in stack.tools.items() if tool.kind == "slack"), None)
+
+    @dg.run_failure_sensor(name="slack_on_run_failure", default_status=dg.DefaultSensorStatus.RUNNING,
+                           monitor_all_code_locations=False)
+    def _alert(context: dg.RunFailureSensorContext) -> None:
+        if slack is None:
+            return
+        failures = [e for e in context.get_step_failure_events()]
+        steps = [e.step_key for e in failures]
+        error = failures[0].step_failure_data.error.message.strip().splitlines()[-1] if failures else \
+            (context.failure_event.message or "run failed")
+        link = f"{os.environ.get(WEBSERVER_URL_ENV, 'http://127.0.0.1:3000').rstrip('/')}/runs/{context.dagster_run.run_id}"
+        text = (f":rotating_light: sync failed: {', '.join(_integrations_of(stack, steps))}\n"
+                f"job {context.dagster_run.job_name}, step(s) {', '.join(steps) or '—'}\n{error[:500]}\n{link}")
+        tool = stack.tools[slack]
+        credentials = {k: os.environ.get(env, "") for k, env in tool.credentials.items()}
+        [sent] = connect("slack", tool.base_url, credentials, name=slack,
+                         credential_env=dict(tool.credentials)).write("messages", [{"text": text}])
+        if not sent["ok"]:
+            context.log.warning(f"{slack}: alert not delivered: {sent['error']}")
+
+    return _alert
+
+
+def freshness(stack: Stack, extraction_assets: list[dg.AssetsDefinition]):
+    """A freshness check per extraction (no materialization for FRESHNESS_HOURS fails it) and the sensor that runs
+    them."""
+    checks = dg.build_last_update_freshness_checks(
+        assets=extraction_assets, lower_bound_delta=timedelta(hours=FRESHNESS_HOURS),
+    )
+    sensor = dg.build_sensor_for_freshness_checks(
+        freshness_checks=checks, default_status=dg.DefaultSensorStatus.RUNNING, name="freshness_checks_sensor")
+    return checks, sensor

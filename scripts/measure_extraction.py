@@ -21,11 +21,10 @@ import dagster as dg
 
 from sync_pipelines.assets.extract import build_extraction_assets
 from sync_pipelines.resources import SyncResource
-from sync_pipelines.sandbox import running_sandbox
+from sync_pipelines.sandbox import running_sandbox, sandbox_env
 from sync_pipelines.stack import load_stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
-SANDBOX_ENV = Path(__file__).parents[1] / "sync_pipelines" / "stacks" / "sandbox.env"
 READABLE = {"stripe/customers": "live"}  # Stripe lists never return deleted objects
 
 
@@ -70,15 +69,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=15.0)
     parser.add_argument("--warehouse-url")
     args = parser.parse_args()
-    for line in SANDBOX_ENV.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            os.environ[key] = value
     tmp = Path(tempfile.mkdtemp(prefix="sync-measure-"))
-    os.environ["SANDBOX_CSV_DIR"] = str(tmp / "csv")
 
     with running_sandbox(scale=args.scale, csv_dir=tmp / "csv") as box:
-        os.environ["SANDBOX_URL"] = box.url
+        os.environ.update(sandbox_env(box.url, tmp / "csv"))
         url = args.warehouse_url or f"sqlite:///{tmp / 'limits.db'}"
         box.stats(reset=True)
         result, seconds = materialize(url)
@@ -96,8 +90,7 @@ def main() -> None:
               f"(first run {requests}); {throttled} answered 429")
 
     with running_sandbox(scale=1.0, csv_dir=tmp / "csv5", rate_limits=False) as box:
-        os.environ["SANDBOX_URL"] = box.url
-        os.environ["SANDBOX_CSV_DIR"] = str(tmp / "csv5")
+        os.environ.update(sandbox_env(box.url, tmp / "csv5"))
         box.set_faults(error_rate=0.2)
         url = f"sqlite:///{tmp / 'errors.db'}"
         result, seconds = materialize(url)

@@ -19,15 +19,11 @@ import pandas as pd
 
 from sync_pipelines.resolve import pairwise_precision_recall
 
-SANDBOX_ENV = Path(__file__).parents[1] / "sync_pipelines" / "stacks" / "sandbox.env"
-
 
 def load_env(tmp: Path, url: str, warehouse_url: str) -> None:
-    for line in SANDBOX_ENV.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            os.environ[key] = value
-    os.environ.update(SANDBOX_URL=url, SANDBOX_CSV_DIR=str(tmp / "csv"), SYNC_WAREHOUSE_URL=warehouse_url)
+    from sync_pipelines.sandbox import sandbox_env
+
+    os.environ.update(sandbox_env(url, tmp / "csv"), SYNC_WAREHOUSE_URL=warehouse_url)
 
 
 def run(job) -> dict:

@@ -1,6 +1,5 @@
 """The CLI as a user types it (click's runner, real stack files, a real Dagster instance)."""
 
-from pathlib import Path
 
 import yaml
 from click.testing import CliRunner

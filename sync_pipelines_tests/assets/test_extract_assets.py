@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -11,11 +10,10 @@ import requests
 
 from sync_pipelines.assets.extract import build_extraction_assets
 from sync_pipelines.resources import SyncResource
-from sync_pipelines.sandbox import running_sandbox
+from sync_pipelines.sandbox import running_sandbox, sandbox_env
 from sync_pipelines.stack import load_stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
-SANDBOX_ENV = Path(__file__).parents[2] / "sync_pipelines" / "stacks" / "sandbox.env"
 TODAY = datetime.now(timezone.utc).strftime("%Y-%m-%d")
 # What each API can return on a full read: Stripe lists never show deleted objects (only its events do).
 READABLE = {"stripe/customers": "live"}
@@ -23,14 +21,9 @@ READABLE = {"stripe/customers": "live"}
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
-    for line in SANDBOX_ENV.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.split("=", 1)
+    with running_sandbox(csv_dir=tmp_path / "csv") as box:
+        for key, value in sandbox_env(box.url, tmp_path / "csv").items():
             monkeypatch.setenv(key, value)
-    csv_dir = tmp_path / "csv"
-    with running_sandbox(csv_dir=csv_dir) as box:
-        monkeypatch.setenv("SANDBOX_URL", box.url)
-        monkeypatch.setenv("SANDBOX_CSV_DIR", str(csv_dir))
         yield box
 
 

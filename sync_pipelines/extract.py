@@ -43,16 +43,21 @@ class Extraction:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_read(cursor: datetime | None, window: tuple[datetime, datetime] | None) -> tuple[str, datetime | None]:
-    """Decide how to read: everything, from the cursor, or a backfill of a window the cursor already passed.
+def plan_read(
+    cursor: datetime | None, window: tuple[datetime, datetime] | None, repull: bool = False
+) -> tuple[str, datetime | None]:
+    """Decide how to read: everything, from the cursor, or a backfill of a window.
 
-    A window the cursor has not passed yet is a normal run: everything before the cursor is already landed, so
-    reading from the cursor is complete and costs only what changed.
+    A window wholly behind the cursor is re-pulled without moving the cursor. A normal run reads from the cursor:
+    everything before it is already landed, so that is complete and costs only what changed. A backfill
+    (``repull``) whose window reaches past the cursor reads from the window's start and moves the cursor on.
     """
     if cursor is None:
         return "full", None
     if window is not None and window[1] <= cursor:
         return "backfill", window[0]
+    if repull and window is not None and window[0] < cursor:
+        return "incremental", window[0]
     return "incremental", cursor
 
 
@@ -63,11 +68,12 @@ def extract_stream(
     tool: str,
     stream_name: str,
     window: tuple[datetime, datetime] | None = None,
+    repull: bool = False,
 ) -> Extraction:
     stream = stack.tools[tool].streams[stream_name]
     entity = stack.entities[stream.entity]
     cursor_before = warehouse.cursor(tool, stream_name)
-    mode, since = plan_read(cursor_before, window)
+    mode, since = plan_read(cursor_before, window, repull)
     result = Extraction(tool, stream_name, mode, since, cursor_before)
     newest: pd.Timestamp | None = None
     records = iter(connector.read(stream_name, since=since))

@@ -93,3 +93,5 @@ def test_plan_read():
     assert plan_read(cursor, (T0, T0 + timedelta(days=1))) == ("backfill", T0)
     assert plan_read(cursor, (cursor - timedelta(hours=1), cursor + timedelta(days=1))) == ("incremental", cursor)
     assert plan_read(cursor, (cursor + timedelta(hours=1), cursor + timedelta(days=1))) == ("incremental", cursor)
+    straddling = (cursor - timedelta(hours=3), cursor + timedelta(hours=21))
+    assert plan_read(cursor, straddling, repull=True) == ("incremental", straddling[0])

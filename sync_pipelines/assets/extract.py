@@ -79,10 +79,12 @@ def build_extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg
     )
     def _extract(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
         window = context.partition_time_window
+        keys = context.partition_keys
+        backfill = len(keys) > 1 or "dagster/backfill" in context.run.tags
         try:
             result = extract_stream(
                 stack, sync.warehouse, sync.connector(tool_name), tool_name, stream_name,
-                window=(window.start, window.end),
+                window=(window.start, window.end), repull=backfill,
             )
         except AuthError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None

@@ -197,7 +197,10 @@ def sync(partition: str | None) -> None:
                            or f"{meta.get('dagster/row_count', '')} rows")
     for evaluation in (e.event_specific_data for e in result.all_events
                        if e.event_type_value == "ASSET_CHECK_EVALUATION"):
-        others.add_row(f"check {evaluation.asset_check_key.name}", "passed" if evaluation.passed else "FAILED")
+        key = evaluation.asset_check_key
+        verdict = "passed" if evaluation.passed else (
+            "failed (warning: rows quarantined)" if evaluation.severity.value == "WARN" else "FAILED (blocking)")
+        others.add_row(f"check {key.asset_key.to_user_string()}:{key.name}", verdict)
     console.print(table)
     console.print(others)
     if not result.success:

@@ -7,6 +7,7 @@ from sync_pipelines.assets.extract import build_extraction_assets, daily_partiti
 from sync_pipelines.automation import (
     failure_alert_sensor, freshness, integration_schedules, nightly_schedule, webhook_sensor,
 )
+from sync_pipelines.executors import executor_from_env
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Stack, load_stack
 
@@ -28,7 +29,7 @@ def build_definitions(stack: Stack) -> dg.Definitions:
         sensors=[webhook_sensor(stack, nightly_sync), failure_alert_sensor(stack), freshness_sensor],
         resources={"sync": SyncResource(warehouse_url=stack.warehouse.url,
                                         stack_path=dg.EnvVar("SYNC_STACK").get_value())},
-        executor=dg.in_process_executor,
+        executor=executor_from_env(),
     )
 
 

@@ -40,6 +40,7 @@ class Extraction:
     rows_outside_window: int = 0
     rows_quarantined: int = 0
     deleted: int = 0
+    absent_fields: set[str] = field(default_factory=set)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,6 +92,7 @@ def extract_stream(
             top = rows["_updated_at"].max()
             newest = top if newest is None else max(newest, top)
         result.deleted += int(rows["_deleted"].sum())
+        result.absent_fields |= set(rows.attrs.get("absent_fields", ()))
         result.rows_landed += warehouse.land(tool, stream_name, rows)
         result.rows_quarantined += warehouse.put_in_quarantine(stream.entity, rejects)
     result.cursor_after = cursor_before

@@ -47,6 +47,7 @@ def _metadata(result: Extraction) -> dict:
         "rows_quarantined": result.rows_quarantined,
         "rows_outside_window": result.rows_outside_window,
         "deleted_at_source": result.deleted,
+        "fields_not_sent": ", ".join(sorted(result.absent_fields)) or "none",
         "requests": stats.get("requests", 0),
         "pages": stats.get("pages", 0),
         "retries": stats.get("retries", 0),

@@ -62,14 +62,30 @@ def _as_text(series: pd.Series) -> pd.Series:
     return pd.Series([None if v is None or v != v else str(v) for v in series], index=series.index, dtype="str")
 
 
-def get_path(record: dict, path: str) -> Any:
-    """The value at a dotted path (``properties.email``), or None when any step is missing."""
+def get_path(record: dict, path: str, absent: Any = None) -> Any:
+    """The value at a dotted path (``properties.email``); ``absent`` when a key is missing from its object, None when
+    a parent is null."""
     value: Any = record
     for part in path.split("."):
-        if not isinstance(value, dict):
+        if value is None:
             return None
-        value = value.get(part)
+        if not isinstance(value, dict) or part not in value:
+            return absent
+        value = value[part]
     return value
+
+
+def _type_mismatch(value: Any, field_type: str) -> str | None:
+    """What is wrong when a source value cannot be the declared canonical type (schema drift), else None."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, (dict, list)):
+        return type(value).__name__
+    if field_type in ("email", "phone") and isinstance(value, (bool, int, float)):
+        return type(value).__name__
+    if field_type in ("integer", "number") and isinstance(value, bool):
+        return "bool"
+    return None
 
 
 def to_timestamp(values: pd.Series) -> pd.Series:
@@ -113,19 +129,33 @@ def map_records(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Map raw records to canonical columns plus source metadata.
 
-    Returns ``(rows, rejects)``: rejects are records without a primary key, kept whole with a ``_reason`` so that
-    nothing is lost silently.
+    Returns ``(rows, rejects)``: rejects are records without a primary key or with a value whose type does not fit
+    its canonical field (schema drift), kept whole with a ``_reason`` so that nothing is lost silently. A mapped field
+    that no record carries at all (the API stopped sending it) is left out of ``rows`` rather than landed as null
+    over the stored value; ``rows.attrs["absent_fields"]`` names them.
     """
     records = list(records)
     columns: dict[str, pd.Series] = {}
+    absent: list[str] = []
+    mismatch = [[] for _ in records]
     for mapping in stream.fields:
-        raw = pd.Series([get_path(r, mapping.source) for r in records], dtype="object")
-        value = raw.map(lambda v: v if not isinstance(v, (dict, list)) else json.dumps(v))
+        values = [get_path(r, mapping.source, _MISSING) for r in records]
+        if records and all(v is _MISSING for v in values):
+            absent.append(mapping.to)
+            continue
+        field_type = entity.fields[mapping.to].type
+        for i, v in enumerate(values):
+            if v is not _MISSING and (wrong := _type_mismatch(v, field_type)):
+                mismatch[i].append(f"field {mapping.to!r} (from {mapping.source!r}): expected {field_type}, got {wrong}")
+        raw = pd.Series([None if v is _MISSING or isinstance(v, (dict, list)) else v for v in values], dtype="object")
+        value = raw
         for name in mapping.transforms:
             value = TRANSFORMS[name](_as_text(value) if name in _TEXT_TRANSFORMS else value)
         columns[mapping.to] = value
     frame = pd.DataFrame(index=range(len(records)))
     for field, spec in entity.fields.items():
+        if field in absent and field not in columns:
+            continue
         column = columns.get(field, pd.Series([None] * len(records), dtype="object"))
         frame[field] = _coerce(column, spec.type)
     ids = pd.Series([get_path(r, stream.primary_key) for r in records], dtype="object")
@@ -143,8 +173,12 @@ def map_records(
     frame["_deleted"] = frame["_deleted"].astype(bool)
     frame["_raw"] = [json.dumps(r, default=str, sort_keys=True) for r in records]
 
-    missing_id = frame["_source_id"].isna()
-    rejects = frame[missing_id].assign(_reason=f"missing primary key {stream.primary_key!r}")
-    rows = frame[~missing_id].sort_values("_updated_at", kind="stable").drop_duplicates("_source_id", keep="last")
-    return rows.reset_index(drop=True), rejects.reset_index(drop=True)
+    reasons = pd.Series(["; ".join(m) or None for m in mismatch], index=frame.index, dtype="object")
+    reasons[frame["_source_id"].isna()] = f"missing primary key {stream.primary_key!r}"
+    rejected = reasons.notna()
+    rejects = frame[rejected].assign(_reason=reasons[rejected])
+    rows = frame[~rejected].sort_values("_updated_at", kind="stable").drop_duplicates("_source_id", keep="last")
+    rows = rows.reset_index(drop=True)
+    rows.attrs["absent_fields"] = absent
+    return rows, rejects.reset_index(drop=True)
 

@@ -28,7 +28,7 @@ def test_hubspot_contact_maps_nested_properties_and_canonical_values():
     assert row["phone"] == "+14155550101" and row["lifecycle_stage"] == "customer"
     assert row["_source"] == "hubspot" and row["_source_id"] == "101" and not row["_deleted"]
     assert row["_updated_at"] == pd.Timestamp("2026-11-01T12:00:00Z")
-    assert pd.isna(row["job_title"])
+    assert "job_title" not in rows.columns and "job_title" in rows.attrs["absent_fields"]
 
 
 def test_zendesk_full_name_split_and_inactive_user_is_deleted():
@@ -65,3 +65,25 @@ def test_timestamps_in_vendor_styles():
 
 def test_get_path():
     assert get_path({"a": {"b": 1}}, "a.b") == 1 and get_path({"a": None}, "a.b") is None
+
+
+def test_a_field_no_record_carries_is_left_out_not_nulled_and_a_null_parent_is_null():
+    rows, _ = _map("asana", "tasks", [
+        {"gid": "1", "name": "Onboard", "modified_at": "2026-11-01T00:00:00Z", "assignee": None},
+    ])
+    assert "assignee_email" in rows.columns and pd.isna(rows.loc[0, "assignee_email"])  # parent null: a real null
+    assert set(rows.attrs["absent_fields"]) == {"notes", "completed", "due_on"}
+    assert "notes" not in rows.columns
+
+
+def test_a_value_of_the_wrong_type_is_rejected_with_its_field_named():
+    rows, rejects = _map("hubspot", "contacts", [
+        {"id": "1", "properties": {"email": "a@b.co", "phone": 0, "lastmodifieddate": "2026-11-01T00:00:00Z"}},
+        {"id": "2", "properties": {"email": {"value": "c@d.co"}, "phone": "+14155550101",
+                                   "lastmodifieddate": "2026-11-01T00:00:00Z"}},
+        {"id": "3", "properties": {"email": "e@f.co", "phone": "+14155550102", "lastmodifieddate": "2026-11-01T00:00:00Z"}},
+    ])
+    assert list(rows["_source_id"]) == ["3"]
+    reasons = dict(zip(rejects["_source_id"], rejects["_reason"]))
+    assert reasons["1"] == "field 'phone' (from 'properties.phone'): expected phone, got int"
+    assert reasons["2"] == "field 'email' (from 'properties.email'): expected email, got dict"

@@ -1,6 +1,7 @@
 """One running stack shared by every end-to-end test: the sandbox and the webhook receiver served from this process,
 `dagster-webserver` and `dagster-daemon` as subprocesses in a temporary DAGSTER_HOME, all on free ports and all
-stopped at the end of the session. Nothing is mocked: runs go through the daemon's queue, sensors and run workers."""
+stopped after the last e2e test (package scope: the rest of the suite runs without them). Nothing is mocked: runs go
+through the daemon's queue, sensors and run workers."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -25,6 +27,7 @@ import sqlalchemy as sa
 from sync_pipelines.sandbox import RunningSandbox, running_sandbox, sandbox_env
 from sync_pipelines.sandbox.server import serving
 from sync_pipelines.sandbox.webhooks import DEFAULT_SECRETS
+from sync_pipelines.stack import DEFAULT_STACK, load_stack
 from sync_pipelines.webhooks import SECRET_ENV, build_webhook_app
 
 REPO = Path(__file__).parents[2]
@@ -34,6 +37,7 @@ ACTIVE_RUN_STATUSES = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELIN
 FINISHED_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 STARTUP_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 180
+STOP_GRACE_S = 20
 T = TypeVar("T")
 
 
@@ -43,8 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def today() -> str:
-    """Today's partition key (the sandbox stack's timezone is UTC)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    """Today's partition key, in the bundled stack's timezone as the schedules and sensors compute it."""
+    return datetime.now(ZoneInfo(load_stack(DEFAULT_STACK).timezone)).strftime("%Y-%m-%d")
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
@@ -194,8 +198,13 @@ class Services:
                 return
 
     def log_tails(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {name} ({path}) ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-                         for name, path in self.logs.items() if path.exists())
+        """The end of the webserver's and the daemon's logs, for failure messages."""
+        tails = []
+        for name, path in self.logs.items():
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                tails.append(f"--- {name} ({path}) ---\n" + "\n".join(tail))
+        return "\n".join(tails)
 
 
 def _free_port() -> int:
@@ -205,35 +214,49 @@ def _free_port() -> int:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the process's group (its code server and run workers are in it), SIGKILL if it lingers."""
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-            time.sleep(0.5)  # let the group's other members exit too
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to the process's group (the code server and run workers it started are in it), then SIGKILL to
+    whatever is left of the group once the leader has exited or its grace period is over."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, signal.SIGKILL)
+    process.wait(STOP_GRACE_S)
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass  # the whole group has exited
 
 
 @contextmanager
-def _process(name: str, args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[None]:
+def _process(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     executable = BIN / args[0]
     if not executable.exists():
-        raise FileNotFoundError(f"{executable} not found: install the project with its dev extras into this venv")
+        raise FileNotFoundError(f"{executable} not found: install the project into this venv (scripts/setup.sh)")
     with log.open("wb") as out:
         process = subprocess.Popen([str(executable), *args[1:]], cwd=cwd, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield
+        yield process
     finally:
         _stop(process)
 
 
-@pytest.fixture(scope="session")
+def _running(**processes: subprocess.Popen) -> bool:
+    """True while every process runs; one that exited fails at once rather than at the end of a wait."""
+    exited = {name: process.returncode for name, process in processes.items() if process.poll() is not None}
+    if exited:
+        raise AssertionError(f"exited early: {exited}")
+    return True
+
+
+@pytest.fixture(scope="package")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """The stack, up once its code location has loaded and the daemon's sensors have ticked."""
     root = tmp_path_factory.mktemp("e2e")
     home = root / "dagster_home"
     home.mkdir()
@@ -246,24 +269,26 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     with ExitStack() as stack:
         receiver_url = stack.enter_context(serving(build_webhook_app(warehouse_url, secrets), name="receiver"))
         box = stack.enter_context(running_sandbox(csv_dir=root / "csv", webhook_url=receiver_url))
-        env = {key: value for key, value in os.environ.items() if key != "SYNC_STACK"}  # the bundled stack
+        env = {key: value for key, value in os.environ.items() if key != "SYNC_STACK"}  # DEFAULT_STACK
         env.update(sandbox_env(box.url, root / "csv"))  # credentials, SANDBOX_URL, SANDBOX_CSV_DIR, Slack
         env.update({"DAGSTER_HOME": str(home), "SYNC_WAREHOUSE_URL": warehouse_url, "DAGSTER_WEBSERVER_URL": web_url,
                     **{SECRET_ENV[tool]: secret for tool, secret in secrets.items()}})
         workspace = str(REPO / "workspace.yaml")
         started = time.monotonic()
-        stack.enter_context(_process("webserver", ["dagster-webserver", "-w", workspace, "-h", "127.0.0.1",
-                                                   "-p", str(port)], home, env, logs["webserver"]))
-        stack.enter_context(_process("daemon", ["dagster-daemon", "run", "-w", workspace], home, env,
-                                     logs["daemon"]))
+        webserver = stack.enter_context(_process(["dagster-webserver", "-w", workspace, "-h", "127.0.0.1",
+                                                  "-p", str(port)], home, env, logs["webserver"]))
         running = Services(box, DagsterGraphQL(web_url), web_url, receiver_url, warehouse_url, env, logs)
         try:
-            wait_for(lambda: _answers(f"{web_url}/server_info"), STARTUP_TIMEOUT_S, "the webserver's /server_info")
+            wait_for(lambda: _running(webserver=webserver) and _answers(f"{web_url}/server_info"),
+                     STARTUP_TIMEOUT_S, "the webserver's /server_info")
+            # The webserver has created the instance's storage now; started together, both would race to create it.
+            daemon = stack.enter_context(_process(["dagster-daemon", "run", "-w", workspace], home, env,
+                                                  logs["daemon"]))
             wait_for(running.dagster.location_loaded, STARTUP_TIMEOUT_S, "the code location to load")
             # A run-failure sensor only reports failures after its first tick; the inbox sensor proves the daemon.
             for sensor in ("webhook_inbox_sensor", "slack_on_run_failure"):
-                wait_for(lambda: running.dagster.sensor_ticks(sensor), STARTUP_TIMEOUT_S, f"a tick of {sensor}",
-                         interval=1)
+                wait_for(lambda sensor=sensor: _running(daemon=daemon) and running.dagster.sensor_ticks(sensor),
+                         STARTUP_TIMEOUT_S, f"a tick of {sensor}", interval=1)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{running.log_tails()}") from None
         print(f"\ne2e stack up in {time.monotonic() - started:.1f} s: webserver {web_url}, sandbox {box.url}, "
@@ -278,21 +303,18 @@ def _answers(url: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Synced:
-    run_id: str
-    seconds: float
-
-
-@pytest.fixture(scope="session")
-def synced(services: Services) -> Synced:
-    """`nightly_sync` materialized once for today, launched over GraphQL, so golden records and checks exist;
-    then the write-backs' echo (webhooks, the runs they trigger) has died down."""
+@pytest.fixture(scope="package")
+def synced(services: Services) -> str:
+    """`nightly_sync` materialized once for today, launched over GraphQL, so golden records and checks exist; then
+    the write-backs' echo (their webhooks, the runs those trigger) has died down. Returns the run id."""
     started = time.monotonic()
     run_id = services.dagster.launch_run(None, today())
     run = services.dagster.wait_for_run(run_id)
     seconds = time.monotonic() - started
     assert run["status"] == "SUCCESS", f"nightly_sync run {run_id} ended {run['status']}\n{services.log_tails()}"
-    print(f"\nnightly_sync over GraphQL: {seconds:.1f} s (run {run_id})")
+    settling = time.monotonic()
     services.settle()
-    return Synced(run_id, seconds)
+    echoes = len(services.dagster.runs(tags={"sync_pipelines/trigger": "webhook"}))
+    print(f"\nnightly_sync over GraphQL: {seconds:.1f} s (run {run_id}); its write-backs' webhooks then ran "
+          f"{echoes} run(s) until idle, {time.monotonic() - settling:.1f} s")
+    return run_id

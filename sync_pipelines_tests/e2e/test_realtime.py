@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from sync_pipelines.connectors import connect
-from sync_pipelines_tests.e2e.conftest import Services, Synced, wait_for
+from sync_pipelines_tests.e2e.conftest import Services, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -48,32 +48,7 @@ def _emails_changed_since(services: Services, since: datetime) -> dict[str, dict
     }
 
 
-def test_an_email_changed_in_zendesk_reaches_salesforce_and_hubspot_within_a_minute(
-        services: Services, synced: Synced):
-    services.settle()
-    person = _linked_zendesk_user(services)
-    new_email = f"moved.{uuid.uuid4().hex[:8]}@example.org"
-    since = datetime.now(timezone.utc) - timedelta(seconds=1)
-    started = time.monotonic()
-    response = requests.post(f"{services.box.url}/_sandbox/mutate", timeout=30, json={
-        "tool": "zendesk", "stream": "users", "id": person["zendesk"], "changes": {"email": new_email}})
-    assert response.ok, response.text
-
-    def propagated() -> bool:
-        changed = _emails_changed_since(services, since)
-        return all(changed[tool].get(person[tool]) == new_email for tool in TARGETS)
-
-    wait_for(propagated, PROPAGATION_BUDGET_S, f"{new_email} to reach {' and '.join(TARGETS)}", interval=1)
-    seconds = time.monotonic() - started
-    triggered = [run for run in services.dagster.runs(tags={"sync_pipelines/trigger": "webhook"})
-                 if run["startTime"] and run["startTime"] >= since.timestamp()]
-    print(f"\nwebhook propagation: Zendesk user {person['zendesk']} -> Salesforce {person['salesforce']} and "
-          f"HubSpot {person['hubspot']} in {seconds:.1f} s (budget {PROPAGATION_BUDGET_S} s), "
-          f"run(s) {[run['runId'] for run in triggered]}")
-    assert triggered, "the edit propagated without a webhook-triggered run"
-
-
-def test_an_unsigned_webhook_is_refused_lands_nothing_and_launches_no_run(services: Services, synced: Synced):
+def test_an_unsigned_webhook_is_refused_lands_nothing_and_launches_no_run(services: Services, synced: str):
     services.settle()
     inbox_rows = len(services.table("webhook_inbox"))
     runs = len(services.dagster.runs())
@@ -95,3 +70,28 @@ def test_an_unsigned_webhook_is_refused_lands_nothing_and_launches_no_run(servic
     assert len(services.dagster.runs()) == runs
     print(f"\nunsigned webhook: 401, inbox unchanged ({inbox_rows} rows), {len(ticks)} sensor tick(s) skipped, "
           "no run launched")
+
+
+def test_an_email_changed_in_zendesk_reaches_salesforce_and_hubspot_within_a_minute(
+        services: Services, synced: str):
+    services.settle()
+    person = _linked_zendesk_user(services)
+    new_email = f"moved.{uuid.uuid4().hex[:8]}@example.org"
+    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    started = time.monotonic()
+    response = requests.post(f"{services.box.url}/_sandbox/mutate", timeout=30, json={
+        "tool": "zendesk", "stream": "users", "id": person["zendesk"], "changes": {"email": new_email}})
+    assert response.ok, response.text
+
+    def propagated() -> bool:
+        changed = _emails_changed_since(services, since)
+        return all(changed[tool].get(person[tool]) == new_email for tool in TARGETS)
+
+    wait_for(propagated, PROPAGATION_BUDGET_S, f"{new_email} to reach {' and '.join(TARGETS)}", interval=1)
+    seconds = time.monotonic() - started
+    triggered = [run for run in services.dagster.runs(tags={"sync_pipelines/trigger": "webhook"})
+                 if run["startTime"] and run["startTime"] >= since.timestamp()]
+    print(f"\nwebhook propagation: Zendesk user {person['zendesk']} -> Salesforce {person['salesforce']} and "
+          f"HubSpot {person['hubspot']} in {seconds:.1f} s (budget {PROPAGATION_BUDGET_S} s), "
+          f"run(s) {[run['runId'] for run in triggered]}")
+    assert triggered, "the edit propagated without a webhook-triggered run"

@@ -96,6 +96,15 @@ def backfill(start: str, end: str, tools: tuple[str, ...]) -> None:
     console.print(f"[green]backfill {start}..{end} succeeded in one run[/green] ({result.run_id})")
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Benchmark a full and a 1% incremental sync on N sandbox records: `bench --records 100000` (see --help)."""
+    from sync_pipelines.bench import main as run
+
+    run(list(args))
+
+
 @main.command()
 def plan() -> None:
     """Dry run: print, per destination tool, what the next write-back would create, update or leave alone."""

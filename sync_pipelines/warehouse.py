@@ -2,16 +2,23 @@
 
 SQLite is the embedded default and PostgreSQL the production path; both get idempotent upserts keyed by the
 source's id, and a stream's cursor is saved only after its rows are committed, so a crash never skips records.
+
+Rows go in bulk, below SQLAlchemy's per-row processing: PostgreSQL through COPY (upserts COPY into a temporary table,
+then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``), SQLite through one prepared ``INSERT ... ON CONFLICT``
+run with executemany. Either way a frame is turned into driver values one column at a time, vectorised, with None
+for every missing value; timestamps are written as UTC text in the form SQLAlchemy itself reads back.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -23,6 +30,7 @@ _SQL_TYPES = {
     "integer": sa.BigInteger, "number": sa.Float, "boolean": sa.Boolean, "datetime": sa.DateTime(timezone=True),
 }
 CHUNK_ROWS = 5_000
+LOAD_CHUNK_ROWS = 100_000  # rows turned into driver values at a time: bounds the memory of a large load
 
 
 def landing_table_name(tool: str, stream: str) -> str:
@@ -37,7 +45,28 @@ def make_engine(url: str) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return sa.create_engine(parsed, future=True)
+    engine = sa.create_engine(parsed, future=True,
+                              connect_args={"timeout": 60} if parsed.get_backend_name() == "sqlite" else {})
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    """WAL lets readers run beside the writer and NORMAL syncs at checkpoints only (safe under WAL); the driver's
+    own transaction handling is switched off so that ``_sqlite_begin`` makes DDL transactional too (``replace``)."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Writers take the write lock up front (IMMEDIATE), so a read-then-write transaction waits for another writer
+    (the webhook receiver, a second run) instead of failing at once with 'database is locked'."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "BEGIN")
 
 
 class Warehouse:
@@ -79,7 +108,8 @@ class Warehouse:
                 sa.Column("_deleted", sa.Boolean, nullable=False),
                 sa.Column("_raw", sa.Text, nullable=False),
             )
-        self.metadata.create_all(self.engine)
+        with self.transaction() as conn:
+            self.metadata.create_all(conn)
 
     @property
     def dialect(self) -> str:
@@ -87,27 +117,61 @@ class Warehouse:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with self.engine.connect().execution_options(sqlite_write=True) as conn, conn.begin():
             yield conn
 
     def _upsert(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
-        """Insert or update by primary key, in chunks, with the dialect's native ON CONFLICT."""
+        """Insert or update by primary key; of rows sharing a key the last wins, as if upserted one by one."""
         if frame.empty:
             return 0
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
         keys = [c.name for c in table.primary_key.columns]
-        columns = [c.name for c in table.columns if c.name in frame.columns]
-        statement = insert(table)
-        statement = statement.on_conflict_do_update(
-            index_elements=keys, set_={c: statement.excluded[c] for c in columns if c not in keys}
-        )
-        rows = _records(frame[columns])
-        for start in range(0, len(rows), CHUNK_ROWS):
-            conn.execute(statement, rows[start:start + CHUNK_ROWS])
-        return len(rows)
+        repeated = frame.duplicated(keys, keep="last")
+        if repeated.any():  # PostgreSQL refuses to update one row twice in a statement
+            frame = frame[~repeated]
+        columns = [c for c in table.columns if c.name in frame.columns]
+        quote = conn.dialect.identifier_preparer.quote
+        names = ", ".join(quote(c.name) for c in columns)
+        updates = [quote(c.name) for c in columns if c.name not in keys]
+        on_conflict = f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) " + (
+            "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updates) if updates else "DO NOTHING")
+        target = conn.dialect.identifier_preparer.format_table(table)
+        if self.dialect != "postgresql":
+            marks = ", ".join("?" * len(columns))
+            _executemany(conn, f"INSERT INTO {target} ({names}) VALUES ({marks}) {on_conflict}", columns, frame)
+            return len(frame)
+        # One writer at a time (readers go on), so that rows whose keys are all new can be COPied straight in
+        conn.exec_driver_sql(f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE")
+        if len(keys) == 1 and not _any_key_exists(conn, table, frame[keys[0]]):
+            _copy(conn, target, columns, frame)
+            return len(frame)
+        scratch = quote(f"_load_{uuid.uuid4().hex[:12]}")
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {scratch} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
+        _copy(conn, scratch, columns, frame)
+        conn.exec_driver_sql(f"INSERT INTO {target} ({names}) SELECT {names} FROM {scratch} {on_conflict}")
+        conn.exec_driver_sql(f"DROP TABLE {scratch}")
+        return len(frame)
+
+    def _insert(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> None:
+        """Plain bulk insert of a frame's columns: COPY on PostgreSQL, executemany on SQLite."""
+        columns = [c for c in table.columns if c.name in frame.columns]
+        unknown = sorted(set(frame.columns) - {c.name for c in columns})
+        if unknown:
+            raise ValueError(f"table {table.name!r} has no column(s) {unknown}; it has {[c.name for c in table.columns]}")
+        target = conn.dialect.identifier_preparer.format_table(table)
+        if self.dialect == "postgresql":
+            _copy(conn, target, columns, frame)
+        else:
+            quote = conn.dialect.identifier_preparer.quote
+            names = ", ".join(quote(c.name) for c in columns)
+            _executemany(conn, f"INSERT INTO {target} ({names}) VALUES ({', '.join('?' * len(columns))})",
+                         columns, frame)
+
+    def _derived_table(self, conn: Connection, name: str, frame: pd.DataFrame) -> sa.Table:
+        """A derived table as it is in the database, created first with the column types pandas infers from
+        ``frame`` (as ``DataFrame.to_sql`` would) when it does not exist yet."""
+        if not sa.inspect(conn).has_table(name):
+            conn.exec_driver_sql(pd.io.sql.get_schema(frame, name, con=conn))
+        return sa.Table(name, sa.MetaData(), autoload_with=conn)
 
     def land(self, tool: str, stream: str, rows: pd.DataFrame) -> int:
         """Upsert a stream's rows by source id: landing the same records twice leaves one row each."""
@@ -163,14 +227,23 @@ class Warehouse:
         return released
 
     def read_table(self, table: str) -> pd.DataFrame:
-        """A whole table, with every timestamp as tz-aware UTC (SQLite hands them back naive)."""
-        with self.engine.connect() as conn:
-            frame = pd.read_sql_table(table, conn)
-        for column in frame.columns:
-            if pd.api.types.is_datetime64_any_dtype(frame[column]) and frame[column].dt.tz is None:
-                frame[column] = frame[column].dt.tz_localize("UTC")
-        return frame
+        """A whole table, with every timestamp as tz-aware UTC (SQLite hands them back as naive text).
 
+        Rows come straight from the driver and are typed column by column from the table's declared types, as
+        ``pandas.read_sql_table`` would type them, without SQLAlchemy's per-value processing.
+        """
+        with self.engine.connect() as conn:
+            columns = sa.Table(table, sa.MetaData(), autoload_with=conn).columns
+            cursor = conn.connection.driver_connection.cursor()
+            try:
+                cursor.execute(f"SELECT * FROM {conn.dialect.identifier_preparer.quote(table)}")
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        frame = pd.DataFrame.from_records(rows, columns=[c.name for c in columns], coerce_float=True)
+        for column in columns:
+            frame[column.name] = _typed(frame[column.name], column.type)
+        return frame
     def read_if_exists(self, table: str) -> pd.DataFrame | None:
         """A derived table from an earlier run, or None on the first run."""
         return self.read_table(table) if sa.inspect(self.engine).has_table(table) else None
@@ -178,7 +251,8 @@ class Warehouse:
     def replace(self, table: str, frame: pd.DataFrame) -> int:
         """Swap a derived table's content in one transaction: readers see the old or the new, never half."""
         with self.transaction() as conn:
-            frame.to_sql(table, conn, if_exists="replace", index=False, chunksize=CHUNK_ROWS)
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {conn.dialect.identifier_preparer.quote(table)}")
+            self._insert(conn, self._derived_table(conn, table, frame), frame)
         return len(frame)
 
     def append(self, table: str, frame: pd.DataFrame) -> int:
@@ -186,7 +260,7 @@ class Warehouse:
         if frame.empty:
             return 0
         with self.transaction() as conn:
-            frame.to_sql(table, conn, if_exists="append", index=False, chunksize=CHUNK_ROWS)
+            self._insert(conn, self._derived_table(conn, table, frame), frame)
         return len(frame)
 
     def count(self, table: str) -> int:
@@ -194,7 +268,76 @@ class Warehouse:
             return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """DataFrame rows as dicts with None for every kind of missing value (NaN, NaT, pd.NA)."""
-    clean = frame.astype(object).where(frame.notna(), None)
-    return [dict(zip(clean.columns, row)) for row in clean.itertuples(index=False, name=None)]
+def _chunks(frame: pd.DataFrame, columns: list[sa.Column], dialect: str) -> Iterator[Iterator[tuple]]:
+    """The frame's rows as driver-ready tuples, ``LOAD_CHUNK_ROWS`` at a time."""
+    for start in range(0, len(frame), LOAD_CHUNK_ROWS):
+        part = frame.iloc[start:start + LOAD_CHUNK_ROWS]
+        yield zip(*(_cells(part[c.name], c.type, dialect) for c in columns))
+
+
+def _any_key_exists(conn: Connection, table: sa.Table, keys: pd.Series) -> bool:
+    """Whether any of ``keys`` is in ``table`` already (PostgreSQL): one index probe per key, as one statement."""
+    key = table.c[keys.name]
+    statement = (f"SELECT EXISTS (SELECT FROM {conn.dialect.identifier_preparer.format_table(table)} "
+                 f"WHERE {conn.dialect.identifier_preparer.quote(key.name)} IN "
+                 f"(SELECT unnest(CAST(%(keys)s AS {key.type.compile(conn.dialect)}[]))))")
+    return conn.exec_driver_sql(statement, {"keys": _cells(keys, key.type, "postgresql")}).scalar()
+
+
+def _executemany(conn: Connection, statement: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        for rows in _chunks(frame, columns, "sqlite"):
+            cursor.executemany(statement, rows)
+    finally:
+        cursor.close()
+
+
+def _copy(conn: Connection, target: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:
+    """COPY in text format; psycopg escapes each value (tabs, newlines, backslashes) and sends None as NULL."""
+    quote = conn.dialect.identifier_preparer.quote
+    names = ", ".join(quote(c.name) for c in columns)
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+            for rows in _chunks(frame, columns, "postgresql"):
+                for row in rows:
+                    copy.write_row(row)
+
+
+def _cells(values: pd.Series, sql_type: sa.types.TypeEngine, dialect: str) -> list:
+    """One column as plain Python values the driver takes as they are, with None for NaN, NaT, pd.NA and None."""
+    if isinstance(sql_type, sa.DateTime):
+        return _utc_texts(values, dialect)
+    if isinstance(sql_type, sa.Integer) and pd.api.types.is_float_dtype(values.dtype):
+        values = values.astype("Int64")  # integers that went through a float column to hold NaN
+    if not values.hasnans:
+        return values.tolist()
+    return values.astype(object).where(values.notna(), None).tolist()
+
+
+def _typed(values: pd.Series, sql_type: sa.types.TypeEngine) -> pd.Series:
+    """A column read back raw, with the dtype its SQL type calls for: UTC timestamps, booleans (object when some
+    are missing), floats; other columns keep the dtype pandas inferred from the values."""
+    if isinstance(sql_type, sa.DateTime):
+        return pd.to_datetime(values, utc=True, format="ISO8601")
+    if isinstance(sql_type, sa.Boolean):
+        return values.astype(bool) if not values.hasnans else values.map(lambda v: None if pd.isna(v) else bool(v))
+    if isinstance(sql_type, sa.Float):
+        return values.astype("float64")
+    return values
+
+
+def _utc_texts(values: pd.Series, dialect: str) -> list:
+    """Timestamps as UTC text: SQLAlchemy's SQLite storage form ``2026-01-02 03:04:05.000006`` there (naive, so
+    that its readers and string comparisons keep working), ISO 8601 with ``Z`` for PostgreSQL. Naive input is
+    taken as UTC, the warehouse's convention."""
+    stamps = pd.to_datetime(values, utc=True)
+    micros = stamps.dt.tz_localize(None).to_numpy("datetime64[us]")
+    if dialect == "postgresql":
+        texts = np.datetime_as_string(micros, unit="us", timezone="UTC")
+    else:
+        texts = np.datetime_as_string(micros, unit="us")
+        texts.view(np.uint32).reshape(len(texts), -1)[:, 10] = ord(" ")  # the ISO "T" → SQLAlchemy's space
+    cells = texts.astype(object)
+    cells[np.isnat(micros)] = None
+    return cells.tolist()

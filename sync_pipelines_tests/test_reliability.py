@@ -391,8 +391,6 @@ def test_two_overlapping_extractions_of_one_stream_land_each_record_once(box, st
     assert_exactly_once(box, warehouses[0])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="product bug: two runs opening a fresh SQLite warehouse at once: the loser of "
-                   "the deferred BEGIN gets 'database is locked' at once (see docs/reliability.md)")
 def test_two_runs_opening_a_fresh_sqlite_warehouse_at_once_both_succeed(stack, tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     start = threading.Barrier(2, timeout=30)

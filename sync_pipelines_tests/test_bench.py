@@ -1,0 +1,71 @@
+"""The benchmark's report on a small sync: its shape and that its counts agree (issue: performance and scale).
+No timing is asserted here; the figures are for people to read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sync_pipelines.bench import TARGETS, main, run_bench
+
+
+@pytest.fixture(scope="module")
+def report():
+    return run_bench(2000, change_fraction=0.01, load_rows=500)
+
+
+def test_both_runs_succeed_and_time_every_step(report):
+    for run in ("full", "incremental"):
+        figures = report[run]
+        assert figures["success"]
+        steps = {step["step"]: step for step in figures["steps"]}
+        assert "staged_contacts" in steps and "golden_contacts" in steps
+        assert all(step["ok"] and step["wall_s"] >= 0 and step["cpu_s"] >= 0 for step in steps.values())
+        assert figures["wall_s"] >= sum(step["wall_s"] for step in steps.values()) * 0.99
+        assert figures["peak_rss_mib"] > 0
+
+
+def test_counts_agree_with_the_sandbox(report):
+    assert report["source_records"] == sum(report["streams"].values())
+    assert 1000 <= report["source_records"] <= 4000  # about the size asked for
+    full = report["full"]["stages"]
+    # a full read sees every record once, but for deletions some APIs no longer list (Stripe, HubSpot's archive)
+    assert 0.95 * report["source_records"] <= full["extract"]["records"] <= report["source_records"]
+    extracted = {s["step"]: s["records"] for s in report["full"]["steps"] if s["stage"] == "extract"}
+    assert len(extracted) == len(report["streams"])
+    contacts = sum(n for key, n in report["streams"].items() if key in (
+        "salesforce/Contact", "hubspot/contacts", "zendesk/users", "stripe/customers", "legacy_erp/customers"))
+    assert 0 < full["staged"]["records"] <= contacts  # deleted and invalid records are not staged
+    assert 0 < report["golden_records"]["contacts"] < full["staged"]["records"]  # duplicates across tools merged
+    assert report["core"]["contacts"]["records"] == full["staged"]["records"]
+
+
+def test_the_incremental_run_reads_only_what_changed(report):
+    assert report["edited_records"] == pytest.approx(0.01 * report["source_records"], abs=8)
+    incremental = report["incremental"]["stages"]["extract"]["records"]
+    assert report["edited_records"] <= incremental < report["full"]["stages"]["extract"]["records"] / 2
+
+
+def test_every_target_is_judged_against_its_figure(report):
+    targets = report["targets"]
+    assert set(TARGETS) <= set(targets)
+    assert targets["full_sync_seconds_at_1m"]["met"] is None  # too small a run to judge the 1M target
+    assert targets["incremental_share_of_full"]["value"] == round(
+        report["incremental"]["wall_s"] / report["full"]["wall_s"], 3)
+    assert report["load"]["rows"] == 500 and report["load"]["land_insert_rows_per_s"] > 0
+    json.dumps(report)  # the report is plain JSON
+
+
+def test_bad_arguments_are_refused_by_name():
+    with pytest.raises(ValueError, match="records must be positive"):
+        run_bench(0)
+    with pytest.raises(ValueError, match="change_fraction"):
+        run_bench(100, change_fraction=2)
+
+
+def test_the_command_line_writes_the_json_report(tmp_path, monkeypatch, report):
+    monkeypatch.setattr("sync_pipelines.bench.run_bench", lambda *args, **kwargs: report)
+    out = tmp_path / "bench.json"
+    main(["--records", "2000", "--json", str(out)])
+    assert json.loads(out.read_text())["source_records"] == report["source_records"]

@@ -68,24 +68,25 @@ def plan_writes(
     # them to every copy would break the tool's unique keys (HubSpot emails) and hide the duplicate.
     held = held.sort_values(["_updated_at", "source_id"], ascending=[False, True], kind="stable")
     duplicate = held.duplicated("entity_id")
-    pending: dict[tuple[str, str], tuple[str, object]] = {}
+    latest = None
     if ledger is not None and len(ledger):
         latest = ledger.sort_values("written_at").drop_duplicates(["source_id", "field"], keep="last")
-        pending = {(r.source_id, r.field): (r.value, r.written_at) for r in latest.itertuples()}
-    wanted = golden[fields]
+    records = held[~duplicate].join(golden[fields].add_suffix("__golden"), on="entity_id").reset_index(drop=True)
+    wanted = {}
+    for name in fields:  # column by column: the golden value where it differs from what the tool holds
+        value, have = records[f"{name}__golden"].map(_text), records[name].map(_text)
+        differs = value.notna() & (value != have)
+        if latest is not None:  # already written and the tool not re-read since: do not send it again
+            sent = records[["source_id", "extracted_at"]].merge(
+                latest[latest["field"] == name][["source_id", "value", "written_at"]], on="source_id", how="left")
+            already = (sent["value"].astype("object") == value.astype("object")) & (
+                pd.to_datetime(sent["extracted_at"], utc=True) < pd.to_datetime(sent["written_at"], utc=True))
+            differs &= ~already.fillna(False).to_numpy()
+        wanted[name] = value.where(differs)
+    changes = pd.DataFrame(wanted).apply(lambda row: row.dropna().to_dict(), axis=1) if len(records) else []
     rows = [("duplicate", r.entity_id, r.source_id, {}) for r in held[duplicate].itertuples(index=False)]
-    for record in held[~duplicate].itertuples(index=False):
-        target = wanted.loc[record.entity_id]
-        changes = {}
-        for name in fields:
-            value, have = _text(target[name]), _text(getattr(record, name))
-            if value is None or value == have:
-                continue
-            sent = pending.get((record.source_id, name))
-            if sent and sent[0] == value and pd.Timestamp(record.extracted_at) < pd.Timestamp(sent[1]):
-                continue  # already written; the tool has not been re-read since
-            changes[name] = value
-        rows.append(("update" if changes else "unchanged", record.entity_id, record.source_id, changes))
+    rows += [("update" if change else "unchanged", entity, source, change)
+             for entity, source, change in zip(records["entity_id"], records["source_id"], changes)]
     return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 

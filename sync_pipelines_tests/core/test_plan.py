@@ -1,0 +1,48 @@
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from sync_pipelines.core.plan import plan_writes, to_tool_record, writable_fields
+from sync_pipelines.stack import load_stack
+
+STACK = load_stack()
+T1, T2, T3 = (datetime(2026, 11, d, tzinfo=timezone.utc) for d in (1, 2, 3))
+GOLDEN = pd.DataFrame({"email": ["new@x.io", "b@x.io"], "phone": [None, "+14155550102"]},
+                      index=pd.Index(["ent_a", "ent_b"], name="entity_id"))
+CROSSWALK = pd.DataFrame({"entity_id": ["ent_a", "ent_a", "ent_b"], "_source": "hubspot",
+                          "_source_id": ["1", "2", "3"]})
+
+
+def current(**changes):
+    frame = pd.DataFrame({
+        "_source_id": ["1", "2", "3"], "email": ["old@x.io", "old@x.io", "b@x.io"],
+        "phone": ["+14155550101", None, "+14155550102"], "_deleted": False,
+        "_updated_at": [T2, T1, T1], "_extracted_at": [T1, T1, T1],
+    })
+    return frame.assign(**changes)
+
+
+def test_only_differences_travel_an_empty_golden_value_never_erases_and_in_tool_duplicates_are_reported():
+    plan = plan_writes(GOLDEN, CROSSWALK, current(), ["email", "phone"], "hubspot").set_index("source_id")
+    assert plan.loc["1", "action"] == "update" and plan.loc["1", "changes"] == {"email": "new@x.io"}
+    assert plan.loc["2", "action"] == "duplicate"  # the older copy of ent_a in the same tool
+    assert plan.loc["3", "action"] == "unchanged" and plan.loc["3", "changes"] == {}
+
+
+def test_a_value_already_written_is_not_sent_again_until_the_tool_is_re_read():
+    ledger = pd.DataFrame([{"source_id": "1", "field": "email", "value": "new@x.io", "written_at": T2}])
+    before_reread = plan_writes(GOLDEN, CROSSWALK, current(), ["email"], "hubspot", ledger=ledger)
+    assert before_reread.set_index("source_id").loc["1", "action"] == "unchanged"
+    # re-read after the write and the tool still holds the old value (someone reverted it): send it again
+    after = plan_writes(GOLDEN, CROSSWALK, current(_extracted_at=T3), ["email"], "hubspot", ledger=ledger)
+    assert after.set_index("source_id").loc["1", "changes"] == {"email": "new@x.io"}
+
+
+def test_writable_fields_invert_the_mapping_and_records_nest_and_join_names():
+    zendesk = writable_fields(STACK.tools["zendesk"].streams["users"])
+    assert zendesk["name"] == ["first_name", "last_name"] and zendesk["email"] == ["email"]
+    assert "stage" not in writable_fields(STACK.tools["salesforce"].streams["Opportunity"]).get("StageName", [])
+    golden_row = pd.Series({"first_name": "Ada", "last_name": "Lovelace", "email": "ada@x.io"})
+    assert to_tool_record({"last_name": "Lovelace"}, golden_row, zendesk) == {"name": "Ada Lovelace"}
+    hubspot = writable_fields(STACK.tools["hubspot"].streams["contacts"])
+    assert to_tool_record({"email": "ada@x.io"}, golden_row, hubspot) == {"properties": {"email": "ada@x.io"}}

@@ -29,6 +29,7 @@ _SQL_TYPES = {
     "string": sa.Text, "email": sa.Text, "phone": sa.Text, "date": sa.Text,
     "integer": sa.BigInteger, "number": sa.Float, "boolean": sa.Boolean, "datetime": sa.DateTime(timezone=True),
 }
+SCHEMA_LOCK = 7_123_409  # advisory lock id serialising schema creation on PostgreSQL
 CHUNK_ROWS = 5_000
 LOAD_CHUNK_ROWS = 100_000  # rows turned into driver values at a time: bounds the memory of a large load
 
@@ -109,6 +110,8 @@ class Warehouse:
                 sa.Column("_raw", sa.Text, nullable=False),
             )
         with self.transaction() as conn:
+            if self.dialect == "postgresql":  # workers starting together must not race on CREATE TABLE
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
             self.metadata.create_all(conn)
 
     @property

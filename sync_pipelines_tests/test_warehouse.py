@@ -186,3 +186,26 @@ def test_quarantine_round_trip_and_release(warehouse):
     assert warehouse.count("quarantine") == 1
     with warehouse.engine.connect() as conn:
         assert sa.inspect(conn).has_table("quarantine")
+
+
+def test_workers_creating_the_warehouse_at_once_do_not_race(warehouse_url):
+    """Celery workers start together and each opens the warehouse: schema creation must be serialised."""
+    import threading
+
+    from sync_pipelines.stack import load_stack
+    from sync_pipelines.warehouse import Warehouse
+
+    stack, errors = load_stack(), []
+
+    def open_it():
+        try:
+            Warehouse(stack, warehouse_url)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -8,15 +8,9 @@ import logging
 import time
 
 from sync_pipelines.connectors import connect
-from sync_pipelines.sandbox import running_sandbox
+from sync_pipelines.sandbox import running_sandbox, sandbox_credentials
 
-SANDBOX_CREDENTIALS = {
-    "salesforce": "sandbox-salesforce-token",
-    "hubspot": "sandbox-hubspot-token",
-    "zendesk": {"email": "sync@sandbox.example", "api_token": "sandbox-zendesk-token"},
-    "asana": "sandbox-asana-token",
-    "stripe": "sk_test_sandbox",
-}
+SANDBOX_CREDENTIALS = sandbox_credentials()
 STREAMS = {"salesforce": ("Contact", "Account", "Opportunity"), "hubspot": ("contacts", "companies"),
            "zendesk": ("users", "tickets"), "asana": ("tasks",), "stripe": ("customers", "invoices")}
 

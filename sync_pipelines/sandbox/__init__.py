@@ -6,8 +6,8 @@ knobs, stats and mutations. See docs/contracts.md.
 
 from .app import SandboxState, build_app
 from .data import World, build_world
-from .env import sandbox_env
+from .env import sandbox_credentials, sandbox_env
 from .server import RunningSandbox, running_sandbox, serve
 
-__all__ = ["RunningSandbox", "SandboxState", "World", "build_app", "build_world", "running_sandbox", "sandbox_env",
+__all__ = ["RunningSandbox", "SandboxState", "World", "build_app", "build_world", "running_sandbox", "sandbox_credentials", "sandbox_env",
            "serve"]

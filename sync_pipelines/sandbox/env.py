@@ -17,3 +17,12 @@ def sandbox_env(url: str, csv_dir: str | Path) -> dict[str, str]:
     env.update(SANDBOX_URL=url, SANDBOX_CSV_DIR=str(csv_dir),
                SLACK_WEBHOOK_URL=f"{url}/slack/services/T000SANDBOX/B000SANDBOX/sandbox-slack-secret")
     return env
+
+
+def sandbox_credentials() -> dict[str, dict[str, str]]:
+    """Per tool of the bundled sandbox stack, the credentials the sandbox accepts, as ``connect()`` takes them."""
+    from sync_pipelines.stack import DEFAULT_STACK, load_stack
+
+    env = sandbox_env("http://127.0.0.1", ".")
+    return {name: {key: env[var] for key, var in tool.credentials.items()}
+            for name, tool in load_stack(DEFAULT_STACK).tools.items() if tool.credentials}

@@ -12,13 +12,7 @@ from sync_pipelines.connectors import AuthError, RateLimitError, connect
 
 sandbox_module = pytest.importorskip("sync_pipelines.sandbox")
 
-CREDENTIALS = {
-    "salesforce": "sandbox-salesforce-token",
-    "hubspot": "sandbox-hubspot-token",
-    "zendesk": {"email": "sync@sandbox.example", "api_token": "sandbox-zendesk-token"},
-    "asana": "sandbox-asana-token",
-    "stripe": "sk_test_sandbox",
-}
+CREDENTIALS = sandbox_module.sandbox_credentials()
 BAD_CREDENTIALS = {
     "salesforce": "wrong-salesforce-secret",
     "hubspot": "wrong-hubspot-secret",
@@ -86,7 +80,7 @@ def test_incremental_read_returns_only_the_changed_record(sandbox, tool, stream,
     assert [str(r[ID_FIELD.get(tool, "id")]) for r in changed] == [record_id]
 
 
-@pytest.mark.parametrize("tool", sorted(CREDENTIALS))
+@pytest.mark.parametrize("tool", sorted(BAD_CREDENTIALS))
 def test_bad_credential_fails_at_once_naming_the_variable(sandbox, tool):
     connector = open_tool(sandbox, tool, BAD_CREDENTIALS[tool], credential_env={"api_token": "ZD_TOKEN"})
     stream = next(s for t, s, _, _ in STREAMS if t == tool)

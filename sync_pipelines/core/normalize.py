@@ -16,7 +16,6 @@ import phonenumbers
 
 from sync_pipelines.stack import Entity, Stream
 
-METADATA_COLUMNS = ["_source", "_source_stream", "_source_id", "_updated_at", "_extracted_at", "_deleted", "_raw"]
 
 _MISSING = object()
 

@@ -280,8 +280,10 @@ def _stripe_invoice(stack, warehouse, connector, tool: str, action: Action, deal
 
 
 def _asana_task(stack, warehouse, connector, tool: str, action: Action, record: pd.Series) -> dict:
-    return {"name": f"Onboard: {record.get('name') or record['_source_id']}",
-            "notes": f"Created by sync_pipelines action {action.name} for {record['_source']} {record['_source_id']}"}
+    who = " ".join(str(record.get(f)) for f in ("first_name", "last_name") if pd.notna(record.get(f)))
+    return {"name": f"Onboard {who or record['_source_id']}",
+            "notes": f"Created by sync_pipelines ({action.name}) for {record['_source']} {record['_source_id']}"
+                     + (f", {record['email']}" if pd.notna(record.get("email")) else "")}
 
 
 # What to create, per target tool kind and stream: only the payload is special, the exactly-once logic is shared.
@@ -320,7 +322,7 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
                 continue
             record = indexed.loc[(source, source_id)].copy()
             record["_source"], record["_source_id"] = source, source_id
-            payload = payload_for(stack, warehouse, connector, target.tool, action, record)
+            payload = {**payload_for(stack, warehouse, connector, target.tool, action, record), **target.fields}
             [result] = connector.write(target.stream, [payload])
             if not result["ok"]:
                 raise RuntimeError(f"{action.name}: {target.tool} refused the {target.stream} record for "

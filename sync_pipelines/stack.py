@@ -180,6 +180,7 @@ class ActionWhen(_Model):
 class ActionCreate(_Model):
     tool: str
     stream: str
+    fields: dict[str, Any] = {}  # fixed values for the created record, e.g. the project a task goes to
 
 
 class Action(_Model):
@@ -293,6 +294,7 @@ def _check_references(stack: Stack, file: Path) -> None:
     for i, action in enumerate(stack.actions):
         need(action.when.entity, entities, f"actions[{i}].when.entity", "entity")
         need(action.create.tool, tools, f"actions[{i}].create.tool", "tool")
+        need(action.when.field, set(stack.entities[action.when.entity].fields), f"actions[{i}].when.field", "field")
 
 
 def _keys_at(loc: tuple) -> list[str]:

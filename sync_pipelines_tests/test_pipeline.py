@@ -242,3 +242,17 @@ def test_a_backfill_of_missed_days_gives_the_same_golden_records_as_syncing_on_t
     backfilled = sync.warehouse.read_table("golden_contacts").drop(columns="_updated_at")
     pd.testing.assert_frame_equal(
         backfilled.sort_values("entity_id").reset_index(drop=True), on_time.sort_values("entity_id").reset_index(drop=True))
+
+
+def test_a_lead_becoming_a_customer_gets_exactly_one_onboarding_task(sync):
+    assert sync.run()[0].success  # baseline
+    tasks = sync.box.truth()["streams"]["asana/tasks"]["total"]
+    contacts = sync.warehouse.read_table("stg_hubspot_contacts")
+    lead = contacts[(contacts["lifecycle_stage"] != "customer") & ~contacts["_deleted"]].iloc[0]
+    sync.box.mutate("hubspot", "contacts", lead["_source_id"], {"lifecyclestage": "customer"})
+    for _ in range(2):
+        assert sync.run()[0].success
+    assert sync.box.truth()["streams"]["asana/tasks"]["total"] == tasks + 1
+    ledger = sync.warehouse.read_table("action_ledger")
+    assert list(ledger.loc[ledger["action"] == "onboarding_task_for_new_customer", "_source_id"]) == [
+        lead["_source_id"]]

@@ -11,7 +11,10 @@ for every missing value; timestamps are written as UTC text in the form SQLAlche
 
 from __future__ import annotations
 
+import random
 import re
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,7 +62,14 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     own transaction handling is switched off so that ``_sqlite_begin`` makes DDL transactional too (``replace``)."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    for attempt in range(100):  # switching a new file to WAL needs it alone; SQLite answers "locked" at once
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05 + random.random() * 0.05)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 

@@ -112,7 +112,8 @@ def test_catalog_sections_hold_trigger_owner_actions_and_mapping_tables(tmp_path
     assert "**Trigger:** event `webhook`" in support
     assert "write back golden contacts to zendesk `users`" in support
     assert "### zendesk `tickets` → tickets" in support and "### zendesk `users` → contacts" in support
-    assert "**Actions:**\n  - none" in _section(markdown, "projects")
+    assert "`onboarding_task_for_new_customer`: when a contacts record's `lifecycle_stage` becomes `customer`, " \
+           "create asana `tasks`" in _section(markdown, "projects")
 
 
 def test_catalog_of_a_stack_without_integrations_says_so(tmp_path):

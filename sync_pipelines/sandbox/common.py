@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+
+# What every emulated vendor accepts as an email address (each refuses others with its own error).
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 
 class ApiError(Exception):
     """Raised by a handler; the vendor module turns it into that vendor's error body."""

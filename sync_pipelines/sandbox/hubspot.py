@@ -3,7 +3,6 @@ properties."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -11,7 +10,7 @@ from urllib.parse import urlencode
 import numpy as np
 from starlette.responses import Response
 
-from .common import ApiError, Call, iso_ms, json_response, now_ms, parse_datetime
+from .common import EMAIL, ApiError, Call, iso_ms, json_response, now_ms, parse_datetime
 from .limits import Verdict
 from .table import Table
 from .vendor import Vendor
@@ -36,7 +35,6 @@ UNIQUE_PROPERTIES = {"contacts": ("email",), "companies": ()}
 # Object type id and the name HubSpot uses for the object in batch errors.
 OBJECT_TYPES = {"contacts": ("0-1", "CONTACT"), "companies": ("0-2", "COMPANY")}
 READ_ONLY = ("createdate", "lastmodifieddate", "hs_lastmodifieddate", "hs_object_id")
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 OPERATORS = {"GT": np.greater, "GTE": np.greater_equal, "LT": np.less, "LTE": np.less_equal, "EQ": np.equal,
              "NEQ": np.not_equal}
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from starlette.responses import Response
 
-from .common import ApiError, Call, json_response, now_ms, parse_datetime, sf_datetime
+from .common import EMAIL, ApiError, Call, json_response, now_ms, parse_datetime, sf_datetime
 from .limits import DEFAULT_LIMITS, Verdict
 from .table import Table
 from .vendor import Vendor
@@ -35,7 +35,6 @@ SOQL = re.compile(
     r"(?:\s+ORDER\s+BY\s+(?P<order>\w+)(?:\s+(?P<direction>ASC|DESC))?)?"
     r"(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$", re.I | re.S)
 CONDITION = re.compile(r"^\s*(\w+)\s*(>=|<=|!=|=|>|<)\s*(\S+)\s*$")
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 COMPARE = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "=": np.equal,
            "!=": np.not_equal}
 

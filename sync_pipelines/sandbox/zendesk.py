@@ -4,14 +4,13 @@ statuses."""
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .common import ApiError, Call, iso_s, json_response, now_ms
+from .common import EMAIL, ApiError, Call, iso_s, json_response, now_ms
 from .limits import Verdict
 from .table import Table
 from .vendor import Vendor, basic_credentials
@@ -19,7 +18,6 @@ from .vendor import Vendor, basic_credentials
 API = "/api/v2"
 PAGE_MAX = 1000
 WRITE_MAX = 100
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 USER_FIELDS = ("name", "email", "phone", "external_id")
 
 

@@ -52,10 +52,8 @@ PREFIX_LENGTH = 3
 EXACT = "exact"
 # Scores are compared with this slack so a pair scoring exactly the threshold (rapidfuzz returns float32) matches.
 SCORE_TOLERANCE = 1e-6
-# Blocks up to this many records are scored pair by pair, all such blocks in one vectorized call; bigger
-# blocks are scored by comparing their distinct values, which is cheaper once values repeat.
-_SMALL_BLOCK = 64
-_ROW_CHUNK = 256
+# Up to this many value pairs, a field's distinct values are all scored against each other in one call
+_DENSE_SCORES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -303,8 +301,33 @@ def _parse_rule(raw: Any, position: int) -> Rule:
 
 def normalize_values(column: pd.Series) -> np.ndarray:
     """Comparison form of a column: casefolded, trimmed, whitespace collapsed; missing or empty is None."""
-    text = column.astype("string").str.casefold().str.strip().str.replace(r"\s+", " ", regex=True)
-    return text.mask(text == "").to_numpy(dtype=object, na_value=None)
+    return _Compared.of(column).values
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """A column in comparison form, with integer codes so grouping never hashes the strings again."""
+
+    values: np.ndarray  # comparison form per row, None where missing
+    codes: np.ndarray  # per row: position in `distinct` (numbered by first appearance), -1 where missing
+    distinct: np.ndarray  # each comparison form once
+
+    @classmethod
+    def of(cls, column: pd.Series) -> _Compared:
+        """Each distinct text is transformed once (names and companies repeat a lot); `split()` drops the same
+        (Unicode) whitespace as `strip()` and a `\\s+` pattern, so joining its words trims and collapses at once."""
+        raw_codes, raw = pd.factorize(column.astype("string"))
+        # one more form, None, last: raw code -1 (missing) picks it, and its own code is -1
+        forms = np.array([" ".join(text.casefold().split()) or None for text in raw] + [None], dtype=object)
+        form_codes, distinct = pd.factorize(forms)
+        return cls(forms[raw_codes], form_codes[raw_codes], distinct)
+
+    def key_codes(self, derive: Callable[[str], str | None] | None) -> np.ndarray:
+        """Codes of a blocking key on this column: its own, or those of `derive` applied once per distinct value."""
+        if derive is None:
+            return self.codes
+        derived_codes = pd.factorize(np.array([derive(value) for value in self.distinct] + [None], dtype=object))[0]
+        return derived_codes[self.codes]  # -1 takes the None appended last, whose code is -1
 
 
 _SOUNDEX_DIGITS = {
@@ -414,8 +437,12 @@ def _combine(code_arrays: Sequence[np.ndarray]) -> np.ndarray:
     valid = np.logical_and.reduce([codes >= 0 for codes in code_arrays])
     combined = np.full(len(code_arrays[0]), -1, dtype=np.int64)
     if valid.any():
-        stacked = np.stack([codes[valid] for codes in code_arrays], axis=1)
-        combined[valid] = np.unique(stacked, axis=0, return_inverse=True)[1].ravel()
+        # numbered in the tuples' sorted order; packing two codes into one int keeps that order
+        packed = code_arrays[0][valid].astype(np.int64)
+        for codes in code_arrays[1:]:
+            part = codes[valid].astype(np.int64)
+            packed = np.unique(packed * (part.max() + 1) + part, return_inverse=True)[1].ravel()
+        combined[valid] = packed
     return combined
 
 
@@ -455,48 +482,70 @@ class _Groups:
                 yield self.members[start : start + size]
 
 
-def _keep_similar(
-    left: np.ndarray, right: np.ndarray, conditions: Sequence[Condition], values: Mapping[str, np.ndarray]
+def _cross(
+    left_keys: np.ndarray, right_keys: np.ndarray, starts: np.ndarray, counts: np.ndarray, *, strict: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs that meet every fuzzy condition (both values present: callers only pass such records)."""
-    for condition in conditions:
-        if not len(left):
-            break
-        column = values[condition.field]
-        cutoff = condition.cutoff()
-        scores = process.cpdist(
-            column[left].tolist(), column[right].tolist(), scorer=SCORERS[condition.method].function,
-            score_cutoff=cutoff, workers=-1,
-        )
-        keep = scores >= cutoff
-        left, right = left[keep], right[keep]
-    return left, right
+    """Every (x, y) with x among the slots of a left key and y among those of its paired right key (a key's
+    slots are `counts[key]` consecutive ones from `starts[key]`). A key paired with itself yields each
+    unordered pair of its slots once: x < y when `strict`, else x <= y."""
+    sizes = counts[left_keys] * counts[right_keys]
+    pair = np.repeat(np.arange(len(left_keys)), sizes)
+    offset = np.arange(len(pair)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    width = counts[right_keys[pair]]
+    x = starts[left_keys[pair]] + offset // width
+    y = starts[right_keys[pair]] + offset % width
+    keep = (left_keys[pair] != right_keys[pair]) | ((x < y) if strict else (x <= y))
+    return x[keep], y[keep]
 
 
-def _similar_in_block(
-    members: np.ndarray, conditions: Sequence[Condition], values: Mapping[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Matching pairs of one large block: the condition with the fewest distinct values is scored once per
-    pair of distinct values, the others only on the pairs that survive, a chunk of rows at a time."""
-    distinct = [pd.factorize(values[c.field][members]) for c in conditions]
-    lead = min(range(len(conditions)), key=lambda k: len(distinct[k][1]))
-    codes, uniques = distinct[lead]
-    condition = conditions[lead]
+def _similar_values(left: np.ndarray, right: np.ndarray, uniques: np.ndarray, condition: Condition) -> np.ndarray:
+    """Whether each pair of value codes meets the condition; each distinct pair of values is scored once (the
+    scorers are symmetric). Few distinct values (names) are all scored against each other once instead."""
+    width = len(uniques)
     cutoff = condition.cutoff()
-    similar = process.cdist(
-        list(uniques), list(uniques), scorer=SCORERS[condition.method].function, score_cutoff=cutoff, workers=-1
-    ) >= cutoff
-    rest = [c for k, c in enumerate(conditions) if k != lead]
-    left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    columns = np.arange(len(members))
-    for start in range(0, len(members), _ROW_CHUNK):
-        rows = columns[start : start + _ROW_CHUNK]
-        matches = similar[codes[rows][:, None], codes[None, :]] & (rows[:, None] < columns[None, :])
-        row, column = np.nonzero(matches)
-        kept = _keep_similar(members[rows[row]], members[column], rest, values)
-        left.append(kept[0])
-        right.append(kept[1])
-    return np.concatenate(left), np.concatenate(right)
+    if width * width <= _DENSE_SCORES:
+        scores = process.cdist(uniques.tolist(), uniques.tolist(), scorer=SCORERS[condition.method].function,
+                               score_cutoff=cutoff, workers=-1)
+        return (scores >= cutoff)[left, right]
+    pair_codes, distinct = pd.factorize(np.minimum(left, right) * width + np.maximum(left, right))
+    scores = process.cpdist(
+        uniques[distinct // width].tolist(), uniques[distinct % width].tolist(),
+        scorer=SCORERS[condition.method].function, score_cutoff=cutoff, workers=-1,
+    )
+    return (scores >= cutoff)[pair_codes]
+
+
+def _fuzzy_pairs(
+    block_codes: np.ndarray, conditions: Sequence[Condition], compared: Mapping[str, _Compared]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Record pairs (i < j) inside blocks (codes >= 0) that meet every fuzzy condition.
+
+    The work goes by distinct values, not by record pairs: records are keyed by their block, then by block and
+    one condition's value, and so on, one condition at a time; a pair of keys survives a level when their parents
+    were a surviving pair (a block pairs only with itself) and their values meet the condition. Each distinct pair
+    of values is scored once per level, so a big block with few distinct names stays cheap, and records with
+    equal values are never scored pair by pair. Conditions with the fewest distinct (block, value) keys go first.
+    """
+    positions = np.flatnonzero(block_codes >= 0)
+    if not len(positions):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    keys, blocks = pd.factorize(block_codes[positions])
+    keys = keys.astype(np.int64)
+    left_keys = right_keys = np.arange(len(blocks), dtype=np.int64)
+    coded = [(compared[c.field].codes[positions], compared[c.field].distinct) for c in conditions]
+    for k in sorted(range(len(conditions)), key=lambda k: len(pd.unique(keys * len(coded[k][1]) + coded[k][0]))):
+        value_codes, uniques = coded[k]
+        parent_count = keys.max() + 1
+        child_keys, keys = np.unique(keys * len(uniques) + value_codes, return_inverse=True)
+        child_values = child_keys % len(uniques)
+        counts = np.bincount(child_keys // len(uniques), minlength=parent_count)
+        x, y = _cross(left_keys, right_keys, np.cumsum(counts) - counts, counts, strict=False)
+        similar = _similar_values(child_values[x], child_values[y], uniques, conditions[k])
+        left_keys, right_keys = x[similar], y[similar]
+    members = positions[np.argsort(keys, kind="stable")]
+    counts = np.bincount(keys)
+    x, y = _cross(left_keys, right_keys, np.cumsum(counts) - counts, counts, strict=True)
+    return np.minimum(members[x], members[y]), np.maximum(members[x], members[y])
 
 
 # ------------------------------------------------------------------------------------------- resolve
@@ -524,10 +573,10 @@ class _Report:
 class _Resolver:
     """One run over one frame; positions are rows sorted by ref so every tie breaks the same way."""
 
-    def __init__(self, refs: np.ndarray, values: dict[str, np.ndarray], spec: IdentityRules, max_block_size: int):
+    def __init__(self, refs: np.ndarray, compared: dict[str, _Compared], spec: IdentityRules, max_block_size: int):
         self.refs = refs
-        self.ref_codes = _codes(refs)
-        self.values = values
+        self.ref_codes = np.r_[0, np.cumsum(refs[1:] != refs[:-1])].astype(np.int64)  # refs are sorted
+        self.compared = compared
         self.spec = spec
         self.max_block_size = max_block_size
         self.report = _Report({}, {}, [], [])
@@ -540,29 +589,26 @@ class _Resolver:
 
     def rule_pairs(self, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
         """Matched pairs (i < j) for one rule."""
-        exact_codes = [_codes(self.values[c.field]) for c in rule.exact]
+        exact_codes = [self.compared[c.field].codes for c in rule.exact]
         if not rule.fuzzy:
             return self._shared_value_pairs(rule, _combine(exact_codes))
-        present = np.logical_and.reduce([self.values[c.field] != None for c in rule.fuzzy])  # noqa: E711
+        present = np.logical_and.reduce([self.compared[c.field].codes >= 0 for c in rule.fuzzy])
         left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
         for key in rule.blocking_keys() or (None,):
             key_codes = []
             if key is not None:
-                column, derive = _blocking_source(rule, key, list(self.values))
-                key_codes = [_codes(_derive(self.values[column], derive))]
+                column, derive = _blocking_source(rule, key, list(self.compared))
+                key_codes = [self.compared[column].key_codes(derive)]
             block_codes = _combine([*key_codes, *exact_codes])
             block_codes[~present] = -1
-            groups = _Groups.of(block_codes)
-            pairs = _keep_similar(*groups.pairs(max_size=_SMALL_BLOCK), rule.fuzzy, self.values)
+            sizes = np.bincount(block_codes[block_codes >= 0])
+            for code in np.flatnonzero(sizes > self.max_block_size):
+                members = np.flatnonzero(block_codes == code)
+                self._skip(rule, key or "+".join(c.field for c in rule.exact), members, "block too large")
+                block_codes[members] = -1
+            pairs = _fuzzy_pairs(block_codes, rule.fuzzy, self.compared)
             left.append(pairs[0])
             right.append(pairs[1])
-            for members in groups.large(_SMALL_BLOCK + 1):
-                if len(members) > self.max_block_size:
-                    self._skip(rule, key or "+".join(c.field for c in rule.exact), members, "block too large")
-                    continue
-                pairs = _similar_in_block(members, rule.fuzzy, self.values)
-                left.append(pairs[0])
-                right.append(pairs[1])
         return np.concatenate(left), np.concatenate(right)
 
     def _shared_value_pairs(self, rule: Rule, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -869,10 +915,11 @@ def resolve_entities(
     _check_fields(records, spec)
     columns = list(records.columns)
     unsorted_refs = _record_refs(records, "records")
-    order = np.argsort(unsorted_refs, kind="stable")
+    order = np.argsort(unsorted_refs.astype(str), kind="stable")  # numpy text sorts as Python does, much faster
     refs = unsorted_refs[order]
-    values = {field: normalize_values(records[field])[order] for field in spec.fields(columns)}
-    resolver = _Resolver(refs, values, spec, max_block_size)
+    compared = {field: _Compared.of(records[field].iloc[order]) for field in spec.fields(columns)}
+    values = {field: column.values for field, column in compared.items()}
+    resolver = _Resolver(refs, compared, spec, max_block_size)
     report = resolver.report
 
     def positions_of(ref: str) -> np.ndarray:
@@ -958,3 +1005,28 @@ def pairwise_precision_recall(predicted: pd.Series, truth: pd.Series) -> tuple[f
     precision = true_pairs / predicted_pairs if predicted_pairs else 1.0
     recall = true_pairs / truth_pairs if truth_pairs else 1.0
     return precision, recall
+
+
+def block_neighbors(records: pd.DataFrame, touched: np.ndarray, rules: Any) -> np.ndarray:
+    """Which records share a candidate group with a ``touched`` one (boolean mask over ``records``; touched
+    records included): under some rule, the same exact-field values and blocking key. Only these can match a
+    touched record, so an incremental run re-resolves them and their entities, and leaves the rest alone."""
+    spec = IdentityRules.from_spec(rules)
+    touched = np.asarray(touched, dtype=bool)
+    if len(touched) != len(records):
+        raise ValueError(f"touched has {len(touched)} flags for {len(records)} records")
+    _check_fields(records, spec)
+    columns = list(records.columns)
+    values = {field: normalize_values(records[field]) for field in spec.fields(columns)}
+    near = touched.copy()
+    for rule in spec.rules:
+        exact_codes = [_codes(values[c.field]) for c in rule.exact]
+        for key in rule.blocking_keys() or (None,):
+            key_codes = []
+            if key is not None:
+                column, derive = _blocking_source(rule, key, columns)
+                key_codes = [_codes(_derive(values[column], derive))]
+            codes = _combine([*key_codes, *exact_codes])
+            shared = np.unique(codes[touched & (codes >= 0)])
+            near |= (codes >= 0) & np.isin(codes, shared)
+    return near

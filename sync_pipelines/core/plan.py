@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import pandas as pd
 
 from sync_pipelines.stack import Stream
@@ -41,6 +42,12 @@ def _text(value) -> str | None:
     if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
         return None
     return str(value)
+
+
+def _texts(values: pd.Series) -> pd.Series:
+    """``_text`` of a whole column, vectorised: what the tool would show, None when empty or missing."""
+    text = values.astype("string")
+    return text.astype(object).where(text.notna() & (text != ""), None)
 
 
 def plan_writes(
@@ -74,7 +81,7 @@ def plan_writes(
     records = held[~duplicate].join(golden[fields].add_suffix("__golden"), on="entity_id").reset_index(drop=True)
     wanted = {}
     for name in fields:  # column by column: the golden value where it differs from what the tool holds
-        value, have = records[f"{name}__golden"].map(_text), records[name].map(_text)
+        value, have = _texts(records[f"{name}__golden"]), _texts(records[name])
         differs = value.notna() & (value != have)
         if latest is not None:  # already written and the tool not re-read since: do not send it again
             sent = records[["source_id", "extracted_at"]].merge(
@@ -83,11 +90,21 @@ def plan_writes(
                 pd.to_datetime(sent["extracted_at"], utc=True) < pd.to_datetime(sent["written_at"], utc=True))
             differs &= ~already.fillna(False).to_numpy()
         wanted[name] = value.where(differs)
-    changes = pd.DataFrame(wanted).apply(lambda row: row.dropna().to_dict(), axis=1) if len(records) else []
+    changes = _changes_per_row(pd.DataFrame(wanted, index=records.index))
     rows = [("duplicate", r.entity_id, r.source_id, {}) for r in held[duplicate].itertuples(index=False)]
     rows += [("update" if change else "unchanged", entity, source, change)
              for entity, source, change in zip(records["entity_id"], records["source_id"], changes)]
     return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+
+
+def _changes_per_row(wanted: pd.DataFrame) -> list[dict]:
+    """Each row's non-missing values as a dict; a Python loop over the rows with a change only."""
+    changes: list[dict] = [{} for _ in range(len(wanted))]
+    present = wanted.notna().to_numpy()
+    values = wanted.to_numpy(dtype=object)
+    for row in np.flatnonzero(present.any(axis=1)):
+        changes[row] = {wanted.columns[col]: values[row, col] for col in np.flatnonzero(present[row])}
+    return changes
 
 
 def to_tool_record(changes: dict, golden_row: pd.Series, writable: dict[str, list[str]]) -> dict:

@@ -399,7 +399,7 @@ def _outcome(df: pd.DataFrame, result: Any, positions: np.ndarray, source: str |
     config = result.expectation_config
     figures = result.result or {}
     column = config.kwargs["column"]
-    sample_columns = [name for name in (*SOURCE_COLUMNS, column) if name in df.columns]
+    sample_columns = [name for name in dict.fromkeys((*SOURCE_COLUMNS, column)) if name in df.columns]
     failing = df[sample_columns].iloc[positions]
     if "_source" in failing.columns:
         tools = failing["_source"].astype(object).where(failing["_source"].notna(), "(unknown)")

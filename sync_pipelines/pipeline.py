@@ -6,21 +6,26 @@ has exactly one writer among these functions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
 
+from sync_pipelines.core.changes import KEYS, changed_records
 from sync_pipelines.core.plan import plan_writes, to_tool_record, writable_fields
 from sync_pipelines.core.quality import QualityReport, split_quarantine, validate, volume_check
 from sync_pipelines.core.survive import derive_field_change_times, survivorship
-from sync_pipelines.resolve import build_crosswalk, resolve_entities
+from sync_pipelines.resolve import IdentityRules, block_neighbors, build_crosswalk, resolve_entities
 from sync_pipelines.stack import Action, Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 METADATA = ["_source", "_source_stream", "_source_id", "_updated_at", "_extracted_at"]
 WRITE_BATCH = 500
+# An incremental golden run touching more than this share of the staged records rebuilds everything instead.
+FULL_REBUILD_SHARE = 0.3
 
 
 def table(kind: str, entity: str) -> str:
@@ -47,27 +52,82 @@ class Staging:
     quarantined: int
     released: int
     reports: dict[str, QualityReport]
+    changed: int = 0
+    full: bool = True
 
 
-def stage(stack: Stack, warehouse: Warehouse, entity: str) -> Staging:
-    """Union the entity's landing tables, run each tool's quality checks, and quarantine the rows that fail."""
+def _fingerprint(*parts: Any) -> str:
+    """A digest of the stack settings a step's stored results depend on: when they change, it starts over."""
+    text = json.dumps([getattr(part, "model_dump", lambda p=part: p)() for part in parts], sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _identity_fields(stack: Stack, entity: str) -> list[str]:
+    fields = list(stack.entities[entity].fields)
+    return sorted(IdentityRules.from_spec(stack.identity[entity]).fields(fields)) if entity in stack.identity else []
+
+
+def _landed_after(warehouse: Warehouse, tool: str, stream: str, batch: int | None) -> tuple[pd.DataFrame, int | None]:
+    """A stream's landed rows, all (``batch`` None) or those landed after ``batch``; and the last batch seen."""
+    landing = landing_table_name(tool, stream)
+    rows = warehouse.read_table(landing) if batch is None else warehouse.read_after(landing, "_landed_batch", batch)
+    return rows, int(rows["_landed_batch"].max()) if len(rows) else batch
+
+
+def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None = None) -> Staging:
+    """Union the entity's landing rows extracted since the last staging, run each tool's quality checks on them,
+    quarantine the rows that fail, and log which staged records changed for the golden step.
+
+    The first run (and any run after the entity's fields, expectations or streams changed in the stack file, or
+    after landed rows were removed by hand) stages every landed row; later runs read only the rows of landings
+    committed since (re-reading a row with unchanged values, as webhooks and boundary reads do, is no change)."""
+    now = now or datetime.now(timezone.utc)
     fields = list(stack.entities[entity].fields)
     expectations = stack.quality[entity].expectations if entity in stack.quality else []
-    clean_parts, bad_parts, reports = [], [], {}
-    for tool, stream in entity_streams(stack, entity):
-        landed = warehouse.read_table(landing_table_name(tool, stream))
-        live = landed[~landed["_deleted"].astype(bool)].reset_index(drop=True)
+    streams = entity_streams(stack, entity)
+    name, staged_table = f"staged_{entity}", table("staged", entity)
+    fingerprint = _fingerprint(fields, expectations, streams)
+    mark = warehouse.watermark(name)
+    # landing tables only grow (deletions arrive as flagged rows): fewer rows means someone removed some by hand
+    landed_rows = {f"{tool}/{stream}": warehouse.count(landing_table_name(tool, stream)) for tool, stream in streams}
+    full = (mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table(staged_table)
+            or any(landed_rows[key] < mark["landed_rows"].get(key, 0) for key in landed_rows))
+    seen = {} if full else dict(mark["landed_batch"])
+    clean_parts, bad_parts, removed_parts, reports = [], [], [], {}
+    for tool, stream in streams:
+        landed, seen[f"{tool}/{stream}"] = _landed_after(warehouse, tool, stream, seen.get(f"{tool}/{stream}"))
+        deleted = landed["_deleted"].astype(bool)
+        live = landed[~deleted].reset_index(drop=True)
         report = validate(live, entity, expectations, source=tool)
         clean, bad = split_quarantine(live, report)
         reports[tool if tool not in reports else f"{tool}/{stream}"] = report
         clean_parts.append(clean[fields + METADATA])
         bad_parts.append(bad)
-    staged = pd.concat(clean_parts, ignore_index=True)
+        removed_parts += [landed.loc[deleted, KEYS], bad.loc[bad["_source_id"].notna(), KEYS]]
+    clean = pd.concat(clean_parts, ignore_index=True)
     quarantined = pd.concat(bad_parts, ignore_index=True)
-    warehouse.replace(table("staged", entity), staged)
+    removed = pd.concat(removed_parts, ignore_index=True)
+    log = table("staged_changes", entity)
+    previous = None if full else warehouse.read_keys(staged_table, pd.concat([clean[KEYS], removed]))
+    with warehouse.transaction() as conn:
+        batch = warehouse.next_batch(conn, log)
+        if full:
+            warehouse.replace_within(conn, staged_table, clean, index=("_source_id",))
+            changes = pd.DataFrame([{"_source": None, "_source_id": None, "removed": False,
+                                     "identity_changed": True}])  # one row saying: everything changed
+        else:
+            changes = changed_records(previous, clean, removed, fields + ["_source_stream", "_updated_at"],
+                                      _identity_fields(stack, entity))
+            warehouse.delete_keys(conn, staged_table, changes)
+            upserted = clean.merge(changes.loc[~changes["removed"], KEYS], on=KEYS)
+            warehouse.insert(conn, staged_table, upserted)
+        warehouse.insert(conn, log, changes.assign(batch=batch, staged_at=now))
+        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": seen,
+                                              "landed_rows": landed_rows})
     held = warehouse.put_in_quarantine(entity, quarantined)
-    released = warehouse.release_from_quarantine(entity, staged)
-    return Staging(entity, len(staged), held, released, reports)
+    released = warehouse.release_from_quarantine(entity, clean)
+    return Staging(entity, warehouse.count(staged_table), held, released, reports,
+                   changed=len(clean) if full else len(changes), full=full)
 
 
 # --- golden records --------------------------------------------------------------------------------------------
@@ -80,6 +140,9 @@ class Golden:
     entities: int
     conflicts: int
     merges: dict[str, Any] = field(default_factory=dict)
+    changed_ids: list[str] | None = None  # entities rebuilt by an incremental run; None after a full rebuild
+    resolved: int = 0  # records resolved and survived by this run
+    reason: str = ""  # why this run rebuilt everything, or what it rebuilt
 
 
 def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields: list[str]) -> pd.DataFrame:
@@ -102,27 +165,131 @@ def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields
     return state
 
 
-def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None = None) -> Golden:
-    """Resolve staged records into entities and survive one golden record each, with provenance and conflicts."""
-    now = now or datetime.now(timezone.utc)
+def _golden_tables(entity: str) -> dict[str, str]:
+    return {kind: table(kind, entity) for kind in ("golden", "crosswalk", "provenance", "field_state")}
+
+
+def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFrame, crosswalk: pd.DataFrame | None,
+             field_state: pd.DataFrame | None, now: datetime):
+    """Resolve ``records`` into entities and survive one golden record each: the work of full and incremental
+    runs alike, on all staged records or on the part a change can reach."""
     fields = list(stack.entities[entity].fields)
-    staged = warehouse.read_table(table("staged", entity))
-    previous = warehouse.read_if_exists(table("crosswalk", entity))
-    clusters = resolve_entities(staged, stack.identity[entity], crosswalk=previous)
-    state = derive_field_change_times(
-        warehouse.read_if_exists(table("field_state", entity)), staged, fields, extracted_at=now
-    )
-    state = _with_write_origins(state, warehouse.read_if_exists("writeback_ledger"), fields)
-    result = survivorship(staged[fields + METADATA], clusters, stack.survivorship[entity], field_times=state,
+    clusters = resolve_entities(records, stack.identity[entity], crosswalk=crosswalk)
+    state = derive_field_change_times(field_state, records, fields, extracted_at=now)
+    ledger = None
+    if warehouse.has_table("writeback_ledger"):
+        ledger = warehouse.read_where_in("writeback_ledger", "source_id", records["_source_id"])
+    state = _with_write_origins(state, ledger, fields)
+    result = survivorship(records[fields + METADATA], clusters, stack.survivorship[entity], field_times=state,
                           decided_at=now)
+    return clusters, state, result
+
+
+def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None = None) -> Golden:
+    """Resolve staged records into entities and survive one golden record each, with provenance and conflicts.
+
+    Incremental when it can be: only the records staging logged as changed, the records sharing a candidate
+    group with those whose identity fields changed, and every member of the entities these belong to are
+    resolved and survived again; every other golden record stays as it is. The first run, a change to the
+    entity's fields or rules, a full restage or a change touching more than ``FULL_REBUILD_SHARE`` of the
+    records rebuild everything. All tables and the watermark are written in one transaction."""
+    now = now or datetime.now(timezone.utc)
+    tables = _golden_tables(entity)
+    staged_table, log_table, name = table("staged", entity), table("staged_changes", entity), f"golden_{entity}"
+    fingerprint = _fingerprint(list(stack.entities[entity].fields), stack.identity[entity], stack.survivorship[entity])
+    mark = warehouse.watermark(name)
+    valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(tables["golden"])
+    log = warehouse.read_log(log_table, mark["batch"] if valid else 0)
+    last_batch = int(log["batch"].max()) if log is not None and len(log) else (mark or {}).get("batch", 0)
+    staged_rows = warehouse.count(staged_table)
+    reason = _rebuild_reason(mark, valid, log, staged_rows)
+    full = reason is not None
+    if not full and log.empty:
+        return Golden(entity, staged_rows, warehouse.count(tables["golden"]), 0, changed_ids=[], reason="no change")
+    if not full:
+        scope = _incremental_scope(stack, warehouse, entity, log)
+        records = warehouse.read_keys(staged_table, scope.keys)
+        clusters, state, result = _survive(stack, warehouse, entity, records, scope.crosswalk,
+                                           warehouse.read_keys(tables["field_state"], scope.keys), now)
+        fresh = set(clusters) - scope.entity_ids
+        # a new id equal to one outside the scope (a hash of a record that left that entity) would merge two
+        # entities' rows: rebuild everything instead (rare)
+        full = bool(fresh) and not warehouse.read_where_in(tables["golden"], "entity_id", fresh, ["entity_id"]).empty
+        reason = "a new entity id equals a stored one" if full else f"{len(log)} staged changes"
+    if full:
+        records = warehouse.read_table(staged_table)
+        clusters, state, result = _survive(stack, warehouse, entity, records,
+                                           warehouse.read_if_exists(tables["crosswalk"]),
+                                           warehouse.read_if_exists(tables["field_state"]), now)
     golden = result.golden.reset_index()
-    warehouse.replace(table("golden", entity), golden)
-    warehouse.replace(table("crosswalk", entity), build_crosswalk(staged, clusters))
-    warehouse.replace(table("provenance", entity), result.provenance)
-    warehouse.replace(table("field_state", entity), state)
-    warehouse.append(table("conflicts", entity), result.conflicts)
-    return Golden(entity, len(staged), len(golden), len(result.conflicts),
-                  clusters.attrs.get("resolution", {}).get("merged_ids", {}))
+    crosswalk = build_crosswalk(records, clusters)
+    with warehouse.transaction() as conn:
+        if full:
+            changed_ids = None
+            warehouse.replace_within(conn, tables["golden"], golden, index=("entity_id",))
+            warehouse.replace_within(conn, tables["crosswalk"], crosswalk, index=("entity_id", "_source_id"))
+            warehouse.replace_within(conn, tables["provenance"], result.provenance, index=("entity_id",))
+            warehouse.replace_within(conn, tables["field_state"], state, index=("_source_id",))
+            logged = pd.DataFrame({"entity_id": [None], "removed": [False]})  # one row saying: everything
+        else:
+            changed_ids = sorted(scope.entity_ids | set(golden["entity_id"]))
+            for kind in ("golden", "crosswalk", "provenance"):
+                warehouse.delete_where_in(conn, tables[kind], "entity_id", scope.entity_ids)
+            warehouse.delete_keys(conn, tables["field_state"], scope.keys)
+            warehouse.insert(conn, tables["golden"], golden)
+            warehouse.insert(conn, tables["crosswalk"], crosswalk)
+            warehouse.insert(conn, tables["provenance"], result.provenance)
+            warehouse.insert(conn, tables["field_state"], state)
+            logged = pd.DataFrame({"entity_id": changed_ids}).assign(
+                removed=lambda f: ~f["entity_id"].isin(golden["entity_id"]))
+        warehouse.insert(conn, table("conflicts", entity), result.conflicts)
+        warehouse.insert(conn, table("golden_changes", entity),
+                         logged.assign(batch=warehouse.next_batch(conn, table("golden_changes", entity)),
+                                       changed_at=now))
+        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
+        warehouse.prune_log(conn, log_table, last_batch)  # the golden step is its only reader
+    return Golden(entity, staged_rows, warehouse.count(tables["golden"]), len(result.conflicts),
+                  clusters.attrs.get("resolution", {}).get("merged_ids", {}), changed_ids=changed_ids,
+                  resolved=len(records), reason=reason)
+
+
+def _rebuild_reason(mark: dict | None, valid: bool, log: pd.DataFrame | None, staged_rows: int) -> str | None:
+    """Why the golden step must rebuild everything, or None when an incremental run will do."""
+    if mark is None or log is None:
+        return "first run"
+    if not valid:
+        return "the entity's fields or rules changed, or its golden table is missing"
+    if log["_source"].isna().any():
+        return "staging restaged everything"
+    if len(log) > FULL_REBUILD_SHARE * staged_rows:
+        return f"{len(log)} staged changes, more than {FULL_REBUILD_SHARE:.0%} of {staged_rows} records"
+    return None
+
+
+@dataclass
+class _Scope:
+    keys: pd.DataFrame  # records to resolve again (removed ones included: staging no longer has them)
+    entity_ids: set[str]  # their entities as stored
+    crosswalk: pd.DataFrame  # the stored crosswalk rows of those entities
+
+
+def _incremental_scope(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame) -> _Scope:
+    """What a change can reach: the changed records, the records sharing a candidate group with those whose
+    identity fields changed (only they can match them now), and all members of the entities of both."""
+    log = log.assign(identity_changed=log["identity_changed"].astype(bool))
+    changed = log.groupby(KEYS, as_index=False)["identity_changed"].any()
+    crosswalk_table = table("crosswalk", entity)
+    reach = [changed[KEYS]]
+    moved = changed.loc[changed["identity_changed"], KEYS]
+    if len(moved):
+        identity = warehouse.read_table(table("staged", entity), columns=KEYS + _identity_fields(stack, entity))
+        touched = pd.MultiIndex.from_frame(identity[KEYS]).isin(pd.MultiIndex.from_frame(moved))
+        reach.append(identity.loc[block_neighbors(identity, touched, stack.identity[entity]), KEYS])
+    reached = pd.concat(reach, ignore_index=True).drop_duplicates()
+    entity_ids = set(warehouse.read_keys(crosswalk_table, reached, ["entity_id", *KEYS])["entity_id"])
+    members = warehouse.read_where_in(crosswalk_table, "entity_id", entity_ids)
+    keys = pd.concat([reached, members[KEYS]], ignore_index=True).drop_duplicates(ignore_index=True)
+    return _Scope(keys, entity_ids, members)
 
 
 # --- the blocking check on golden records ----------------------------------------------------------------------
@@ -137,12 +304,28 @@ class GoldenCheck:
     report: QualityReport
 
 
-def check_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None = None) -> GoldenCheck:
-    """Failure rate of the golden records and volume against recent runs: a bad extraction must not reach tools."""
+def check_golden(stack: Stack, warehouse: Warehouse, entity: str, changed_ids: list[str] | None = None,
+                 now: datetime | None = None) -> GoldenCheck:
+    """Failure rate of the golden records and volume against recent runs: a bad extraction must not reach tools.
+
+    With ``changed_ids`` (an incremental run) only those golden records are validated again; the ids failing
+    are kept in ``golden_failures_<entity>``, so the rate is still over every golden record."""
     rules = stack.quality[entity]
-    golden = warehouse.read_table(table("golden", entity))
+    golden_table, failures_table = table("golden", entity), table("golden_failures", entity)
+    golden = warehouse.read_table(golden_table) if changed_ids is None else warehouse.read_where_in(
+        golden_table, "entity_id", changed_ids)
     expectations = [e for e in rules.expectations if e.get("column") in golden.columns]
     report = validate(golden, entity, expectations, source="golden")
+    failing = golden.loc[report.row_failures.notna().to_numpy(), ["entity_id"]].assign(
+        reason=report.row_failures.dropna().to_numpy())
+    with warehouse.transaction() as conn:
+        if changed_ids is None:
+            warehouse.replace_within(conn, failures_table, failing)
+        else:
+            warehouse.delete_where_in(conn, failures_table, "entity_id", changed_ids)
+            warehouse.insert(conn, failures_table, failing)
+    golden_rows = warehouse.count(golden_table)
+    failure_rate = warehouse.count(failures_table) / golden_rows if golden_rows else 0.0
     staged_rows = warehouse.count(table("staged", entity))
     history = warehouse.read_if_exists("volume_history")
     counts = []
@@ -151,12 +334,12 @@ def check_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         counts = ok_runs["staged_rows"].tolist()
     volume = volume_check(staged_rows, counts, rules.volume.min_ratio, rules.volume.max_ratio,
                           history=rules.volume.history)
-    passed = volume.ok and report.failure_rate <= rules.max_failure_rate
+    passed = volume.ok and failure_rate <= rules.max_failure_rate
     warehouse.append("volume_history", pd.DataFrame([{
         "entity": entity, "checked_at": now or datetime.now(timezone.utc), "staged_rows": staged_rows,
-        "golden_rows": len(golden), "failure_rate": report.failure_rate, "passed": passed,
+        "golden_rows": golden_rows, "failure_rate": failure_rate, "passed": passed,
     }]))
-    return GoldenCheck(passed, report.failure_rate, rules.max_failure_rate, volume.message, report)
+    return GoldenCheck(passed, failure_rate, rules.max_failure_rate, volume.message, report)
 
 
 # --- write-back ------------------------------------------------------------------------------------------------
@@ -172,33 +355,57 @@ class WriteBack:
     written: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    planned_entities: int = 0  # golden records compared with the tool's: the changed ones, or all
 
 
-def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The plan for one destination and the golden records it refers to."""
+def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
+                     entity_ids: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The plan for one destination (for the entities ``entity_ids``, or all) and the golden records it uses."""
     stream = stack.tools[dest.tool].streams[dest.stream]
     fields = sorted({f for canonical in writable_fields(stream).values() for f in canonical})
-    golden = warehouse.read_table(table("golden", dest.entity)).set_index("entity_id")
-    crosswalk = warehouse.read_table(table("crosswalk", dest.entity))
-    current = warehouse.read_table(landing_table_name(dest.tool, dest.stream))
-    ledger = warehouse.read_if_exists("writeback_ledger")
-    if ledger is not None:
+    golden_table, crosswalk_table = table("golden", dest.entity), table("crosswalk", dest.entity)
+    landing = landing_table_name(dest.tool, dest.stream)
+    if entity_ids is None:
+        golden, crosswalk = warehouse.read_table(golden_table), warehouse.read_table(crosswalk_table)
+        current = warehouse.read_table(landing)
+    else:
+        golden = warehouse.read_where_in(golden_table, "entity_id", entity_ids)
+        crosswalk = warehouse.read_where_in(crosswalk_table, "entity_id", entity_ids)
+        current = warehouse.read_where_in(landing, "_source_id", crosswalk.loc[crosswalk["_source"] == dest.tool,
+                                                                               "_source_id"])
+    ledger = None
+    if warehouse.has_table("writeback_ledger"):
+        ledger = (warehouse.read_table("writeback_ledger") if entity_ids is None else
+                  warehouse.read_where_in("writeback_ledger", "source_id", current["_source_id"]))
         ledger = ledger[(ledger["tool"] == dest.tool) & (ledger["stream"] == dest.stream)]
-    plan = plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger)
-    return plan, golden
+    plan = plan_writes(golden.set_index("entity_id"), crosswalk, current, fields, dest.tool, ledger=ledger)
+    return plan, golden.set_index("entity_id")
 
 
 def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
                now: datetime | None = None) -> WriteBack:
-    """Send only the planned changes, in batches, and log each successful write in the ledger as it lands."""
+    """Send only the planned changes, in batches, and log each successful write in the ledger as it lands.
+
+    Plans only the entities the golden step rebuilt since this destination's last complete write-back (all of
+    them on the first run, after a full rebuild or once the stream's mapping changed): an entity the golden step
+    left alone has neither a new golden value nor a changed record in the tool. The watermark moves only when
+    every planned write succeeded, so a failed or interrupted write-back is planned again."""
     stream = stack.tools[dest.tool].streams[dest.stream]
-    plan, golden = plan_destination(stack, warehouse, dest)
+    name, log_table = f"writeback_{dest.tool}_{dest.stream}", table("golden_changes", dest.entity)
+    fingerprint = _fingerprint(stream, dest)
+    mark = warehouse.watermark(name)
+    valid = mark is not None and mark["fingerprint"] == fingerprint
+    log = warehouse.read_log(log_table, mark["batch"] if valid else 0)
+    last_batch = int(log["batch"].max()) if log is not None and len(log) else (mark or {}).get("batch", 0)
+    incremental = valid and log is not None and not log["entity_id"].isna().any()
+    plan, golden = plan_destination(stack, warehouse, dest, set(log["entity_id"]) if incremental else None)
     outcome = WriteBack(dest.tool, dest.stream, unchanged=int((plan["action"] == "unchanged").sum()),
                         updates=int((plan["action"] == "update").sum()),
-                        duplicates=int((plan["action"] == "duplicate").sum()))
+                        duplicates=int((plan["action"] == "duplicate").sum()), planned_entities=len(golden))
     todo = plan[plan["action"] == "update"]
     writable = writable_fields(stream)
-    provenance = warehouse.read_table(table("provenance", dest.entity)).set_index(["entity_id", "field"])
+    provenance = warehouse.read_where_in(table("provenance", dest.entity), "entity_id", todo["entity_id"]).set_index(
+        ["entity_id", "field"])
     for start in range(0, len(todo), WRITE_BATCH):
         batch = todo.iloc[start:start + WRITE_BATCH]
         records = [{stream.primary_key: row.source_id, **to_tool_record(row.changes, golden.loc[row.entity_id], writable)}
@@ -218,6 +425,9 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
                                     "entity_id": row.entity_id, "field": fname, "value": value,
                                     "origin_changed_at": origin, "written_at": written_at})
         warehouse.append("writeback_ledger", pd.DataFrame(ledger_rows))
+    if not outcome.failed:
+        with warehouse.transaction() as conn:
+            warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
     return outcome
 
 
@@ -234,25 +444,30 @@ class ActionRun:
     created_ids: list[str] = field(default_factory=list)
 
 
-def _entity_rows(stack: Stack, warehouse: Warehouse, entity: str) -> pd.DataFrame:
-    parts = [warehouse.read_table(landing_table_name(t, s)) for t, s in entity_streams(stack, entity)]
+def _entity_rows_after(stack: Stack, warehouse: Warehouse, entity: str,
+                       seen: dict[str, int] | None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Live landed rows of an entity's streams: all, or (``seen``: per stream, the last landing batch taken in)
+    only those landed since; and the last batch per stream."""
+    parts, last = [], dict(seen or {})
+    for tool, stream in entity_streams(stack, entity):
+        rows, last[f"{tool}/{stream}"] = _landed_after(warehouse, tool, stream, (seen or {}).get(f"{tool}/{stream}"))
+        parts.append(rows)
     rows = pd.concat(parts, ignore_index=True)
-    return rows[~rows["_deleted"].astype(bool)]
+    return rows[~rows["_deleted"].astype(bool)], last
 
 
 def _stripe_customer_for(stack: Stack, warehouse: Warehouse, connector, tool: str, deal: pd.Series,
                          action: Action) -> str:
     """The invoicing customer of a deal's account: an existing one linked through the golden contacts, else one
     created from the account's golden contact with an idempotency key, so a rerun never creates a second."""
-    contacts = warehouse.read_table(table("staged", "contacts"))
-    crosswalk = warehouse.read_table(table("crosswalk", "contacts"))
-    members = contacts[contacts["company_source_id"] == deal["company_source_id"]]
-    entities = crosswalk.merge(members[["_source", "_source_id"]], on=["_source", "_source_id"])["entity_id"]
-    linked = crosswalk[crosswalk["entity_id"].isin(entities) & (crosswalk["_source"] == tool)]
+    members = warehouse.read_where_in(table("staged", "contacts"), "company_source_id", [deal["company_source_id"]])
+    entities = warehouse.read_keys(table("crosswalk", "contacts"), members)["entity_id"]
+    crosswalk = warehouse.read_where_in(table("crosswalk", "contacts"), "entity_id", entities)
+    linked = crosswalk[crosswalk["_source"] == tool]
     if len(linked):
         return str(linked["_source_id"].min())
-    golden = warehouse.read_table(table("golden", "contacts")).set_index("entity_id")
-    known = sorted(set(entities) & set(golden.index))
+    golden = warehouse.read_where_in(table("golden", "contacts"), "entity_id", entities).set_index("entity_id")
+    known = sorted(golden.index)
     person = golden.loc[known[0]] if known else None
     customer = {
         "name": f"{person['first_name']} {person['last_name']}" if person is not None else str(deal["name"]),
@@ -293,27 +508,28 @@ ACTION_PAYLOADS = {("stripe", "invoices"): _stripe_invoice, ("asana", "tasks"): 
 def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) -> ActionRun:
     """Create the dependent record for every record that newly reached ``when.becomes``, exactly once.
 
-    The first run records a baseline (records already in that state are history, not transitions). A ledger row
-    is written as soon as each record is created, and each create carries an idempotency key, so a crash between
-    the two cannot create a second record on the rerun.
+    The first run records a baseline (records already in that state are history, not transitions); later runs
+    look only at records extracted since. A ledger row is written as soon as each record is created, and each
+    create carries an idempotency key, so a crash between the two cannot create a second record on the rerun.
     """
     when, target = action.when, action.create
     payload_for = ACTION_PAYLOADS[(stack.tools[target.tool].kind, target.stream)]
-    rows = _entity_rows(stack, warehouse, when.entity)
-    state = warehouse.read_if_exists("action_state")
-    seen = state[state["action"] == action.name] if state is not None else pd.DataFrame()
-    outcome = ActionRun(action.name)
+    name, fingerprint = f"action_{action.name}", _fingerprint(when, target)
+    mark = warehouse.watermark(name)
+    baseline = mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table("action_state")
+    rows, landed = _entity_rows_after(stack, warehouse, when.entity, None if baseline else mark["landed_batch"])
+    outcome = ActionRun(action.name, baseline=baseline)
     current = rows.assign(action=action.name, value=rows[when.field].astype("str"))[
         ["action", "_source", "_source_id", "value"]]
-    if seen.empty:
-        outcome.baseline = True
-    else:
-        before = current.merge(seen, on=["action", "_source", "_source_id"], how="left", suffixes=("", "_before"))
+    if not baseline:
+        known = warehouse.read_keys("action_state", current)
+        before = current.merge(known[known["action"] == action.name], on=["action", "_source", "_source_id"],
+                               how="left", suffixes=("", "_before"))
         reached = (before["value"] == when.becomes) & (before["value_before"] != when.becomes)
-        ledger = warehouse.read_if_exists("action_ledger")
+        keys = before.loc[reached, ["_source", "_source_id"]]
+        ledger = warehouse.read_keys("action_ledger", keys) if warehouse.has_table("action_ledger") else None
         done = set() if ledger is None else set(
             ledger.loc[ledger["action"] == action.name, ["_source", "_source_id"]].itertuples(index=False, name=None))
-        keys = before.loc[reached, ["_source", "_source_id"]]
         outcome.transitions = len(keys)
         indexed = rows.set_index(["_source", "_source_id"])
         for source, source_id in keys.itertuples(index=False, name=None):
@@ -332,6 +548,13 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
                 "created_id": result["id"], "created_at": datetime.now(timezone.utc)}]))
             outcome.created += 1
             outcome.created_ids.append(result["id"])
-    others = state[state["action"] != action.name] if state is not None else current.iloc[0:0]
-    warehouse.replace("action_state", pd.concat([others, current], ignore_index=True))
+    with warehouse.transaction() as conn:
+        if baseline:
+            warehouse.delete_where_in(conn, "action_state", "action", [action.name])
+        else:
+            for source, part in current.groupby("_source"):
+                warehouse.delete_where_in(conn, "action_state", "_source_id", part["_source_id"], _source=source,
+                                          action=action.name)
+        warehouse.insert(conn, "action_state", current)
+        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": landed})
     return outcome

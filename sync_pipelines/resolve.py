@@ -59,6 +59,11 @@ together, i.e. those that would have split off without the crosswalk; 0 without 
 
 `build_crosswalk(records, clusters)` gives the crosswalk rows to store; `pairwise_precision_recall(predicted,
 truth)` scores clusters against true labels from contingency counts.
+
+Incremental runs. `block_neighbors(records, touched, rules)` marks the records that share a candidate group
+(a rule's exact values and blocking key) with a touched record: the only ones a rule could match with it.
+Re-resolving the touched records, these neighbours and every member of their entities, with the crosswalk,
+gives the clusters a full run would give those records, and leaves every other entity as it is.
 """
 
 from sync_pipelines.core.resolve import (
@@ -69,6 +74,7 @@ from sync_pipelines.core.resolve import (
     METHODS,
     REPORT_ATTR,
     IdentityRules,
+    block_neighbors,
     build_crosswalk,
     entity_id_for,
     normalize_values,
@@ -85,6 +91,7 @@ __all__ = [
     "METHODS",
     "REPORT_ATTR",
     "IdentityRules",
+    "block_neighbors",
     "build_crosswalk",
     "entity_id_for",
     "normalize_values",

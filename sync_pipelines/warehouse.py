@@ -11,19 +11,24 @@ for every missing value; timestamps are written as UTC text in the form SQLAlche
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import sqlite3
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from sync_pipelines.stack import Stack
@@ -105,6 +110,12 @@ class Warehouse:
             sa.Column("raw", sa.Text, nullable=False),
             sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=False),
         )
+        self.watermarks = sa.Table(
+            "sync_watermarks", self.metadata,
+            sa.Column("name", sa.Text, primary_key=True),
+            sa.Column("value", sa.Text, nullable=False),
+            sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        )
         self.landing: dict[tuple[str, str], sa.Table] = {}
         for tool, _, name, stream in stack.streams():
             fields = stack.entities[stream.entity].fields
@@ -116,6 +127,8 @@ class Warehouse:
                 sa.Column("_source_id", sa.Text, primary_key=True),
                 sa.Column("_updated_at", sa.DateTime(timezone=True)),
                 sa.Column("_extracted_at", sa.DateTime(timezone=True), nullable=False),
+                # the landing that last wrote the row, numbered in commit order: staging reads only later ones
+                sa.Column("_landed_batch", sa.BigInteger, nullable=False, index=True),
                 sa.Column("_deleted", sa.Boolean, nullable=False),
                 sa.Column("_raw", sa.Text, nullable=False),
             )
@@ -187,9 +200,11 @@ class Warehouse:
         return sa.Table(name, sa.MetaData(), autoload_with=conn)
 
     def land(self, tool: str, stream: str, rows: pd.DataFrame) -> int:
-        """Upsert a stream's rows by source id: landing the same records twice leaves one row each."""
+        """Upsert a stream's rows by source id: landing the same records twice leaves one row each. The rows are
+        stamped with the landing's batch number, so readers downstream take in exactly what is new to them."""
         with self.transaction() as conn:
-            return self._upsert(conn, self.landing[(tool, stream)], rows)
+            batch = self.next_batch(conn, landing_table_name(tool, stream))
+            return self._upsert(conn, self.landing[(tool, stream)], rows.assign(_landed_batch=batch))
 
     def save_cursor(self, tool: str, stream: str, cursor: datetime) -> None:
         """Called only after the rows up to ``cursor`` are committed, so the cursor never passes unsaved data."""
@@ -239,33 +254,50 @@ class Warehouse:
                     )).rowcount
         return released
 
-    def read_table(self, table: str) -> pd.DataFrame:
+    def read_table(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
         """A whole table, with every timestamp as tz-aware UTC (SQLite hands them back as naive text).
 
         Rows come straight from the driver and are typed column by column from the table's declared types, as
         ``pandas.read_sql_table`` would type them, without SQLAlchemy's per-value processing.
         """
+        return self._read(table, [("", ())], columns)
+
+    def _read(self, table: str, queries: list[tuple[str, tuple]], columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows of ``table`` matched by each (WHERE clause, driver parameters) query, typed as declared."""
         with self.engine.connect() as conn:
-            columns = sa.Table(table, sa.MetaData(), autoload_with=conn).columns
+            declared = sa.Table(table, sa.MetaData(), autoload_with=conn).columns
+            wanted = [c for c in declared if columns is None or c.name in columns]
+            quote = conn.dialect.identifier_preparer.quote
+            select = f"SELECT {', '.join(quote(c.name) for c in wanted)} FROM {quote(table)}"
+            rows: list = []
             cursor = conn.connection.driver_connection.cursor()
             try:
-                cursor.execute(f"SELECT * FROM {conn.dialect.identifier_preparer.quote(table)}")
-                rows = cursor.fetchall()
+                for where, params in queries:
+                    cursor.execute(f"{select} {where}", params)
+                    rows += cursor.fetchall()
             finally:
                 cursor.close()
-        frame = pd.DataFrame.from_records(rows, columns=[c.name for c in columns], coerce_float=True)
-        for column in columns:
+        frame = pd.DataFrame.from_records(rows, columns=[c.name for c in wanted], coerce_float=True)
+        for column in wanted:
             frame[column.name] = _typed(frame[column.name], column.type)
         return frame
     def read_if_exists(self, table: str) -> pd.DataFrame | None:
         """A derived table from an earlier run, or None on the first run."""
         return self.read_table(table) if sa.inspect(self.engine).has_table(table) else None
 
-    def replace(self, table: str, frame: pd.DataFrame) -> int:
-        """Swap a derived table's content in one transaction: readers see the old or the new, never half."""
+    def replace(self, table: str, frame: pd.DataFrame, index: tuple[str, ...] = ()) -> int:
+        """Swap a derived table's content in one transaction: readers see the old or the new, never half.
+        ``index`` names the columns later runs look rows up by (each gets its own index)."""
         with self.transaction() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {conn.dialect.identifier_preparer.quote(table)}")
-            self._insert(conn, self._derived_table(conn, table, frame), frame)
+            return self.replace_within(conn, table, frame, index)
+
+    def replace_within(self, conn: Connection, table: str, frame: pd.DataFrame, index: tuple[str, ...] = ()) -> int:
+        """``replace`` inside a caller's transaction, beside the other writes it must commit with."""
+        quote = conn.dialect.identifier_preparer.quote
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(table)}")
+        self._insert(conn, self._derived_table(conn, table, frame), frame)
+        for column in index:
+            conn.exec_driver_sql(f"CREATE INDEX {quote(f'ix_{table}_{column}')} ON {quote(table)} ({quote(column)})")
         return len(frame)
 
     def append(self, table: str, frame: pd.DataFrame) -> int:
@@ -279,6 +311,103 @@ class Warehouse:
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
+
+    # --- parts of tables, so that an incremental run costs what changed, not what exists -------------------
+
+    def has_table(self, table: str) -> bool:
+        return sa.inspect(self.engine).has_table(table)
+
+    def read_where_in(self, table: str, column: str, values, columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows whose ``column`` is one of ``values`` (an indexed lookup per chunk of values)."""
+        values = pd.unique(pd.Series(list(values), dtype=object).dropna())
+        marks = "%s" if self.dialect == "postgresql" else "?"
+        quoted = self.engine.dialect.identifier_preparer.quote(column)
+        if self.dialect == "postgresql":
+            queries = [(f"WHERE {quoted} = ANY({marks})", (values[start:start + CHUNK_ROWS].tolist(),))
+                       for start in range(0, len(values), CHUNK_ROWS)]
+        else:
+            queries = [(f"WHERE {quoted} IN ({', '.join('?' * len(part))})", tuple(part.tolist()))
+                       for part in (values[start:start + CHUNK_ROWS] for start in range(0, len(values), CHUNK_ROWS))]
+        frame = self._read(table, queries or [("WHERE 1 = 0", ())], columns)
+        return frame.drop_duplicates(ignore_index=True) if len(queries) > 1 else frame
+
+    def read_keys(self, table: str, keys: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows of ``table`` with one of the (``_source``, ``_source_id``) pairs in ``keys``."""
+        rows = self.read_where_in(table, "_source_id", keys["_source_id"], columns)
+        wanted = keys[["_source", "_source_id"]].drop_duplicates()
+        return rows.merge(wanted, on=["_source", "_source_id"], how="inner")
+
+    def read_after(self, table: str, column: str, after: int) -> pd.DataFrame:
+        """The rows whose (indexed, integer) ``column`` is greater than ``after``: what a reader has not seen."""
+        quoted = self.engine.dialect.identifier_preparer.quote(column)
+        mark = "%s" if self.dialect == "postgresql" else "?"
+        return self._read(table, [(f"WHERE {quoted} > {mark}", (int(after),))])
+
+    def delete_where_in(self, conn: Connection, table: str, column: str, values, **equal: str) -> int:
+        """Within a caller's transaction, delete the rows whose ``column`` is one of ``values`` (and whose other
+        columns equal ``equal``); a table that does not exist yet has nothing to delete."""
+        values = pd.unique(pd.Series(list(values), dtype=object).dropna())
+        if not len(values) or not sa.inspect(conn).has_table(table):
+            return 0
+        target = sa.table(table, sa.column(column), *(sa.column(name) for name in equal))
+        deleted = 0
+        for start in range(0, len(values), CHUNK_ROWS):
+            condition = target.c[column].in_(values[start:start + CHUNK_ROWS].tolist())
+            for name, value in equal.items():
+                condition &= target.c[name] == value
+            deleted += conn.execute(target.delete().where(condition)).rowcount
+        return deleted
+
+    def delete_keys(self, conn: Connection, table: str, keys: pd.DataFrame) -> int:
+        """Within a caller's transaction, delete the rows of the (``_source``, ``_source_id``) pairs in ``keys``."""
+        return sum(self.delete_where_in(conn, table, "_source_id", part["_source_id"], _source=source)
+                   for source, part in keys.groupby("_source"))
+
+    def insert(self, conn: Connection, table: str, frame: pd.DataFrame) -> int:
+        """Within a caller's transaction, add rows to a derived table (created from the frame if new)."""
+        if frame.empty:
+            return 0
+        self._insert(conn, self._derived_table(conn, table, frame), frame)
+        return len(frame)
+
+    def watermark(self, name: str) -> dict | None:
+        """How far an incremental step got (JSON saved with the data it covers), or None before its first run."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(self.watermarks.c.value).where(self.watermarks.c.name == name)).scalar()
+        return None if value is None else json.loads(value)
+
+    def save_watermark(self, conn: Connection, name: str, value: Any) -> None:
+        """Within the transaction that writes the data it covers, so the two never disagree after a crash."""
+        insert = (postgresql_insert if self.dialect == "postgresql" else sqlite_insert)(self.watermarks).values(
+            name=name, value=json.dumps(value, default=str), updated_at=datetime.now(timezone.utc))
+        # a row lock, not _upsert's table lock: landings of different streams must not wait for each other
+        conn.execute(insert.on_conflict_do_update(index_elements=["name"], set_={
+            "value": insert.excluded.value, "updated_at": insert.excluded.updated_at}))
+
+    def next_batch(self, conn: Connection, sequence: str) -> int:
+        """The next number of a sequence (landings of a table, batches of a change log), in commit order: its
+        writers take turns until they commit (SQLite's IMMEDIATE transactions; a transaction-scoped advisory lock
+        per sequence on PostgreSQL), so a reader that saw batch n never later finds a smaller one committed."""
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql(
+                f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK}, {zlib.crc32(sequence.encode()) & 0x7FFFFFFF})")
+        name = f"sequence:{sequence}"
+        current = conn.execute(sa.select(self.watermarks.c.value).where(self.watermarks.c.name == name)).scalar()
+        batch = (json.loads(current) if current is not None else 0) + 1
+        self.save_watermark(conn, name, batch)
+        return batch
+
+    def prune_log(self, conn: Connection, log: str, up_to_batch: int) -> None:
+        """Within a caller's transaction, drop a change log's batches its reader has taken in."""
+        if sa.inspect(conn).has_table(log):
+            conn.execute(sa.table(log, sa.column("batch")).delete().where(sa.column("batch") <= up_to_batch))
+
+    def read_log(self, log: str, after_batch: int) -> pd.DataFrame | None:
+        """A change log's batches after ``after_batch``; None if nothing was ever logged."""
+        if not self.has_table(log):
+            return None
+        mark = "%s" if self.dialect == "postgresql" else "?"
+        return self._read(log, [(f"WHERE batch > {mark}", (after_batch,))])
 
 
 def _chunks(frame: pd.DataFrame, columns: list[sa.Column], dialect: str) -> Iterator[Iterator[tuple]]:

@@ -68,7 +68,8 @@ def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     def _staged(sync: SyncResource):
         result = stage(sync.stack, sync.warehouse, entity)
         yield dg.MaterializeResult(metadata={
-            "dagster/row_count": result.rows, "quarantined": result.quarantined, "released": result.released,
+            "dagster/row_count": result.rows, "changed_records": result.changed, "full_restage": result.full,
+            "quarantined": result.quarantined, "released": result.released,
         })
         for tool in tools:
             report = result.reports[tool]
@@ -105,15 +106,18 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
         golden = build_golden(sync.stack, sync.warehouse, entity)
         yield dg.MaterializeResult(metadata={
             "dagster/row_count": golden.entities, "source_records": golden.records,
+            "records_resolved": golden.resolved, "full_rebuild": golden.changed_ids is None, "why": golden.reason,
+            "entities_rebuilt": golden.entities if golden.changed_ids is None else len(golden.changed_ids),
             "conflicts_recorded": golden.conflicts, "entity_ids_merged": len(golden.merges),
         })
-        verdict = check_golden(sync.stack, sync.warehouse, entity)
+        verdict = check_golden(sync.stack, sync.warehouse, entity, golden.changed_ids)
         yield dg.AssetCheckResult(
             check_name=check, passed=verdict.passed, severity=dg.AssetCheckSeverity.ERROR,
             metadata={
                 "volume": verdict.volume_message,
                 "max_failure_rate": dg.MetadataValue.float(verdict.max_failure_rate),
                 **_check_metadata(to_metadata(verdict.report)),
+                "failure_rate": dg.MetadataValue.float(verdict.failure_rate),  # over all golden records
             },
         )
 
@@ -147,7 +151,7 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
                              f"first: {outcome.errors[0]}", metadata={"written": outcome.written})
         return dg.MaterializeResult(metadata={
             "planned_updates": outcome.updates, "unchanged": outcome.unchanged, "written": outcome.written,
-            "duplicates_in_tool": outcome.duplicates,
+            "duplicates_in_tool": outcome.duplicates, "entities_compared": outcome.planned_entities,
         })
 
     return _writeback

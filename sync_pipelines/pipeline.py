@@ -402,29 +402,39 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     outcome = WriteBack(dest.tool, dest.stream, unchanged=int((plan["action"] == "unchanged").sum()),
                         updates=int((plan["action"] == "update").sum()),
                         duplicates=int((plan["action"] == "duplicate").sum()), planned_entities=len(golden))
-    todo = plan[plan["action"] == "update"]
+    todo = plan[plan["action"] == "update"].reset_index(drop=True)
     writable = writable_fields(stream)
-    provenance = warehouse.read_where_in(table("provenance", dest.entity), "entity_id", todo["entity_id"]).set_index(
-        ["entity_id", "field"])
+    sources = golden.loc[todo["entity_id"], sorted({f for fs in writable.values() for f in fs})].to_dict("records")
+    # one ledger row per field sent, carrying the change time of the value it copies (its provenance)
+    sent = pd.DataFrame([(i, field_name, value) for i, change in enumerate(todo["changes"])
+                         for field_name, value in change.items()], columns=["position", "field", "value"])
+    sent = sent.assign(source_id=todo["source_id"].to_numpy()[sent["position"]],
+                       entity_id=todo["entity_id"].to_numpy()[sent["position"]])
+    provenance = warehouse.read_where_in(table("provenance", dest.entity), "entity_id", todo["entity_id"],
+                                         ["entity_id", "field", "changed_at"])
+    sent = sent.merge(provenance, on=["entity_id", "field"], how="left").rename(
+        columns={"changed_at": "origin_changed_at"})
     for start in range(0, len(todo), WRITE_BATCH):
         batch = todo.iloc[start:start + WRITE_BATCH]
-        records = [{stream.primary_key: row.source_id, **to_tool_record(row.changes, golden.loc[row.entity_id], writable)}
-                   for row in batch.itertuples()]
+        records = [{stream.primary_key: source_id, **to_tool_record(change, source, writable)}
+                   for source_id, change, source in zip(batch["source_id"], batch["changes"],
+                                                        sources[start:start + WRITE_BATCH])]
         results = connector.write(dest.stream, records, mode="update", key=stream.primary_key)
         written_at = now or datetime.now(timezone.utc)
-        ledger_rows = []
-        for row, res in zip(batch.itertuples(), results):
-            if not res.get("ok"):
-                outcome.failed += 1
-                outcome.errors.append(f"{row.source_id}: {res.get('error')}")
-                continue
-            outcome.written += 1
-            for fname, value in row.changes.items():
-                origin = provenance.loc[(row.entity_id, fname), "changed_at"] if (row.entity_id, fname) in provenance.index else written_at
-                ledger_rows.append({"tool": dest.tool, "stream": dest.stream, "source_id": row.source_id,
-                                    "entity_id": row.entity_id, "field": fname, "value": value,
-                                    "origin_changed_at": origin, "written_at": written_at})
-        warehouse.append("writeback_ledger", pd.DataFrame(ledger_rows))
+        landed = []
+        for position, source_id, res in zip(batch.index, batch["source_id"], results):
+            if res.get("ok"):
+                landed.append(position)
+            else:
+                outcome.errors.append(f"{source_id}: {res.get('error')}")
+        outcome.written += len(landed)
+        outcome.failed += len(batch) - len(landed)
+        ledger = sent[sent["position"].isin(landed)]
+        warehouse.append("writeback_ledger", pd.DataFrame({
+            "tool": dest.tool, "stream": dest.stream, "source_id": ledger["source_id"],
+            "entity_id": ledger["entity_id"], "field": ledger["field"], "value": ledger["value"],
+            "origin_changed_at": pd.to_datetime(ledger["origin_changed_at"], utc=True).fillna(written_at),
+            "written_at": written_at}))
     if not outcome.failed:
         with warehouse.transaction() as conn:
             warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})

@@ -54,6 +54,9 @@ class Staging:
     reports: dict[str, QualityReport]
     changed: int = 0
     full: bool = True
+    # per tool, records held in quarantine now (from this run or earlier ones): the checks' standing state, since
+    # an incremental run validates only the rows that changed
+    in_quarantine: dict[str, int] = field(default_factory=dict)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -127,7 +130,8 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
     held = warehouse.put_in_quarantine(entity, quarantined)
     released = warehouse.release_from_quarantine(entity, clean)
     return Staging(entity, warehouse.count(staged_table), held, released, reports,
-                   changed=len(clean) if full else len(changes), full=full)
+                   changed=len(clean) if full else len(changes), full=full,
+                   in_quarantine=warehouse.quarantined_by_source(entity))
 
 
 # --- golden records --------------------------------------------------------------------------------------------

@@ -254,6 +254,14 @@ class Warehouse:
                     )).rowcount
         return released
 
+    def quarantined_by_source(self, entity: str) -> dict[str, int]:
+        """How many of an entity's records each tool has in quarantine now."""
+        q = self.quarantine
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(q.c._source, sa.func.count()).where(q.c.entity == entity)
+                                .group_by(q.c._source)).all()
+        return {str(source): int(count) for source, count in rows}
+
     def read_table(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
         """A whole table, with every timestamp as tz-aware UTC (SQLite hands them back as naive text).
 

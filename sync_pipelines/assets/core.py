@@ -55,8 +55,9 @@ def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
         deps=[extraction_key(t, s) for t, s in entity_streams(stack, entity)],
         description=(
             f"Every tool's live {entity} in one table (`{table('staged', entity)}`), after the stack's Great "
-            "Expectations suite ran on each tool's records; failing rows go to `quarantine` with their reason and "
-            "raw payload, and come back by themselves once fixed at the source."
+            "Expectations suite ran on each tool's records (on the first run all of them, then those landed since); "
+            "failing rows go to `quarantine` with their reason and raw payload, and come back by themselves once "
+            "fixed at the source. A tool's check fails while it has records in quarantine."
         ),
         owners=[CORE_OWNER],
         kinds={"pandas", "great_expectations"},
@@ -72,10 +73,11 @@ def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
             "quarantined": result.quarantined, "released": result.released,
         })
         for tool in tools:
-            report = result.reports[tool]
+            report, held = result.reports[tool], result.in_quarantine.get(tool, 0)
             yield dg.AssetCheckResult(
-                check_name=f"{tool}_quality", passed=report.success, severity=dg.AssetCheckSeverity.WARN,
-                metadata=_check_metadata(to_metadata(report)),
+                check_name=f"{tool}_quality", passed=report.success and not held,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={**_check_metadata(to_metadata(report)), "records_in_quarantine": held},
             )
 
     return _staged

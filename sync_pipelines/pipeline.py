@@ -71,10 +71,20 @@ def _identity_fields(stack: Stack, entity: str) -> list[str]:
 
 
 def _landed_after(warehouse: Warehouse, tool: str, stream: str, batch: int | None) -> tuple[pd.DataFrame, int | None]:
-    """A stream's landed rows, all (``batch`` None) or those landed after ``batch``; and the last batch seen."""
+    """A stream's landed rows, all (``batch`` None) or those landed after ``batch``, without their raw payload
+    (the widest column, needed only for quarantined rows: see `_with_raw`); and the last batch seen."""
     landing = landing_table_name(tool, stream)
-    rows = warehouse.read_table(landing) if batch is None else warehouse.read_after(landing, "_landed_batch", batch)
+    columns = [c.name for c in warehouse.landing[(tool, stream)].columns if c.name != "_raw"]
+    rows = (warehouse.read_table(landing, columns) if batch is None
+            else warehouse.read_after(landing, "_landed_batch", batch, columns))
     return rows, int(rows["_landed_batch"].max()) if len(rows) else batch
+
+
+def _with_raw(warehouse: Warehouse, tool: str, stream: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the raw payload each was landed with, kept in quarantine beside the reason."""
+    raw = warehouse.read_where_in(landing_table_name(tool, stream), "_source_id", rows["_source_id"],
+                                  ["_source_id", "_raw"])
+    return rows.merge(raw, on="_source_id", how="left")
 
 
 def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None = None) -> Staging:
@@ -105,7 +115,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
         clean, bad = split_quarantine(live, report)
         reports[tool if tool not in reports else f"{tool}/{stream}"] = report
         clean_parts.append(clean[fields + METADATA])
-        bad_parts.append(bad)
+        bad_parts.append(_with_raw(warehouse, tool, stream, bad))
         removed_parts += [landed.loc[deleted, KEYS], bad.loc[bad["_source_id"].notna(), KEYS]]
     clean = pd.concat(clean_parts, ignore_index=True)
     quarantined = pd.concat(bad_parts, ignore_index=True)

@@ -345,11 +345,11 @@ class Warehouse:
         wanted = keys[["_source", "_source_id"]].drop_duplicates()
         return rows.merge(wanted, on=["_source", "_source_id"], how="inner")
 
-    def read_after(self, table: str, column: str, after: int) -> pd.DataFrame:
+    def read_after(self, table: str, column: str, after: int, columns: list[str] | None = None) -> pd.DataFrame:
         """The rows whose (indexed, integer) ``column`` is greater than ``after``: what a reader has not seen."""
         quoted = self.engine.dialect.identifier_preparer.quote(column)
         mark = "%s" if self.dialect == "postgresql" else "?"
-        return self._read(table, [(f"WHERE {quoted} > {mark}", (int(after),))])
+        return self._read(table, [(f"WHERE {quoted} > {mark}", (int(after),))], columns)
 
     def delete_where_in(self, conn: Connection, table: str, column: str, values, **equal: str) -> int:
         """Within a caller's transaction, delete the rows whose ``column`` is one of ``values`` (and whose other

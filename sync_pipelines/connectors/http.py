@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 from urllib.parse import quote, quote_plus
 
+import orjson
 import requests
 
 from sync_pipelines.connectors.errors import (
@@ -283,6 +284,18 @@ class HasMorePaginator:
         return replace(request, params={**(request.params or {}), self.param: records[-1][self.id_field]})
 
 
+def _json_body(response: requests.Response) -> Any:
+    """The body parsed by orjson, several times faster than the standard library on large pages; what orjson refuses
+    and ``json`` takes (NaN, Infinity, UTF-16, lone surrogates) is parsed as ``requests`` does it. (Integers past 64
+    bits, which no vendor we read sends, come as floats.)"""
+    if not response.content.strip():
+        return None
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.json()
+
+
 ErrorCodeReader = Callable[[Any], "str | None"]
 
 
@@ -381,7 +394,7 @@ class HttpClient:
                 if not expect_json:
                     return response.text
                 try:
-                    return response.json() if response.content.strip() else None
+                    return _json_body(response)
                 except ValueError:
                     self.stats.errors += 1
                     malformed += 1

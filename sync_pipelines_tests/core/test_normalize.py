@@ -87,3 +87,29 @@ def test_a_value_of_the_wrong_type_is_rejected_with_its_field_named():
     reasons = dict(zip(rejects["_source_id"], rejects["_reason"]))
     assert reasons["1"] == "field 'phone' (from 'properties.phone'): expected phone, got int"
     assert reasons["2"] == "field 'email' (from 'properties.email'): expected email, got dict"
+
+
+def test_north_american_numbers_normalise_as_libphonenumber_parses_them():
+    """The shortcut for plain +1 numbers must agree with the full parse, valid or not, in every typed style."""
+    import phonenumbers
+
+    from sync_pipelines.core.normalize import TRANSFORMS
+
+    def parsed(text):
+        try:
+            number = phonenumbers.parse(text, "US")
+        except phonenumbers.NumberParseException:
+            return text.strip()
+        if not phonenumbers.is_valid_number(number):
+            return text.strip()
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    # US, Canada, the Bahamas (+1 242), a toll-free number, and ones no region accepts
+    numbers = ["4155550101", "6135550123", "2423570101", "8005550199", "2125550100", "2000000000", "9995551234"]
+    styles = ["({a}) {e}-{l}", "{a}.{e}.{l}", "+1 {a} {e} {l}", "+1{a}{e}{l}", "{a}-{e}-{l}", "+1 ({a}) {e}-{l}",
+              "{a}{e}{l}", "1{a}{e}{l}", " {a} {e} {l} "]
+    typed = [style.format(a=n[:3], e=n[3:6], l=n[6:]) for n in numbers for style in styles]
+    typed += ["+44 20 7946 0958", "020 7946 0958", "555-0101", "not a phone", "+1 415 555 0101 ext. 12"]
+    normalised = TRANSFORMS["phone_e164"](pd.Series(typed, dtype="object"))
+    assert normalised.tolist() == [parsed(text) for text in typed]
+    assert normalised[0] == "+14155550101" and normalised[len(styles)] == "+16135550123"

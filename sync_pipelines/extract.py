@@ -7,7 +7,11 @@ re-reads records instead of skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -62,6 +66,48 @@ def plan_read(
     return "incremental", cursor
 
 
+def _read_ahead(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """The records in chunks of ``size``, read by a thread of their own while the caller maps and lands the chunk
+    before: the API works on the next pages (and the wire carries them) meanwhile, instead of waiting. One chunk is
+    read ahead at most; an error while reading is raised here, in order, and the reader stops when the caller does."""
+    chunks: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            iterator = itertools.takewhile(lambda _: not stop.is_set(), records)  # stops within a page of the caller
+            while not stop.is_set():
+                chunk = list(itertools.islice(iterator, size))
+                _put(chunks, stop, ("chunk", chunk))
+                if not chunk:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed over to the caller, which raises it
+            _put(chunks, stop, ("error", exc))
+
+    reader = threading.Thread(target=read, name="extract-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = chunks.get()
+            if kind == "error":
+                raise value
+            if not value:
+                return
+            yield value
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _put(chunks: queue.Queue, stop: threading.Event, item: tuple) -> None:
+    while not stop.is_set():
+        try:
+            chunks.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
 def extract_stream(
     stack: Stack,
     warehouse: Warehouse,
@@ -77,24 +123,24 @@ def extract_stream(
     mode, since = plan_read(cursor_before, window, repull)
     result = Extraction(tool, stream_name, mode, since, cursor_before)
     newest: pd.Timestamp | None = None
-    records = iter(connector.read(stream_name, since=since))
-    while chunk := list(itertools.islice(records, CHUNK_RECORDS)):
-        result.records_read += len(chunk)
-        rows, rejects = map_records(
-            chunk, tool=tool, stream_name=stream_name, stream=stream, entity=entity,
-            extracted_at=datetime.now(timezone.utc),
-        )
-        if mode == "backfill":
-            inside = rows["_updated_at"].isna() | (rows["_updated_at"] < pd.Timestamp(window[1]))
-            result.rows_outside_window += int((~inside).sum())
-            rows = rows[inside]
-        if not rows.empty and rows["_updated_at"].notna().any():
-            top = rows["_updated_at"].max()
-            newest = top if newest is None else max(newest, top)
-        result.deleted += int(rows["_deleted"].sum())
-        result.absent_fields |= set(rows.attrs.get("absent_fields", ()))
-        result.rows_landed += warehouse.land(tool, stream_name, rows)
-        result.rows_quarantined += warehouse.put_in_quarantine(stream.entity, rejects)
+    with contextlib.closing(_read_ahead(connector.read(stream_name, since=since), CHUNK_RECORDS)) as chunks:
+        for chunk in chunks:
+            result.records_read += len(chunk)
+            rows, rejects = map_records(
+                chunk, tool=tool, stream_name=stream_name, stream=stream, entity=entity,
+                extracted_at=datetime.now(timezone.utc),
+            )
+            if mode == "backfill":
+                inside = rows["_updated_at"].isna() | (rows["_updated_at"] < pd.Timestamp(window[1]))
+                result.rows_outside_window += int((~inside).sum())
+                rows = rows[inside]
+            if not rows.empty and rows["_updated_at"].notna().any():
+                top = rows["_updated_at"].max()
+                newest = top if newest is None else max(newest, top)
+            result.deleted += int(rows["_deleted"].sum())
+            result.absent_fields |= set(rows.attrs.get("absent_fields", ()))
+            result.rows_landed += warehouse.land(tool, stream_name, rows)
+            result.rows_quarantined += warehouse.put_in_quarantine(stream.entity, rejects)
     result.cursor_after = cursor_before
     if mode != "backfill" and newest is not None:
         result.cursor_after = max(filter(None, (cursor_before, newest.to_pydatetime())))

@@ -95,3 +95,27 @@ def test_plan_read():
     assert plan_read(cursor, (cursor + timedelta(hours=1), cursor + timedelta(days=1))) == ("incremental", cursor)
     straddling = (cursor - timedelta(hours=3), cursor + timedelta(hours=21))
     assert plan_read(cursor, straddling, repull=True) == ("incremental", straddling[0])
+
+
+def test_read_ahead_keeps_order_raises_errors_in_place_and_stops_with_the_caller():
+    import contextlib
+    import itertools
+    import threading
+
+    from sync_pipelines.extract import _read_ahead
+
+    def failing():
+        yield from range(25)
+        raise ConnectionError("reset")
+
+    chunks = _read_ahead(failing(), 10)
+    assert next(chunks) == list(range(10)) and next(chunks) == list(range(10, 20))
+    with pytest.raises(ConnectionError):
+        next(chunks)  # the 5 records read before the failure are not landed as a chunk
+
+    pulled = itertools.count()
+    endless = (next(pulled) for _ in itertools.count())
+    with contextlib.closing(_read_ahead(endless, 10)) as chunks:
+        assert next(chunks) == list(range(10))
+    assert not any(t.name == "extract-read-ahead" and t.is_alive() for t in threading.enumerate())
+    assert next(pulled) <= 31  # one chunk read ahead, and at most one record more, then the reader stopped

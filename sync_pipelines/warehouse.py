@@ -167,6 +167,12 @@ class Warehouse:
             return len(frame)
         # One writer at a time (readers go on), so that rows whose keys are all new can be COPied straight in
         conn.exec_driver_sql(f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE")
+        if len(keys) == 1 and len(columns) == len(table.columns):
+            # Every column is given: updating a row is replacing it whole, so the stored rows of these keys are
+            # deleted and all rows COPied in, with no scratch table to fill and read back
+            _delete_keys(conn, table, frame[keys[0]])
+            _copy(conn, target, columns, frame)
+            return len(frame)
         if len(keys) == 1 and not _any_key_exists(conn, table, frame[keys[0]]):
             _copy(conn, target, columns, frame)
             return len(frame)
@@ -432,6 +438,15 @@ def _any_key_exists(conn: Connection, table: sa.Table, keys: pd.Series) -> bool:
                  f"WHERE {conn.dialect.identifier_preparer.quote(key.name)} IN "
                  f"(SELECT unnest(CAST(%(keys)s AS {key.type.compile(conn.dialect)}[]))))")
     return conn.exec_driver_sql(statement, {"keys": _cells(keys, key.type, "postgresql")}).scalar()
+
+
+def _delete_keys(conn: Connection, table: sa.Table, keys: pd.Series) -> None:
+    """Delete the rows of ``table`` whose key is one of ``keys`` (PostgreSQL), as one statement."""
+    key = table.c[keys.name]
+    conn.exec_driver_sql(f"DELETE FROM {conn.dialect.identifier_preparer.format_table(table)} "
+                         f"WHERE {conn.dialect.identifier_preparer.quote(key.name)} = "
+                         f"ANY(CAST(%(keys)s AS {key.type.compile(conn.dialect)}[]))",
+                         {"keys": _cells(keys, key.type, "postgresql")})
 
 
 def _executemany(conn: Connection, statement: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:

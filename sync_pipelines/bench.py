@@ -1,6 +1,7 @@
 """How fast a whole sync runs at a given size, step by step: ``sync-pipelines bench --records 100000``.
 
-The sandbox is started with its rate limits lifted and a copy of the bundled stack without client-side rate limits
+The sandbox is started in a process of its own (the vendors are remote: their work must not take this process's
+CPU) with its rate limits lifted and a copy of the bundled stack without client-side rate limits
 (so the figures measure our code, not waiting), then the ``nightly_sync`` job runs in-process through Dagster as a
 user would run it: extraction over HTTP, normalization, staging checks, resolution, survivorship, the blocking check,
 the warehouse load and the write-back. Then a share of the records is edited in the tools and the job runs again,
@@ -54,8 +55,8 @@ def _peak_rss_mib() -> float:
 
 
 class StepClock:
-    """Listens to a run's events: wall, CPU (this thread: the pipeline; the process: also the sandbox's server
-    thread) and peak memory per Dagster step, from its STEP_START to its STEP_SUCCESS or STEP_FAILURE."""
+    """Listens to a run's events: wall, CPU (this thread: the pipeline; the process: also its other threads) and
+    peak memory per Dagster step, from its STEP_START to its STEP_SUCCESS or STEP_FAILURE."""
 
     def __init__(self) -> None:
         self.started: dict[str, tuple[float, float, float]] = {}
@@ -133,17 +134,17 @@ def _bench_stack(path: Path) -> Path:
 def _edit_records(box, count: int) -> int:
     """Edit ``count`` records spread over the editable streams in proportion to their size, as people would in the
     tools (each edit bumps the record's modification time, so the next incremental read picks it up)."""
-    tables = {key: box.state.world.table(*key) for key in EDITABLE}
-    sizes = {key: len(table) for key, table in tables.items()}
+    tables = {key: box.truth("records", tool=key[0], stream=key[1]) for key in EDITABLE}
+    sizes = {key: len(records) for key, records in tables.items()}
     total = sum(sizes.values())
     edited = 0
     for (tool, stream), field in EDITABLE.items():
         share = min(sizes[(tool, stream)], round(count * sizes[(tool, stream)] / total))
-        table = tables[(tool, stream)]
-        for row in np.linspace(0, len(table) - 1, share, dtype=int) if share else []:
-            if table.deleted[row]:
+        records = tables[(tool, stream)]
+        for row in np.linspace(0, len(records) - 1, share, dtype=int) if share else []:
+            if records[row]["deleted"]:
                 continue
-            box.mutate(tool, stream, table.id(int(row)), {field: f"bench edit {edited}"})
+            box.mutate(tool, stream, records[row]["id"], {field: f"bench edit {edited}"})
             edited += 1
     return edited
 
@@ -261,10 +262,10 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def _stage_totals(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     totals: dict[str, dict[str, Any]] = {}
     for step in steps:
-        stage = totals.setdefault(step["stage"], {"records": 0, "wall_s": 0.0, "cpu_s": 0.0})
+        stage = totals.setdefault(step["stage"], {"records": 0, "wall_s": 0.0, "cpu_s": 0.0, "process_cpu_s": 0.0})
         stage["records"] += step["records"] or 0
-        stage["wall_s"] = round(stage["wall_s"] + step["wall_s"], 3)
-        stage["cpu_s"] = round(stage["cpu_s"] + step["cpu_s"], 3)
+        for figure in ("wall_s", "cpu_s", "process_cpu_s"):
+            stage[figure] = round(stage[figure] + step[figure], 3)
     for stage in totals.values():
         stage["records_per_s"] = round(stage["records"] / stage["wall_s"]) if stage["wall_s"] else None
     return totals
@@ -281,7 +282,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
     from dagster import DagsterInstance
 
     from sync_pipelines.definitions import build_definitions
-    from sync_pipelines.sandbox import running_sandbox, sandbox_env
+    from sync_pipelines.sandbox import sandbox_env, sandbox_process
     from sync_pipelines.sandbox.data import build_world, total_records
     from sync_pipelines.stack import load_stack
     from sync_pipelines.warehouse import Warehouse
@@ -291,7 +292,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
         folder = Path(tmp)
         url = warehouse_url or f"sqlite:///{folder / 'warehouse.db'}"
         started = time.perf_counter()
-        with running_sandbox(seed=seed, scale=scale, rate_limits=False, csv_dir=folder / "csv") as box:
+        with sandbox_process(seed=seed, scale=scale, rate_limits=False, csv_dir=folder / "csv") as box:
             sandbox_s = time.perf_counter() - started
             env = {**sandbox_env(box.url, folder / "csv"), "SYNC_WAREHOUSE_URL": url,
                    "SYNC_STACK": str(_bench_stack(folder / "stack.yaml"))}
@@ -346,9 +347,11 @@ def _verdicts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if report["load"]:
         judge("warehouse_load_rows_per_s", report["load"]["land_insert_rows_per_s"],
               TARGETS["warehouse_load_rows_per_s"], False)
+    # The process's CPU, not the step thread's: extraction reads ahead in a thread of its own, and the sandbox
+    # serves from another process, so this is all the client's work and none of the emulated vendors'.
     verdicts["extraction_cpu_ms_per_1000_records"] = {
-        "value": round(1000 * extraction["cpu_s"] / extraction["records"] * 1000, 1) if extraction.get("records")
-        else None, "target": None, "met": None}
+        "value": round(1000 * extraction["process_cpu_s"] / extraction["records"] * 1000, 1)
+        if extraction.get("records") else None, "target": None, "met": None}
     return verdicts
 
 

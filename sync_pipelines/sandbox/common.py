@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import functools
 import json
+import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -62,27 +64,40 @@ class Call:
         return f"{url.scheme}://{url.netloc}{self.prefix}{path_and_query}"
 
 
+_EPOCH = date(1970, 1, 1)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+@functools.lru_cache(maxsize=4096)
+def _utc_day(day: int) -> str:
+    return (_EPOCH + timedelta(days=day)).isoformat()
+
+
+def _utc_seconds(ms: int) -> str:
+    """2026-11-01T12:34:56, from integer arithmetic and the day's text (a few thousand days at most, so cached):
+    several times faster than datetime's strftime, on every record of every page."""
+    day, seconds = divmod(int(ms) // 1000, 86_400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_utc_day(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
 def iso_ms(ms: int) -> str:
     """2026-11-01T12:34:56.789Z (HubSpot, Asana)."""
-    return _utc(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{_utc_seconds(ms)}.{ms % 1000:03d}Z"
 
 
 def iso_s(ms: int) -> str:
     """2026-11-01T12:34:56Z (Zendesk)."""
-    return _utc(ms).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{_utc_seconds(ms)}Z"
 
 
 def sf_datetime(ms: int) -> str:
     """2026-11-01T12:34:56.000+0000 (Salesforce)."""
-    return _utc(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}+0000"
+    return f"{_utc_seconds(ms)}.{ms % 1000:03d}+0000"
 
 
 def parse_datetime(text: str, what: str) -> int:
@@ -101,9 +116,14 @@ def parse_datetime(text: str, what: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+# orjson renders pages several times faster; datetimes, dataclasses and other objects still go through `str`.
+_ORJSON_OPTIONS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                   | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, separators=(",", ":"), default=str).encode()
-    return Response(body, status, headers=headers, media_type="application/json")
+    return Response(orjson.dumps(data, default=str, option=_ORJSON_OPTIONS), status, headers=headers,
+                    media_type="application/json")
 
 
 DRIFT_FIELD = "sandbox_drift_field"

@@ -1,9 +1,13 @@
-"""Running the sandbox: blocking `serve` for the CLI, `running_sandbox` in a background thread for tests."""
+"""Running the sandbox: blocking `serve` for the CLI, `running_sandbox` in a background thread for tests,
+`sandbox_process` in a process of its own for benchmarks."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,15 +27,11 @@ def serve(port: int, seed: int = 42, scale: float = 1.0, csv_dir: str | Path | N
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-class RunningSandbox:
-    """A sandbox serving on `url`; the helpers call its control plane in-process."""
+class SandboxClient:
+    """A sandbox reached only over HTTP, as a remote vendor would be: its control plane under `/_sandbox`."""
 
-    def __init__(self, app: Starlette, url: str) -> None:
-        self.app, self.url = app, url
-
-    @property
-    def state(self) -> SandboxState:
-        return self.app.state.sandbox
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     def base_url(self, tool: str) -> str:
         return f"{self.url}/{tool}"
@@ -39,12 +39,40 @@ class RunningSandbox:
     def truth(self, part: str = "", **params: str) -> Any:
         """`truth()`, `truth("people")`, `truth("conflicts")`, `truth("records", tool=..., stream=...)`."""
         path = "/_sandbox/truth" + (f"/{part}" if part else "")
-        response = requests.get(self.url + path, params=params, timeout=60)
-        response.raise_for_status()
-        return response.json()
+        return self._control("GET", path, params=params)
 
     def set_faults(self, faults: dict[str, Any] | None = None, **knobs: Any) -> dict[str, Any]:
         """Merge fault knobs (see POST /_sandbox/faults); `set_faults(reset=True)` clears them."""
+        return self._control("POST", "/_sandbox/faults", json={**(faults or {}), **knobs})
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        stats = self._control("GET", "/_sandbox/stats")
+        if reset:
+            self._control("POST", "/_sandbox/stats/reset")
+        return stats
+
+    def mutate(self, tool: str, stream: str, record_id: Any, changes: dict[str, Any]) -> dict[str, Any]:
+        return self._control("POST", "/_sandbox/mutate",
+                             json={"tool": tool, "stream": stream, "id": record_id, "changes": changes})
+
+    def _control(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = requests.request(method, self.url + path, timeout=60, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+
+class RunningSandbox(SandboxClient):
+    """A sandbox serving on `url` from this process; the helpers call its control plane in-process."""
+
+    def __init__(self, app: Starlette, url: str) -> None:
+        super().__init__(url)
+        self.app = app
+
+    @property
+    def state(self) -> SandboxState:
+        return self.app.state.sandbox
+
+    def set_faults(self, faults: dict[str, Any] | None = None, **knobs: Any) -> dict[str, Any]:
         with self.state.lock:
             self.state.faults.update({**(faults or {}), **knobs})
             return self.state.faults.as_dict()
@@ -98,3 +126,39 @@ def running_sandbox(seed: int = 42, scale: float = 1.0, csv_dir: str | Path | No
     finally:
         if app.state.sandbox.webhooks is not None:
             app.state.sandbox.webhooks.close()
+
+
+@contextlib.contextmanager
+def sandbox_process(seed: int = 42, scale: float = 1.0, csv_dir: str | Path | None = None,
+                    rate_limits: bool = True, host: str = "127.0.0.1",
+                    start_timeout: float = 600.0) -> Iterator[SandboxClient]:
+    """Start the sandbox in a process of its own, as the vendors are remote: it then takes no CPU time (nor the
+    GIL) from the process that syncs. Yields a client of its control plane; stops the process on exit."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    options = {"seed": seed, "scale": scale, "csv_dir": None if csv_dir is None else str(csv_dir), "host": host,
+               "rate_limits": rate_limits}
+    # A fresh interpreter, not multiprocessing: that would re-run the caller's main module in the child.
+    command = ("import json, sys; from sync_pipelines.sandbox import serve; "
+               "serve(int(sys.argv[1]), **json.loads(sys.argv[2]))")
+    process = subprocess.Popen([sys.executable, "-c", command, str(port), json.dumps(options)])
+    client = SandboxClient(f"http://{host}:{port}")
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                client.stats()
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the sandbox process did not start (exit code {process.poll()})") from None
+                time.sleep(0.05)
+        yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -4,8 +4,9 @@ The sandbox is started in a process of its own (the vendors are remote: their wo
 CPU) with its rate limits lifted and a copy of the bundled stack without client-side rate limits
 (so the figures measure our code, not waiting), then the ``nightly_sync`` job runs in-process through Dagster as a
 user would run it: extraction over HTTP, normalization, staging checks, resolution, survivorship, the blocking check,
-the warehouse load and the write-back. Then a share of the records is edited in the tools and the job runs again,
-incrementally. Each Dagster step's wall time, CPU time and the process's peak memory are taken from the run's own
+the warehouse load and the write-back. The job runs a second time ("catch-up") to take in the tools' echo of that
+first write-back (a first sync brings every tool in line at once, and the tools report every record it updated as
+changed); then a share of the records is edited in the tools and the job runs again, incrementally. Each Dagster step's wall time, CPU time and the process's peak memory are taken from the run's own
 step start/end events; the figures are compared with the targets of the performance issue.
 """
 
@@ -82,12 +83,12 @@ def _stage_of(step_key: str, metadata: dict[str, Any]) -> tuple[str, int | None]
     """What a step is and how many records it handled, from its materialization metadata."""
     if "records_read" in metadata:
         return "extract", metadata["records_read"]
-    if step_key.startswith("staged_"):
-        return "staged", metadata.get("dagster/row_count")
-    if step_key.startswith("golden_"):
-        return "golden", metadata.get("source_records")
-    if "planned_updates" in metadata:
-        return "write-back", metadata["planned_updates"] + metadata["unchanged"] + metadata["duplicates_in_tool"]
+    if step_key.startswith("staged_"):  # the rows validated and compared: all of them, or those landed since
+        return "staged", metadata.get("rows_read")
+    if step_key.startswith("golden_"):  # resolved and survived: all, or the reach of what changed
+        return "golden", metadata.get("records_resolved")
+    if "planned_updates" in metadata:  # golden records compared with the tool's
+        return "write-back", metadata["entities_compared"]
     if "freshness" in step_key:
         return "checks", None
     return "other", None
@@ -114,7 +115,7 @@ def _run_job(job, instance, partition_key: str) -> dict[str, Any]:
         stage, records = _stage_of(key, metadata.get(key, {}))
         rate = records / figures["wall_s"] if records and figures["wall_s"] > 0 else None
         steps.append({"step": key, "stage": stage, "records": records, **figures,
-                      "records_per_s": round(rate) if rate else None})
+                      "records_per_s": round(rate) if rate else None, "why": metadata.get(key, {}).get("why")})
     return {"success": result.success, "wall_s": round(wall, 3), "cpu_s": round(thread_cpu, 3),
             "process_cpu_s": round(process_cpu, 3), "peak_rss_mib": round(_peak_rss_mib(), 1), "steps": steps}
 
@@ -302,6 +303,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
                 partition = datetime.now(timezone.utc).strftime("%Y-%m-%d")
                 truth = box.truth()
                 full = _run_job(job, instance, partition)
+                catch_up = _run_job(job, instance, partition)
                 edited = _edit_records(box, round(change_fraction * sum(
                     s["total"] for s in truth["streams"].values())))
                 incremental = _run_job(job, instance, partition)
@@ -318,6 +320,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
         "client_limits_lifted": {"stack_rate_limits": True, "endpoint_budgets": lifted},
         "sandbox_start_s": round(sandbox_s, 3), "edited_records": edited, "golden_records": golden,
         "full": {**full, "stages": _stage_totals(full["steps"])},
+        "catch_up": {**catch_up, "stages": _stage_totals(catch_up["steps"])},
         "incremental": {**incremental, "stages": _stage_totals(incremental["steps"])},
         "core": core, "load": load,
     }
@@ -337,7 +340,8 @@ def _verdicts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     judge("full_sync_seconds_at_1m", full["wall_s"], TARGETS["full_sync_seconds_at_1m"], True,
           applies=report["source_records"] >= 0.95 * ONE_MILLION)  # the sandbox's sizes are approximate
-    judge("peak_memory_gib", round(max(full["peak_rss_mib"], incremental["peak_rss_mib"]) / 1024, 3),
+    judge("peak_memory_gib", round(max(run["peak_rss_mib"] for run in (full, report["catch_up"], incremental))
+                                   / 1024, 3),
           TARGETS["peak_memory_gib"], True)
     judge("incremental_share_of_full", round(incremental["wall_s"] / full["wall_s"], 3),
           TARGETS["incremental_share_of_full"], True)
@@ -360,7 +364,7 @@ def _print_tables(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(stderr=True, width=150)
-    for run in ("full", "incremental"):
+    for run in ("full", "catch_up", "incremental"):
         figures = report[run]
         view = Table(title=f"{run} sync of {report['source_records']:,} source records on {report['warehouse']}: "
                            f"{figures['wall_s']:.1f} s wall, {figures['cpu_s']:.1f} s CPU, "
@@ -371,6 +375,7 @@ def _print_tables(report: dict[str, Any]) -> None:
             view.add_row(step["step"], step["stage"], f"{step['records']:,}" if step["records"] is not None else "",
                          f"{step['wall_s']:.2f}", f"{step['cpu_s']:.2f}",
                          f"{step['records_per_s']:,}" if step["records_per_s"] else "", f"{step['peak_rss_mib']:,.0f}")
+        view.caption = "; ".join(f"{step['step']}: {step['why']}" for step in figures["steps"] if step.get("why"))
         console.print(view)
     verdicts = Table(title="targets")
     for column in ("figure", "measured", "target", "met"):

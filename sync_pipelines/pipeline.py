@@ -57,6 +57,7 @@ class Staging:
     # per tool, records held in quarantine now (from this run or earlier ones): the checks' standing state, since
     # an incremental run validates only the rows that changed
     in_quarantine: dict[str, int] = field(default_factory=dict)
+    read: int = 0  # landed rows read: all on a full restage, else those landed since the last one
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -106,9 +107,10 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
     full = (mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table(staged_table)
             or any(landed_rows[key] < mark["landed_rows"].get(key, 0) for key in landed_rows))
     seen = {} if full else dict(mark["landed_batch"])
-    clean_parts, bad_parts, removed_parts, reports = [], [], [], {}
+    clean_parts, bad_parts, removed_parts, reports, rows_read = [], [], [], {}, 0
     for tool, stream in streams:
         landed, seen[f"{tool}/{stream}"] = _landed_after(warehouse, tool, stream, seen.get(f"{tool}/{stream}"))
+        rows_read += len(landed)
         deleted = landed["_deleted"].astype(bool)
         live = landed[~deleted].reset_index(drop=True)
         report = validate(live, entity, expectations, source=tool)
@@ -141,7 +143,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
     released = warehouse.release_from_quarantine(entity, clean)
     return Staging(entity, warehouse.count(staged_table), held, released, reports,
                    changed=len(clean) if full else len(changes), full=full,
-                   in_quarantine=warehouse.quarantined_by_source(entity))
+                   in_quarantine=warehouse.quarantined_by_source(entity), read=rows_read)
 
 
 # --- golden records --------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     def _staged(sync: SyncResource):
         result = stage(sync.stack, sync.warehouse, entity)
         yield dg.MaterializeResult(metadata={
-            "dagster/row_count": result.rows, "changed_records": result.changed, "full_restage": result.full,
+            "dagster/row_count": result.rows, "rows_read": result.read, "changed_records": result.changed,
+            "full_restage": result.full,
             "quarantined": result.quarantined, "released": result.released,
         })
         for tool in tools:

@@ -60,12 +60,18 @@ _DENSE_SCORES = 1 << 22
 class _Scorer:
     function: Callable[..., float]
     scale: float  # the score of two identical strings
+    # the highest score any two texts of these lengths can reach (edits are at least the length difference),
+    # so pairs that cannot reach a threshold are never scored; None where no such bound is cheap
+    length_bound: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 SCORERS: dict[str, _Scorer] = {
     "jaro_winkler": _Scorer(JaroWinkler.normalized_similarity, 1.0),
-    "levenshtein": _Scorer(Levenshtein.normalized_similarity, 1.0),  # 1 - distance / longer length
-    "token_sort": _Scorer(fuzz.token_sort_ratio, 100.0),
+    # 1 - distance / longer length
+    "levenshtein": _Scorer(Levenshtein.normalized_similarity, 1.0, lambda a, b: np.minimum(a, b) / np.maximum(a, b)),
+    # 1 - indel distance / both lengths, on the sorted words: comparison forms have single spaces (rapidfuzz splits
+    # words on a subset of Python's whitespace), so sorting the words keeps each text's length
+    "token_sort": _Scorer(fuzz.token_sort_ratio, 100.0, lambda a, b: 200.0 * np.minimum(a, b) / (a + b)),
 }
 METHODS = (EXACT, *SCORERS)
 
@@ -315,12 +321,27 @@ class _Compared:
     @classmethod
     def of(cls, column: pd.Series) -> _Compared:
         """Each distinct text is transformed once (names and companies repeat a lot); `split()` drops the same
-        (Unicode) whitespace as `strip()` and a `\\s+` pattern, so joining its words trims and collapses at once."""
-        raw_codes, raw = pd.factorize(column.astype("string"))
+        (Unicode) whitespace as `strip()` and a `\\s+` pattern, so joining its words trims and collapses at once.
+        Texts already in comparison form (emails, phones) are distinct forms as they are: no second factorize."""
+        texts = column if isinstance(column.dtype, pd.StringDtype) else column.astype("string")
+        raw_codes, raw = pd.factorize(texts.to_numpy(dtype=object))  # object array: cheap to iterate
         # one more form, None, last: raw code -1 (missing) picks it, and its own code is -1
         forms = np.array([" ".join(text.casefold().split()) or None for text in raw] + [None], dtype=object)
-        form_codes, distinct = pd.factorize(forms)
+        if np.array_equal(forms[:-1], raw):
+            form_codes, distinct = np.r_[np.arange(len(raw)), -1], raw
+        else:
+            form_codes, distinct = pd.factorize(forms)
         return cls(forms[raw_codes], form_codes[raw_codes], distinct)
+
+    def take(self, order: np.ndarray) -> _Compared:
+        """The column with its rows in `order`, codes renumbered by first appearance in that order: as `of` on the
+        reordered column, but cheaper, since hashing texts in stored order finds them close together in memory."""
+        codes = self.codes[order]
+        seen = pd.unique(codes)
+        seen = seen[seen >= 0]
+        renumber = np.full(len(self.distinct) + 1, -1, dtype=np.int64)  # code -1 picks the last slot: stays -1
+        renumber[seen] = np.arange(len(seen))
+        return _Compared(self.values[order], renumber[codes], self.distinct[seen])
 
     def key_codes(self, derive: Callable[[str], str | None] | None) -> np.ndarray:
         """Codes of a blocking key on this column: its own, or those of `derive` applied once per distinct value."""
@@ -489,12 +510,12 @@ def _cross(
     slots are `counts[key]` consecutive ones from `starts[key]`). A key paired with itself yields each
     unordered pair of its slots once: x < y when `strict`, else x <= y."""
     sizes = counts[left_keys] * counts[right_keys]
-    pair = np.repeat(np.arange(len(left_keys)), sizes)
-    offset = np.arange(len(pair)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    width = counts[right_keys[pair]]
-    x = starts[left_keys[pair]] + offset // width
-    y = starts[right_keys[pair]] + offset % width
-    keep = (left_keys[pair] != right_keys[pair]) | ((x < y) if strict else (x <= y))
+    # per key pair, values repeated into its run of slots (sequential copies, no gathers through a pair index)
+    offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    row, column = np.divmod(offset, np.repeat(counts[right_keys], sizes))
+    x = np.repeat(starts[left_keys], sizes) + row
+    y = np.repeat(starts[right_keys], sizes) + column
+    keep = np.repeat(left_keys != right_keys, sizes) | ((x < y) if strict else (x <= y))
     return x[keep], y[keep]
 
 
@@ -507,12 +528,30 @@ def _similar_values(left: np.ndarray, right: np.ndarray, uniques: np.ndarray, co
         scores = process.cdist(uniques.tolist(), uniques.tolist(), scorer=SCORERS[condition.method].function,
                                score_cutoff=cutoff, workers=-1)
         return (scores >= cutoff)[left, right]
-    pair_codes, distinct = pd.factorize(np.minimum(left, right) * width + np.maximum(left, right))
-    scores = process.cpdist(
-        uniques[distinct // width].tolist(), uniques[distinct % width].tolist(),
-        scorer=SCORERS[condition.method].function, score_cutoff=cutoff, workers=-1,
-    )
-    return (scores >= cutoff)[pair_codes]
+    pair_codes, distinct = _distinct(np.minimum(left, right) * width + np.maximum(left, right))
+    first, second = distinct // width, distinct % width
+    scorer = SCORERS[condition.method]
+    scored = np.arange(len(distinct))
+    if scorer.length_bound is not None:
+        lengths = np.fromiter(map(len, uniques), dtype=np.int64, count=width)
+        reachable = scorer.length_bound(lengths[first], lengths[second]) >= cutoff - SCORE_TOLERANCE * scorer.scale
+        scored = scored[reachable]
+    scores = process.cpdist(uniques[first[scored]].tolist(), uniques[second[scored]].tolist(),
+                            scorer=scorer.function, score_cutoff=cutoff, workers=-1)
+    similar = np.zeros(len(distinct), dtype=bool)
+    similar[scored] = scores >= cutoff
+    return similar[pair_codes]
+
+
+def _distinct(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each code's number among the distinct codes, and those codes (ascending). A stable sort: the pairs come in
+    long sorted runs, which it merges several times faster than a hash table takes millions of distinct codes."""
+    order = np.argsort(codes, kind="stable")
+    ordered = codes[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]] if len(ordered) else np.empty(0, dtype=bool)
+    numbers = np.empty(len(codes), dtype=np.int64)
+    numbers[order] = np.cumsum(starts) - 1
+    return numbers, ordered[starts]
 
 
 def _fuzzy_pairs(
@@ -643,14 +682,21 @@ class _Resolver:
         Links touching a manually split record are dropped, except same-ref pairs.
         """
         same_ref = np.flatnonzero(self.ref_codes[1:] == self.ref_codes[:-1])
-        frames = [pd.DataFrame({"i": same_ref, "j": same_ref + 1, "strength": -1})]
+        lefts, rights, strengths = [same_ref], [same_ref + 1], [np.full(len(same_ref), -1, dtype=np.int64)]
         linked = [self.rule_pairs(rule) for rule in self.spec.rules] + [self.crosswalk_pairs(previous_ids)]
+        is_split = np.zeros(len(self.refs), dtype=bool)
+        is_split[split_positions] = True
         for strength, (left, right) in enumerate(linked):
-            keep = ~(np.isin(left, split_positions) | np.isin(right, split_positions))
-            frames.append(pd.DataFrame({"i": left[keep], "j": right[keep], "strength": strength}))
-        edges = pd.concat(frames, ignore_index=True)
-        # keep each pair once, with its strongest rule
-        return edges.sort_values(["strength", "i", "j"], kind="stable").drop_duplicates(["i", "j"])
+            keep = ~(is_split[left] | is_split[right])
+            lefts.append(left[keep])
+            rights.append(right[keep])
+            strengths.append(np.full(int(keep.sum()), strength, dtype=np.int64))
+        i, j, strength = (np.concatenate(parts).astype(np.int64) for parts in (lefts, rights, strengths))
+        # by strength, then pair; each pair kept once, with its strongest rule
+        order = np.lexsort((j, i, strength))
+        i, j, strength = i[order], j[order], strength[order]
+        first = ~pd.Series(i * len(self.refs) + j).duplicated().to_numpy()
+        return pd.DataFrame({"i": i[first], "j": j[first], "strength": strength[first]})
 
 
 @dataclass(frozen=True)
@@ -735,14 +781,17 @@ class _ChainGuard:
     def suspect_components(self, labels: np.ndarray, edges: pd.DataFrame) -> np.ndarray:
         """Labels of the components to rebuild."""
         n_labels = labels.max() + 1
-        distinct = pd.DataFrame({"label": labels, "ref": self.ref_codes}).drop_duplicates()
-        ref_counts = np.bincount(distinct["label"].to_numpy(), minlength=n_labels)
+        # positions are sorted by ref and a ref's records always share a component: count each ref at its first
+        first_of_ref = np.r_[True, self.ref_codes[1:] != self.ref_codes[:-1]]
+        ref_counts = np.bincount(labels[first_of_ref], minlength=n_labels)
         record_counts = np.bincount(labels, minlength=n_labels)
         oversized = (ref_counts > self.max_size) | (record_counts > self.max_size * 4)
         left, right = _Groups.of(np.where(oversized[labels], -1, labels)).pairs()
         direct = self.direct_matches(edges)
         matched = direct["i"].to_numpy() * len(labels) + direct["j"].to_numpy()
-        indirect = ~np.isin(left * len(labels) + right, matched) & (self.ref_codes[left] != self.ref_codes[right])
+        # a hash lookup: np.isin sorts both sides, about 20x slower here
+        is_matched = pd.Series(left * len(labels) + right).isin(matched).to_numpy()
+        indirect = ~is_matched & (self.ref_codes[left] != self.ref_codes[right])
         left, right = left[indirect], right[indirect]
         contradicted = np.unique(labels[left[self.contradicting(left, right)]])
         return np.union1d(np.flatnonzero(oversized), contradicted)
@@ -752,7 +801,9 @@ class _ChainGuard:
         suspects = self.suspect_components(labels, edges)
         if not len(suspects):
             return labels, 0
-        is_suspect = np.isin(labels, suspects)
+        is_suspect = np.zeros(labels.max() + 1, dtype=bool)
+        is_suspect[suspects] = True
+        is_suspect = is_suspect[labels]
         members_of = {int(labels[m[0]]): m for m in _Groups.of(np.where(is_suspect, labels, -1)).large(1)}
         inside = is_suspect[edges["i"].to_numpy()]
         suspect_edges = edges[inside].assign(label=labels[edges["i"].to_numpy()[inside]])
@@ -816,18 +867,51 @@ def _held_only_by_crosswalk(labels: np.ndarray, direct: pd.DataFrame) -> int:
     return int(len(labels) - largest_part.sum())
 
 
-def _record_refs(frame: pd.DataFrame, what: str) -> np.ndarray:
-    """'{_source}:{_source_id}' per row; a row without either cannot be referenced, so it is an error."""
+def _record_keys(frame: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """_source and _source_id per row as text; a row without either cannot be referenced, so it is an error."""
     missing = [column for column in (SOURCE, SOURCE_ID) if column not in frame.columns]
     if missing:
         raise ValueError(f"{what} lack the column(s) {missing}; every record needs {SOURCE} and {SOURCE_ID}")
+    texts = []
     for column in (SOURCE, SOURCE_ID):
-        text = frame[column].astype("string").str.strip()
-        empty = (text.isna() | (text == "")).to_numpy(dtype=bool, na_value=True)
+        text = frame[column].astype(str).to_numpy(dtype=object)
+        empty = frame[column].isna().to_numpy() | _blank(text)
         if empty.any():
             first = frame.index[empty][0]
             raise ValueError(f"{what}: {int(empty.sum())} row(s) have no {column} (first at index {first!r})")
-    return (frame[SOURCE].astype(str) + ":" + frame[SOURCE_ID].astype(str)).to_numpy(dtype=object)
+        texts.append(text)
+    return texts[0], texts[1]
+
+
+def _blank(texts: np.ndarray) -> np.ndarray:
+    """Which texts `str.strip()` leaves empty, by numpy's vectorised text functions (the same whitespace as
+    Python's); numpy text drops trailing NULs, so the texts it finds empty are checked again one by one."""
+    fixed = texts.astype(str)
+    blank = (np.strings.str_len(fixed) == 0) | np.strings.isspace(fixed)
+    flagged = np.flatnonzero(blank)
+    blank[flagged] = [not text.strip() for text in texts[flagged]]
+    return blank
+
+
+def _record_refs(frame: pd.DataFrame, what: str) -> np.ndarray:
+    """'{_source}:{_source_id}' per row (see `_record_keys`)."""
+    sources, source_ids = _record_keys(frame, what)
+    return sources + ":" + source_ids
+
+
+def _ref_order(sources: np.ndarray, source_ids: np.ndarray) -> np.ndarray:
+    """Positions in the text order of their refs, stable, as numpy sorts text (as Python compares it).
+
+    When no source holds a ':', two refs of different sources compare as their '{source}:' prefixes, so only
+    the ids need a text sort and the few sources are ranked once: a sort of shorter texts, well under half the
+    cost at 1M records.
+    """
+    source_codes, distinct = pd.factorize(sources)
+    if any(":" in source for source in distinct):
+        return np.argsort((sources + ":" + source_ids).astype(str), kind="stable")
+    source_rank = np.argsort(np.argsort(np.array([source + ":" for source in distinct], dtype=str), kind="stable"))
+    by_id = np.argsort(source_ids.astype(str), kind="stable")
+    return by_id[np.argsort(source_rank[source_codes[by_id]], kind="stable")]
 
 
 def _check_fields(records: pd.DataFrame, spec: IdentityRules) -> None:
@@ -861,6 +945,20 @@ def _previous_ids(refs: np.ndarray, crosswalk: pd.DataFrame | None) -> np.ndarra
     return held.reindex(refs).to_numpy(dtype=object, na_value=None)
 
 
+def _new_ids(refs: list[str], taken: set[str]) -> list[str]:
+    """`entity_id_for` each ref, salted until it clashes with no id taken, nor with one given to an earlier ref."""
+    ids = [entity_id_for(ref) for ref in refs]
+    if taken.isdisjoint(ids) and len(set(ids)) == len(ids):
+        return ids  # the usual case: nothing to salt, so no need to go one by one
+    for k, ref in enumerate(refs):
+        salt = 0
+        while ids[k] in taken:
+            salt += 1
+            ids[k] = entity_id_for(ref, salt)
+        taken.add(ids[k])
+    return ids
+
+
 def _assign_ids(labels: np.ndarray, refs: np.ndarray, previous: np.ndarray, report: _Report) -> np.ndarray:
     """Entity id per label: the earlier id most of its members held (each earlier id goes to one cluster;
     a cluster holding several keeps the smallest), else a hash of its smallest ref."""
@@ -873,22 +971,19 @@ def _assign_ids(labels: np.ndarray, refs: np.ndarray, previous: np.ndarray, repo
     if len(claims):
         claims = claims.value_counts().rename("votes").reset_index()
         claims["smallest"] = smallest_position[claims["label"]]
-        claims = claims.sort_values(["entity_id", "votes", "smallest"], ascending=[True, False, True])
-        winners = claims.drop_duplicates("entity_id").sort_values(["label", "entity_id"])
+        # ids ranked once as text, so the sorts compare integers (sorting the text column is ~10x slower)
+        claims["id_rank"] = pd.factorize(claims["entity_id"], sort=True)[0]
+        claims = claims.sort_values(["id_rank", "votes", "smallest"], ascending=[True, False, True])
+        winners = claims.drop_duplicates("id_rank").sort_values(["label", "id_rank"])
         kept = winners.drop_duplicates("label")
         ids[kept["label"].to_numpy()] = kept["entity_id"].to_numpy(dtype=object)
         retired = winners[winners.duplicated("label")]
         report.merged_ids.update(zip(retired["entity_id"].tolist(), ids[retired["label"].to_numpy()].tolist()))
     taken = set(previous[has_previous]) | {i for i in ids if i is not None}
-    for label in np.flatnonzero(ids == None):  # noqa: E711
-        salt, new_id = 0, entity_id_for(refs[smallest_position[label]])
-        while new_id in taken:
-            salt += 1
-            new_id = entity_id_for(refs[smallest_position[label]], salt)
-        ids[label] = new_id
-        taken.add(new_id)
+    fresh = np.flatnonzero(ids == None)  # noqa: E711
+    ids[fresh] = _new_ids(refs[smallest_position[fresh]].tolist(), taken)
     if len(claims):
-        contested = claims.merge(winners[["entity_id", "label"]], on="entity_id", suffixes=("", "_winner"))
+        contested = claims.merge(winners[["id_rank", "label"]], on="id_rank", suffixes=("", "_winner"))
         for row in contested[contested["label"] != contested["label_winner"]].itertuples():
             report.split_ids.setdefault(row.entity_id, []).append(ids[row.label])
     return ids
@@ -914,10 +1009,10 @@ def resolve_entities(
         return result
     _check_fields(records, spec)
     columns = list(records.columns)
-    unsorted_refs = _record_refs(records, "records")
-    order = np.argsort(unsorted_refs.astype(str), kind="stable")  # numpy text sorts as Python does, much faster
-    refs = unsorted_refs[order]
-    compared = {field: _Compared.of(records[field].iloc[order]) for field in spec.fields(columns)}
+    sources, source_ids = _record_keys(records, "records")
+    order = _ref_order(sources, source_ids)
+    refs = (sources + ":" + source_ids)[order]
+    compared = {field: _Compared.of(records[field]).take(order) for field in spec.fields(columns)}
     values = {field: column.values for field, column in compared.items()}
     resolver = _Resolver(refs, compared, spec, max_block_size)
     report = resolver.report
@@ -952,10 +1047,10 @@ def resolve_entities(
     if report.unknown_refs:
         log.warning("identity manual overrides name refs that are not among the records: %s", report.unknown_refs)
 
-    ids = _assign_ids(labels, refs, previous_ids, report)
-    by_position = np.empty(len(refs), dtype=object)
-    by_position[order] = ids[labels]
-    result = pd.Series(by_position, index=records.index, name=ENTITY_ID, dtype="str")
+    ids = pd.array(_assign_ids(labels, refs, previous_ids, report), dtype="str")  # each id checked as text once
+    label_of_row = np.empty(len(refs), dtype=np.int64)
+    label_of_row[order] = labels
+    result = pd.Series(ids.take(label_of_row), index=records.index, name=ENTITY_ID)
     result.attrs[REPORT_ATTR] = report.as_dict()
     return result
 

@@ -176,6 +176,22 @@ def _aligned_clusters(records: pd.DataFrame, clusters: pd.Series) -> np.ndarray:
     return clusters.to_numpy()
 
 
+def _factorize_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(values, sort=True)``; distinct texts are sorted as numpy text (code point order, as Python
+    compares strings), several times faster than sorting Python objects. Texts that only trailing NULs tell
+    apart look equal to numpy, so those, like values that are not all text, take pandas' own sort."""
+    codes, uniques = pd.factorize(values)
+    if pd.api.types.infer_dtype(uniques, skipna=False) != "string":
+        return pd.factorize(values, sort=True)
+    fixed = uniques.astype(str)
+    order = np.argsort(fixed, kind="stable")
+    if (fixed[order][1:] == fixed[order][:-1]).any():
+        return pd.factorize(values, sort=True)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return np.where(codes >= 0, rank[codes], -1), uniques[order]
+
+
 def _deleted_mask(records: pd.DataFrame) -> np.ndarray:
     if "_deleted" not in records.columns:
         return np.zeros(len(records), dtype=bool)
@@ -211,20 +227,30 @@ def _field_times(
     column_of = {name: name + CHANGED_AT_SUFFIX if suffixed else name for name in fields}
     known = {name: column for name, column in column_of.items() if column in field_times.columns}
     if set(KEY_COLUMNS) <= set(field_times.columns):
-        keys = field_times[KEY_COLUMNS].astype(str)
-        if keys.duplicated().any():
+        record_keys, state_keys = _joint_key_codes(records, field_times)
+        if pd.Series(state_keys).duplicated().any():
             raise ValueError("field_times repeats _source/_source_id keys; it must hold one row per record")
-        aligned = records[KEY_COLUMNS].astype(str).merge(
-            pd.concat([keys, field_times[list(known.values())]], axis=1), on=KEY_COLUMNS, how="left"
-        )
+        state_row = pd.Index(state_keys).get_indexer(record_keys)  # -1: no state row, so no known time
     elif records.index.isin(field_times.index).all() and not field_times.index.has_duplicates:
-        aligned = field_times.reindex(records.index)
+        state_row = field_times.index.get_indexer(records.index)
     else:
         raise ValueError("field_times must be aligned with records.index or carry _source and _source_id columns")
     for name, column in known.items():
-        changed = _utc_micros(aligned[column], f"field_times.{column}")
+        aligned = pd.Series(field_times[column].array.take(state_row, allow_fill=True))
+        changed = _utc_micros(aligned, f"field_times.{column}")
         times[name] = np.where(changed == _NO_TIME, updated, changed)
     return times
+
+
+def _joint_key_codes(records: pd.DataFrame, state: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One integer per (_source, _source_id) text key, numbered across both frames, so rows align by an integer
+    lookup rather than a merge on two text columns (which hashes every text several times)."""
+    codes = []
+    for column in KEY_COLUMNS:
+        text = np.concatenate([frame[column].astype(str).to_numpy(dtype=object) for frame in (records, state)])
+        codes.append(pd.factorize(text)[0].astype(np.int64))
+    joint = codes[0] * (codes[1].max(initial=0) + 1) + codes[1]
+    return joint[: len(records)], joint[len(records) :]
 
 
 def _empty_mask(values: pd.Series) -> np.ndarray:
@@ -269,17 +295,20 @@ class _Members:
     entity_codes: np.ndarray
     live_rows: np.ndarray
     tool_rank: np.ndarray
-    tool_names: np.ndarray
-    source_ids: np.ndarray
+    # text columns as pandas string arrays: audit columns take from them without re-checking every value
+    tool_names: pd.api.extensions.ExtensionArray
+    source_ids: pd.api.extensions.ExtensionArray
     updated: np.ndarray
     updated_rank: tuple[int, np.ndarray]
+    # live rows ranked by each rule on the record times, shared by every field whose times are the record times
+    record_time_rankings: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(
         cls, records: pd.DataFrame, entity_ids: np.ndarray, updated: np.ndarray, rules: SurvivorshipRules
     ) -> _Members:
         live_rows = np.flatnonzero(~_deleted_mask(records))
-        live_codes, uniques = pd.factorize(entity_ids[live_rows], sort=True)
+        live_codes, uniques = _factorize_sorted(entity_ids[live_rows])
         entity_codes = np.full(len(records), -1, dtype=np.int64)
         entity_codes[live_rows] = live_codes
         tool_codes, tools = pd.factorize(records["_source"].astype(str))
@@ -290,8 +319,8 @@ class _Members:
             entity_codes=entity_codes,
             live_rows=live_rows,
             tool_rank=rank_of_code[tool_codes] if len(tools) else np.zeros(0, dtype=np.int64),
-            tool_names=np.asarray(order, dtype=object),
-            source_ids=records["_source_id"].astype(str).to_numpy(dtype=object),
+            tool_names=pd.array(order, dtype="str"),
+            source_ids=records["_source_id"].astype("str").array,
             updated=updated,
             updated_rank=_dense_rank(updated),
         )
@@ -307,8 +336,8 @@ class _Members:
     def decide(self, values: pd.Series, times: np.ndarray, rule: str) -> _Outcome:
         """Rank each entity's non-empty values by the rule; the first wins, differing others are conflicts."""
         value_array = values.to_numpy(dtype=object)
-        rows = self.live_rows[~_empty_mask(values)[self.live_rows]]
-        ranked = self._break_ties(rows[np.argsort(self._ranking_key(rows, times, rule))], times, value_array)
+        ranked = self._ranked_live_rows(times, rule)
+        ranked = self._break_ties(ranked[~_empty_mask(values)[ranked]], times, value_array)
         ranked_entity = self.entity_codes[ranked]
         first = np.ones(len(ranked), dtype=bool)
         first[1:] = ranked_entity[1:] != ranked_entity[:-1]
@@ -322,15 +351,24 @@ class _Members:
         losers = losers[_comparable(value_array[losers]) != _comparable(value_array[their_winners])]
         return _Outcome(winner_of, winner_entities, winners, losers, value_array, times)
 
+    def _ranked_live_rows(self, times: np.ndarray, rule: str) -> np.ndarray:
+        """Live rows in the rule's order, ties not yet broken. A field's non-empty values keep this order, so the
+        fields whose change times are the record times (none of their own, or all equal to them) share one sort
+        per rule."""
+        if not (times is self.updated or np.array_equal(times, self.updated)):
+            return self.live_rows[np.argsort(self._ranking_key(self.live_rows, times, rule))]
+        if rule not in self.record_time_rankings:
+            key = self._ranking_key(self.live_rows, self.updated, rule)
+            self.record_time_rankings[rule] = self.live_rows[np.argsort(key)]
+        return self.record_time_rankings[rule]
+
     def _ranking_key(self, rows: np.ndarray, times: np.ndarray, rule: str) -> np.ndarray:
         """One int64 per row ordering by entity, then the rule's (tool, recency) or (recency, tool).
 
         Packing the keys lets one ``argsort`` replace a three-key ``lexsort`` (3x faster at 1M records); times are
-        replaced by their dense rank so they fit in the bits left over. Fields whose change times are the record
-        times (none of their own, or all equal to them) reuse the record times' ranking, computed once.
+        replaced by their dense rank so they fit in the bits left over.
         """
-        same_times = times is self.updated or np.array_equal(times, self.updated)
-        time_count, time_rank = self.updated_rank if same_times else _dense_rank(times)
+        time_count, time_rank = self.updated_rank if times is self.updated else _dense_rank(times)
         newest_first = time_count - 1 - time_rank[rows]
         tool, tool_bits = self.tool_rank[rows], len(self.tool_names).bit_length()
         time_bits, entity_bits = time_count.bit_length(), len(self.entity_index).bit_length()
@@ -406,8 +444,8 @@ def _dense_rank(times: np.ndarray) -> tuple[int, np.ndarray]:
     return len(distinct), rank
 
 
-def _as_text(values: np.ndarray) -> np.ndarray:
-    return pd.Series(values, dtype=object).astype("str").to_numpy()
+def _as_text(values: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    return pd.Series(values, dtype=object).astype("str").array
 
 
 def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -447,25 +485,26 @@ def derive_field_change_times(
     layout = KEY_COLUMNS + [c for pair in zip(fields, changed_columns) for c in pair] + ["_seen_at"]
 
     now = current[KEY_COLUMNS + fields].astype({c: str for c in KEY_COLUMNS}).reset_index(drop=True)
-    duplicated = now.duplicated(KEY_COLUMNS)
+    previous = _previous_state(previous_state, fields, changed_columns)
+    now_keys, previous_keys = _joint_key_codes(now, previous)
+    duplicated = pd.Series(now_keys).duplicated().to_numpy()
     if duplicated.any():
         example = now.loc[duplicated, KEY_COLUMNS].head(3).to_dict("records")
         raise ValueError(f"current records repeat keys, e.g. {example}")
     updated = pd.Series(_utc_times(_utc_micros(current["_updated_at"], "current._updated_at"))).fillna(seen_at)
 
-    previous = _previous_state(previous_state, fields, changed_columns)
-    # both sides' keys are unique (checked above), so the merge is one-to-one; the row number marks the matches
-    merged = now.merge(previous.assign(_previous_row=np.arange(len(previous))), on=KEY_COLUMNS, how="left",
-                       suffixes=("", "__previous"))
+    # both sides' keys are unique (checked), so each current record has at most one previous row (-1: none)
+    previous_row = pd.Index(previous_keys).get_indexer(now_keys)
     for name, changed in zip(fields, changed_columns):
-        same = merged[changed].notna().to_numpy().copy()  # only a value with a known change time can keep it
-        same[same] = _same_text(merged.loc[same, name], merged.loc[same, name + "__previous"])
-        merged[changed] = merged[changed].where(same, updated)
-    merged["_seen_at"] = pd.Series(seen_at, index=merged.index, dtype=UTC_DTYPE)
+        changed_before = pd.Series(previous[changed].array.take(previous_row, allow_fill=True))
+        same = changed_before.notna().to_numpy().copy()  # only a value with a known change time can keep it
+        same[same] = _same_text(now.loc[same, name], pd.Series(previous[name].array.take(previous_row[same])))
+        now[changed] = changed_before.where(same, updated)
+    now["_seen_at"] = pd.Series(seen_at, index=now.index, dtype=UTC_DTYPE)
 
     untouched = np.ones(len(previous), dtype=bool)
-    untouched[merged["_previous_row"].dropna().to_numpy(dtype=np.int64)] = False
-    state = pd.concat([previous.loc[untouched, layout], merged[layout]], ignore_index=True)
+    untouched[previous_row[previous_row >= 0]] = False
+    state = pd.concat([previous.loc[untouched, layout], now[layout]], ignore_index=True)
     return state.take(_key_order(state)).reset_index(drop=True)
 
 

@@ -13,7 +13,14 @@ import yaml
 from rapidfuzz import fuzz
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 
-from sync_pipelines.core.resolve import given_names_compatible, is_given_name_field
+from sync_pipelines.core.resolve import (
+    _DENSE_SCORES,
+    SCORERS,
+    Condition,
+    _similar_values,
+    given_names_compatible,
+    is_given_name_field,
+)
 from sync_pipelines.resolve import (
     build_crosswalk,
     entity_id_for,
@@ -96,6 +103,21 @@ def test_each_fuzzy_method_matches_at_its_threshold_and_not_above(method, left, 
     assert matches(score)
     assert matches(score - 0.02)
     assert not matches(score + 0.02)
+
+
+@pytest.mark.parametrize("method", ["jaro_winkler", "levenshtein", "token_sort"])
+def test_many_distinct_values_are_scored_as_every_pair_would_be(method):
+    # thousands of distinct values take the pair-by-pair path, where a length bound skips hopeless pairs
+    rng = np.random.default_rng(7)
+    words = ["acme", "acne", "widgets", "widget", "ltd", "limited", "co", "group", "north", "nord"]
+    names = pd.unique(np.array([" ".join(rng.choice(words, rng.integers(1, 5))) + f" {n % 97}" for n in range(6000)]))
+    assert len(names) ** 2 > _DENSE_SCORES
+    left, right = rng.integers(0, len(names), 20000), rng.integers(0, len(names), 20000)
+    condition = Condition("company_name", method, 0.85)
+    scorer = SCORERS[method]
+    expected = [scorer.function(names[i], names[j]) >= condition.cutoff() for i, j in zip(left, right)]
+    assert 0 < sum(expected) < len(expected)
+    assert _similar_values(left, right, names, condition).tolist() == expected
 
 
 def test_a_rule_needs_all_its_conditions_and_any_rule_is_enough():
@@ -393,6 +415,20 @@ def test_ids_are_identical_across_runs_and_row_orders():
     shuffled = records.sample(frac=1, random_state=3)
     assert resolve_entities(shuffled, SANDBOX_RULES).reindex(records.index).equals(first)
     assert first.iloc[0] == entity_id_for("hubspot:7")  # the smallest member ref names a new cluster
+
+
+def test_the_smallest_ref_is_compared_as_text_whatever_the_sources_look_like():
+    def first_member_id(*refs: tuple[str, str]) -> str:
+        records = pd.DataFrame({"_source": [r[0] for r in refs], "_source_id": [r[1] for r in refs],
+                                **{f: "same@x.com" if f == "email" else None for f in FIELDS}})
+        ids = resolve_entities(records, identity(EMAIL))
+        assert ids.nunique() == 1
+        return ids.iloc[0]
+
+    # "hub-x:1" < "hub:2" since "-" < ":", though the source "hub" sorts before "hub-x"
+    assert first_member_id(("hub", "2"), ("hub-x", "1")) == entity_id_for("hub-x:1")
+    # a source holding ":" can interleave with another: "a:b:a" < "a:b:z"
+    assert first_member_id(("a", "b:z"), ("a:b", "a")) == entity_id_for("a:b:a")
 
 
 def test_adding_a_record_does_not_renumber_other_clusters():

@@ -224,6 +224,10 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         return Golden(entity, staged_rows, warehouse.count(tables["golden"]), 0, changed_ids=[], reason="no change")
     if not full:
         scope = _incremental_scope(stack, warehouse, entity, log)
+        if len(scope.keys) > FULL_REBUILD_SHARE * staged_rows:  # reading by key would cost more than reading all
+            full, reason = True, (f"{len(log)} staged changes reach {len(scope.keys)} records, more than "
+                                  f"{FULL_REBUILD_SHARE:.0%} of {staged_rows}")
+    if not full:
         records = warehouse.read_keys(staged_table, scope.keys)
         clusters, state, result = _survive(stack, warehouse, entity, records, scope.crosswalk,
                                            warehouse.read_keys(tables["field_state"], scope.keys), now)
@@ -446,7 +450,7 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
         outcome.written += len(landed)
         outcome.failed += len(batch) - len(landed)
         ledger = sent[sent["position"].isin(landed)]
-        warehouse.append("writeback_ledger", pd.DataFrame({
+        warehouse.append("writeback_ledger", index=("source_id",), frame=pd.DataFrame({
             "tool": dest.tool, "stream": dest.stream, "source_id": ledger["source_id"],
             "entity_id": ledger["entity_id"], "field": ledger["field"], "value": ledger["value"],
             "origin_changed_at": pd.to_datetime(ledger["origin_changed_at"], utc=True).fillna(written_at),
@@ -569,7 +573,7 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
             if not result["ok"]:
                 raise RuntimeError(f"{action.name}: {target.tool} refused the {target.stream} record for "
                                    f"{source} {source_id}: {result['error']}")
-            warehouse.append("action_ledger", pd.DataFrame([{
+            warehouse.append("action_ledger", index=("_source_id",), frame=pd.DataFrame([{
                 "action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,
                 "created_id": result["id"], "created_at": datetime.now(timezone.utc)}]))
             outcome.created += 1
@@ -581,6 +585,6 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
             for source, part in current.groupby("_source"):
                 warehouse.delete_where_in(conn, "action_state", "_source_id", part["_source_id"], _source=source,
                                           action=action.name)
-        warehouse.insert(conn, "action_state", current)
+        warehouse.insert(conn, "action_state", current, index=("_source_id",))
         warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": landed})
     return outcome

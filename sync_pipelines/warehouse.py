@@ -314,13 +314,12 @@ class Warehouse:
             conn.exec_driver_sql(f"CREATE INDEX {quote(f'ix_{table}_{column}')} ON {quote(table)} ({quote(column)})")
         return len(frame)
 
-    def append(self, table: str, frame: pd.DataFrame) -> int:
+    def append(self, table: str, frame: pd.DataFrame, index: tuple[str, ...] = ()) -> int:
         """Add rows to an audit table (conflicts, volumes, the write ledger)."""
         if frame.empty:
             return 0
         with self.transaction() as conn:
-            self._insert(conn, self._derived_table(conn, table, frame), frame)
-        return len(frame)
+            return self.insert(conn, table, frame, index)
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
@@ -377,11 +376,16 @@ class Warehouse:
         return sum(self.delete_where_in(conn, table, "_source_id", part["_source_id"], _source=source)
                    for source, part in keys.groupby("_source"))
 
-    def insert(self, conn: Connection, table: str, frame: pd.DataFrame) -> int:
-        """Within a caller's transaction, add rows to a derived table (created from the frame if new)."""
+    def insert(self, conn: Connection, table: str, frame: pd.DataFrame, index: tuple[str, ...] = ()) -> int:
+        """Within a caller's transaction, add rows to a derived table (created from the frame if new), with an index
+        on each ``index`` column that later runs look rows up by."""
         if frame.empty:
             return 0
         self._insert(conn, self._derived_table(conn, table, frame), frame)
+        quote = conn.dialect.identifier_preparer.quote
+        for column in index:
+            conn.exec_driver_sql(
+                f"CREATE INDEX IF NOT EXISTS {quote(f'ix_{table}_{column}')} ON {quote(table)} ({quote(column)})")
         return len(frame)
 
     def watermark(self, name: str) -> dict | None:

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from functools import cache
+import os
+from functools import cache, lru_cache
+from pathlib import Path
 
 import dagster as dg
 
 from sync_pipelines.connectors import connect
-from sync_pipelines.stack import Stack, load_stack
+from sync_pipelines.stack import DEFAULT_STACK, Stack, load_stack
 from sync_pipelines.warehouse import Warehouse
+
+
+@lru_cache(maxsize=16)
+def _parsed_stack(file: str, modified_ns: int, environment: frozenset) -> Stack:
+    return load_stack(file)
+
+
+def _stack_for(path: str | None) -> Stack:
+    """The stack, parsed once per version of its file and of the environment it expands, not on every access (a
+    step reads it several times, and parsing and validating takes tens of milliseconds)."""
+    file = Path(path or os.environ.get("SYNC_STACK") or DEFAULT_STACK)
+    try:
+        modified_ns = file.stat().st_mtime_ns
+    except OSError:
+        return load_stack(path)  # fails with the stack loader's own message
+    return _parsed_stack(str(file), modified_ns, frozenset(os.environ.items()))
 
 
 @cache
@@ -25,8 +43,8 @@ class SyncResource(dg.ConfigurableResource):
 
     @property
     def stack(self) -> Stack:
-        """Loaded on use (milliseconds), so environment-dependent URLs are read when a step runs."""
-        return load_stack(self.stack_path)
+        """Loaded on use, so environment-dependent URLs are read when a step runs."""
+        return _stack_for(self.stack_path)
 
     @property
     def warehouse(self) -> Warehouse:

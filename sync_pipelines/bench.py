@@ -4,9 +4,9 @@ The sandbox is started in a process of its own (the vendors are remote: their wo
 CPU) with its rate limits lifted and a copy of the bundled stack without client-side rate limits
 (so the figures measure our code, not waiting), then the ``nightly_sync`` job runs in-process through Dagster as a
 user would run it: extraction over HTTP, normalization, staging checks, resolution, survivorship, the blocking check,
-the warehouse load and the write-back. The job runs a second time ("catch-up") to take in the tools' echo of that
-first write-back (a first sync brings every tool in line at once, and the tools report every record it updated as
-changed); then a share of the records is edited in the tools and the job runs again, incrementally. Each Dagster step's wall time, CPU time and the process's peak memory are taken from the run's own
+the warehouse load and the write-back. Catch-up runs then take in the tools' echo of that first write-back (a
+first sync brings every tool in line at once, and the tools report every record it updated as changed) until one
+writes nothing; then a share of the records is edited in the tools and the job runs again, incrementally. Each Dagster step's wall time, CPU time and the process's peak memory are taken from the run's own
 step start/end events; the figures are compared with the targets of the performance issue.
 """
 
@@ -48,6 +48,9 @@ EDITABLE = {
     ("asana", "tasks"): "notes",
 }
 
+# A first sync brings every tool in line at once; the tools then report every record it updated as changed, and
+# taking that in may settle a few more values. The catch-up runs repeat until one writes nothing (at most this many).
+MAX_CATCH_UP_RUNS = 3
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # step logs would drown the figures
 
 
@@ -115,7 +118,8 @@ def _run_job(job, instance, partition_key: str) -> dict[str, Any]:
         stage, records = _stage_of(key, metadata.get(key, {}))
         rate = records / figures["wall_s"] if records and figures["wall_s"] > 0 else None
         steps.append({"step": key, "stage": stage, "records": records, **figures,
-                      "records_per_s": round(rate) if rate else None, "why": metadata.get(key, {}).get("why")})
+                      "records_per_s": round(rate) if rate else None, "why": metadata.get(key, {}).get("why"),
+                      "written": metadata.get(key, {}).get("written")})
     return {"success": result.success, "wall_s": round(wall, 3), "cpu_s": round(thread_cpu, 3),
             "process_cpu_s": round(process_cpu, 3), "peak_rss_mib": round(_peak_rss_mib(), 1), "steps": steps}
 
@@ -260,6 +264,11 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _written(run: dict[str, Any]) -> int:
+    """Records a run wrote back to the tools: each comes back as a change on the next run."""
+    return sum(step["written"] or 0 for step in run["steps"])
+
+
 def _stage_totals(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     totals: dict[str, dict[str, Any]] = {}
     for step in steps:
@@ -303,7 +312,9 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
                 partition = datetime.now(timezone.utc).strftime("%Y-%m-%d")
                 truth = box.truth()
                 full = _run_job(job, instance, partition)
-                catch_up = _run_job(job, instance, partition)
+                catch_up = [_run_job(job, instance, partition)]
+                while _written(catch_up[-1]) and len(catch_up) < MAX_CATCH_UP_RUNS:
+                    catch_up.append(_run_job(job, instance, partition))
                 edited = _edit_records(box, round(change_fraction * sum(
                     s["total"] for s in truth["streams"].values())))
                 incremental = _run_job(job, instance, partition)
@@ -320,7 +331,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
         "client_limits_lifted": {"stack_rate_limits": True, "endpoint_budgets": lifted},
         "sandbox_start_s": round(sandbox_s, 3), "edited_records": edited, "golden_records": golden,
         "full": {**full, "stages": _stage_totals(full["steps"])},
-        "catch_up": {**catch_up, "stages": _stage_totals(catch_up["steps"])},
+        "catch_up": [{**run, "stages": _stage_totals(run["steps"])} for run in catch_up],
         "incremental": {**incremental, "stages": _stage_totals(incremental["steps"])},
         "core": core, "load": load,
     }
@@ -340,7 +351,7 @@ def _verdicts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     judge("full_sync_seconds_at_1m", full["wall_s"], TARGETS["full_sync_seconds_at_1m"], True,
           applies=report["source_records"] >= 0.95 * ONE_MILLION)  # the sandbox's sizes are approximate
-    judge("peak_memory_gib", round(max(run["peak_rss_mib"] for run in (full, report["catch_up"], incremental))
+    judge("peak_memory_gib", round(max(run["peak_rss_mib"] for run in (full, *report["catch_up"], incremental))
                                    / 1024, 3),
           TARGETS["peak_memory_gib"], True)
     judge("incremental_share_of_full", round(incremental["wall_s"] / full["wall_s"], 3),
@@ -364,8 +375,9 @@ def _print_tables(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(stderr=True, width=150)
-    for run in ("full", "catch_up", "incremental"):
-        figures = report[run]
+    runs = [("full", report["full"]), *((f"catch-up {i + 1}", run) for i, run in enumerate(report["catch_up"])),
+            ("incremental", report["incremental"])]
+    for run, figures in runs:
         view = Table(title=f"{run} sync of {report['source_records']:,} source records on {report['warehouse']}: "
                            f"{figures['wall_s']:.1f} s wall, {figures['cpu_s']:.1f} s CPU, "
                            f"peak {figures['peak_rss_mib']:,.0f} MiB")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from sync_pipelines.core.changes import KEYS, changed_records
+from sync_pipelines.core.changes import ALL_FIELDS, KEYS, changed_fields, changed_records
 from sync_pipelines.core.plan import plan_writes, to_tool_record, writable_fields
 from sync_pipelines.core.quality import QualityReport, split_quarantine, validate, volume_check
 from sync_pipelines.core.survive import derive_field_change_times, survivorship
@@ -129,7 +129,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
         if full:
             warehouse.replace_within(conn, staged_table, clean, index=("_source_id",))
             changes = pd.DataFrame([{"_source": None, "_source_id": None, "removed": False,
-                                     "identity_changed": True}])  # one row saying: everything changed
+                                     "identity_changed": ALL_FIELDS}])  # one row saying: everything changed
         else:
             changes = changed_records(previous, clean, removed, fields + ["_source_stream", "_updated_at"],
                                       _identity_fields(stack, entity))
@@ -295,15 +295,18 @@ class _Scope:
 
 def _incremental_scope(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame) -> _Scope:
     """What a change can reach: the changed records, the records sharing a candidate group with those whose
-    identity fields changed (only they can match them now), and all members of the entities of both."""
-    log = log.assign(identity_changed=log["identity_changed"].astype(bool))
-    changed = log.groupby(KEYS, as_index=False)["identity_changed"].any()
+    identity fields changed (only they can match them now, and only under the rules reading those fields), and all
+    members of the entities of both."""
+    changed = log.assign(identity_changed=log["identity_changed"].fillna("").astype(str)).groupby(
+        KEYS, as_index=False)["identity_changed"].agg(",".join)
     crosswalk_table = table("crosswalk", entity)
     reach = [changed[KEYS]]
-    moved = changed.loc[changed["identity_changed"], KEYS]
-    if len(moved):
-        identity = warehouse.read_table(table("staged", entity), columns=KEYS + _identity_fields(stack, entity))
-        touched = pd.MultiIndex.from_frame(identity[KEYS]).isin(pd.MultiIndex.from_frame(moved))
+    fields = _identity_fields(stack, entity)
+    moved = {f: changed.loc[changed_fields(changed["identity_changed"], f), KEYS] for f in fields}
+    if any(len(keys) for keys in moved.values()):
+        identity = warehouse.read_table(table("staged", entity), columns=KEYS + fields)
+        staged_keys = pd.MultiIndex.from_frame(identity[KEYS])
+        touched = {f: staged_keys.isin(pd.MultiIndex.from_frame(keys)) for f, keys in moved.items()}
         reach.append(identity.loc[block_neighbors(identity, touched, stack.identity[entity]), KEYS])
     reached = pd.concat(reach, ignore_index=True).drop_duplicates()
     entity_ids = set(warehouse.read_keys(crosswalk_table, reached, ["entity_id", *KEYS])["entity_id"])

@@ -8,6 +8,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from sync_pipelines_tests.sandbox_sync import synced_sandbox
+
 POSTGRES_URL = os.environ.get("SYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -25,3 +27,17 @@ def warehouse_url(request, tmp_path):
     with admin.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+@pytest.fixture
+def sync(tmp_path, monkeypatch):
+    """The sandbox, an SQLite warehouse and the nightly job (`sandbox_sync.Sync`)."""
+    with synced_sandbox(tmp_path, monkeypatch, f"sqlite:///{tmp_path / 'warehouse.db'}") as synced:
+        yield synced
+
+
+@pytest.fixture
+def sync_on_each_warehouse(tmp_path, monkeypatch, warehouse_url):
+    """The same sync on SQLite and on a real PostgreSQL schema."""
+    with synced_sandbox(tmp_path, monkeypatch, warehouse_url) as synced:
+        yield synced

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from sync_pipelines import pipeline
 from sync_pipelines.assets.extract import extraction_key
-from sync_pipelines.core.changes import changed_records
+from sync_pipelines.core.changes import changed_fields, changed_records
+from sync_pipelines.resolve import block_neighbors
 from sync_pipelines.warehouse import Warehouse
-from sync_pipelines_tests.test_pipeline import TODAY, sync, sync_on_each_warehouse  # noqa: F401 (fixtures)
+from sync_pipelines_tests.sandbox_sync import TODAY
 
 
 def _extract_only(sync) -> None:
@@ -147,9 +149,12 @@ def test_changed_records_tells_identity_changes_from_other_changes(change):
     removed = pd.DataFrame({"_source": ["b", "z"], "_source_id": ["3", "404"]})
     changes = changed_records(before, now, removed, ["email", "title"], ["email"]).set_index(["_source", "_source_id"])
     assert set(changes.index) == {("a", "1"), ("c", "9"), ("b", "3")}  # unchanged a:2 and unknown z:404 are no change
-    assert changes.loc[("a", "1"), "identity_changed"] == (change == "email")
-    assert changes.loc[("c", "9"), "identity_changed"] and not changes.loc[("c", "9"), "removed"]
-    assert changes.loc[("b", "3"), "removed"]
+    assert changes.loc[("a", "1"), "identity_changed"] == ("email" if change == "email" else "")
+    assert changes.loc[("c", "9"), "identity_changed"] == "*" and not changes.loc[("c", "9"), "removed"]
+    assert changes.loc[("b", "3"), "removed"] and changes.loc[("b", "3"), "identity_changed"] == ""
+    flags = changes["identity_changed"].reset_index(drop=True)
+    assert changed_fields(flags, "email").tolist() == [c in ("email", "*") for c in flags]
+    assert not changed_fields(pd.Series(["last_name,phone"]), "name").any()
 
 
 def test_changed_records_names_a_missing_column():
@@ -164,3 +169,21 @@ def test_dagster_sees_the_incremental_metadata(sync):
     assert staged["full_restage"] is True and staged["changed_records"] == staged["dagster/row_count"]
     assert golden["full_rebuild"] is True and golden["why"] == "first run"
     assert golden["records_resolved"] == golden["source_records"] == staged["dagster/row_count"]
+
+
+def test_block_neighbors_start_each_rule_only_from_the_records_whose_fields_it_reads_changed():
+    records = pd.DataFrame({"_source": "crm", "_source_id": ["0", "1", "2", "3"],
+                            "email": ["a@x.com", "a@x.com", "b@x.com", "c@x.com"],
+                            "last_name": ["Smith", "Jones", "Smithson", "Brown"]})
+    rules = {"rules": [{"name": "same_email", "conditions": [{"field": "email", "method": "exact"}]},
+                       {"name": "similar_last_name", "blocking": ["last_name_prefix"],
+                        "conditions": [{"field": "last_name", "method": "jaro_winkler", "threshold": 0.9}]}]}
+    first = np.array([True, False, False, False])
+    nothing = np.zeros(4, dtype=bool)
+    assert block_neighbors(records, first, rules).tolist() == [True, True, True, False]  # every rule
+    assert block_neighbors(records, {"email": first, "last_name": nothing}, rules).tolist() == [
+        True, True, False, False]  # a new email: only the email rule can link anything new
+    assert block_neighbors(records, {"email": nothing, "last_name": first}, rules).tolist() == [
+        True, False, True, False]  # a new last name: only its "smi" block
+    with pytest.raises(ValueError, match="email has 2 flags for 4 records"):
+        block_neighbors(records, {"email": first[:2]}, rules)

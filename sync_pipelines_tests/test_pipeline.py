@@ -2,72 +2,18 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from datetime import datetime, timezone
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from sync_pipelines import pipeline
 from sync_pipelines.cli import main
-from sync_pipelines.definitions import build_definitions
 from sync_pipelines.resolve import pairwise_precision_recall
-from sync_pipelines.sandbox import running_sandbox, sandbox_env
-from sync_pipelines.stack import load_stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
-
-TODAY = datetime.now(timezone.utc).strftime("%Y-%m-%d")
 
 
 class Killed(Exception):
     """Stands for the process dying at that point: the step stops there and nothing after it runs."""
-
-
-class Sync:
-    """A sandbox, a warehouse and the nightly job wired to both."""
-
-    def __init__(self, box, url: str):
-        self.box, self.url = box, url
-        self.stack = load_stack()
-        self.job = build_definitions(self.stack).resolve_job_def("nightly_sync")
-        self.warehouse = Warehouse(self.stack, url)
-
-    def run(self):
-        result = self.job.execute_in_process(partition_key=TODAY, raise_on_error=False)
-        written = {e.asset_key.path[0]: e.materialization.metadata["written"].value
-                   for e in result.get_asset_materialization_events() if "written" in e.materialization.metadata}
-        return result, written
-
-    def truth_records(self) -> pd.DataFrame:
-        frames = []
-        for tool, _, stream, spec in self.stack.streams():
-            if spec.entity == "contacts":
-                rows = pd.DataFrame(self.box.truth("records", tool=tool, stream=stream))
-                frames.append(rows.assign(_source=tool, _source_stream=stream, _source_id=rows["id"].astype(str)))
-        return pd.concat(frames, ignore_index=True)
-
-
-@contextmanager
-def _synced(tmp_path: Path, monkeypatch, url: str):
-    with running_sandbox(csv_dir=tmp_path / "csv") as box:
-        for key, value in {**sandbox_env(box.url, tmp_path / "csv"), "SYNC_WAREHOUSE_URL": url}.items():
-            monkeypatch.setenv(key, value)
-        yield Sync(box, url)
-
-
-@pytest.fixture
-def sync(tmp_path, monkeypatch):
-    with _synced(tmp_path, monkeypatch, f"sqlite:///{tmp_path / 'warehouse.db'}") as synced:
-        yield synced
-
-
-@pytest.fixture
-def sync_on_each_warehouse(tmp_path, monkeypatch, warehouse_url):
-    """The same sync on SQLite and on a real PostgreSQL schema."""
-    with _synced(tmp_path, monkeypatch, warehouse_url) as synced:
-        yield synced
 
 
 def test_one_full_sync_matches_the_ground_truth(sync):

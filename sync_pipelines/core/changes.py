@@ -8,8 +8,10 @@ move a record to another entity, so only they need entity resolution again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 KEYS = ["_source", "_source_id"]
@@ -27,12 +29,16 @@ def _as_text(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(out, index=frame.index)
 
 
+ALL_FIELDS = "*"  # in ``identity_changed``: a new record, every identity field counts as changed
+
+
 def changed_records(previous: pd.DataFrame, current: pd.DataFrame, removed: pd.DataFrame,
                     compared: Sequence[str], identity: Sequence[str]) -> pd.DataFrame:
     """The keys whose record is new, differs on a ``compared`` column, or was removed (``removed``: keys that no
-    longer belong, e.g. deleted at the source or now failing validation), with ``identity_changed`` set when the
-    record is new or removed or an ``identity`` column differs. Keys of ``removed`` that ``previous`` lacks were
-    never there, so they are no change.
+    longer belong, e.g. deleted at the source or now failing validation). ``identity_changed`` names the
+    ``identity`` columns that differ, comma-separated: ``*`` for a new record, empty when none did or the record
+    was removed (it can match nothing new; it only leaves its entity). Keys of ``removed`` that ``previous`` lacks
+    were never there, so they are no change.
 
     ``previous`` holds the stored versions of (at least) the keys of ``current`` and ``removed``.
     """
@@ -47,18 +53,25 @@ def changed_records(previous: pd.DataFrame, current: pd.DataFrame, removed: pd.D
     before = previous.drop_duplicates(KEYS, keep="last").set_index(KEYS)
     now = current.set_index(KEYS)
     known = now.index.isin(before.index)
-    old = before.reindex(now.index[known])
-    differs = pd.Series(True, index=now.index)
-    identity_changed = pd.Series(True, index=now.index)
+    differs = np.ones(len(now), dtype=bool)
+    identity_changed = np.full(len(now), ALL_FIELDS, dtype=object)
     if known.any():
-        new_text, old_text = _as_text(now[known], compared), _as_text(old, compared)
-        unequal = new_text.ne(old_text)
+        unequal = _as_text(now[known], compared).ne(_as_text(before.reindex(now.index[known]), compared))
         differs[known] = unequal.any(axis=1).to_numpy()
-        identity_changed[known] = unequal[identity].any(axis=1).to_numpy() if identity else False
-    upserted = pd.DataFrame({"removed": False, "identity_changed": identity_changed[differs]}).reset_index()
+        names = np.full(int(known.sum()), "", dtype=object)
+        for column in identity:
+            names = np.where(unequal[column].to_numpy(), names + "," + column, names)
+        identity_changed[known] = [name.lstrip(",") for name in names]
+    upserted = pd.DataFrame({"removed": False, "identity_changed": identity_changed[differs]},
+                            index=now.index[differs]).reset_index()
     gone = removed[KEYS].drop_duplicates()
     gone = gone[pd.MultiIndex.from_frame(gone).isin(before.index)
                 & ~pd.MultiIndex.from_frame(gone).isin(now.index)]
-    dropped = gone.assign(removed=True, identity_changed=True)
-    return pd.concat([upserted, dropped], ignore_index=True)[CHANGE_COLUMNS].astype(
-        {"removed": bool, "identity_changed": bool})
+    dropped = gone.assign(removed=True, identity_changed="")
+    return pd.concat([upserted, dropped], ignore_index=True)[CHANGE_COLUMNS].astype({"removed": bool})
+
+
+def changed_fields(identity_changed: pd.Series, field: str) -> np.ndarray:
+    """Which of ``changed_records``' ``identity_changed`` values name ``field`` (or every field)."""
+    names = identity_changed.fillna("").astype(str)
+    return names.str.contains(rf"(?:^|,)(?:{re.escape(ALL_FIELDS)}|{re.escape(field)})(?:,|$)").to_numpy()

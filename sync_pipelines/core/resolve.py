@@ -1102,19 +1102,34 @@ def pairwise_precision_recall(predicted: pd.Series, truth: pd.Series) -> tuple[f
     return precision, recall
 
 
-def block_neighbors(records: pd.DataFrame, touched: np.ndarray, rules: Any) -> np.ndarray:
+def block_neighbors(records: pd.DataFrame, touched: np.ndarray | Mapping[str, np.ndarray], rules: Any) -> np.ndarray:
     """Which records share a candidate group with a ``touched`` one (boolean mask over ``records``; touched
     records included): under some rule, the same exact-field values and blocking key. Only these can match a
-    touched record, so an incremental run re-resolves them and their entities, and leaves the rest alone."""
+    touched record, so an incremental run re-resolves them and their entities, and leaves the rest alone.
+
+    ``touched`` is a mask of changed records, or, per field, a mask of the records whose value of that field
+    changed: a rule then starts only from records whose fields it reads changed, since a pair it compares decides
+    as before when neither record's fields changed."""
     spec = IdentityRules.from_spec(rules)
-    touched = np.asarray(touched, dtype=bool)
-    if len(touched) != len(records):
-        raise ValueError(f"touched has {len(touched)} flags for {len(records)} records")
     _check_fields(records, spec)
     columns = list(records.columns)
+    per_field = dict(touched) if isinstance(touched, Mapping) else None
+    for name, mask in (per_field or {"touched": touched}).items():
+        if len(np.asarray(mask)) != len(records):
+            raise ValueError(f"{name} has {len(np.asarray(mask))} flags for {len(records)} records")
     values = {field: normalize_values(records[field]) for field in spec.fields(columns)}
-    near = touched.copy()
+    none = np.zeros(len(records), dtype=bool)
+    near = np.logical_or.reduce([np.asarray(m, dtype=bool) for m in per_field.values()] or [none]) \
+        if per_field is not None else np.asarray(touched, dtype=bool).copy()
     for rule in spec.rules:
+        if per_field is None:
+            starts = np.asarray(touched, dtype=bool)
+        else:
+            read = {c.field for c in rule.conditions} | {
+                _blocking_source(rule, key, columns)[0] for key in rule.blocking_keys()}
+            starts = np.logical_or.reduce([np.asarray(per_field.get(f, none), dtype=bool) for f in read])
+        if not starts.any():
+            continue
         exact_codes = [_codes(values[c.field]) for c in rule.exact]
         for key in rule.blocking_keys() or (None,):
             key_codes = []
@@ -1122,6 +1137,6 @@ def block_neighbors(records: pd.DataFrame, touched: np.ndarray, rules: Any) -> n
                 column, derive = _blocking_source(rule, key, columns)
                 key_codes = [_codes(_derive(values[column], derive))]
             codes = _combine([*key_codes, *exact_codes])
-            shared = np.unique(codes[touched & (codes >= 0)])
+            shared = np.unique(codes[starts & (codes >= 0)])
             near |= (codes >= 0) & np.isin(codes, shared)
     return near

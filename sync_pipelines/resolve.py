@@ -60,8 +60,9 @@ together, i.e. those that would have split off without the crosswalk; 0 without 
 `build_crosswalk(records, clusters)` gives the crosswalk rows to store; `pairwise_precision_recall(predicted,
 truth)` scores clusters against true labels from contingency counts.
 
-Incremental runs. `block_neighbors(records, touched, rules)` marks the records that share a candidate group
-(a rule's exact values and blocking key) with a touched record: the only ones a rule could match with it.
+Incremental runs. `block_neighbors(records, touched, rules)` marks the records a rule links to a touched record
+(the same exact values, or a fuzzy match within their candidate group); `touched` may be one mask or a mask per
+field, so each rule starts only from records whose fields it reads changed.
 Re-resolving the touched records, these neighbours and every member of their entities, with the crosswalk,
 gives the clusters a full run would give those records, and leaves every other entity as it is.
 """

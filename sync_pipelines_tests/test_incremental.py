@@ -172,18 +172,19 @@ def test_dagster_sees_the_incremental_metadata(sync):
 
 
 def test_block_neighbors_start_each_rule_only_from_the_records_whose_fields_it_reads_changed():
-    records = pd.DataFrame({"_source": "crm", "_source_id": ["0", "1", "2", "3"],
-                            "email": ["a@x.com", "a@x.com", "b@x.com", "c@x.com"],
-                            "last_name": ["Smith", "Jones", "Smithson", "Brown"]})
+    records = pd.DataFrame({"_source": "crm", "_source_id": ["0", "1", "2", "3", "4"],
+                            "email": ["a@x.com", "a@x.com", "b@x.com", "c@x.com", "d@x.com"],
+                            "last_name": ["Smith", "Jones", "Smithson", "Brown", "Smirnova"]})
     rules = {"rules": [{"name": "same_email", "conditions": [{"field": "email", "method": "exact"}]},
                        {"name": "similar_last_name", "blocking": ["last_name_prefix"],
                         "conditions": [{"field": "last_name", "method": "jaro_winkler", "threshold": 0.9}]}]}
-    first = np.array([True, False, False, False])
-    nothing = np.zeros(4, dtype=bool)
-    assert block_neighbors(records, first, rules).tolist() == [True, True, True, False]  # every rule
+    first = np.array([True, False, False, False, False])
+    nothing = np.zeros(5, dtype=bool)
+    assert block_neighbors(records, first, rules).tolist() == [True, True, True, False, False]  # every rule
     assert block_neighbors(records, {"email": first, "last_name": nothing}, rules).tolist() == [
-        True, True, False, False]  # a new email: only the email rule can link anything new
+        True, True, False, False, False]  # a new email: only the email rule can link anything new
+    # a new last name: only what it matches in its "smi" block (Smithson), not the whole block (Smirnova)
     assert block_neighbors(records, {"email": nothing, "last_name": first}, rules).tolist() == [
-        True, False, True, False]  # a new last name: only its "smi" block
-    with pytest.raises(ValueError, match="email has 2 flags for 4 records"):
+        True, False, True, False, False]
+    with pytest.raises(ValueError, match="email has 2 flags for 5 records"):
         block_neighbors(records, {"email": first[:2]}, rules)

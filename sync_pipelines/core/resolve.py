@@ -1103,9 +1103,10 @@ def pairwise_precision_recall(predicted: pd.Series, truth: pd.Series) -> tuple[f
 
 
 def block_neighbors(records: pd.DataFrame, touched: np.ndarray | Mapping[str, np.ndarray], rules: Any) -> np.ndarray:
-    """Which records share a candidate group with a ``touched`` one (boolean mask over ``records``; touched
-    records included): under some rule, the same exact-field values and blocking key. Only these can match a
-    touched record, so an incremental run re-resolves them and their entities, and leaves the rest alone.
+    """Which records a rule could now link to a ``touched`` one (boolean mask over ``records``; touched records
+    included): the same values of an exact-only rule's fields, or a fuzzy rule's match within their candidate group
+    (blocking key and exact fields). An incremental run re-resolves these and their entities, and leaves the rest
+    alone.
 
     ``touched`` is a mask of changed records, or, per field, a mask of the records whose value of that field
     changed: a rule then starts only from records whose fields it reads changed, since a pair it compares decides
@@ -1137,6 +1138,35 @@ def block_neighbors(records: pd.DataFrame, touched: np.ndarray | Mapping[str, np
                 column, derive = _blocking_source(rule, key, columns)
                 key_codes = [_codes(_derive(values[column], derive))]
             codes = _combine([*key_codes, *exact_codes])
-            shared = np.unique(codes[starts & (codes >= 0)])
-            near |= (codes >= 0) & np.isin(codes, shared)
+            if rule.fuzzy:
+                near[_fuzzy_matches(codes, starts, rule, values)] = True
+            else:
+                shared = np.unique(codes[starts & (codes >= 0)])
+                near |= (codes >= 0) & np.isin(codes, shared)
     return near
+
+
+_MAX_NEIGHBOUR_PAIRS = 5_000_000  # beyond this, whole candidate groups are taken instead of scoring pairs
+
+
+def _fuzzy_matches(codes: np.ndarray, starts: np.ndarray, rule: Rule, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Positions of the records a fuzzy rule matches with a starting record in its candidate group: the rest of a
+    large group (a common last-name prefix) cannot link to it, so it need not be resolved again."""
+    present = np.logical_and.reduce([values[c.field] != None for c in rule.fuzzy])  # noqa: E711
+    usable = (codes >= 0) & present
+    left = pd.DataFrame({"code": codes[starts & usable], "i": np.flatnonzero(starts & usable)})
+    right = pd.DataFrame({"code": codes[usable], "j": np.flatnonzero(usable)})
+    sizes = right["code"].value_counts()
+    if int(sizes.reindex(left["code"]).fillna(0).sum()) > _MAX_NEIGHBOUR_PAIRS:
+        return np.flatnonzero(usable & np.isin(codes, left["code"].unique()))
+    pairs = left.merge(right, on="code")
+    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    for condition in rule.fuzzy:
+        if not len(i):
+            break
+        column, cutoff = values[condition.field], condition.cutoff()
+        scores = process.cpdist(column[i].tolist(), column[j].tolist(), scorer=SCORERS[condition.method].function,
+                                score_cutoff=cutoff, workers=-1)
+        keep = scores >= cutoff
+        i, j = i[keep], j[keep]
+    return np.unique(j)

@@ -24,7 +24,9 @@ from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 METADATA = ["_source", "_source_stream", "_source_id", "_updated_at", "_extracted_at"]
 WRITE_BATCH = 500
-# An incremental golden run touching more than this share of the staged records rebuilds everything instead.
+# An incremental golden run rebuilds everything instead when the changes pass the first share of the staged records
+# (finding what they reach would cost more than the rebuild), or what they reach passes the second.
+FULL_REBUILD_CHANGES = 0.1
 FULL_REBUILD_SHARE = 0.3
 
 
@@ -204,11 +206,12 @@ def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFr
 def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None = None) -> Golden:
     """Resolve staged records into entities and survive one golden record each, with provenance and conflicts.
 
-    Incremental when it can be: only the records staging logged as changed, the records sharing a candidate
-    group with those whose identity fields changed, and every member of the entities these belong to are
-    resolved and survived again; every other golden record stays as it is. The first run, a change to the
-    entity's fields or rules, a full restage or a change touching more than ``FULL_REBUILD_SHARE`` of the
-    records rebuild everything. All tables and the watermark are written in one transaction."""
+    Incremental when it can be: only the records staging logged as changed, the records a rule now links to
+    those whose identity fields changed, and every member of the entities these belong to are resolved and
+    survived again; every other golden record stays as it is. The first run, a change to the entity's fields or
+    rules, a full restage, changes to more than ``FULL_REBUILD_CHANGES`` of the records or reaching more than
+    ``FULL_REBUILD_SHARE`` of them rebuild everything. All tables and the watermark are written in one
+    transaction."""
     now = now or datetime.now(timezone.utc)
     tables = _golden_tables(entity)
     staged_table, log_table, name = table("staged", entity), table("staged_changes", entity), f"golden_{entity}"
@@ -281,8 +284,8 @@ def _rebuild_reason(mark: dict | None, valid: bool, log: pd.DataFrame | None, st
         return "the entity's fields or rules changed, or its golden table is missing"
     if log["_source"].isna().any():
         return "staging restaged everything"
-    if len(log) > FULL_REBUILD_SHARE * staged_rows:
-        return f"{len(log)} staged changes, more than {FULL_REBUILD_SHARE:.0%} of {staged_rows} records"
+    if len(log) > FULL_REBUILD_CHANGES * staged_rows:
+        return f"{len(log)} staged changes, more than {FULL_REBUILD_CHANGES:.0%} of {staged_rows} records"
     return None
 
 

@@ -136,6 +136,23 @@ class Warehouse:
             if self.dialect == "postgresql":  # workers starting together must not race on CREATE TABLE
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
             self.metadata.create_all(conn)
+            self._add_missing_columns(conn)
+
+    def _add_missing_columns(self, conn: Connection) -> None:
+        """Bring landing tables made by an earlier version or stack file up to date: a field added to an entity
+        becomes an empty column, the landing batch starts at 0 (before any batch), and their indexes are made."""
+        inspector, quote = sa.inspect(conn), conn.dialect.identifier_preparer.quote
+        for table in self.landing.values():
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in (c for c in table.columns if c.name not in present):
+                if not column.nullable and not isinstance(column.type, sa.Integer):
+                    raise RuntimeError(f"warehouse table {table.name!r} lacks the required column {column.name!r}; "
+                                       "it was made by an older version: drop it and re-extract the stream")
+                default = " NOT NULL DEFAULT 0" if not column.nullable else ""
+                conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                                     f"{column.type.compile(conn.dialect)}{default}")
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
     @property
     def dialect(self) -> str:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from sync_pipelines import warehouse as warehouse_module
 from sync_pipelines.stack import load_stack
-from sync_pipelines.warehouse import Warehouse, landing_table_name
+from sync_pipelines.warehouse import Warehouse, landing_table_name, make_engine
 
 AWKWARD_TEXTS = ["plain", "tab\there", "new\nline", "cr\rreturn", "back\\slash", "\\N", 'quote "double"',
                  "quote 'single'", "comma, semicolon;", "ünïcødé — 東京 🚀", "", "  padded  ", "\\t literal"]
@@ -209,3 +209,28 @@ def test_workers_creating_the_warehouse_at_once_do_not_race(warehouse_url):
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_landing_tables_of_an_earlier_version_get_the_columns_they_lack(warehouse_url):
+    """A warehouse made before the landing batch existed, or before a field was added to the stack, keeps working:
+    the columns are added (empty; batch 0) and its rows are kept."""
+    stack = load_stack()
+    engine = make_engine(warehouse_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql('CREATE TABLE stg_salesforce_contact (_source TEXT NOT NULL, _source_stream TEXT NOT NULL,'
+                             ' _source_id TEXT PRIMARY KEY, _updated_at TIMESTAMP, _extracted_at TIMESTAMP NOT NULL,'
+                             ' _deleted BOOLEAN NOT NULL, _raw TEXT NOT NULL, email TEXT)')
+        conn.exec_driver_sql("INSERT INTO stg_salesforce_contact VALUES ('salesforce', 'Contact', '003A', NULL, "
+                             "'2026-01-01 00:00:00', FALSE, '{}', 'old@example.com')")
+    engine.dispose()
+    warehouse = Warehouse(stack, warehouse_url)
+    try:
+        kept = warehouse.read_table("stg_salesforce_contact")
+        assert kept[["_source_id", "email", "_landed_batch"]].to_dict("records") == [
+            {"_source_id": "003A", "email": "old@example.com", "_landed_batch": 0}]
+        assert kept["last_name"].isna().all()  # a field the old table did not have, now an empty column
+        frame = kept.assign(_source_id="003B", email="new@example.com")
+        assert warehouse.land("salesforce", "Contact", frame) == 1
+        assert warehouse.read_after("stg_salesforce_contact", "_landed_batch", 0)["_source_id"].tolist() == ["003B"]
+    finally:
+        warehouse.engine.dispose()

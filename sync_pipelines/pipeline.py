@@ -85,6 +85,8 @@ def _landed_after(warehouse: Warehouse, tool: str, stream: str, batch: int | Non
 
 def _with_raw(warehouse: Warehouse, tool: str, stream: str, rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with the raw payload each was landed with, kept in quarantine beside the reason."""
+    if rows.empty:
+        return rows.assign(_raw=pd.Series(dtype=object))
     raw = warehouse.read_where_in(landing_table_name(tool, stream), "_source_id", rows["_source_id"],
                                   ["_source_id", "_raw"])
     return rows.merge(raw, on="_source_id", how="left")
@@ -405,8 +407,8 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
         ledger = (warehouse.read_table("writeback_ledger") if entity_ids is None else
                   warehouse.read_where_in("writeback_ledger", "source_id", current["_source_id"]))
         ledger = ledger[(ledger["tool"] == dest.tool) & (ledger["stream"] == dest.stream)]
-    plan = plan_writes(golden.set_index("entity_id"), crosswalk, current, fields, dest.tool, ledger=ledger)
-    return plan, golden.set_index("entity_id")
+    golden = golden.set_index("entity_id")
+    return plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger), golden
 
 
 def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,

@@ -394,11 +394,12 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
     golden_table, crosswalk_table = table("golden", dest.entity), table("crosswalk", dest.entity)
     landing = landing_table_name(dest.tool, dest.stream)
     held = ["_source_id", "_updated_at", "_extracted_at", "_deleted", *fields]  # not the raw payload
-    if entity_ids is None:
-        golden, crosswalk = warehouse.read_table(golden_table), warehouse.read_table(crosswalk_table)
+    if entity_ids is None:  # only the columns written, and only this tool's links
+        golden = warehouse.read_table(golden_table, ["entity_id", *fields])
+        crosswalk = warehouse.read_where_in(crosswalk_table, "_source", [dest.tool])
         current = warehouse.read_table(landing, held)
     else:
-        golden = warehouse.read_where_in(golden_table, "entity_id", entity_ids)
+        golden = warehouse.read_where_in(golden_table, "entity_id", entity_ids, ["entity_id", *fields])
         crosswalk = warehouse.read_where_in(crosswalk_table, "entity_id", entity_ids)
         current = warehouse.read_where_in(landing, "_source_id", crosswalk.loc[crosswalk["_source"] == dest.tool,
                                                                                "_source_id"], held)

@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--crosswalk", action="store_true",
-                        help=f"rerun after {CHANGED_EMAIL_SHARE:.0%} of emails changed, with the first run's crosswalk")
+                        help=f"rerun after {CHANGED_EMAIL_SHARE:.0%}% of emails changed, with the first run's crosswalk")
     parser.add_argument("--no-tracemalloc", action="store_true", help="time without tracemalloc's overhead")
     args = parser.parse_args()
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pandas as pd
 import phonenumbers
 
@@ -20,7 +21,18 @@ from sync_pipelines.stack import Entity, Stream
 
 
 _MISSING = object()
-_RAW = json.JSONEncoder(default=str, sort_keys=True)  # one encoder for every record, as json.dumps would build each
+_RAW_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def raw_json(record: dict) -> str:
+    """The whole source record as JSON text, kept for audit and quarantine: orjson, several times cheaper than the
+    standard library at a million records; what it refuses (integers beyond 64 bits) goes through ``json``. Dates
+    and other objects become their ``str``, as with either encoder's ``default``."""
+    try:
+        return orjson.dumps(record, default=str, option=_RAW_OPTIONS).decode()
+    except TypeError:
+        return json.dumps(record, default=str, sort_keys=True)
 
 
 # A North American number as people type it: (415) 555-0100, 415.555.0100, +1 415 555 0100, +14155550100.
@@ -205,7 +217,7 @@ def map_records(
     else:
         frame["_deleted"] = False
     frame["_deleted"] = frame["_deleted"].astype(bool)
-    frame["_raw"] = [_RAW.encode(r) for r in records]
+    frame["_raw"] = [raw_json(r) for r in records]
 
     texts: list[str | None] = [None] * len(records)
     for i, found in mismatch.items():

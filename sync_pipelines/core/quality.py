@@ -163,10 +163,12 @@ def validate(
 
     ``source`` names the tool the frame came from, used when the frame has no ``_source`` column.
     """
+    expectations = [_as_spec(item) for item in expectations]
     suite = build_suite(name, expectations)
     row_column = _free_column_name(df, "_quality_row")
-    # GX looks rows up by index label internally, which breaks on duplicated labels: hand it positions.
-    frame = df.reset_index(drop=True).assign(**{row_column: np.arange(len(df))})
+    # GX looks rows up by index label internally, which breaks on duplicated labels: hand it positions. It also
+    # fingerprints every column of the frame it is given, so it gets only the columns the expectations read.
+    frame = df[_columns_read(df, expectations)].reset_index(drop=True).assign(**{row_column: np.arange(len(df))})
     validation = _run_suite(frame, suite, row_column)
 
     in_stack_order = sorted(validation.results, key=lambda result: result.expectation_config.meta["quality_index"])
@@ -197,6 +199,14 @@ def validate(
         failure_rate=failing_rows / len(df) if len(df) else 0.0,
         success=all(outcome.success for outcome in results),
     )
+
+
+def _columns_read(df: pd.DataFrame, specs: list[dict[str, Any]]) -> list[str]:
+    """The columns of ``df`` the expectations read: each one's column, and every column named in a ``when``
+    condition (any column whose name appears in its text, so a condition never loses a column it needs)."""
+    conditions = [spec["when"] for spec in specs if isinstance(spec.get("when"), str)]
+    checked = {spec.get("column") for spec in specs}
+    return [c for c in df.columns if c in checked or any(str(c) in text for text in conditions)]
 
 
 def split_quarantine(df: pd.DataFrame, report: QualityReport) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -69,7 +69,8 @@ def plan_writes(
     links = crosswalk[crosswalk["_source"] == tool][["entity_id", "_source_id"]]
     live = current[~current["_deleted"].astype(bool)]
     held = links.merge(live[["_source_id", "_updated_at", "_extracted_at", *fields]], on="_source_id", how="inner")
-    held = held[held["entity_id"].isin(golden.index)].rename(
+    # an index lookup, not ``isin``: pandas checks Arrow-backed strings against a set one Python object at a time
+    held = held[golden.index.get_indexer(held["entity_id"]) >= 0].rename(
         columns={"_source_id": "source_id", "_extracted_at": "extracted_at"})
     # Duplicates inside one tool: only its most recently changed record receives the golden values; writing
     # them to every copy would break the tool's unique keys (HubSpot emails) and hide the duplicate.
@@ -91,19 +92,24 @@ def plan_writes(
             differs &= ~already.fillna(False).to_numpy()
         wanted[name] = value.where(differs)
     changes = _changes_per_row(pd.DataFrame(wanted, index=records.index))
-    rows = [("duplicate", r.entity_id, r.source_id, {}) for r in held[duplicate].itertuples(index=False)]
-    rows += [("update" if change else "unchanged", entity, source, change)
-             for entity, source, change in zip(records["entity_id"], records["source_id"], changes)]
-    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    copies = held[duplicate]
+    return pd.DataFrame({
+        "action": np.concatenate([np.full(len(copies), "duplicate", dtype=object),
+                                  np.where([bool(change) for change in changes], "update", "unchanged").astype(object)]),
+        "entity_id": np.concatenate([copies["entity_id"].to_numpy(object), records["entity_id"].to_numpy(object)]),
+        "source_id": np.concatenate([copies["source_id"].to_numpy(object), records["source_id"].to_numpy(object)]),
+        "changes": [{} for _ in range(len(copies))] + changes,
+    }, columns=PLAN_COLUMNS)
 
 
 def _changes_per_row(wanted: pd.DataFrame) -> list[dict]:
-    """Each row's non-missing values as a dict; a Python loop over the rows with a change only."""
+    """Each row's non-missing values as a dict (keys in column order): a Python step per value present only."""
     changes: list[dict] = [{} for _ in range(len(wanted))]
-    present = wanted.notna().to_numpy()
-    values = wanted.to_numpy(dtype=object)
-    for row in np.flatnonzero(present.any(axis=1)):
-        changes[row] = {wanted.columns[col]: values[row, col] for col in np.flatnonzero(present[row])}
+    for name in wanted.columns:
+        column = wanted[name]
+        present = np.flatnonzero(column.notna().to_numpy())
+        for row, value in zip(present.tolist(), column.to_numpy(dtype=object)[present].tolist()):
+            changes[row][str(name)] = value
     return changes
 
 

@@ -265,12 +265,17 @@ class Warehouse:
         """Drop quarantine entries whose records now pass: fixed at the source, they flow again."""
         if clean.empty or self.count("quarantine") == 0:
             return 0
+        # the quarantine is small and the clean rows many: match them here, then delete only what was fixed
+        columns = ["_source", "_source_stream", "record_key"]
+        held = self.read_where_in("quarantine", "entity", [entity], columns)
+        fixed = held.merge(clean[["_source", "_source_stream", "_source_id"]].rename(
+            columns={"_source_id": "record_key"}).drop_duplicates(), on=columns)
         q = self.quarantine
         released = 0
         with self.transaction() as conn:
-            for (source, stream), part in clean.groupby(["_source", "_source_stream"]):
+            for (source, stream), part in fixed.groupby(["_source", "_source_stream"]):
                 for start in range(0, len(part), CHUNK_ROWS):
-                    keys = part["_source_id"].iloc[start:start + CHUNK_ROWS].tolist()
+                    keys = part["record_key"].iloc[start:start + CHUNK_ROWS].tolist()
                     released += conn.execute(q.delete().where(
                         q.c.entity == entity, q.c._source == source, q.c._source_stream == stream,
                         q.c.record_key.in_(keys),

@@ -383,29 +383,30 @@ class WriteBack:
     written: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
-    planned_entities: int = 0  # golden records compared with the tool's: the changed ones, or all
+    planned_entities: int = 0  # golden records compared with the tool's records: the changed ones, or all
 
 
 def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
                      entity_ids: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The plan for one destination (for the entities ``entity_ids``, or all) and the golden records it uses."""
+    """The plan for one destination (for the entities ``entity_ids``, or all) and the golden records it uses: those
+    linked to a record of the tool."""
     stream = stack.tools[dest.tool].streams[dest.stream]
     fields = sorted({f for canonical in writable_fields(stream).values() for f in canonical})
     golden_table, crosswalk_table = table("golden", dest.entity), table("crosswalk", dest.entity)
     landing = landing_table_name(dest.tool, dest.stream)
     held = ["_source_id", "_updated_at", "_extracted_at", "_deleted", *fields]  # not the raw payload
-    if entity_ids is None:  # only the columns written, and only this tool's links
-        golden = warehouse.read_table(golden_table, ["entity_id", *fields])
+    if entity_ids is None:  # this tool's links only
         crosswalk = warehouse.read_where_in(crosswalk_table, "_source", [dest.tool])
         current = warehouse.read_table(landing, held)
     else:
-        golden = warehouse.read_where_in(golden_table, "entity_id", entity_ids, ["entity_id", *fields])
         crosswalk = warehouse.read_where_in(crosswalk_table, "entity_id", entity_ids)
-        current = warehouse.read_where_in(landing, "_source_id", crosswalk.loc[crosswalk["_source"] == dest.tool,
-                                                                               "_source_id"], held)
+        crosswalk = crosswalk[crosswalk["_source"] == dest.tool]
+        current = warehouse.read_where_in(landing, "_source_id", crosswalk["_source_id"], held)
+    # only the golden records the tool holds a record of, and only the columns written
+    golden = warehouse.read_where_in(golden_table, "entity_id", crosswalk["entity_id"], ["entity_id", *fields])
     ledger = None
     if warehouse.has_table("writeback_ledger"):
-        ledger = (warehouse.read_table("writeback_ledger") if entity_ids is None else
+        ledger = (warehouse.read_where_in("writeback_ledger", "tool", [dest.tool]) if entity_ids is None else
                   warehouse.read_where_in("writeback_ledger", "source_id", current["_source_id"]))
         ledger = ledger[(ledger["tool"] == dest.tool) & (ledger["stream"] == dest.stream)]
     golden = golden.set_index("entity_id")

@@ -73,11 +73,15 @@ def _identity_fields(stack: Stack, entity: str) -> list[str]:
     return sorted(IdentityRules.from_spec(stack.identity[entity]).fields(fields)) if entity in stack.identity else []
 
 
-def _landed_after(warehouse: Warehouse, tool: str, stream: str, batch: int | None) -> tuple[pd.DataFrame, int | None]:
+def _landed_after(warehouse: Warehouse, tool: str, stream: str, batch: int | None,
+                  wanted: list[str] | None = None) -> tuple[pd.DataFrame, int | None]:
     """A stream's landed rows, all (``batch`` None) or those landed after ``batch``, without their raw payload
-    (the widest column, needed only for quarantined rows: see `_with_raw`); and the last batch seen."""
+    (the widest column, needed only for quarantined rows: see `_with_raw`), or only the ``wanted`` columns (with
+    the keys, the deleted flag and the batch); and the last batch seen."""
     landing = landing_table_name(tool, stream)
-    columns = [c.name for c in warehouse.landing[(tool, stream)].columns if c.name != "_raw"]
+    needed = None if wanted is None else {*KEYS, "_deleted", "_landed_batch", *wanted}
+    columns = [c.name for c in warehouse.landing[(tool, stream)].columns
+               if c.name != "_raw" and (needed is None or c.name in needed)]
     rows = (warehouse.read_table(landing, columns) if batch is None
             else warehouse.read_after(landing, "_landed_batch", batch, columns))
     return rows, int(rows["_landed_batch"].max()) if len(rows) else batch
@@ -485,13 +489,14 @@ class ActionRun:
     created_ids: list[str] = field(default_factory=list)
 
 
-def _entity_rows_after(stack: Stack, warehouse: Warehouse, entity: str,
-                       seen: dict[str, int] | None) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Live landed rows of an entity's streams: all, or (``seen``: per stream, the last landing batch taken in)
-    only those landed since; and the last batch per stream."""
+def _entity_rows_after(stack: Stack, warehouse: Warehouse, entity: str, seen: dict[str, int] | None,
+                       wanted: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Live landed rows of an entity's streams (their ``wanted`` columns, or all): all rows, or (``seen``: per
+    stream, the last landing batch taken in) only those landed since; and the last batch per stream."""
     parts, last = [], dict(seen or {})
     for tool, stream in entity_streams(stack, entity):
-        rows, last[f"{tool}/{stream}"] = _landed_after(warehouse, tool, stream, (seen or {}).get(f"{tool}/{stream}"))
+        rows, last[f"{tool}/{stream}"] = _landed_after(warehouse, tool, stream, (seen or {}).get(f"{tool}/{stream}"),
+                                                       wanted)
         parts.append(rows)
     rows = pd.concat(parts, ignore_index=True)
     return rows[~rows["_deleted"].astype(bool)], last
@@ -558,7 +563,9 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
     name, fingerprint = f"action_{action.name}", _fingerprint(when, target)
     mark = warehouse.watermark(name)
     baseline = mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table("action_state")
-    rows, landed = _entity_rows_after(stack, warehouse, when.entity, None if baseline else mark["landed_batch"])
+    # a baseline only records each record's state; a later run builds payloads from whole records
+    rows, landed = _entity_rows_after(stack, warehouse, when.entity, None if baseline else mark["landed_batch"],
+                                      [when.field] if baseline else None)
     outcome = ActionRun(action.name, baseline=baseline)
     current = rows.assign(action=action.name, value=rows[when.field].astype("str"))[
         ["action", "_source", "_source_id", "value"]]

@@ -3,10 +3,11 @@
 SQLite is the embedded default and PostgreSQL the production path; both get idempotent upserts keyed by the
 source's id, and a stream's cursor is saved only after its rows are committed, so a crash never skips records.
 
-Rows go in bulk, below SQLAlchemy's per-row processing: PostgreSQL through COPY (upserts COPY into a temporary table,
-then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``), SQLite through one prepared ``INSERT ... ON CONFLICT``
-run with executemany. Either way a frame is turned into driver values one column at a time, vectorised, with None
-for every missing value; timestamps are written as UTC text in the form SQLAlchemy itself reads back.
+Rows go in bulk, below SQLAlchemy's per-row processing: PostgreSQL through binary COPY (an upsert deletes the rows it
+replaces first, or COPies into a temporary table then runs one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``), its
+blocks built from whole columns by Arrow and numpy; SQLite through one prepared ``INSERT ... ON CONFLICT`` run with
+executemany, a frame turned into driver values one column at a time, vectorised, with None for every missing value
+and timestamps as UTC text in the form SQLAlchemy itself reads back.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -458,21 +461,41 @@ def _chunks(frame: pd.DataFrame, columns: list[sa.Column], dialect: str) -> Iter
 
 
 def _any_key_exists(conn: Connection, table: sa.Table, keys: pd.Series) -> bool:
-    """Whether any of ``keys`` is in ``table`` already (PostgreSQL): one index probe per key, as one statement."""
-    key = table.c[keys.name]
-    statement = (f"SELECT EXISTS (SELECT FROM {conn.dialect.identifier_preparer.format_table(table)} "
-                 f"WHERE {conn.dialect.identifier_preparer.quote(key.name)} IN "
-                 f"(SELECT unnest(CAST(%(keys)s AS {key.type.compile(conn.dialect)}[]))))")
-    return conn.exec_driver_sql(statement, {"keys": _cells(keys, key.type, "postgresql")}).scalar()
+    """Whether any of ``keys`` is in ``table`` already (PostgreSQL): one index probe per key, as one statement
+    (none when ``_reaching`` tells that every key is past the stored ones)."""
+    preparer, key = conn.dialect.identifier_preparer, table.c[keys.name]
+    target, name = preparer.format_table(table), preparer.quote(key.name)
+    statement = (f"WITH {_key_rows(conn, key)} SELECT {_reaching(target, name)} "
+                 f"AND EXISTS (SELECT FROM {target} WHERE {name} IN (SELECT key FROM keys))")
+    return conn.exec_driver_sql(statement, {"keys": _key_json(keys, key)}).scalar()
 
 
 def _delete_keys(conn: Connection, table: sa.Table, keys: pd.Series) -> None:
-    """Delete the rows of ``table`` whose key is one of ``keys`` (PostgreSQL), as one statement."""
-    key = table.c[keys.name]
-    conn.exec_driver_sql(f"DELETE FROM {conn.dialect.identifier_preparer.format_table(table)} "
-                         f"WHERE {conn.dialect.identifier_preparer.quote(key.name)} = "
-                         f"ANY(CAST(%(keys)s AS {key.type.compile(conn.dialect)}[]))",
-                         {"keys": _cells(keys, key.type, "postgresql")})
+    """Delete the rows of ``table`` whose key is one of ``keys`` (PostgreSQL), as one statement: one index probe per
+    key, none when ``_reaching`` tells that every key is past the stored ones."""
+    preparer, key = conn.dialect.identifier_preparer, table.c[keys.name]
+    target, name = preparer.format_table(table), preparer.quote(key.name)
+    conn.exec_driver_sql(f"WITH {_key_rows(conn, key)} DELETE FROM {target} "
+                         f"WHERE {_reaching(target, name)} AND {name} = ANY(ARRAY(SELECT key FROM keys))",
+                         {"keys": _key_json(keys, key)})
+
+
+def _key_rows(conn: Connection, key: sa.Column) -> str:
+    """SQL naming ``keys`` the rows (``key``) of the JSON array passed as the ``keys`` parameter by ``_key_json``."""
+    return (f"keys AS (SELECT CAST(value AS {key.type.compile(conn.dialect)}) AS key "
+            f"FROM json_array_elements_text(CAST(%(keys)s AS json)))")
+
+
+def _reaching(target: str, name: str) -> str:
+    """SQL for "the stored keys reach the smallest of ``keys``": false when every key is past the greatest stored
+    key (new records of a source that numbers them in order), which one probe of the key's index tells; a
+    condition on no column, so PostgreSQL checks it once, before it looks up any key."""
+    return f"(SELECT max({name}) FROM {target}) >= (SELECT min(key) FROM keys)"
+
+
+def _key_json(keys: pd.Series, key: sa.Column) -> str:
+    """Keys as one JSON array: encoded in C, where psycopg would adapt a list of them one key at a time in Python."""
+    return json.dumps(_cells(keys, key.type, "postgresql"), ensure_ascii=False)
 
 
 def _executemany(conn: Connection, statement: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:
@@ -484,15 +507,98 @@ def _executemany(conn: Connection, statement: str, columns: list[sa.Column], fra
         cursor.close()
 
 
+_BYTES = pa.large_binary()  # 64-bit offsets: a block's column may pass 2 GiB
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, no flags, no header extension
+_COPY_TRAILER = b"\xff\xff"
+_NULL_FIELD = pa.scalar(b"\xff\xff\xff\xff", _BYTES)  # length -1
+_JOINED = pa.scalar(b"", _BYTES)  # the separator of parts joined into one field or one row
+_POSTGRES_EPOCH = np.datetime64("2000-01-01", "us")  # PostgreSQL counts timestamps from here
+_COPY_TEXTS = {"text", "varchar", "bpchar"}
+_COPY_TIMESTAMPS = {"timestamp", "timestamptz"}
+_COPY_NUMBERS = {"bool": pa.bool_(), "int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(),
+                 "float4": pa.float32(), "float8": pa.float64()}  # the width binary COPY sends each type in
+
+
 def _copy(conn: Connection, target: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:
-    """COPY in text format; psycopg escapes each value (tabs, newlines, backslashes) and sends None as NULL."""
+    """COPY in binary format, ``LOAD_CHUNK_ROWS`` rows at a time sent as one block that Arrow and numpy build from
+    whole columns: no Python runs per row or per value, text needs no escaping and PostgreSQL parses nothing.
+
+    Binary values must have the very type of their column, so the types are the table's own, asked of PostgreSQL,
+    not the model's, which a table made by an earlier version or stack file need not match."""
     quote = conn.dialect.identifier_preparer.quote
     names = ", ".join(quote(c.name) for c in columns)
     with conn.connection.driver_connection.cursor() as cursor:
-        with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
-            for rows in _chunks(frame, columns, "postgresql"):
-                for row in rows:
-                    copy.write_row(row)
+        cursor.execute("SELECT attname, typname FROM pg_attribute JOIN pg_type ON pg_type.oid = atttypid "
+                       "WHERE attrelid = CAST(%s AS regclass) AND attnum > 0 AND NOT attisdropped", (target,))
+        stored = dict(cursor.fetchall())
+        if cursor.connection.info.encoding != "utf-8":  # binary COPY takes text in the client encoding: UTF-8 here
+            cursor.execute("SET LOCAL client_encoding TO 'UTF8'")
+        count = pa.scalar(len(columns).to_bytes(2, "big"), _BYTES)  # each row starts with its number of fields
+        with cursor.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT binary)") as copy:
+            copy.write(_COPY_HEADER)
+            for start in range(0, len(frame), LOAD_CHUNK_ROWS):
+                part = frame.iloc[start:start + LOAD_CHUNK_ROWS]
+                fields = [_copy_fields(part[c.name], stored[c.name]) for c in columns]
+                copy.write(_values_bytes(pc.binary_join_element_wise(count, *fields, _JOINED)))
+            copy.write(_COPY_TRAILER)
+
+
+def _copy_fields(values: pd.Series, stored: str) -> pa.Array:
+    """One column as binary COPY fields: each value's length then its bytes as PostgreSQL receives the ``stored``
+    type (UTF-8 text, big-endian numbers, UTC timestamps in microseconds since 2000); length -1 for NaN, NaT, pd.NA
+    and None. Values are cast as the column needs: integers that went through a float column to hold NaN become
+    integers again, while a fraction meant for an integer column fails the load."""
+    if stored in _COPY_TIMESTAMPS:
+        micros = _utc_micros(values)
+        fields = _fixed_fields((micros - _POSTGRES_EPOCH).astype(np.int64), ~np.isnat(micros))
+    else:
+        try:
+            cells = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            if stored not in _COPY_TEXTS:
+                raise
+            # an object column mixing types (a ledger's values of several fields): each value's text
+            cells = pa.array([None if v is None else str(v) for v in _cells(values, sa.Text(), "postgresql")],
+                             pa.large_string())
+        if isinstance(cells, pa.ChunkedArray):
+            cells = cells.combine_chunks()
+        if stored in _COPY_TEXTS:
+            texts = pc.cast(pc.cast(cells, pa.large_string()), _BYTES)
+            lengths = _fixed_width(np.diff(_offsets(texts)).astype(">i4"))
+            fields = pc.binary_join_element_wise(lengths, texts, _JOINED)  # null where the text is
+        elif stored in _COPY_NUMBERS:
+            numbers = pc.cast(cells, _COPY_NUMBERS[stored])
+            fields = _fixed_fields(numbers.fill_null(pa.scalar(0).cast(numbers.type)).to_numpy(zero_copy_only=False),
+                                   pc.is_valid(numbers).to_numpy(zero_copy_only=False))
+        else:
+            raise TypeError(f"the warehouse cannot COPY values into a column of type {stored}")
+    return pc.fill_null(fields, _NULL_FIELD)
+
+
+def _fixed_fields(numbers: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """Fields of fixed-width values: the width then the big-endian value; null where not ``valid``."""
+    cells = np.empty(len(numbers), [("length", ">i4"), ("value", numbers.dtype.newbyteorder(">"))])
+    cells["length"], cells["value"] = numbers.dtype.itemsize, numbers
+    return _fixed_width(cells, None if valid.all() else pa.array(valid).buffers()[1])
+
+
+def _fixed_width(values: np.ndarray, validity: pa.Buffer | None = None) -> pa.Array:
+    """A binary array of the items of ``values`` (each item's bytes), without copying them."""
+    width = values.dtype.itemsize
+    offsets = np.arange(0, width * (len(values) + 1), width, dtype=np.int64)
+    return pa.LargeBinaryArray.from_buffers(_BYTES, len(values), [validity, pa.py_buffer(offsets),
+                                                                   pa.py_buffer(values)])
+
+
+def _offsets(values: pa.Array) -> np.ndarray:
+    """Where each value of a (large) binary array starts in its data buffer, and where the last one ends."""
+    return np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + len(values) + 1]
+
+
+def _values_bytes(values: pa.Array) -> memoryview:
+    """The bytes of a (large) binary array's values, end to end, without copying them."""
+    offsets = _offsets(values)
+    return memoryview(values.buffers()[2])[offsets[0]:offsets[-1]]
 
 
 def _cells(values: pd.Series, sql_type: sa.types.TypeEngine, dialect: str) -> list:
@@ -522,8 +628,7 @@ def _utc_texts(values: pd.Series, dialect: str) -> list:
     """Timestamps as UTC text: SQLAlchemy's SQLite storage form ``2026-01-02 03:04:05.000006`` there (naive, so
     that its readers and string comparisons keep working), ISO 8601 with ``Z`` for PostgreSQL. Naive input is
     taken as UTC, the warehouse's convention."""
-    stamps = pd.to_datetime(values, utc=True)
-    micros = stamps.dt.tz_localize(None).to_numpy("datetime64[us]")
+    micros = _utc_micros(values)
     if dialect == "postgresql":
         texts = np.datetime_as_string(micros, unit="us", timezone="UTC")
     else:
@@ -532,3 +637,8 @@ def _utc_texts(values: pd.Series, dialect: str) -> list:
     cells = texts.astype(object)
     cells[np.isnat(micros)] = None
     return cells.tolist()
+
+
+def _utc_micros(values: pd.Series) -> np.ndarray:
+    """Timestamps as naive UTC to the microsecond (``datetime64[us]``, NaT where missing); naive input is UTC."""
+    return pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy("datetime64[us]")

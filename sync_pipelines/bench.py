@@ -232,6 +232,26 @@ def measure_load(rows: int, warehouse_url: str, chunk: int = 50_000) -> dict[str
 
 
 @contextmanager
+def _scratch_schema(url: str | None) -> Iterator[str | None]:
+    """On PostgreSQL, ``url`` pointed at a schema of its own, dropped afterwards: the bench never touches the tables
+    of the database it is given, and every run starts from empty tables (no dead rows of an earlier run)."""
+    if url is None or sa.engine.make_url(url).get_backend_name() != "postgresql":
+        yield url
+        return
+    schema = f"sync_bench_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        yield sa.engine.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        engine.dispose()
+
+
+@contextmanager
 def _without_endpoint_budgets() -> Iterator[list[str]]:
     """Lift the vendors' documented per-endpoint budgets (Zendesk's 10 export requests a minute) that connectors
     enforce on their own: the stack file cannot switch them off, and against the sandbox they only measure waiting.
@@ -298,9 +318,10 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
     from sync_pipelines.warehouse import Warehouse
 
     scale = records / total_records(build_world(seed, 1.0))
-    with tempfile.TemporaryDirectory(prefix="sync-bench-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="sync-bench-", dir=workdir) as tmp, \
+            _scratch_schema(warehouse_url) as scratch_url:
         folder = Path(tmp)
-        url = warehouse_url or f"sqlite:///{folder / 'warehouse.db'}"
+        url = scratch_url or f"sqlite:///{folder / 'warehouse.db'}"
         started = time.perf_counter()
         with sandbox_process(seed=seed, scale=scale, rate_limits=False, csv_dir=folder / "csv") as box:
             sandbox_s = time.perf_counter() - started

@@ -74,3 +74,22 @@ def test_the_command_line_writes_the_json_report(tmp_path, monkeypatch, report):
     out = tmp_path / "bench.json"
     main(["--records", "2000", "--json", str(out)])
     assert json.loads(out.read_text())["source_records"] == report["source_records"]
+
+
+def test_on_postgresql_the_bench_works_in_a_schema_of_its_own_and_drops_it():
+    """Given a real database, the bench must neither touch its tables nor leave any of its own behind."""
+    import sqlalchemy as sa
+
+    from sync_pipelines_tests.conftest import POSTGRES_URL
+
+    engine = sa.create_engine(POSTGRES_URL)
+    schemas = "SELECT count(*) FROM pg_namespace WHERE starts_with(nspname, 'sync_bench_')"
+    tables = "SELECT table_schema, table_name FROM information_schema.tables"
+    with engine.connect() as conn:
+        before = set(conn.exec_driver_sql(tables).all())
+    figures = run_bench(300, POSTGRES_URL, load_rows=1000)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(schemas).scalar() == 0
+        assert set(conn.exec_driver_sql(tables).all()) == before
+    engine.dispose()
+    assert figures["warehouse"] == "postgresql" and figures["full"]["success"] and figures["load"]["rows"] == 1000

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 from scipy.sparse import coo_matrix
@@ -60,18 +62,33 @@ _DENSE_SCORES = 1 << 22
 class _Scorer:
     function: Callable[..., float]
     scale: float  # the score of two identical strings
-    # the highest score any two texts of these lengths can reach (edits are at least the length difference),
-    # so pairs that cannot reach a threshold are never scored; None where no such bound is cheap
-    length_bound: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # The highest score two texts can reach, from their lengths and how far apart their character counts are (see
+    # `_character_counts`: an insertion or deletion moves one count by one, a substitution two), so pairs that
+    # cannot reach a threshold are never scored.
+    bound: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _jaro_winkler_bound(a: np.ndarray, b: np.ndarray, apart: np.ndarray) -> np.ndarray:
+    """Jaro's matches are at most the shorter length and at most the characters both texts hold; Jaro is then at
+    most (m/a + m/b + 1) / 3, and Winkler's bonus (a common prefix of 4 at most, weight 0.1) makes j at most
+    0.6 j + 0.4."""
+    matches = np.minimum(np.minimum(a, b), (a + b - apart) / 2)
+    return 0.6 * (matches / a + matches / b + 1) / 3 + 0.4
 
 
 SCORERS: dict[str, _Scorer] = {
-    "jaro_winkler": _Scorer(JaroWinkler.normalized_similarity, 1.0),
-    # 1 - distance / longer length
-    "levenshtein": _Scorer(Levenshtein.normalized_similarity, 1.0, lambda a, b: np.minimum(a, b) / np.maximum(a, b)),
+    "jaro_winkler": _Scorer(JaroWinkler.normalized_similarity, 1.0, _jaro_winkler_bound),
+    # 1 - distance / longer length; the distance is at least the length difference and half the counts apart
+    "levenshtein": _Scorer(
+        Levenshtein.normalized_similarity, 1.0,
+        lambda a, b, apart: 1 - np.maximum(np.abs(a - b), np.ceil(apart / 2)) / np.maximum(a, b),
+    ),
     # 1 - indel distance / both lengths, on the sorted words: comparison forms have single spaces (rapidfuzz splits
-    # words on a subset of Python's whitespace), so sorting the words keeps each text's length
-    "token_sort": _Scorer(fuzz.token_sort_ratio, 100.0, lambda a, b: 200.0 * np.minimum(a, b) / (a + b)),
+    # words on a subset of Python's whitespace), so sorting the words keeps each text's length and characters; the
+    # distance is at least the length difference and the counts apart
+    "token_sort": _Scorer(
+        fuzz.token_sort_ratio, 100.0, lambda a, b, apart: 100.0 * (1 - np.maximum(np.abs(a - b), apart) / (a + b))
+    ),
 }
 METHODS = (EXACT, *SCORERS)
 
@@ -310,38 +327,70 @@ def normalize_values(column: pd.Series) -> np.ndarray:
     return _Compared.of(column).values
 
 
+# lower-cased texts already in comparison form: printable ASCII words (no whitespace) between single spaces
+_COMPARISON_FORM = r"^[!-~]+( [!-~]+)*$"
+
+
+def _arrow_text(column: pd.Series) -> pa.Array:
+    """A column as Arrow text, missing values null; a text column backed by Arrow is not copied."""
+    texts = column if isinstance(column.dtype, pd.StringDtype) else column.astype("string")
+    arrow = pa.array(texts.array)
+    return arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
+
+
+def _flags(mask: pa.Array) -> np.ndarray:
+    """An Arrow boolean array as numpy, null as False."""
+    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+
+
 @dataclass(frozen=True)
 class _Compared:
-    """A column in comparison form, with integer codes so grouping never hashes the strings again."""
+    """A column in comparison form, with integer codes so grouping never hashes the strings again. The distinct
+    forms stay Arrow text until a rule reads them as Python strings (fuzzy scores, derived keys, the chain guard):
+    exact-only fields (emails, phones) never pay for a Python string per value."""
 
-    values: np.ndarray  # comparison form per row, None where missing
-    codes: np.ndarray  # per row: position in `distinct` (numbered by first appearance), -1 where missing
-    distinct: np.ndarray  # each comparison form once
+    codes: np.ndarray  # per row: position in `forms` (numbered by first appearance), -1 where missing
+    forms: pa.Array  # each comparison form once
 
     @classmethod
     def of(cls, column: pd.Series) -> _Compared:
-        """Each distinct text is transformed once (names and companies repeat a lot); `split()` drops the same
-        (Unicode) whitespace as `strip()` and a `\\s+` pattern, so joining its words trims and collapses at once.
-        Texts already in comparison form (emails, phones) are distinct forms as they are: no second factorize."""
-        texts = column if isinstance(column.dtype, pd.StringDtype) else column.astype("string")
-        raw_codes, raw = pd.factorize(texts.to_numpy(dtype=object))  # object array: cheap to iterate
-        # one more form, None, last: raw code -1 (missing) picks it, and its own code is -1
-        forms = np.array([" ".join(text.casefold().split()) or None for text in raw] + [None], dtype=object)
-        if np.array_equal(forms[:-1], raw):
-            form_codes, distinct = np.r_[np.arange(len(raw)), -1], raw
-        else:
-            form_codes, distinct = pd.factorize(forms)
-        return cls(forms[raw_codes], form_codes[raw_codes], distinct)
+        """Arrow lower-cases and encodes the texts; what that leaves undone concerns few distinct texts: those that
+        are not printable ASCII words between single spaces are transformed once each in Python, where `split()`
+        drops the same (Unicode) whitespace as `strip()` and a `\\s+` pattern, so joining its words trims and
+        collapses at once (`casefold` maps letter by letter, so lower-casing ASCII letters first changes nothing)."""
+        encoded = pc.ascii_lower(_arrow_text(column)).dictionary_encode()
+        codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
+        lowered = encoded.dictionary
+        irregular = np.flatnonzero(~_flags(pc.match_substring_regex(lowered, _COMPARISON_FORM)))
+        if not len(irregular):
+            return cls(codes, lowered)
+        fixed = [" ".join(text.casefold().split()) or None for text in lowered.take(irregular).to_pylist()]
+        is_irregular = np.zeros(len(lowered), dtype=bool)
+        is_irregular[irregular] = True
+        forms = pc.replace_with_mask(lowered, is_irregular, pa.array(fixed, type=lowered.type)).dictionary_encode()
+        # one more code, -1, last: code -1 (missing) picks it, as does a text whose form is None (blank)
+        form_codes = np.append(pc.fill_null(forms.indices, -1).to_numpy(), -1).astype(np.int64)
+        return cls(form_codes[codes], forms.dictionary)
+
+    @functools.cached_property
+    def distinct(self) -> np.ndarray:
+        """Each comparison form once, as Python strings (object array)."""
+        return self.forms.to_numpy(zero_copy_only=False)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Comparison form per row, None where missing."""
+        return np.append(self.distinct, None)[self.codes]  # code -1 picks the None appended last
 
     def take(self, order: np.ndarray) -> _Compared:
         """The column with its rows in `order`, codes renumbered by first appearance in that order: as `of` on the
-        reordered column, but cheaper, since hashing texts in stored order finds them close together in memory."""
+        reordered column, but cheaper, since the texts are not encoded again."""
         codes = self.codes[order]
         seen = pd.unique(codes)
         seen = seen[seen >= 0]
-        renumber = np.full(len(self.distinct) + 1, -1, dtype=np.int64)  # code -1 picks the last slot: stays -1
+        renumber = np.full(len(self.forms) + 1, -1, dtype=np.int64)  # code -1 picks the last slot: stays -1
         renumber[seen] = np.arange(len(seen))
-        return _Compared(self.values[order], renumber[codes], self.distinct[seen])
+        return _Compared(renumber[codes], self.forms.take(seen))
 
     def key_codes(self, derive: Callable[[str], str | None] | None) -> np.ndarray:
         """Codes of a blocking key on this column: its own, or those of `derive` applied once per distinct value."""
@@ -531,16 +580,42 @@ def _similar_values(left: np.ndarray, right: np.ndarray, uniques: np.ndarray, co
     pair_codes, distinct = _distinct(np.minimum(left, right) * width + np.maximum(left, right))
     first, second = distinct // width, distinct % width
     scorer = SCORERS[condition.method]
-    scored = np.arange(len(distinct))
-    if scorer.length_bound is not None:
-        lengths = np.fromiter(map(len, uniques), dtype=np.int64, count=width)
-        reachable = scorer.length_bound(lengths[first], lengths[second]) >= cutoff - SCORE_TOLERANCE * scorer.scale
-        scored = scored[reachable]
+    lengths, counts = _character_counts(uniques)
+    bound = scorer.bound(lengths[first], lengths[second], _counts_apart(counts, first, second))
+    scored = np.flatnonzero(bound >= cutoff - SCORE_TOLERANCE * scorer.scale)
     scores = process.cpdist(uniques[first[scored]].tolist(), uniques[second[scored]].tolist(),
                             scorer=scorer.function, score_cutoff=cutoff, workers=-1)
     similar = np.zeros(len(distinct), dtype=bool)
     similar[scored] = scores >= cutoff
     return similar[pair_codes]
+
+
+# characters counted one by one for `_Scorer.bound`; any other character but a space counts in one more column
+_COUNTED = "abcdefghijklmnopqrstuvwxyz0123456789"
+_PAIR_CHUNK = 1 << 18  # pairs whose counts are compared at once (the two gathered count rows take 37 bytes each)
+
+
+def _character_counts(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's length and how often it holds each `_COUNTED` character and any other (spaces not counted:
+    sorting words moves them; counts capped at 255, which only lowers the counts apart). Counting is done by Arrow,
+    a pass per character."""
+    arrow = pa.array(texts.tolist(), type=pa.large_string())
+    lengths = pc.utf8_length(arrow).to_numpy().astype(np.int64)
+    counts = np.empty((len(texts), len(_COUNTED) + 1), dtype=np.int64)
+    for column, char in enumerate(_COUNTED):
+        counts[:, column] = pc.count_substring(arrow, char).to_numpy()
+    counts[:, -1] = lengths - pc.count_substring(arrow, " ").to_numpy() - counts[:, :-1].sum(axis=1)
+    return lengths, np.minimum(counts, 255).astype(np.uint8)
+
+
+def _counts_apart(counts: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per pair, the sum of the differences between the two texts' character counts: an insertion or deletion
+    changes one count by one and a substitution two, so it is at most the indel distance and twice Levenshtein's."""
+    apart = np.empty(len(first), dtype=np.int64)
+    for start in range(0, len(first), _PAIR_CHUNK):
+        chunk = slice(start, start + _PAIR_CHUNK)
+        apart[chunk] = np.abs(counts[first[chunk]].astype(np.int16) - counts[second[chunk]]).sum(axis=1)
+    return apart
 
 
 def _distinct(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -612,9 +687,9 @@ class _Report:
 class _Resolver:
     """One run over one frame; positions are rows sorted by ref so every tie breaks the same way."""
 
-    def __init__(self, refs: np.ndarray, compared: dict[str, _Compared], spec: IdentityRules, max_block_size: int):
+    def __init__(self, refs: pa.Array, compared: dict[str, _Compared], spec: IdentityRules, max_block_size: int):
         self.refs = refs
-        self.ref_codes = np.r_[0, np.cumsum(refs[1:] != refs[:-1])].astype(np.int64)  # refs are sorted
+        self.ref_codes = np.r_[0, np.cumsum(_flags(pc.not_equal(refs[1:], refs[:-1])))].astype(np.int64)  # sorted
         self.compared = compared
         self.spec = spec
         self.max_block_size = max_block_size
@@ -622,7 +697,7 @@ class _Resolver:
 
     def _skip(self, rule: Rule, key: str, members: np.ndarray, reason: str) -> None:
         self.report.skipped.append(
-            {"rule": rule.name, "key": key, "size": int(len(members)), "example_ref": str(self.refs[members[0]]),
+            {"rule": rule.name, "key": key, "size": len(members), "example_ref": self.refs[int(members[0])].as_py(),
              "reason": reason}
         )
 
@@ -692,10 +767,15 @@ class _Resolver:
             rights.append(right[keep])
             strengths.append(np.full(int(keep.sum()), strength, dtype=np.int64))
         i, j, strength = (np.concatenate(parts).astype(np.int64) for parts in (lefts, rights, strengths))
-        # by strength, then pair; each pair kept once, with its strongest rule
-        order = np.lexsort((j, i, strength))
+        # by strength, then pair; each pair kept once, with its strongest rule. One int64 key holds all three: a
+        # single sort of it is several times faster than sorting by three keys
+        pairs = len(self.refs) ** 2
+        if (len(linked) + 1) * pairs >= 2**63:
+            raise ValueError(f"{len(self.refs):,} records are too many to resolve in one pass")
+        pair = i * len(self.refs) + j
+        order = np.argsort((strength + 1) * pairs + pair)  # equal keys are equal links: their order does not matter
         i, j, strength = i[order], j[order], strength[order]
-        first = ~pd.Series(i * len(self.refs) + j).duplicated().to_numpy()
+        first = ~pd.Series(pair[order]).duplicated().to_numpy()
         return pd.DataFrame({"i": i[first], "j": j[first], "strength": strength[first]})
 
 
@@ -730,7 +810,7 @@ class _ChainGuard:
     together.
     """
 
-    def __init__(self, rules: IdentityRules, values: Mapping[str, np.ndarray], ref_codes: np.ndarray):
+    def __init__(self, rules: IdentityRules, compared: Mapping[str, _Compared], ref_codes: np.ndarray):
         thresholds: dict[tuple[str, str], float] = {}
         for rule in rules.rules:
             for c in rule.fuzzy:
@@ -742,7 +822,7 @@ class _ChainGuard:
         ]
         self.max_size = rules.max_cluster_size
         self.crosswalk_strength = rules.crosswalk_strength
-        self.values = values
+        self.values = {check.condition.field: compared[check.condition.field].values for check in self.checks}
         self.ref_codes = ref_codes
 
     def differ(self, a: int, b: int) -> bool:
@@ -867,14 +947,14 @@ def _held_only_by_crosswalk(labels: np.ndarray, direct: pd.DataFrame) -> int:
     return int(len(labels) - largest_part.sum())
 
 
-def _record_keys(frame: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """_source and _source_id per row as text; a row without either cannot be referenced, so it is an error."""
+def _record_keys(frame: pd.DataFrame, what: str) -> tuple[pa.Array, pa.Array]:
+    """_source and _source_id per row as Arrow text; a row without either cannot be referenced, so it is an error."""
     missing = [column for column in (SOURCE, SOURCE_ID) if column not in frame.columns]
     if missing:
         raise ValueError(f"{what} lack the column(s) {missing}; every record needs {SOURCE} and {SOURCE_ID}")
     texts = []
     for column in (SOURCE, SOURCE_ID):
-        text = frame[column].astype(str).to_numpy(dtype=object)
+        text = _arrow_text(frame[column].astype(str)).cast(pa.large_string())
         empty = frame[column].isna().to_numpy() | _blank(text)
         if empty.any():
             first = frame.index[empty][0]
@@ -883,35 +963,41 @@ def _record_keys(frame: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray
     return texts[0], texts[1]
 
 
-def _blank(texts: np.ndarray) -> np.ndarray:
-    """Which texts `str.strip()` leaves empty, by numpy's vectorised text functions (the same whitespace as
-    Python's); numpy text drops trailing NULs, so the texts it finds empty are checked again one by one."""
-    fixed = texts.astype(str)
-    blank = (np.strings.str_len(fixed) == 0) | np.strings.isspace(fixed)
-    flagged = np.flatnonzero(blank)
-    blank[flagged] = [not text.strip() for text in texts[flagged]]
-    return blank
-
-
-def _record_refs(frame: pd.DataFrame, what: str) -> np.ndarray:
+def _record_refs(frame: pd.DataFrame, what: str) -> pa.Array:
     """'{_source}:{_source_id}' per row (see `_record_keys`)."""
-    sources, source_ids = _record_keys(frame, what)
-    return sources + ":" + source_ids
+    return _joined_refs(*_record_keys(frame, what))
 
 
-def _ref_order(sources: np.ndarray, source_ids: np.ndarray) -> np.ndarray:
-    """Positions in the text order of their refs, stable, as numpy sorts text (as Python compares it).
+def _joined_refs(sources: pa.Array, source_ids: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise(sources, source_ids, pa.scalar(":", pa.large_string()))
 
-    When no source holds a ':', two refs of different sources compare as their '{source}:' prefixes, so only
-    the ids need a text sort and the few sources are ranked once: a sort of shorter texts, well under half the
-    cost at 1M records.
+
+def _ref_order(sources: pa.Array, source_ids: pa.Array) -> np.ndarray:
+    """Positions in the text order of their refs, stable, in code point order (as Python compares text).
+
+    When no source holds a ':', two refs of different sources compare as their '{source}:' prefixes, so the
+    refs sort as (rank of that prefix, id): about half the cost of sorting the refs, whose ids share long prefixes.
     """
-    source_codes, distinct = pd.factorize(sources)
+    encoded = sources.dictionary_encode()
+    distinct = encoded.dictionary.to_pylist()
     if any(":" in source for source in distinct):
-        return np.argsort((sources + ":" + source_ids).astype(str), kind="stable")
-    source_rank = np.argsort(np.argsort(np.array([source + ":" for source in distinct], dtype=str), kind="stable"))
-    by_id = np.argsort(source_ids.astype(str), kind="stable")
-    return by_id[np.argsort(source_rank[source_codes[by_id]], kind="stable")]
+        return pc.sort_indices(_joined_refs(sources, source_ids)).to_numpy()
+    prefix_rank = np.argsort(np.argsort(np.array([source + ":" for source in distinct], dtype=object)))
+    keys = pa.table({"rank": prefix_rank[encoded.indices.to_numpy()], "id": source_ids})
+    return pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("id", "ascending")]).to_numpy()
+
+
+# a superset of the characters `str.isspace` accepts (those in Unicode's separator categories, and the controls
+# it takes for whitespace), so the texts this pattern matches include every text that `str.strip()` empties
+_MAYBE_BLANK = r"^[\p{Z}\t-\r\x1c-\x1f\x85]*$"
+
+
+def _blank(texts: pa.Array) -> np.ndarray:
+    """Which texts `str.strip()` leaves empty: Arrow finds the candidates, Python checks those few one by one."""
+    candidates = np.flatnonzero(_flags(pc.match_substring_regex(texts, _MAYBE_BLANK)))
+    blank = np.zeros(len(texts), dtype=bool)
+    blank[candidates] = [not text.strip() for text in texts.take(candidates).to_pylist()]
+    return blank
 
 
 def _check_fields(records: pd.DataFrame, spec: IdentityRules) -> None:
@@ -928,26 +1014,32 @@ def _check_fields(records: pd.DataFrame, spec: IdentityRules) -> None:
 
 def entity_id_for(ref: str, salt: int = 0) -> str:
     """The id a brand-new cluster takes: a hash of its smallest member ref, stable across runs."""
-    text = ref if salt == 0 else f"{ref}#{salt}"
-    return "ent_" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return _hashed_ids([ref if salt == 0 else f"{ref}#{salt}"])[0]
 
 
-def _previous_ids(refs: np.ndarray, crosswalk: pd.DataFrame | None) -> np.ndarray:
+def _hashed_ids(texts: list[str]) -> list[str]:
+    """`entity_id_for` many texts at once, in one comprehension: about half the time of a call per text."""
+    blake2b = hashlib.blake2b
+    return ["ent_" + blake2b(text.encode(), digest_size=8).hexdigest() for text in texts]
+
+
+def _previous_ids(refs: pa.Array, crosswalk: pd.DataFrame | None) -> np.ndarray:
     """The entity id each position held in an earlier run, or None (a ref held under several: the smallest)."""
     if crosswalk is None or crosswalk.empty:
         return np.full(len(refs), None, dtype=object)
     missing = [column for column in CROSSWALK_COLUMNS if column not in crosswalk.columns]
     if missing:
         raise ValueError(f"crosswalk lacks the column(s) {missing}; expected {list(CROSSWALK_COLUMNS)}")
-    held = pd.Series(crosswalk[ENTITY_ID].astype(str).to_numpy(), index=_record_refs(crosswalk, "crosswalk rows"))
+    held = pd.Series(crosswalk[ENTITY_ID].astype(str).to_numpy(),
+                     index=pd.Index(_record_refs(crosswalk, "crosswalk rows"), dtype="str"))
     held = held.sort_values(kind="stable")
     held = held[~held.index.duplicated(keep="first")]
-    return held.reindex(refs).to_numpy(dtype=object, na_value=None)
+    return held.reindex(pd.Index(refs, dtype="str")).to_numpy(dtype=object, na_value=None)
 
 
 def _new_ids(refs: list[str], taken: set[str]) -> list[str]:
     """`entity_id_for` each ref, salted until it clashes with no id taken, nor with one given to an earlier ref."""
-    ids = [entity_id_for(ref) for ref in refs]
+    ids = _hashed_ids(refs)
     if taken.isdisjoint(ids) and len(set(ids)) == len(ids):
         return ids  # the usual case: nothing to salt, so no need to go one by one
     for k, ref in enumerate(refs):
@@ -959,7 +1051,7 @@ def _new_ids(refs: list[str], taken: set[str]) -> list[str]:
     return ids
 
 
-def _assign_ids(labels: np.ndarray, refs: np.ndarray, previous: np.ndarray, report: _Report) -> np.ndarray:
+def _assign_ids(labels: np.ndarray, refs: pa.Array, previous: np.ndarray, report: _Report) -> np.ndarray:
     """Entity id per label: the earlier id most of its members held (each earlier id goes to one cluster;
     a cluster holding several keeps the smallest), else a hash of its smallest ref."""
     n_labels = labels.max() + 1
@@ -981,7 +1073,7 @@ def _assign_ids(labels: np.ndarray, refs: np.ndarray, previous: np.ndarray, repo
         report.merged_ids.update(zip(retired["entity_id"].tolist(), ids[retired["label"].to_numpy()].tolist()))
     taken = set(previous[has_previous]) | {i for i in ids if i is not None}
     fresh = np.flatnonzero(ids == None)  # noqa: E711
-    ids[fresh] = _new_ids(refs[smallest_position[fresh]].tolist(), taken)
+    ids[fresh] = _new_ids(refs.take(smallest_position[fresh]).to_pylist(), taken)
     if len(claims):
         contested = claims.merge(winners[["id_rank", "label"]], on="id_rank", suffixes=("", "_winner"))
         for row in contested[contested["label"] != contested["label_winner"]].itertuples():
@@ -1011,14 +1103,13 @@ def resolve_entities(
     columns = list(records.columns)
     sources, source_ids = _record_keys(records, "records")
     order = _ref_order(sources, source_ids)
-    refs = (sources + ":" + source_ids)[order]
+    refs = _joined_refs(sources, source_ids).take(order)
     compared = {field: _Compared.of(records[field]).take(order) for field in spec.fields(columns)}
-    values = {field: column.values for field, column in compared.items()}
     resolver = _Resolver(refs, compared, spec, max_block_size)
     report = resolver.report
 
     def positions_of(ref: str) -> np.ndarray:
-        found = np.arange(np.searchsorted(refs, ref, "left"), np.searchsorted(refs, ref, "right"))
+        found = np.flatnonzero(_flags(pc.equal(refs, ref)))
         if not len(found) and ref not in report.unknown_refs:
             report.unknown_refs.append(ref)
         return found
@@ -1028,7 +1119,7 @@ def resolve_entities(
     edges = resolver.edges(split_positions, previous_ids)
     labels = _components(len(refs), edges["i"].to_numpy(), edges["j"].to_numpy())
 
-    guard = _ChainGuard(spec, values, resolver.ref_codes)
+    guard = _ChainGuard(spec, compared, resolver.ref_codes)
     labels, report.guarded_components = guard.rebuild(labels, edges)
     report.sticky_links = _held_only_by_crosswalk(labels, guard.direct_matches(edges))
 

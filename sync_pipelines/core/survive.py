@@ -15,12 +15,15 @@ not a disagreement about the fact, and would only drown the real conflicts. The 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SOURCE_OF_TRUTH = "source_of_truth"
 LAST_WRITE_WINS = "last_write_wins"
@@ -128,6 +131,8 @@ def survivorship(
     updated = _utc_micros(records["_updated_at"], "records._updated_at")
     times = _field_times(records, field_times, fields, updated)
     members = _Members.build(records, _aligned_clusters(records, clusters), updated, parsed)
+    # the record times stay one array, so the fields without times of their own share one ranking per rule
+    member_times = {name: members.updated if when is updated else when[members.rows] for name, when in times.items()}
 
     golden = pd.DataFrame(index=members.entity_index)
     newest_win = np.full(len(members.entity_index), _NO_TIME, dtype=np.int64)
@@ -135,8 +140,8 @@ def survivorship(
     conflict_parts: list[pd.DataFrame] = []
     for name in fields:
         rule = parsed.rule_for(name)
-        outcome = members.decide(records[name], times[name], rule)
-        golden[name] = members.golden_column(records[name], outcome)
+        outcome = members.decide(_FieldValues.of(records[name].take(members.rows)), member_times[name], rule)
+        golden[name] = members.golden_column(outcome)
         provenance_parts.append(members.provenance(outcome, name, rule))
         conflict_parts.append(members.conflicts(outcome, name, rule, stamp))
         won = outcome.winner_entities
@@ -163,7 +168,7 @@ def _check_columns(records: pd.DataFrame, fields: list[str], rules: Survivorship
         )
 
 
-def _aligned_clusters(records: pd.DataFrame, clusters: pd.Series) -> np.ndarray:
+def _aligned_clusters(records: pd.DataFrame, clusters: pd.Series) -> pd.Series:
     """Entity ids in record order; every live record needs one (deleted records may have none)."""
     if not clusters.index.equals(records.index):
         if clusters.index.has_duplicates or not records.index.isin(clusters.index).all():
@@ -173,13 +178,17 @@ def _aligned_clusters(records: pd.DataFrame, clusters: pd.Series) -> np.ndarray:
     if unassigned.any():
         example = records.loc[unassigned, KEY_COLUMNS].head(3).to_dict("records")
         raise ValueError(f"{int(unassigned.sum())} live record(s) have no entity id in clusters, e.g. {example}")
-    return clusters.to_numpy()
+    return clusters
 
 
-def _factorize_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``pd.factorize(values, sort=True)``; distinct texts are sorted as numpy text (code point order, as Python
-    compares strings), several times faster than sorting Python objects. Texts that only trailing NULs tell
-    apart look equal to numpy, so those, like values that are not all text, take pandas' own sort."""
+def _factorize_sorted(values: pd.Series) -> tuple[np.ndarray, Any]:
+    """``pd.factorize(values, sort=True)``. A text column held by Arrow is encoded and sorted there (code point
+    order, as Python compares strings). Other distinct texts are sorted as numpy text, several times faster than
+    sorting Python objects; texts that only trailing NULs tell apart look equal to numpy, so those, like values
+    that are not all text, take pandas' own sort."""
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+        return pd.factorize(values.array, sort=True)
+    values = values.to_numpy()
     codes, uniques = pd.factorize(values)
     if pd.api.types.infer_dtype(uniques, skipna=False) != "string":
         return pd.factorize(values, sort=True)
@@ -244,10 +253,11 @@ def _field_times(
 
 def _joint_key_codes(records: pd.DataFrame, state: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """One integer per (_source, _source_id) text key, numbered across both frames, so rows align by an integer
-    lookup rather than a merge on two text columns (which hashes every text several times)."""
+    lookup rather than a merge on two text columns (which hashes every text several times); Arrow-backed text
+    is encoded by Arrow, without a Python string per value."""
     codes = []
     for column in KEY_COLUMNS:
-        text = np.concatenate([frame[column].astype(str).to_numpy(dtype=object) for frame in (records, state)])
+        text = pd.concat([frame[column].astype(str) for frame in (records, state)], ignore_index=True)
         codes.append(pd.factorize(text)[0].astype(np.int64))
     joint = codes[0] * (codes[1].max(initial=0) + 1) + codes[1]
     return joint[: len(records)], joint[len(records) :]
@@ -262,8 +272,14 @@ def _empty_mask(values: pd.Series) -> np.ndarray:
     return (values.isna() | values.eq("")).to_numpy()
 
 
-def _comparable(values: np.ndarray) -> np.ndarray:
-    return pd.Series(values, dtype=object).astype("str").str.strip().str.casefold().to_numpy()
+def _comparable(texts: pd.api.extensions.ExtensionArray) -> pa.Array:
+    """Text stripped and casefolded, for comparing; ASCII text is folded by Arrow (casefold is lower-casing there)."""
+    stripped = pa.array(pd.Series(texts, dtype="str").str.strip().array)
+    others = np.flatnonzero(~pc.string_is_ascii(stripped).to_numpy(zero_copy_only=False))
+    is_other = np.zeros(len(stripped), dtype=bool)
+    is_other[others] = True
+    folded = [text.casefold() for text in stripped.take(others).to_pylist()]
+    return pc.replace_with_mask(pc.ascii_lower(stripped), is_other, pa.array(folded, type=stripped.type))
 
 
 def _utc_times(micros: np.ndarray) -> pd.DatetimeIndex:
@@ -272,10 +288,44 @@ def _utc_times(micros: np.ndarray) -> pd.DatetimeIndex:
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """One field's decision, in record positions: ``winner_of[entity code]`` is the winning row (-1: no value).
+class _FieldValues:
+    """One field's values, in member order. A text column is compared and read by Arrow, without a Python string
+    per value; only other columns (numbers, dates, flags) become Python objects, as Python compares those."""
 
-    ``loser_rows`` hold the rows whose value differs from their entity's winner, by entity and then by their place
+    column: pd.Series
+    empty: np.ndarray  # None, NaN and "" (see `_empty_mask`)
+
+    @classmethod
+    def of(cls, column: pd.Series) -> _FieldValues:
+        return cls(column, _empty_mask(column))
+
+    def differ(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` hold a value that differs from the one in ``others`` beyond case and surrounding
+        whitespace (see the module's docstring)."""
+        if isinstance(self.column.dtype, pd.StringDtype):
+            unequal = np.asarray(self.text(rows) != self.text(others), dtype=bool)
+        else:
+            unequal = self._objects[rows] != self._objects[others]
+        differing = pc.not_equal(_comparable(self.text(rows[unequal])), _comparable(self.text(others[unequal])))
+        unequal[unequal] = differing.to_numpy(zero_copy_only=False)
+        return unequal
+
+    def text(self, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
+        """The values of ``rows`` as text: a text column's own values, any other's through ``str``."""
+        if isinstance(self.column.dtype, pd.StringDtype):
+            return self.column.array.take(rows).astype("str")
+        return _as_text(self._objects[rows])
+
+    @functools.cached_property
+    def _objects(self) -> np.ndarray:
+        return self.column.to_numpy(dtype=object)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One field's decision, in member positions: ``winner_of[entity code]`` is the winning member (-1: no value).
+
+    ``loser_rows`` hold the members whose value differs from their entity's winner, by entity and then by their place
     in the rule's ranking (the closest contender first).
     """
 
@@ -283,61 +333,62 @@ class _Outcome:
     winner_entities: np.ndarray
     winner_rows: np.ndarray
     loser_rows: np.ndarray
-    values: np.ndarray
+    values: _FieldValues
     times: np.ndarray
 
 
 @dataclass(frozen=True)
 class _Members:
-    """Records reduced to positional arrays shared by every field; deleted rows have entity code -1."""
+    """The live records, grouped by entity, reduced to positional arrays shared by every field. Fields are read in
+    this order too, so what an entity's members and winners gather lies close together (taking rows scattered over
+    the records costs several times more, above all for text)."""
 
     entity_index: pd.Index
-    entity_codes: np.ndarray
-    live_rows: np.ndarray
+    rows: np.ndarray  # record position of each member
+    entity_codes: np.ndarray  # ascending
     tool_rank: np.ndarray
     # text columns as pandas string arrays: audit columns take from them without re-checking every value
     tool_names: pd.api.extensions.ExtensionArray
     source_ids: pd.api.extensions.ExtensionArray
     updated: np.ndarray
     updated_rank: tuple[int, np.ndarray]
-    # live rows ranked by each rule on the record times, shared by every field whose times are the record times
+    # members ranked by each rule on the record times, shared by every field whose times are the record times
     record_time_rankings: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(
-        cls, records: pd.DataFrame, entity_ids: np.ndarray, updated: np.ndarray, rules: SurvivorshipRules
+        cls, records: pd.DataFrame, entity_ids: pd.Series, updated: np.ndarray, rules: SurvivorshipRules
     ) -> _Members:
         live_rows = np.flatnonzero(~_deleted_mask(records))
-        live_codes, uniques = _factorize_sorted(entity_ids[live_rows])
-        entity_codes = np.full(len(records), -1, dtype=np.int64)
-        entity_codes[live_rows] = live_codes
+        live_codes, uniques = _factorize_sorted(entity_ids.iloc[live_rows])
+        by_entity = np.argsort(live_codes, kind="stable")
+        rows = live_rows[by_entity]
         tool_codes, tools = pd.factorize(records["_source"].astype(str))
         order = rules.tool_order(list(tools))
         rank_of_code = np.array([order.index(tool) for tool in tools], dtype=np.int64)
         return cls(
             entity_index=pd.Index(uniques, name="entity_id"),
-            entity_codes=entity_codes,
-            live_rows=live_rows,
-            tool_rank=rank_of_code[tool_codes] if len(tools) else np.zeros(0, dtype=np.int64),
+            rows=rows,
+            entity_codes=live_codes[by_entity],
+            tool_rank=rank_of_code[tool_codes[rows]] if len(tools) else np.zeros(0, dtype=np.int64),
             tool_names=pd.array(order, dtype="str"),
-            source_ids=records["_source_id"].astype("str").array,
-            updated=updated,
-            updated_rank=_dense_rank(updated),
+            source_ids=records["_source_id"].astype("str").array.take(rows),
+            updated=updated[rows],
+            updated_rank=_dense_rank(updated[rows]),
         )
 
     def member_counts(self) -> np.ndarray:
-        return np.bincount(self.entity_codes[self.live_rows], minlength=len(self.entity_index))
+        return np.bincount(self.entity_codes, minlength=len(self.entity_index))
 
     def newest_update(self) -> np.ndarray:
         newest = np.full(len(self.entity_index), _NO_TIME, dtype=np.int64)
-        np.maximum.at(newest, self.entity_codes[self.live_rows], self.updated[self.live_rows])
+        np.maximum.at(newest, self.entity_codes, self.updated)
         return newest
 
-    def decide(self, values: pd.Series, times: np.ndarray, rule: str) -> _Outcome:
+    def decide(self, values: _FieldValues, times: np.ndarray, rule: str) -> _Outcome:
         """Rank each entity's non-empty values by the rule; the first wins, differing others are conflicts."""
-        value_array = values.to_numpy(dtype=object)
-        ranked = self._ranked_live_rows(times, rule)
-        ranked = self._break_ties(ranked[~_empty_mask(values)[ranked]], times, value_array)
+        ranked = self._ranked(times, rule)
+        ranked = self._break_ties(ranked[~values.empty[ranked]], times, values)
         ranked_entity = self.entity_codes[ranked]
         first = np.ones(len(ranked), dtype=bool)
         first[1:] = ranked_entity[1:] != ranked_entity[:-1]
@@ -346,41 +397,38 @@ class _Members:
         winner_of[winner_entities] = winners
 
         losers = ranked[~first]
-        losers = losers[value_array[losers] != value_array[winner_of[self.entity_codes[losers]]]]
-        their_winners = winner_of[self.entity_codes[losers]]
-        losers = losers[_comparable(value_array[losers]) != _comparable(value_array[their_winners])]
-        return _Outcome(winner_of, winner_entities, winners, losers, value_array, times)
+        losers = losers[values.differ(losers, winner_of[self.entity_codes[losers]])]
+        return _Outcome(winner_of, winner_entities, winners, losers, values, times)
 
-    def _ranked_live_rows(self, times: np.ndarray, rule: str) -> np.ndarray:
-        """Live rows in the rule's order, ties not yet broken. A field's non-empty values keep this order, so the
+    def _ranked(self, times: np.ndarray, rule: str) -> np.ndarray:
+        """Members in the rule's order, ties not yet broken. A field's non-empty values keep this order, so the
         fields whose change times are the record times (none of their own, or all equal to them) share one sort
         per rule."""
         if not (times is self.updated or np.array_equal(times, self.updated)):
-            return self.live_rows[np.argsort(self._ranking_key(self.live_rows, times, rule))]
+            return np.argsort(self._ranking_key(times, rule))
         if rule not in self.record_time_rankings:
-            key = self._ranking_key(self.live_rows, self.updated, rule)
-            self.record_time_rankings[rule] = self.live_rows[np.argsort(key)]
+            self.record_time_rankings[rule] = np.argsort(self._ranking_key(self.updated, rule))
         return self.record_time_rankings[rule]
 
-    def _ranking_key(self, rows: np.ndarray, times: np.ndarray, rule: str) -> np.ndarray:
-        """One int64 per row ordering by entity, then the rule's (tool, recency) or (recency, tool).
+    def _ranking_key(self, times: np.ndarray, rule: str) -> np.ndarray:
+        """One int64 per member ordering by entity, then the rule's (tool, recency) or (recency, tool).
 
         Packing the keys lets one ``argsort`` replace a three-key ``lexsort`` (3x faster at 1M records); times are
         replaced by their dense rank so they fit in the bits left over.
         """
         time_count, time_rank = self.updated_rank if times is self.updated else _dense_rank(times)
-        newest_first = time_count - 1 - time_rank[rows]
-        tool, tool_bits = self.tool_rank[rows], len(self.tool_names).bit_length()
+        newest_first = time_count - 1 - time_rank
+        tool, tool_bits = self.tool_rank, len(self.tool_names).bit_length()
         time_bits, entity_bits = time_count.bit_length(), len(self.entity_index).bit_length()
         if entity_bits + time_bits + tool_bits > 63:
-            raise ValueError(f"{len(rows):,} records are too many to rank in one survivorship pass")
+            raise ValueError(f"{len(times):,} records are too many to rank in one survivorship pass")
         if rule == LAST_WRITE_WINS:
             minor = (newest_first << tool_bits) | tool
         else:
             minor = (tool << time_bits) | newest_first
-        return (self.entity_codes[rows] << (time_bits + tool_bits)) | minor
+        return (self.entity_codes << (time_bits + tool_bits)) | minor
 
-    def _break_ties(self, ranked: np.ndarray, times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def _break_ties(self, ranked: np.ndarray, times: np.ndarray, values: _FieldValues) -> np.ndarray:
         """Runs of rows equal on entity, tool and time are put in source id (then value) order.
 
         This makes the whole ranking independent of input order. Sorting every source id would cost a full string
@@ -396,17 +444,19 @@ class _Members:
         contest = pd.DataFrame({
             "run": run_start[slots],
             "source_id": self.source_ids[ranked[slots]],
-            "value": _as_text(values[ranked[slots]]),
+            "value": values.text(ranked[slots]),
             "row": ranked[slots],
         }).sort_values(["run", "source_id", "value"], kind="stable")
         reordered = ranked.copy()
         reordered[slots] = contest["row"].to_numpy()  # a run's slots are contiguous, so runs keep their place
         return reordered
 
-    def golden_column(self, values: pd.Series, outcome: _Outcome) -> pd.Series:
-        # reindexed by entity code, not id: the same fill and dtype as a reindex by id, without hashing the ids
-        won = values.iloc[outcome.winner_rows].set_axis(outcome.winner_entities)
-        return won.reindex(np.arange(len(self.entity_index))).set_axis(self.entity_index)
+    def golden_column(self, outcome: _Outcome) -> pd.Series:
+        """Each entity's winning value (missing where none), with the fill and dtype a reindex would give."""
+        column = outcome.values.column
+        won = pd.api.extensions.take(column.array, outcome.winner_of, allow_fill=True)
+        # an object column stays one, though it may hold only text (which a new Series would take for "str")
+        return pd.Series(won, index=self.entity_index, dtype=column.dtype if column.dtype == object else None)
 
     def provenance(self, outcome: _Outcome, name: str, rule: str) -> pd.DataFrame:
         return pd.DataFrame({
@@ -431,7 +481,7 @@ class _Members:
     def _origin(self, prefix: str, rows: np.ndarray, outcome: _Outcome) -> dict[str, Any]:
         """Value, tool, source id and change time of ``rows``, as audit columns named with ``prefix``."""
         return {
-            f"{prefix}value": _as_text(outcome.values[rows]),
+            f"{prefix}value": outcome.values.text(rows),
             f"{prefix}tool": self.tool_names[self.tool_rank[rows]],
             f"{prefix}source_id": self.source_ids[rows],
             f"{prefix}changed_at": _utc_times(outcome.times[rows]),
@@ -485,16 +535,25 @@ def derive_field_change_times(
     layout = KEY_COLUMNS + [c for pair in zip(fields, changed_columns) for c in pair] + ["_seen_at"]
 
     now = current[KEY_COLUMNS + fields].astype({c: str for c in KEY_COLUMNS}).reset_index(drop=True)
+    record_times = current["_updated_at"]
     previous = _previous_state(previous_state, fields, changed_columns)
-    now_keys, previous_keys = _joint_key_codes(now, previous)
-    duplicated = pd.Series(now_keys).duplicated().to_numpy()
+    if previous.empty:
+        # a first run: the state is the records in key order, so they are put in that order now, where repeated
+        # keys lie side by side, and no key is hashed
+        order = _key_order(now)
+        now, record_times = now.take(order).reset_index(drop=True), record_times.iloc[order]
+        duplicated = np.zeros(len(now), dtype=bool)
+        duplicated[order[1:][_same_as_previous(now)]] = True
+    else:
+        now_keys, previous_keys = _joint_key_codes(now, previous)
+        duplicated = pd.Series(now_keys).duplicated().to_numpy()
     if duplicated.any():
-        example = now.loc[duplicated, KEY_COLUMNS].head(3).to_dict("records")
+        example = current.loc[duplicated, KEY_COLUMNS].astype(str).head(3).to_dict("records")
         raise ValueError(f"current records repeat keys, e.g. {example}")
-    updated = pd.Series(_utc_times(_utc_micros(current["_updated_at"], "current._updated_at"))).fillna(seen_at)
+    updated = pd.Series(_utc_times(_utc_micros(record_times, "current._updated_at"))).fillna(seen_at)
 
     # both sides' keys are unique (checked), so each current record has at most one previous row (-1: none)
-    previous_row = pd.Index(previous_keys).get_indexer(now_keys)
+    previous_row = np.full(len(now), -1) if previous.empty else pd.Index(previous_keys).get_indexer(now_keys)
     for name, changed in zip(fields, changed_columns):
         changed_before = pd.Series(previous[changed].array.take(previous_row, allow_fill=True))
         same = changed_before.notna().to_numpy().copy()  # only a value with a known change time can keep it
@@ -502,20 +561,31 @@ def derive_field_change_times(
         now[changed] = changed_before.where(same, updated)
     now["_seen_at"] = pd.Series(seen_at, index=now.index, dtype=UTC_DTYPE)
 
+    if previous.empty:
+        return now[layout]  # in key order already; the stored state's empty columns would make text Python objects
     untouched = np.ones(len(previous), dtype=bool)
     untouched[previous_row[previous_row >= 0]] = False
     state = pd.concat([previous.loc[untouched, layout], now[layout]], ignore_index=True)
     return state.take(_key_order(state)).reset_index(drop=True)
 
 
-def _key_order(frame: pd.DataFrame) -> np.ndarray:
-    """Row positions in (_source, _source_id) text order, stable.
+def _same_as_previous(frame: pd.DataFrame) -> np.ndarray:
+    """For each row after the first, whether its key equals the one of the row before (missing equals missing, as
+    for ``duplicated``)."""
+    same = np.ones(max(len(frame) - 1, 0), dtype=bool)
+    for column in KEY_COLUMNS:
+        keys = pa.array(frame[column].array)
+        equal = pc.fill_null(pc.equal(keys[1:], keys[:-1]), False)
+        same &= pc.or_(equal, pc.and_(pc.is_null(keys[1:]), pc.is_null(keys[:-1]))).to_numpy(zero_copy_only=False)
+    return same
 
-    The ids are sorted as fixed-width numpy text (code point order, as Python compares strings), which is several
-    times faster than sorting Python strings; the few sources then by their rank."""
-    source_rank = pd.factorize(frame["_source"], sort=True)[0]
-    by_id = np.argsort(frame["_source_id"].to_numpy(dtype=str), kind="stable")
-    return by_id[np.argsort(source_rank[by_id], kind="stable")]
+
+def _key_order(frame: pd.DataFrame) -> np.ndarray:
+    """Row positions in (_source, _source_id) text order, stable: one Arrow sort of both columns, in code point
+    order (as Python compares strings). A missing source sorts first, a missing id as the text "nan"."""
+    source, source_id = (pa.array(frame[column].astype(str).array) for column in KEY_COLUMNS)
+    keys = pa.table({"source": source, "source_id": pc.fill_null(source_id, "nan")})
+    return pc.sort_indices(keys, sort_keys=[("source", "ascending", "at_start"), ("source_id", "ascending")]).to_numpy()
 
 
 def _previous_state(previous_state: pd.DataFrame | None, fields: list[str], changed_columns: list[str]) -> pd.DataFrame:
@@ -539,5 +609,12 @@ def _previous_state(previous_state: pd.DataFrame | None, fields: list[str], chan
 def _same_text(now: pd.Series, before: pd.Series) -> np.ndarray:
     """Equal as text, with empty equal to empty."""
     now_empty, before_empty = _empty_mask(now), _empty_mask(before)
-    equal = now.astype(object).astype("str").to_numpy() == before.astype(object).astype("str").to_numpy()
+    equal = np.asarray(_text(now) == _text(before).set_axis(now.index), dtype=bool)
     return (now_empty & before_empty) | (~now_empty & ~before_empty & equal)
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Values as text ("str"): text as it is (no Python string per value), anything else through ``str``."""
+    if isinstance(values.dtype, pd.StringDtype):
+        return values.astype("str")
+    return values.astype(object).astype("str")

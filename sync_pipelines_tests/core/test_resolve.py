@@ -17,6 +17,8 @@ from sync_pipelines.core.resolve import (
     _DENSE_SCORES,
     SCORERS,
     Condition,
+    _character_counts,
+    _counts_apart,
     _similar_values,
     given_names_compatible,
     is_given_name_field,
@@ -24,6 +26,7 @@ from sync_pipelines.core.resolve import (
 from sync_pipelines.resolve import (
     build_crosswalk,
     entity_id_for,
+    normalize_values,
     pairwise_precision_recall,
     resolve_entities,
     soundex,
@@ -82,6 +85,16 @@ def test_inner_whitespace_is_collapsed_before_comparing():
     assert resolve_entities(records, identity(rule)).nunique() == 1
 
 
+def test_comparison_forms_fold_and_collapse_any_text_as_python_does():
+    # most texts are lower-cased by Arrow; the rest (Unicode case and whitespace) must end up the same
+    texts = ["Ann Lee", "  ANN   LEE ", "ann\u00a0lee", "ann\x1clee", "Straße", "STRASSE", "ΣΑΣ", "σας", "Zoë",
+             "İstanbul", "ǅemal", "\u3000", "", None, "a\u200bb", "Ünal Ölçer", "o'brien-smith", "x\ty\nz"]
+    forms = normalize_values(pd.Series(texts * 2, dtype="str"))
+    expected = [None if text is None else " ".join(text.casefold().split()) or None for text in texts * 2]
+    assert list(forms) == expected
+    assert list(normalize_values(pd.Series([1, 2.5, None], dtype=object))) == ["1", "2.5", None]
+
+
 @pytest.mark.parametrize(
     ("method", "left", "right", "score"),
     [
@@ -118,6 +131,25 @@ def test_many_distinct_values_are_scored_as_every_pair_would_be(method):
     expected = [scorer.function(names[i], names[j]) >= condition.cutoff() for i, j in zip(left, right)]
     assert 0 < sum(expected) < len(expected)
     assert _similar_values(left, right, names, condition).tolist() == expected
+
+
+@pytest.mark.parametrize("method", list(SCORERS))
+def test_a_score_bound_is_never_below_the_score(method):
+    # pairs whose bound is below a threshold are never scored, so the bound must hold for every pair of texts
+    rng = np.random.default_rng(11)
+    characters = list("aaabeeilnorstuy019-'éø")
+    texts = [" ".join("".join(rng.choice(characters, rng.integers(1, 9))) for _ in range(rng.integers(1, 4)))
+             for _ in range(4000)]
+    # random pairs, then each text with a prefix of itself (the best case for Winkler's bonus), then counts over 255
+    left = texts[:2000] + [text[: len(text) // 2 + 1] for text in texts[:2000]] + ["a" * 300 + "b", "a" * 280]
+    right = texts[2000:] + texts[:2000] + ["a" * 260, "a" * 300 + "c"]
+    scorer = SCORERS[method]
+    scores = np.array([scorer.function(a, b) for a, b in zip(left, right)]) / scorer.scale
+    lengths, counts = _character_counts(np.array(left + right, dtype=object))
+    first, second = np.arange(len(left)), len(left) + np.arange(len(right))
+    bounds = scorer.bound(lengths[first], lengths[second], _counts_apart(counts, first, second)) / scorer.scale
+    assert (scores <= bounds + 1e-6).all()
+    assert (scores > bounds - 0.05).mean() > 0.05  # and it is close for some
 
 
 def test_a_rule_needs_all_its_conditions_and_any_rule_is_enough():
@@ -651,6 +683,12 @@ def test_records_need_a_source_and_a_source_id():
     records.loc[1, "_source_id"] = None
     with pytest.raises(ValueError, match="1 row"):
         resolve_entities(records, identity(EMAIL))
+    for blank in ("", " \t", "\u3000", "\x1f"):  # whitespace as Python's str.strip() sees it
+        records.loc[1, "_source_id"] = blank
+        with pytest.raises(ValueError, match="1 row"):
+            resolve_entities(records, identity(EMAIL))
+    records.loc[1, "_source_id"] = "\u200b"  # a zero-width space is no whitespace to Python: a usable id
+    assert len(resolve_entities(records, identity(EMAIL))) == 2
 
 
 @pytest.mark.parametrize(

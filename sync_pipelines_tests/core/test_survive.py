@@ -202,6 +202,43 @@ def test_conflicts_list_every_overridden_value_and_nothing_else():
     assert (conflicts.decided_at == DECIDED).all() and (conflicts.entity_id == "p1").all()
 
 
+def test_case_and_spacing_are_cosmetic_in_any_script():
+    records, clusters = make(
+        {"tool": "salesforce", "id": "s1", "entity": "p1", "at": "2026-09-01", "last_name": "Straße"},
+        {"tool": "hubspot", "id": "h1", "entity": "p1", "at": "2026-09-02", "last_name": " STRASSE"},
+        {"tool": "salesforce", "id": "s2", "entity": "p2", "at": "2026-09-01", "last_name": "ΣΑΣ"},
+        {"tool": "hubspot", "id": "h2", "entity": "p2", "at": "2026-09-02", "last_name": "σας"},
+        {"tool": "salesforce", "id": "s3", "entity": "p3", "at": "2026-09-01", "last_name": "Zoë"},
+        {"tool": "hubspot", "id": "h3", "entity": "p3", "at": "2026-09-02", "last_name": "ZOE"},
+    )
+    result = run(records, clusters)
+    assert result.golden["last_name"].tolist() == ["Straße", "ΣΑΣ", "Zoë"]  # the winner's own spelling
+    conflicts = result.conflicts
+    assert list(zip(conflicts.entity_id, conflicts.loser_value, conflicts.winner_value)) == [("p3", "ZOE", "Zoë")]
+
+
+def test_fields_that_are_not_text_keep_their_type_and_compare_as_values():
+    records = pd.DataFrame({
+        "seats": [3, 3, 7, 5],
+        "amount": [1.0, 1, 2.5, np.nan],  # 1.0 and 1 are one value
+        "active": pd.Series([True, False, None, True], dtype=object),
+        "renewal": pd.to_datetime(["2026-01-01", "2026-02-01", "2026-03-01", None], utc=True),
+        "_source": ["salesforce", "hubspot", "salesforce", "hubspot"],
+        "_source_id": ["s1", "h1", "s2", "h2"],
+        "_updated_at": [utc("2026-09-01")] * 4,
+    })
+    clusters = pd.Series(["p1", "p1", "p2", "p2"])
+    result = survivorship(records, clusters, {**RULES, "fields": {}}, decided_at=DECIDED)
+    golden = result.golden
+    assert golden["seats"].dtype == np.int64 and golden["seats"].tolist() == [3, 7]
+    assert golden["amount"].tolist() == [1.0, 2.5]
+    assert golden["active"].dtype == object and golden["active"].tolist() == [True, True]
+    assert golden["renewal"].tolist() == [utc("2026-01-01"), utc("2026-03-01")]
+    got = set(zip(result.conflicts.entity_id, result.conflicts.field, result.conflicts.loser_value))
+    assert got == {("p1", "active", "False"), ("p1", "renewal", "2026-02-01 00:00:00+00:00"), ("p2", "seats", "5")}
+    assert set(result.provenance["value"]) >= {"3", "1.0", "True", "2026-01-01 00:00:00+00:00"}
+
+
 def test_golden_layout_and_member_counts():
     records, clusters = make(
         {"tool": "hubspot", "id": "h1", "entity": "p2", "at": "2026-09-02", "first_name": "Bo"},

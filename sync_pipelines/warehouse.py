@@ -453,11 +453,11 @@ class Warehouse:
         return self._read(log, [(f"WHERE batch > {mark}", (after_batch,))])
 
 
-def _chunks(frame: pd.DataFrame, columns: list[sa.Column], dialect: str) -> Iterator[Iterator[tuple]]:
-    """The frame's rows as driver-ready tuples, ``LOAD_CHUNK_ROWS`` at a time."""
+def _sqlite_rows(frame: pd.DataFrame, columns: list[sa.Column]) -> Iterator[Iterator[tuple]]:
+    """The frame's rows as SQLite driver tuples, ``LOAD_CHUNK_ROWS`` at a time (PostgreSQL gets COPY blocks)."""
     for start in range(0, len(frame), LOAD_CHUNK_ROWS):
         part = frame.iloc[start:start + LOAD_CHUNK_ROWS]
-        yield zip(*(_cells(part[c.name], c.type, dialect) for c in columns))
+        yield zip(*(_cells(part[c.name], c.type, "sqlite") for c in columns))
 
 
 def _any_key_exists(conn: Connection, table: sa.Table, keys: pd.Series) -> bool:
@@ -501,7 +501,7 @@ def _key_json(keys: pd.Series, key: sa.Column) -> str:
 def _executemany(conn: Connection, statement: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:
     cursor = conn.connection.driver_connection.cursor()
     try:
-        for rows in _chunks(frame, columns, "sqlite"):
+        for rows in _sqlite_rows(frame, columns):
             cursor.executemany(statement, rows)
     finally:
         cursor.close()

@@ -41,7 +41,7 @@ _SQL_TYPES = {
     "integer": sa.BigInteger, "number": sa.Float, "boolean": sa.Boolean, "datetime": sa.DateTime(timezone=True),
 }
 SCHEMA_LOCK = 7_123_409  # advisory lock id serialising schema creation on PostgreSQL
-CHUNK_ROWS = 5_000
+CHUNK_ROWS = 5_000  # values bound per SQLite statement, which caps its parameters
 LOAD_CHUNK_ROWS = 100_000  # rows turned into driver values at a time: bounds the memory of a large load
 
 
@@ -273,17 +273,10 @@ class Warehouse:
         held = self.read_where_in("quarantine", "entity", [entity], columns)
         fixed = held.merge(clean[["_source", "_source_stream", "_source_id"]].rename(
             columns={"_source_id": "record_key"}).drop_duplicates(), on=columns)
-        q = self.quarantine
-        released = 0
         with self.transaction() as conn:
-            for (source, stream), part in fixed.groupby(["_source", "_source_stream"]):
-                for start in range(0, len(part), CHUNK_ROWS):
-                    keys = part["record_key"].iloc[start:start + CHUNK_ROWS].tolist()
-                    released += conn.execute(q.delete().where(
-                        q.c.entity == entity, q.c._source == source, q.c._source_stream == stream,
-                        q.c.record_key.in_(keys),
-                    )).rowcount
-        return released
+            return sum(self.delete_where_in(conn, "quarantine", "record_key", part["record_key"], entity=entity,
+                                            _source=source, _source_stream=stream)
+                       for (source, stream), part in fixed.groupby(["_source", "_source_stream"]))
 
     def quarantined_by_source(self, entity: str) -> dict[str, int]:
         """How many of an entity's records each tool has in quarantine now."""
@@ -337,6 +330,10 @@ class Warehouse:
         self._insert(conn, self._derived_table(conn, table, frame), frame)
         for column in index:
             conn.exec_driver_sql(f"CREATE INDEX {quote(f'ix_{table}_{column}')} ON {quote(table)} ({quote(column)})")
+        if self.dialect == "postgresql":
+            # a new table has no statistics until autovacuum gets to it (never, where it is off): the planner would
+            # scan it whole for a few keys; a sample of its rows costs about 0.1 s
+            conn.exec_driver_sql(f"ANALYZE {quote(table)}")
         return len(frame)
 
     def append(self, table: str, frame: pd.DataFrame, index: tuple[str, ...] = ()) -> int:
@@ -357,15 +354,7 @@ class Warehouse:
 
     def read_where_in(self, table: str, column: str, values, columns: list[str] | None = None) -> pd.DataFrame:
         """The rows whose ``column`` is one of ``values`` (an indexed lookup per chunk of values)."""
-        values = pd.unique(pd.Series(list(values), dtype=object).dropna())
-        marks = "%s" if self.dialect == "postgresql" else "?"
-        quoted = self.engine.dialect.identifier_preparer.quote(column)
-        if self.dialect == "postgresql":
-            queries = [(f"WHERE {quoted} = ANY({marks})", (values[start:start + CHUNK_ROWS].tolist(),))
-                       for start in range(0, len(values), CHUNK_ROWS)]
-        else:
-            queries = [(f"WHERE {quoted} IN ({', '.join('?' * len(part))})", tuple(part.tolist()))
-                       for part in (values[start:start + CHUNK_ROWS] for start in range(0, len(values), CHUNK_ROWS))]
+        queries = [(f"WHERE {where}", params) for where, params in self._matching(column, values)]
         frame = self._read(table, queries or [("WHERE 1 = 0", ())], columns)
         return frame.drop_duplicates(ignore_index=True) if len(queries) > 1 else frame
 
@@ -384,17 +373,26 @@ class Warehouse:
     def delete_where_in(self, conn: Connection, table: str, column: str, values, **equal: str) -> int:
         """Within a caller's transaction, delete the rows whose ``column`` is one of ``values`` (and whose other
         columns equal ``equal``); a table that does not exist yet has nothing to delete."""
-        values = pd.unique(pd.Series(list(values), dtype=object).dropna())
-        if not len(values) or not sa.inspect(conn).has_table(table):
+        queries = self._matching(column, values)
+        if not queries or not sa.inspect(conn).has_table(table):
             return 0
-        target = sa.table(table, sa.column(column), *(sa.column(name) for name in equal))
-        deleted = 0
-        for start in range(0, len(values), CHUNK_ROWS):
-            condition = target.c[column].in_(values[start:start + CHUNK_ROWS].tolist())
-            for name, value in equal.items():
-                condition &= target.c[name] == value
-            deleted += conn.execute(target.delete().where(condition)).rowcount
-        return deleted
+        quote, mark = conn.dialect.identifier_preparer.quote, "%s" if self.dialect == "postgresql" else "?"
+        also = "".join(f" AND {quote(name)} = {mark}" for name in equal)
+        return sum(conn.exec_driver_sql(f"DELETE FROM {quote(table)} WHERE {where}{also}",
+                                        params + tuple(equal.values())).rowcount
+                   for where, params in queries)
+
+    def _matching(self, column: str, values) -> list[tuple[str, tuple]]:
+        """Conditions, with their driver parameters, that together match the rows whose ``column`` is one of
+        ``values`` (None and repeats ignored; none at all for no values). PostgreSQL takes any number of values as one
+        array parameter, so one statement scans or probes the table once; SQLite caps a statement's parameters,
+        so it gets chunks of them."""
+        values = pd.unique(pd.Series(list(values), dtype=object).dropna())
+        quoted = self.engine.dialect.identifier_preparer.quote(column)
+        if self.dialect == "postgresql":
+            return [(f"{quoted} = ANY(%s)", (values.tolist(),))] if len(values) else []
+        return [(f"{quoted} IN ({', '.join('?' * len(part))})", tuple(part.tolist()))
+                for part in (values[start:start + CHUNK_ROWS] for start in range(0, len(values), CHUNK_ROWS))]
 
     def delete_keys(self, conn: Connection, table: str, keys: pd.DataFrame) -> int:
         """Within a caller's transaction, delete the rows of the (``_source``, ``_source_id``) pairs in ``keys``."""

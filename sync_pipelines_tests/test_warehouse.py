@@ -171,6 +171,26 @@ def test_loads_larger_than_one_chunk_arrive_whole(warehouse, monkeypatch):
     _assert_same(_landed(warehouse), rows)
 
 
+def test_keyed_reads_and_deletes_match_exactly_the_given_values(warehouse, monkeypatch):
+    """Values spanning several SQLite statements (PostgreSQL takes them as one array), repeats and None among them;
+    a delete also holds to its extra column conditions."""
+    monkeypatch.setattr(warehouse_module, "CHUNK_ROWS", 4)
+    frame = pd.DataFrame({"entity_id": [f"e{i % 10}" for i in range(30)], "tool": ["a", "b", "c"] * 10,
+                          "n": range(30)})
+    warehouse.replace("keyed_test", frame)
+    wanted = ["e1", "e3", None, "e3", "e5", "e7", "e9", "nowhere"]
+    read = warehouse.read_where_in("keyed_test", "entity_id", wanted)
+    assert sorted(read["n"]) == sorted(frame.loc[frame["entity_id"].isin(wanted), "n"])
+    assert warehouse.read_where_in("keyed_test", "entity_id", []).empty
+    with warehouse.transaction() as conn:
+        assert warehouse.delete_where_in(conn, "keyed_test", "entity_id", wanted, tool="b") == 5
+        assert warehouse.delete_where_in(conn, "keyed_test", "entity_id", [None]) == 0
+        assert warehouse.delete_where_in(conn, "no_such_table", "entity_id", ["e1"]) == 0
+    kept = warehouse.read_table("keyed_test")
+    gone = frame["entity_id"].isin(wanted) & (frame["tool"] == "b")
+    assert sorted(kept["n"]) == sorted(frame.loc[~gone, "n"])
+
+
 def test_updates_round_trip_the_new_values_exactly(warehouse):
     """Every record landed again with other awkward values (text, missing, timestamps, flags) replaces the stored one
     whole: each text moves to another record, so a value left behind or mangled by the update shows."""

@@ -12,6 +12,7 @@ and timestamps as UTC text in the form SQLAlchemy itself reads back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -255,7 +256,7 @@ class Warehouse:
             "entity": entity,
             "_source": rejects["_source"].values,
             "_source_stream": rejects["_source_stream"].values,
-            "record_key": rejects["_source_id"].fillna(rejects["_raw"]).values,
+            "record_key": rejects["_source_id"].fillna(rejects["_raw"].map(_raw_digest)).values,
             "_source_id": rejects["_source_id"].values,
             "reason": rejects["_reason"].values,
             "raw": rejects["_raw"].values,
@@ -449,6 +450,12 @@ class Warehouse:
             return None
         mark = "%s" if self.dialect == "postgresql" else "?"
         return self._read(log, [(f"WHERE batch > {mark}", (after_batch,))])
+
+
+def _raw_digest(raw: str) -> str:
+    """The quarantine key of a record without an id: a digest of its payload, which identifies it as well as the
+    payload itself while fitting an index entry (PostgreSQL refuses a key of more than about 2.7 kB)."""
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
 
 
 def _sqlite_rows(frame: pd.DataFrame, columns: list[sa.Column]) -> Iterator[Iterator[tuple]]:

@@ -326,6 +326,19 @@ def test_quarantine_round_trip_and_release(warehouse):
         assert sa.inspect(conn).has_table("quarantine")
 
 
+def test_a_large_record_without_an_id_is_quarantined_once_under_a_digest(warehouse):
+    """Keyed by its payload's digest, not the payload: PostgreSQL refuses index entries of more than about 2.7 kB."""
+    raw = '{"note": "' + "".join(chr(0x41 + (i * 7919) % 58) for i in range(20_000)) + '"}'
+    rejects = pd.DataFrame({"_source": ["hubspot"] * 2, "_source_stream": ["contacts"] * 2,
+                            "_source_id": [None, "101"], "_raw": [raw, raw], "_reason": ["no id", "bad email"]})
+    assert warehouse.put_in_quarantine("contacts", rejects) == 2
+    warehouse.put_in_quarantine("contacts", rejects.iloc[:1])
+    held = warehouse.read_table("quarantine").sort_values("record_key").reset_index(drop=True)
+    assert held["record_key"][0] == "101"
+    assert held["record_key"][1].startswith("sha256:") and len(held["record_key"][1]) == 7 + 64
+    assert held["raw"].tolist() == [raw, raw]
+
+
 def test_workers_creating_the_warehouse_at_once_do_not_race(warehouse_url):
     """Celery workers start together and each opens the warehouse: schema creation must be serialised."""
     import threading

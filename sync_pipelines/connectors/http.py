@@ -375,14 +375,18 @@ class HttpClient:
             self.stats.requests += 1
             started = time.perf_counter()
             try:
-                response = self.session.request(method, url, params=params, json=json, data=data,
-                                                headers=headers, timeout=self.timeout)
+                response, broken = self.session.request(method, url, params=params, json=json, data=data,
+                                                        headers=headers, timeout=self.timeout), None
             except requests.RequestException as exc:
+                response, broken = None, exc
+            if broken is not None:
+                # raised here, outside the except block, so that the failure does not carry the driver's exception
+                # (whose text holds the whole URL, a secret for some tools) as its context into tracebacks
                 self.stats.add_latency((time.perf_counter() - started) * 1000)
                 self.stats.errors += 1
-                failure = ConnectorError(self.redact(f"{self.tool}: {shown} failed: {type(exc).__name__}: {exc}"),
-                                         tool=self.tool)
-                retryable = idempotent or isinstance(exc, requests.ConnectTimeout)
+                failure = ConnectorError(
+                    self.redact(f"{self.tool}: {shown} failed: {type(broken).__name__}: {broken}"), tool=self.tool)
+                retryable = idempotent or isinstance(broken, requests.ConnectTimeout)
                 self._wait_or_raise(failure, retryable, attempt, None, shown)
                 attempt += 1
                 continue
@@ -399,8 +403,12 @@ class HttpClient:
                     self.stats.errors += 1
                     malformed += 1
                     failure = ResponseError(f"{self.tool}: {shown} answered HTTP {status} with a body that is "
-                                            f"not JSON: {self._snippet(response)}", tool=self.tool, status=status)
-                    self._wait_or_raise(failure, malformed <= MAX_MALFORMED_RETRIES, attempt, None, shown)
+                                            f"not JSON: {self._snippet(response)}" + (
+                                                "" if idempotent else " (not sent again: the call may have taken "
+                                                "effect)"), tool=self.tool, status=status)
+                    # the API did the work: only a call that is safe to repeat is sent again
+                    self._wait_or_raise(failure, idempotent and malformed <= MAX_MALFORMED_RETRIES, attempt, None,
+                                        shown)
                     attempt += 1
                     continue
             self.stats.errors += 1
@@ -426,8 +434,11 @@ class HttpClient:
 
     def paginate(self, request: PageRequest | None, *, records_path: str,
                  paginator: Paginator | None = None) -> Iterator[dict]:
-        """Yield every record of every page, refusing a next page that repeats the previous request."""
+        """Yield every record of every page, refusing a next page that repeats any earlier request of this
+        pagination (a cursor cycling back would otherwise page forever)."""
+        asked: set = set()
         while request is not None:
+            asked.add(request.identity())
             payload = self.request(request.method, request.path, params=request.params, json=request.json)
             records = dig(payload, records_path)
             if not isinstance(records, list):
@@ -437,9 +448,10 @@ class HttpClient:
             self.stats.pages += 1
             yield from records
             following = paginator.next_request(request, payload, records) if paginator else None
-            if following is not None and following.identity() == request.identity():
+            if following is not None and following.identity() in asked:
                 raise ResponseError(self.redact(
-                    f"{self.tool}: pagination did not advance at {request.method} {request.path}"), tool=self.tool)
+                    f"{self.tool}: pagination came back to a page it already read, after "
+                    f"{request.method} {request.path}"), tool=self.tool)
             request = following
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import traceback
 from datetime import datetime, timezone
 
 import pytest
@@ -132,6 +133,27 @@ def test_persistently_malformed_json_raises_response_error(fake_api, sleeps):
     assert http.stats.requests == 3  # the first try and two retries
 
 
+def test_a_malformed_answer_to_a_call_unsafe_to_repeat_is_not_sent_again(fake_api, sleeps):
+    """A 2xx means the API did the work: sending a create again on a truncated body would make a twin."""
+    fake_api.script = lambda seen: Reply(201, b'{"data": {"gid": "12')
+    http = client(fake_api, sleeps)
+    with pytest.raises(ResponseError, match="may have taken effect"):
+        http.request("POST", "/tasks", json={"data": {"name": "Onboard"}}, idempotent=False)
+    assert http.stats.requests == 1
+
+
+def test_a_network_failure_does_not_carry_the_url_in_its_exception_chain(sleeps):
+    """The driver's exception text holds the whole URL (a secret for webhook-style tools): the failure raised must
+    not keep it as its context, which tracebacks and Dagster's error records print."""
+    secret_path = "/services/T0SECRET/B0SECRET/" + TOKEN
+    http = HttpClient(tool="demo", base_url="http://127.0.0.1:9", auth=Auth.none(secret_path),
+                      credential_hint="x", sleep=sleeps, retry=RetryPolicy(max_retries=0), timeout=2)
+    with pytest.raises(ConnectorError) as caught:
+        http.request("POST", secret_path, json={"text": "hi"})
+    printed = "".join(traceback.format_exception(caught.value))
+    assert TOKEN not in printed and caught.value.__context__ is None and caught.value.__cause__ is None
+
+
 def test_every_record_exactly_once_despite_20_percent_5xx(fake_api, sleeps):
     records = [{"id": n} for n in range(500)]
     chance = random.Random(7)
@@ -155,9 +177,20 @@ def test_every_record_exactly_once_despite_20_percent_5xx(fake_api, sleeps):
 def test_pagination_that_does_not_advance_is_refused(fake_api, sleeps):
     fake_api.script = lambda seen: Reply(200, {"items": [{"id": 1}], "next": "same"})
     http = client(fake_api, sleeps)
-    with pytest.raises(ResponseError, match="did not advance"):
+    with pytest.raises(ResponseError, match="came back to a page it already read"):
         list(http.paginate(PageRequest("GET", "/items", params={"cursor": "same"}), records_path="items",
                            paginator=CursorPaginator("next", "cursor")))
+
+
+def test_pagination_cycling_back_to_an_earlier_cursor_is_refused(fake_api, sleeps):
+    following = {"-": "A", "A": "B", "B": "A"}
+    fake_api.script = lambda seen: Reply(200, {"items": [{"id": 1}],
+                                               "next": following[seen.query.get("cursor", ["-"])[0]]})
+    http = client(fake_api, sleeps)
+    with pytest.raises(ResponseError, match="came back to a page it already read"):
+        list(http.paginate(PageRequest("GET", "/items"), records_path="items",
+                           paginator=CursorPaginator("next", "cursor")))
+    assert len(fake_api.seen) == 3  # -, A, B: then B's next (A) was refused
 
 
 def test_network_failures_are_retried_then_reported(sleeps):

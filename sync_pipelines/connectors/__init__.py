@@ -27,7 +27,8 @@ Public contract (stable; the Dagster layer and the CLI rely on it)::
 * ``write(stream, records, mode, key)`` returns one ``{"ok", "id", "created", "error"}`` per input record, in
   order. ``key`` is the matching field (salesforce external id, default ``External_Id__c``; hubspot
   ``idProperty``, default ``email``; zendesk default ``email``; csv and sql a column). Stripe writes send an
-  ``Idempotency-Key`` derived from the record (or the record's ``idempotency_key``), so re-running is safe.
+  ``Idempotency-Key``: the record's ``idempotency_key`` (so a create re-run after a crash is not made twice), else
+  one per call, so that retrying it is safe.
 * Errors are ``ConnectorError`` subclasses: ``AuthError`` (credentials refused; raised at once, names the
   environment variable), ``RateLimitError``, ``ApiError``, ``ResponseError``. No message, log line or stat ever
   holds a secret.

@@ -1,5 +1,5 @@
-"""HubSpot CRM v3: list (live then archived) for full reads, search by modification time for incremental ones,
-restarted from the last seen time before the 10,000-result search ceiling; batch upsert by an id property."""
+"""HubSpot CRM v3: list (live then archived) for full reads, search for incremental ones (records changed in a window
+ending at the newest change when the read starts, paged by id); batch upsert by an id property."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
-from sync_pipelines.connectors.errors import ConnectorError
 from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest, dig
 
 API = "/crm/v3"
 LIST_PAGE_MAX = 100
 SEARCH_PAGE_MAX = 200
-SEARCH_CEILING = 10_000
 WRITE_CHUNK = 100
 RECORD_METADATA = ("id", "properties", "createdAt", "updatedAt", "archived", "archivedAt")
 
@@ -45,21 +43,18 @@ def epoch_ms(value: Any) -> int | None:
 
 
 @dataclass
-class CeilingPaginator:
-    """Follows `paging.next.after` in the search body, stopping (and saying so) before `after + limit`
-    would pass the ceiling the search endpoint refuses."""
-
-    limit: int
-    hit_ceiling: bool = False
+class IdKeysetPaginator:
+    """The next page of a search sorted by `hs_object_id`: the same filters plus "id after the last one read", from
+    offset 0 every time. Offsets (`paging.next.after`) shift when a record leaves or joins the results mid-read, and
+    cannot pass the search endpoint's 10,000-result ceiling; a key never shifts."""
 
     def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
-        token = dig(payload, "paging.next.after")
-        if token in (None, ""):
+        if not records or dig(payload, "paging.next.after") in (None, ""):
             return None
-        if int(token) + self.limit > SEARCH_CEILING:
-            self.hit_ceiling = True
-            return None
-        return replace(request, json={**request.json, "after": token})
+        [group] = request.json["filterGroups"]
+        filters = [f for f in group["filters"] if f["propertyName"] != "hs_object_id"]
+        after_id = {"propertyName": "hs_object_id", "operator": "GT", "value": str(records[-1]["id"])}
+        return replace(request, json={**request.json, "filterGroups": [{"filters": [*filters, after_id]}]})
 
 
 class HubSpotConnector(ApiConnector):
@@ -92,30 +87,25 @@ class HubSpotConnector(ApiConnector):
                                       records_path="results", paginator=CursorPaginator("paging.next.after", "after"))
 
     def _search(self, stream: str, properties: list[str], since: datetime) -> Iterator[dict]:
+        """Records changed at or after `since` and at or before the newest change when the read starts, in id
+        order. A record changed during the read leaves the window (its new time is later) and is read by the next
+        run, whose cursor, the newest time read here, stays at or before the window's end; paging by id, its leaving
+        shifts nothing, so no other record is skipped (a search sorted by time and paged by offset would skip one)."""
         cursor = cursor_property(stream)
-        limit = min(self.page_size * 2, SEARCH_PAGE_MAX)
-        floor_ms = int(since.timestamp() * 1000)
-        seen: set[str] = set()
-        while True:
-            since_filter = {"propertyName": cursor, "operator": "GTE", "value": str(floor_ms)}
-            body = {"filterGroups": [{"filters": [since_filter]}],
-                    "sorts": [{"propertyName": cursor, "direction": "ASCENDING"}],
-                    "properties": list(dict.fromkeys([*properties, cursor])), "limit": limit}
-            paginator = CeilingPaginator(limit)
-            newest_ms = floor_ms
-            for record in self.http.paginate(PageRequest("POST", f"{API}/objects/{stream}/search", json=body),
-                                             records_path="results", paginator=paginator):
-                newest_ms = max(newest_ms, epoch_ms(dig(record, f"properties.{cursor}") or record.get("updatedAt"))
-                                or newest_ms)
-                if record["id"] not in seen:
-                    seen.add(record["id"])
-                    yield record
-            if not paginator.hit_ceiling:
-                return
-            if newest_ms == floor_ms:
-                raise ConnectorError(f"{self.name}: more than {SEARCH_CEILING} {stream} share the modification time "
-                                     f"{floor_ms} ms; the search API cannot page past them, run a full read instead")
-            floor_ms = newest_ms
+        floor = {"propertyName": cursor, "operator": "GTE", "value": str(int(since.timestamp() * 1000))}
+        newest = self.http.request("POST", f"{API}/objects/{stream}/search", json={
+            "filterGroups": [{"filters": [floor]}], "sorts": [{"propertyName": cursor, "direction": "DESCENDING"}],
+            "properties": [cursor], "limit": 1}).get("results") or []
+        if not newest:
+            return
+        end = epoch_ms(dig(newest[0], f"properties.{cursor}") or newest[0].get("updatedAt"))
+        window = [floor, {"propertyName": cursor, "operator": "LTE", "value": str(end)}]
+        body = {"filterGroups": [{"filters": window}], "sorts": [{"propertyName": "hs_object_id",
+                                                                  "direction": "ASCENDING"}],
+                "properties": list(dict.fromkeys([*properties, cursor])),
+                "limit": min(self.page_size * 2, SEARCH_PAGE_MAX)}
+        yield from self.http.paginate(PageRequest("POST", f"{API}/objects/{stream}/search", json=body),
+                                      records_path="results", paginator=IdKeysetPaginator())
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
         """upsert: `batch/upsert` by a unique property (default email); update: `batch/update` by HubSpot's

@@ -1,10 +1,9 @@
 """Stripe: `has_more`/`starting_after` lists for full reads, the events feed for incremental ones (Stripe objects
-carry no update time, so `updated` is added), and form-encoded writes made safe to repeat by an Idempotency-Key."""
+carry no update time, so `updated` is added), and form-encoded writes whose retries an Idempotency-Key makes safe."""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import uuid
 from datetime import datetime
 from typing import Any, Iterator
 
@@ -44,12 +43,6 @@ def form_encode(values: dict[str, Any], prefix: str = "") -> list[tuple[str, str
     return pairs
 
 
-def idempotency_key(stream: str, object_id: str | None, fields: dict[str, Any]) -> str:
-    """The same record always yields the same key, so a retried or re-run write cannot create a twin."""
-    digest = hashlib.sha256(json.dumps([stream, object_id, fields], sort_keys=True, default=str).encode())
-    return f"sync-pipelines-{digest.hexdigest()[:40]}"
-
-
 class StripeConnector(ApiConnector):
     kind = "stripe"
     streams = tuple(EVENT_TYPES)
@@ -64,7 +57,7 @@ class StripeConnector(ApiConnector):
                 yield {**item, "updated": item.get("created")}
             return
         newest: dict[str, dict] = {}
-        params = {"created[gt]": int(since.timestamp()), "types[]": list(EVENT_TYPES[stream])}
+        params = {"created[gte]": int(since.timestamp()), "types[]": list(EVENT_TYPES[stream])}
         for event in self._list("events", params):
             item = event["data"]["object"]
             kept = newest.get(item["id"])
@@ -84,11 +77,15 @@ class StripeConnector(ApiConnector):
                 for record in records]
 
     def _save(self, stream: str, record: dict) -> dict[str, Any]:
-        """Create when the record has no `id`, update otherwise; `idempotency_key` in the record overrides ours."""
+        """Create when the record has no `id`, update otherwise.
+
+        The Idempotency-Key is the record's own `idempotency_key` (a create that must not happen twice across runs
+        names its intent, as the actions do), else one made for this call, which the engine's retries of it reuse.
+        Stripe answers a key it saw in the last 24 hours with its first answer, so a key derived from the values
+        would leave a field set to A, then B, then A again at B, and make two new records alike one."""
         fields = {k: v for k, v in record.items() if k not in ADDED_FIELDS}
-        key = fields.pop("idempotency_key", None)
+        key = fields.pop("idempotency_key", None) or f"sync-pipelines-{uuid.uuid4().hex}"
         object_id = fields.pop("id", None)
-        key = key or idempotency_key(stream, object_id, fields)
         path = f"{API}/{stream}/{object_id}" if object_id else f"{API}/{stream}"
         body = self.http.request("POST", path, data=form_encode(fields), headers={"Idempotency-Key": key})
         return result(True, body.get("id"), object_id is None)

@@ -137,16 +137,30 @@ def test_asana_creates_then_updates_a_task(sandbox):
     assert any(t["gid"] == created["id"] and t["notes"] == "call booked" for t in pinned.read("tasks"))
 
 
-def test_stripe_rerun_write_never_creates_a_second_invoice(sandbox):
+def test_stripe_rerun_of_a_keyed_create_never_makes_a_second_invoice(sandbox):
+    """A create that names its intent (`idempotency_key`, as the actions do) happens once however often it is run;
+    two unkeyed creates alike are two invoices, as two calls to Stripe would be."""
     stripe = open_tool(sandbox, "stripe")
     customer = stripe.write("customers", [{"email": "barbara@example.com", "name": "Barbara L"}])[0]
     invoice = {"customer": customer["id"], "metadata": {"deal_id": "deal-42"}, "collection_method": "send_invoice",
                "days_until_due": 30}
-    first = stripe.write("invoices", [invoice])[0]
-    again = open_tool(sandbox, "stripe").write("invoices", [dict(invoice)])[0]
+    first = stripe.write("invoices", [{**invoice, "idempotency_key": "invoice:deal-42"}])[0]
+    again = open_tool(sandbox, "stripe").write("invoices", [{**invoice, "idempotency_key": "invoice:deal-42"}])[0]
     assert first["ok"] and again["ok"] and again["id"] == first["id"]
     mine = [i for i in stripe.read("invoices") if i["metadata"].get("deal_id") == "deal-42"]
     assert [i["id"] for i in mine] == [first["id"]]
+    twins = stripe.write("invoices", [{**invoice, "metadata": {"deal_id": "deal-43"}}] * 2)
+    assert all(t["ok"] for t in twins) and twins[0]["id"] != twins[1]["id"]
+
+
+def test_stripe_field_set_back_to_an_earlier_value_is_applied(sandbox):
+    """Stripe replays its first answer to a repeated Idempotency-Key for 24 hours: keys must not follow the values."""
+    stripe = open_tool(sandbox, "stripe")
+    customer = stripe.write("customers", [{"email": "a@example.com", "name": "Ann"}])[0]
+    for email in ("a@example.com", "b@example.com", "a@example.com"):
+        assert stripe.write("customers", [{"id": customer["id"], "email": email}], mode="update")[0]["ok"]
+    [stored] = [c for c in stripe.read("customers") if c["id"] == customer["id"]]
+    assert stored["email"] == "a@example.com"
 
 
 def test_slack_posts_and_hides_the_webhook_secret(sandbox):
@@ -246,3 +260,15 @@ def test_stripe_update_by_id(sandbox):
     assert results == [{"ok": True, "id": customer_id, "created": False, "error": None},
                        {"ok": False, "id": None, "created": None, "error": "record lacks id"}]
     assert [c["phone"] for c in stripe.read("customers") if c["id"] == customer_id] == ["+15550002222"]
+
+
+def test_stripe_incremental_read_includes_changes_in_the_cursors_own_second(sandbox):
+    """Stripe times events in whole seconds: reading from a cursor must take in that second (at or after it), or a
+    change made later in the same second is lost for good."""
+    stripe = open_tool(sandbox, "stripe")
+    customer = stripe.write("customers", [{"email": "c@example.com", "name": "Cy"}])[0]
+    stripe.write("customers", [{"id": customer["id"], "name": "Cyrus"}], mode="update")
+    [changed] = [c for c in stripe.read("customers", since="2000-01-01T00:00:00Z") if c["id"] == customer["id"]]
+    since = datetime.fromtimestamp(changed["updated"], timezone.utc)
+    assert customer["id"] in [c["id"] for c in stripe.read("customers", since=since)]
+

@@ -1,5 +1,5 @@
-"""What is special about each API, checked against a scripted server: SOQL building, the HubSpot search
-ceiling, Zendesk job polling, Stripe form encoding and idempotency keys, option and `since` validation."""
+"""What is special about each API, checked against a scripted server: SOQL building, HubSpot's search paged by id,
+Zendesk job polling, Stripe form encoding and idempotency keys, option and `since` validation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from urllib.parse import parse_qsl
 import pytest
 
 from sync_pipelines.connectors import ConnectorError, connect
-from sync_pipelines.connectors import hubspot
 from sync_pipelines.connectors.base import parse_since
-from sync_pipelines.connectors.stripe import form_encode, idempotency_key
+from sync_pipelines.connectors.stripe import form_encode
 from sync_pipelines_tests.connectors.conftest import Reply
 
 
@@ -34,44 +33,68 @@ def test_salesforce_builds_soql_from_fields_and_follows_next_records_url(fake_ap
                     "WHERE LastModifiedDate >= 2026-09-01T08:00:00Z ORDER BY LastModifiedDate ASC")
 
 
-def hubspot_search_api(fake_api, stamps):
-    """Contacts `i` modified at `stamps[i]` ms; the search refuses `after + limit` past the (patched) ceiling."""
+CEILING = 10  # the search endpoint's 10,000-result ceiling, scaled down
+
+
+def hubspot_search_api(fake_api, stamps, edits=None):
+    """Contacts `i` modified at `stamps[i]` ms, searched as HubSpot does: filters (GTE/LTE on the time, GT on the
+    id), one sort, `after` offsets refused past the ceiling. `edits` maps a search's number to a contact edited
+    just before it is answered (it gets the newest time)."""
+    searches = []
+
     def script(seen):
         if seen.method == "GET":  # the archived pass
             return Reply(200, {"results": []})
         body = json.loads(seen.body)
-        floor = int(body["filterGroups"][0]["filters"][0]["value"])
-        matches = sorted((s, i) for i, s in enumerate(stamps) if s >= floor)
+        searches.append(body)
+        if len(searches) in (edits or {}):
+            stamps[edits[len(searches)]] = max(stamps) + 1
+        tests = {"GTE": int.__ge__, "LTE": int.__le__, "GT": int.__gt__}
+        column = {"lastmodifieddate": lambda i: stamps[i], "hs_object_id": lambda i: i}
+        matches = [i for i in range(len(stamps))
+                   if all(tests[f["operator"]](column[f["propertyName"]](i), int(f["value"]))
+                          for f in body["filterGroups"][0]["filters"])]
+        [sort] = body["sorts"]
+        matches.sort(key=column[sort["propertyName"]], reverse=sort["direction"] == "DESCENDING")
         after, limit = int(body.get("after", 0)), body["limit"]
-        if after + limit > hubspot.SEARCH_CEILING:
+        if after + limit > CEILING:
             return Reply(400, {"category": "VALIDATION_ERROR", "message": "past the ceiling"})
-        page = [{"id": str(i), "properties": {"lastmodifieddate": str(s)}} for s, i in matches[after:after + limit]]
+        page = [{"id": str(i), "properties": {"lastmodifieddate": str(stamps[i])}} for i in matches[after:after + limit]]
         more = after + limit < len(matches)
         return Reply(200, {"total": len(matches), "results": page,
                            **({"paging": {"next": {"after": str(after + limit)}}} if more else {})})
     fake_api.script = script
+    return searches
 
 
-def test_hubspot_search_restarts_from_the_last_time_before_the_ceiling(fake_api, sleeps, monkeypatch):
-    monkeypatch.setattr(hubspot, "SEARCH_CEILING", 10)
-    stamps = [1000 + (n // 2) * 1000 for n in range(25)]  # pairs share a modification time
-    hubspot_search_api(fake_api, stamps)
+def test_hubspot_search_pages_by_id_past_the_ceiling_even_on_one_timestamp(fake_api, sleeps):
+    searches = hubspot_search_api(fake_api, [5000] * 13 + [1000 + n for n in range(12)])
     connector = connect("hubspot", fake_api.url, "tok-123456", page_size=2, fields={"contacts": ["email"]},
                         sleep=sleeps)
     ids = [r["id"] for r in connector.read("contacts", since=datetime.fromtimestamp(0, timezone.utc))]
     assert ids == [str(n) for n in range(25)]
-    searches = [json.loads(s.body) for s in fake_api.seen if s.method == "POST"]
-    floors = {s["filterGroups"][0]["filters"][0]["value"] for s in searches}
-    assert len(floors) > 2  # restarted more than once, each time from a later modification time
+    assert all("after" not in s for s in searches) and len(searches) == 1 + 7  # the newest change, then 7 pages
 
 
-def test_hubspot_search_stuck_on_one_timestamp_says_so(fake_api, sleeps, monkeypatch):
-    monkeypatch.setattr(hubspot, "SEARCH_CEILING", 10)
-    hubspot_search_api(fake_api, [5000] * 25)
+def test_hubspot_edits_during_an_incremental_read_skip_nothing(fake_api, sleeps):
+    """A contact already read is edited mid-read: every contact of the window is still read once, and the edited
+    one's new time lies past the newest time read, where the next run's cursor starts."""
+    stamps = [1000 + n for n in range(20)]
+    hubspot_search_api(fake_api, stamps, edits={3: 1, 5: 12})  # one already read, one not yet read
     connector = connect("hubspot", fake_api.url, "tok-123456", page_size=2, fields={"contacts": ["email"]},
                         sleep=sleeps)
-    with pytest.raises(ConnectorError, match="share the modification time"):
-        list(connector.read("contacts", since="1970-01-01"))
+    read = list(connector.read("contacts", since="1970-01-01"))
+    ids = [r["id"] for r in read]
+    assert ids == [str(n) for n in range(20) if n != 12]  # 12 left the window before its page: next run's
+    cursor = max(int(r["properties"]["lastmodifieddate"]) for r in read)
+    assert stamps[1] > cursor and stamps[12] > cursor
+
+
+def test_hubspot_search_with_no_change_asks_once(fake_api, sleeps):
+    searches = hubspot_search_api(fake_api, [1000, 2000])
+    connector = connect("hubspot", fake_api.url, "tok-123456", fields={"contacts": ["email"]}, sleep=sleeps)
+    assert list(connector.read("contacts", since=datetime.fromtimestamp(3, timezone.utc))) == []
+    assert len(searches) == 1
 
 
 def test_zendesk_polls_the_job_and_maps_each_result(fake_api, sleeps):
@@ -103,15 +126,20 @@ def test_stripe_form_encoding_nests_like_stripe():
                      ("lines[0][qty]", "2"), ("auto_advance", "true"), ("description", "")]
 
 
-def test_stripe_idempotency_key_is_deterministic_and_overridable(fake_api, sleeps):
-    fake_api.script = lambda seen: Reply(200, {"id": "in_1"})
+def test_stripe_idempotency_keys_cover_one_write_and_its_retries(fake_api, sleeps):
+    """A key per call, which its retries reuse, or the record's own; never one derived from the values, to which
+    Stripe would answer with the first write's result (a field set A, B, then A again would stay B)."""
+    fake_api.script = lambda seen: (Reply(500, {"error": {"type": "api_error"}}) if len(fake_api.seen) == 1
+                                    else Reply(200, {"id": "cus_1"}))
     stripe = connect("stripe", fake_api.url, "sk_test_abcdef", sleep=sleeps)
-    stripe.write("invoices", [{"customer": "cus_1", "metadata": {"deal_id": "D1"}}] * 2
-                 + [{"customer": "cus_2"}, {"customer": "cus_3", "idempotency_key": "mine-1"}])
+    results = stripe.write("customers", [{"id": "cus_1", "phone": "A"}, {"id": "cus_1", "phone": "B"},
+                                         {"id": "cus_1", "phone": "A"}, {"email": "x@example.com",
+                                                                         "idempotency_key": "mine-1"}])
+    assert [r["ok"] for r in results] == [True] * 4
     keys = [s.headers["Idempotency-Key"] for s in fake_api.seen]
-    assert keys[0] == keys[1] != keys[2] and keys[3] == "mine-1"
-    assert dict(parse_qsl(fake_api.seen[3].body.decode())) == {"customer": "cus_3"}
-    assert keys[0] == idempotency_key("invoices", None, {"customer": "cus_1", "metadata": {"deal_id": "D1"}})
+    assert len(keys) == 5 and keys[0] == keys[1]  # the 500 was retried with the same key
+    assert len(set(keys[1:4])) == 3 and keys[4] == "mine-1"
+    assert dict(parse_qsl(fake_api.seen[4].body.decode())) == {"email": "x@example.com"}
 
 
 def test_since_must_say_its_time_zone():

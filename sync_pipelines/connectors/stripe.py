@@ -4,7 +4,7 @@ carry no update time, so `updated` is added), and form-encoded writes whose retr
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, result
@@ -18,6 +18,7 @@ EVENT_TYPES = {
                  "invoice.payment_failed", "invoice.voided", "invoice.marked_uncollectible"),
 }
 ADDED_FIELDS = ("updated", "object")
+EVENTS_KEPT = timedelta(days=29)  # Stripe lists the events of the last 30 days: a day's margin for clocks and runs
 
 
 def error_code(body: Any) -> str | None:
@@ -52,10 +53,16 @@ class StripeConnector(ApiConnector):
                     error_code=error_code, page_size=PAGE_MAX)
 
     def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
-        if since is None:
+        """Objects listed whole on a full read (`updated` is then their `created`); otherwise the events since
+        `since`. The events feed reaches back 30 days only: from an older `since` (a sync paused that long), the
+        objects are listed whole first, then the events it still has are taken in, so no change in the gap is lost."""
+        reach = datetime.now(timezone.utc) - EVENTS_KEPT
+        if since is None or since < reach:
             for item in self._list(stream, {}):
                 yield {**item, "updated": item.get("created")}
-            return
+            if since is None:
+                return
+            since = reach
         newest: dict[str, dict] = {}
         params = {"created[gte]": int(since.timestamp()), "types[]": list(EVENT_TYPES[stream])}
         for event in self._list("events", params):

@@ -268,7 +268,8 @@ def test_stripe_incremental_read_includes_changes_in_the_cursors_own_second(sand
     stripe = open_tool(sandbox, "stripe")
     customer = stripe.write("customers", [{"email": "c@example.com", "name": "Cy"}])[0]
     stripe.write("customers", [{"id": customer["id"], "name": "Cyrus"}], mode="update")
-    [changed] = [c for c in stripe.read("customers", since="2000-01-01T00:00:00Z") if c["id"] == customer["id"]]
+    recently = datetime.now(timezone.utc) - timedelta(days=1)
+    [changed] = [c for c in stripe.read("customers", since=recently) if c["id"] == customer["id"]]
     since = datetime.fromtimestamp(changed["updated"], timezone.utc)
     assert customer["id"] in [c["id"] for c in stripe.read("customers", since=since)]
 

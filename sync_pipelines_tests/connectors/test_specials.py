@@ -4,7 +4,7 @@ Zendesk job polling, Stripe form encoding and idempotency keys, option and `sinc
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from urllib.parse import parse_qsl
 
 import pytest
@@ -140,6 +140,28 @@ def test_stripe_idempotency_keys_cover_one_write_and_its_retries(fake_api, sleep
     assert len(keys) == 5 and keys[0] == keys[1]  # the 500 was retried with the same key
     assert len(set(keys[1:4])) == 3 and keys[4] == "mine-1"
     assert dict(parse_qsl(fake_api.seen[4].body.decode())) == {"email": "x@example.com"}
+
+
+def test_stripe_read_from_past_the_events_feeds_reach_lists_every_object_first(fake_api, sleeps):
+    """Stripe keeps 30 days of events: from further back (a paused sync) the objects are listed whole, then the
+    events still kept are taken in, newer, after them."""
+    def script(seen):
+        if seen.path.endswith("/customers"):
+            return Reply(200, {"object": "list", "has_more": False, "data": [{"id": "cus_1", "created": 100}]})
+        return Reply(200, {"object": "list", "has_more": False, "data": [
+            {"id": "evt_1", "type": "customer.updated", "created": 5000, "data": {"object": {"id": "cus_1"}}}]})
+
+    fake_api.script = script
+    stripe = connect("stripe", fake_api.url, "sk_test_abcdef", sleep=sleeps)
+    now = datetime.now(timezone.utc)
+    records = list(stripe.read("customers", since=now - timedelta(days=45)))
+    assert [(r["id"], r["updated"]) for r in records] == [("cus_1", 100), ("cus_1", 5000)]
+    assert [s.path for s in fake_api.seen] == ["/v1/customers", "/v1/events"]
+    floor = int(fake_api.seen[1].query["created[gte]"][0])
+    assert (now - timedelta(days=30)).timestamp() < floor < now.timestamp()
+    fake_api.seen.clear()
+    list(stripe.read("customers", since=now - timedelta(days=3)))
+    assert [s.path for s in fake_api.seen] == ["/v1/events"]
 
 
 def test_since_must_say_its_time_zone():

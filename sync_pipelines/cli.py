@@ -152,6 +152,13 @@ def review(days: int) -> None:
         click.echo(build_review(_stack_or_exit(None), instance, days=days).to_markdown())
 
 
+def _root_cause(error) -> str:
+    """The innermost error's message: Dagster wraps a step's exception in "Error occurred while executing op"."""
+    while error.cause or error.context:
+        error = error.cause or error.context
+    return error.message.strip()
+
+
 def _stack_or_exit(path: str | None):
     try:
         return load_stack(path)
@@ -215,6 +222,6 @@ def sync(partition: str | None) -> None:
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
-                console.print(f"[red]{event.step_key} failed:[/red] {event.step_failure_data.error.message.strip()}")
+                console.print(f"[red]{event.step_key} failed:[/red] {_root_cause(event.step_failure_data.error)}")
         sys.exit(1)
     console.print(f"[green]nightly_sync succeeded[/green] for partition {partition} (run {result.run_id})")

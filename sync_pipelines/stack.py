@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from dagster._utils.schedules import is_valid_cron_string
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_STACK = Path(__file__).parent / "stacks" / "sandbox.yaml"
 
@@ -38,6 +41,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _cron(value: str | None) -> str | None:
+    """Dagster's own test for a schedule's cron, so a bad one fails at load rather than when definitions build."""
+    if value is not None and not is_valid_cron_string(value):
+        raise ValueError("not a cron expression of 5 fields (minute hour day month weekday), e.g. '0 2 * * *'")
+    return value
+
+
 class FieldSpec(_Model):
     type: FieldType = "string"
     description: str = ""
@@ -54,6 +64,13 @@ class Mapping(_Model):
     source: str = Field(alias="from")
     to: str
     transforms: list[Transform] = []
+
+    @field_validator("source")
+    @classmethod
+    def _dotted_path(cls, value: str) -> str:
+        if not all(value.split(".")):
+            raise ValueError("must be a dotted path of non-empty names, e.g. properties.email")
+        return value
 
 
 class Stream(_Model):
@@ -111,6 +128,8 @@ class Trigger(_Model):
     schedule: str | None = None
     event: Literal["webhook"] | None = None
 
+    _schedule_is_cron = field_validator("schedule")(_cron)
+
 
 class Integration(_Model):
     name: str
@@ -157,6 +176,12 @@ class Volume(_Model):
     max_ratio: float = Field(default=2.0, gt=0)
     history: int = Field(default=5, ge=1)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> Volume:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"min_ratio {self.min_ratio} is above max_ratio {self.max_ratio}: no volume could pass")
+        return self
+
 
 class Quality(_Model):
     max_failure_rate: float = Field(default=0.05, ge=0, le=1)
@@ -192,6 +217,8 @@ class Action(_Model):
 class Nightly(_Model):
     cron: str = "0 2 * * *"
 
+    _cron_is_cron = field_validator("cron")(_cron)
+
 
 class Warehouse(_Model):
     url: str = "sqlite:///.sync_pipelines/warehouse.db"
@@ -213,24 +240,64 @@ class Stack(_Model):
     destinations: list[Destination] = []
     actions: list[Action] = []
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as UTC or Europe/Paris") from None
+        return value
+
+    @field_validator("start_date")
+    @classmethod
+    def _a_day(cls, value: str) -> str:
+        try:
+            datetime.strptime(value, "%Y-%m-%d")
+        except ValueError:
+            raise ValueError("must be a day written YYYY-MM-DD, e.g. '2026-09-01'") from None
+        return value
+
     def streams(self) -> list[tuple[str, Tool, str, Stream]]:
         """Every (tool name, tool, stream name, stream) in declaration order."""
         return [(t, tool, s, stream) for t, tool in self.tools.items() for s, stream in tool.streams.items()]
 
 
-def _expand_env(value: Any) -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string, so URLs can differ per environment."""
+def _expand_env(value: Any, file: Path, path: str = "") -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string, so URLs can differ per environment.
+
+    An unset ``${VAR}`` without a default is an error: an empty URL or path would only fail later, far from here.
+    """
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, file, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, file, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str):
-        return re.sub(
-            r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}",
-            lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""),
-            value,
-        )
+
+        def substitute(match: re.Match) -> str:
+            name, default = match.groups()
+            if name not in os.environ and default is None:
+                raise StackError(file, path, f"environment variable {name} is not set (or write ${{{name}:-default}})")
+            return os.environ.get(name) or default or ""
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}", substitute, value)
     return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML lets a repeated key silently replace the first (a second `contacts:` stream drops the first one's
+    mappings): refuse it, naming the key and its line. Keys merged in with ``<<`` may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: list = []  # not a set: an unhashable key is left for SafeLoader to refuse
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.append(key)
+        return super().construct_mapping(node, deep)
 
 
 def _allowed(values) -> str:
@@ -239,6 +306,11 @@ def _allowed(values) -> str:
 
 def _check_references(stack: Stack, file: Path) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
+    # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
+    from sync_pipelines.core.quality import _checked
+    from sync_pipelines.core.resolve import _DERIVED_KEYS
+    from sync_pipelines.pipeline import ACTION_PAYLOADS
+
     entities, tools = set(stack.entities), set(stack.tools)
 
     def need(found: str, allowed: set[str], path: str, what: str) -> None:
@@ -272,6 +344,13 @@ def _check_references(stack: Stack, file: Path) -> None:
         for i, rule in enumerate(identity.rules):
             for j, cond in enumerate(rule.conditions):
                 need(cond.field, fields, f"identity.{entity}.rules[{i}].conditions[{j}].field", "field")
+            for j, key in enumerate(rule.blocking):
+                if key not in fields and not any(key.endswith(s) and key[: -len(s)] in fields for s in _DERIVED_KEYS):
+                    raise StackError(
+                        file, f"identity.{entity}.rules[{i}].blocking[{j}]",
+                        f"unknown blocking key {key!r}; allowed: a field, or a field followed by "
+                        f"{', '.join(_DERIVED_KEYS)}; fields: {_allowed(fields)}",
+                    )
     for entity, rules in stack.survivorship.items():
         need(entity, entities, f"survivorship.{entity}", "entity")
         need(rules.source_of_truth, tools, f"survivorship.{entity}.source_of_truth", "tool")
@@ -279,8 +358,17 @@ def _check_references(stack: Stack, file: Path) -> None:
             need(tool, tools, f"survivorship.{entity}.priority[{i}]", "tool")
         for field in rules.fields:
             need(field, set(stack.entities[entity].fields), f"survivorship.{entity}.fields.{field}", "field")
-    for entity in stack.quality:
+    for entity, quality in stack.quality.items():
         need(entity, entities, f"quality.{entity}", "entity")
+        for i, spec in enumerate(quality.expectations):
+            path = f"quality.{entity}.expectations[{i}]"
+            try:
+                _checked(entity, i, spec)
+            except ValueError as exc:  # its message starts with the same path
+                raise StackError(file, path, str(exc).partition(": ")[2]) from None
+            if not spec["column"].startswith("_"):  # _source, _source_id...: system columns every record has
+                need(spec["column"], set(stack.entities[entity].fields), f"{path}.column",
+                     f"field of entity {entity!r} (or _-prefixed system column)")
     for i, dest in enumerate(stack.destinations):
         base = f"destinations[{i}]"
         need(dest.tool, tools, f"{base}.tool", "tool")
@@ -291,9 +379,24 @@ def _check_references(stack: Stack, file: Path) -> None:
                 f"tool {dest.tool!r} is not allowed to write {dest.entity!r}; "
                 f"its write scope is: {_allowed(stack.tools[dest.tool].scopes.write)}",
             )
+        streams = stack.tools[dest.tool].streams
+        need(dest.stream, set(streams), f"{base}.stream", f"stream of tool {dest.tool!r}")
+        if streams[dest.stream].entity != dest.entity:
+            raise StackError(
+                file, f"{base}.stream",
+                f"stream {dest.stream!r} of tool {dest.tool!r} feeds {streams[dest.stream].entity!r}, "
+                f"not {dest.entity!r}",
+            )
     for i, action in enumerate(stack.actions):
         need(action.when.entity, entities, f"actions[{i}].when.entity", "entity")
         need(action.create.tool, tools, f"actions[{i}].create.tool", "tool")
+        kind = stack.tools[action.create.tool].kind
+        if (kind, action.create.stream) not in ACTION_PAYLOADS:
+            raise StackError(
+                file, f"actions[{i}].create.stream",
+                f"action {action.name!r} cannot create {action.create.stream!r} records in a {kind} tool; "
+                f"supported: {', '.join(f'{k}/{s}' for k, s in sorted(ACTION_PAYLOADS))}",
+            )
         need(action.when.field, set(stack.entities[action.when.entity].fields), f"actions[{i}].when.field", "field")
 
 
@@ -307,14 +410,18 @@ def _keys_at(loc: tuple) -> list[str]:
             node = get_args(node)[-1] if get_args(node) else None
         while get_origin(node) is Union or type(node).__name__ == "UnionType":
             node = next(a for a in get_args(node) if a is not type(None))
-    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+    if not (isinstance(node, type) and issubclass(node, BaseModel)):
+        return []
+    return [spec.alias or name for name, spec in node.model_fields.items()]  # as written in YAML: `from`
 
 
 def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError:
-    """Turn pydantic's first error into a StackError with a dotted key path and the value found."""
+    """Turn pydantic's first error into a StackError with a dotted key path and, unless it may be a secret, the
+    value found: never under ``tools`` (credentials, URLs with tokens) nor for a misspelt key (its value may be one).
+    """
     first = error.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
-    path = ".".join(f"[{p}]" if p.isdigit() else p for p in loc).replace(".[", "[")
+    loc = [p for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")  # a key may be "2024"
     found: Any = raw
     for part in first["loc"]:
         try:
@@ -322,13 +429,13 @@ def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError
         except (KeyError, IndexError, TypeError, ValueError):
             found = None
             break
-    detail = first["msg"]
+    detail = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
     if first["type"] == "extra_forbidden":
         detail = f"unknown key; allowed: {_allowed(_keys_at(first['loc'][:-1]))}"
     elif first["type"] == "literal_error":
         detail = f"allowed: {first['ctx']['expected']}"
-    secret = "credentials" in first["loc"]
-    shown = f"found {found!r}; " if found is not None and first["type"] != "missing" and not secret else ""
+    hidden = first["type"] in ("missing", "extra_forbidden") or first["loc"][:1] == ("tools",)
+    shown = f"found {found!r}; " if found is not None and not hidden else ""
     return StackError(file, path, f"{shown}{detail}")
 
 
@@ -336,14 +443,24 @@ def load_stack(path: str | Path | None = None) -> Stack:
     """Load and validate the stack file: ``path``, else ``$SYNC_STACK``, else the bundled sandbox stack."""
     file = Path(path or os.environ.get("SYNC_STACK") or DEFAULT_STACK)
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise StackError(file, "", "file not found (set SYNC_STACK to a stack file)") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise StackError(file, "", f"not UTF-8 text (line {line}): save the file as UTF-8") from None
+    except OSError as exc:
+        raise StackError(file, "", f"cannot be read: {exc.strerror}") from None
+    except yaml.MarkedYAMLError as exc:  # its text quotes the offending line, which may hold a secret: not shown
+        mark, opened = exc.problem_mark, exc.context_mark
+        where = f" ({exc.context} from line {opened.line + 1})" if exc.context and opened else ""
+        raise StackError(file, "", f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+                                   f"{exc.problem}{where}") from None
     except yaml.YAMLError as exc:
         raise StackError(file, "", f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise StackError(file, "", f"expected a mapping at the top, found {type(raw).__name__}")
-    raw = _expand_env(raw)
+    raw = _expand_env(raw, file)
     try:
         stack = Stack.model_validate(raw)
     except ValidationError as exc:

@@ -16,7 +16,8 @@ def test_validate_summarises_a_good_stack_and_rejects_a_bad_one(tmp_path):
     bad = tmp_path / "stack.yaml"
     bad.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(main, ["validate", str(bad)])
-    assert result.exit_code == 2 and "tools.asana.kind" in result.output and "trello" in result.output
+    assert result.exit_code == 2 and "tools.asana.kind" in result.output and "'salesforce'" in result.output
+    assert "trello" not in result.output  # nothing found under tools is echoed: it may be a secret
 
 
 def test_catalog_lists_every_integration():
@@ -41,3 +42,19 @@ def test_review_needs_an_instance_and_reads_its_history(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     result = CliRunner().invoke(main, ["review", "--days", "7"])
     assert result.exit_code == 0 and "crm_contacts_everywhere" in result.output
+
+
+def test_a_failed_sync_step_prints_its_innermost_cause(tmp_path, monkeypatch):
+    raw = yaml.safe_load(DEFAULT_STACK.read_text())
+    (tmp_path / "customers.csv").write_text("customer_no,contact_name,email_address,phone,company,modified\n"
+                                            "C1,Ann Lee,ann@example.com,,Acme,2026-10-26 05:22:59\n")
+    raw["tools"] = {"legacy_erp": {**raw["tools"]["legacy_erp"], "base_url": str(tmp_path)}}
+    for section in ("integrations", "identity", "survivorship", "quality", "destinations", "actions"):
+        del raw[section]
+    raw["warehouse"]["url"] = f"sqlite:///{tmp_path}"  # a folder: SQLite cannot open it
+    (tmp_path / "stack.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("SYNC_STACK", str(tmp_path / "stack.yaml"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = CliRunner().invoke(main, ["sync", "--partition", "2026-11-01"])
+    assert result.exit_code == 1
+    assert "legacy_erp__customers failed: sqlite3.OperationalError: unable to open database file" in result.output

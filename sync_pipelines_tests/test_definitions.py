@@ -26,12 +26,11 @@ def test_nightly_job_is_defined():
     assert defs.resolve_job_def("nightly_sync").partitions_def is not None
 
 
-def test_an_action_the_project_cannot_perform_fails_when_definitions_load(tmp_path):
+def test_an_action_the_project_cannot_perform_fails_when_the_stack_loads(tmp_path):
     import pytest
     import yaml
 
-    from sync_pipelines.definitions import build_definitions
-    from sync_pipelines.stack import DEFAULT_STACK, load_stack
+    from sync_pipelines.stack import DEFAULT_STACK, StackError, load_stack
 
     raw = yaml.safe_load(DEFAULT_STACK.read_text())
     raw["actions"].append({"name": "ticket_for_churn", "when": {"entity": "contacts", "field": "lifecycle_stage",
@@ -39,5 +38,6 @@ def test_an_action_the_project_cannot_perform_fails_when_definitions_load(tmp_pa
                            "create": {"tool": "zendesk", "stream": "tickets"}})
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match="ticket_for_churn.*zendesk tool; supported: asana/tasks, stripe/invoices"):
-        build_definitions(load_stack(path))
+    with pytest.raises(StackError, match=rf"actions\[{len(raw['actions']) - 1}\]\.create\.stream: action "
+                                         "'ticket_for_churn'.*zendesk tool; supported: asana/tasks, stripe/invoices"):
+        load_stack(path)

@@ -47,6 +47,33 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
          "tools.salesforce.streams.Contact.fields[0].transforms[0]", "'lower'"),
         (lambda r: r["destinations"].append({"tool": "asana", "entity": "contacts", "stream": "x", "key": "k"}),
          "destinations[3].entity", "tasks"),
+        (lambda r: r.update(timezone="Europe/Pariss"), "timezone", "IANA name"),
+        (lambda r: r.update(start_date="2026-13-01"), "start_date", "YYYY-MM-DD"),
+        (lambda r: r["nightly"].update(cron="0 25 * * *"), "nightly.cron", "5 fields"),
+        (lambda r: r["integrations"][0]["trigger"].update(schedule="every night"),
+         "integrations[0].trigger.schedule", "5 fields"),
+        (lambda r: r["actions"][0]["create"].update(stream="invoicez"), "actions[0].create.stream", "stripe/invoices"),
+        (lambda r: r["destinations"][1].update(stream="contactz"), "destinations[1].stream", "companies, contacts"),
+        (lambda r: r["destinations"][1].update(stream="companies"), "destinations[1].stream", "feeds 'companies'"),
+        (lambda r: r["quality"]["contacts"]["expectations"].append({"expect": "not_nul", "column": "email"}),
+         "quality.contacts.expectations[5]", "not_null"),
+        (lambda r: r["quality"]["contacts"]["expectations"].append(
+            {"expect": "match_regex", "column": "email", "regex": "(["}),
+         "quality.contacts.expectations[5]", "not a valid regular expression"),
+        (lambda r: r["quality"]["contacts"]["expectations"].append({"expect": "not_null", "column": "emial"}),
+         "quality.contacts.expectations[5].column", "first_name"),
+        (lambda r: r["quality"]["contacts"]["volume"].update(min_ratio=3.0), "quality.contacts.volume",
+         "above max_ratio"),
+        (lambda r: r["tools"]["hubspot"]["streams"]["contacts"]["fields"][0].update({"from": "properties..email"}),
+         "tools.hubspot.streams.contacts.fields[0].from", "dotted path"),
+        (lambda r: r["tools"]["hubspot"]["streams"]["contacts"]["fields"][0].update({"from": ""}),
+         "tools.hubspot.streams.contacts.fields[0].from", "dotted path"),
+        (lambda r: r["identity"]["contacts"]["rules"][1].update(blocking=["phoen"]),
+         "identity.contacts.rules[1].blocking[0]", "_soundex"),
+        (lambda r: r["tools"]["hubspot"]["streams"]["contacts"]["fields"][0].update(transform=["trim"]),
+         "tools.hubspot.streams.contacts.fields[0].transform", "from, to, transforms"),
+        (lambda r: r["tools"]["hubspot"]["streams"].update({"2024": {"bogus": 1}}),
+         "tools.hubspot.streams.2024.entity", "Field required"),  # a key, not an index
     ],
 )
 def test_mistakes_name_file_key_path_and_allowed_values(tmp_path, mutate, path, allowed):
@@ -71,3 +98,41 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("tools: [unclosed")
     with pytest.raises(StackError, match="not valid YAML"):
         load_stack(bad)
+
+
+def test_a_duplicate_key_is_refused_with_its_line(tmp_path):
+    file = tmp_path / "stack.yaml"
+    file.write_text("name: x\ntools:\n  hubspot:\n    streams:\n      contacts: {entity: contacts}\n"
+                    "      contacts: {entity: companies}\n")
+    with pytest.raises(StackError, match="line 6, column 7: duplicate key 'contacts'"):
+        load_stack(file)
+
+
+def test_yaml_errors_and_unknown_tool_keys_never_echo_a_value(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntools:\n  s:\n    credentials: {api_key: sk_live_51Hsecret\n")
+    with pytest.raises(StackError, match="at line 5, column 1") as info:
+        load_stack(bad)
+    assert "sk_live" not in str(info.value)
+    typo = _write(tmp_path, lambda r: r["tools"]["stripe"].update(credentails={"api_key": "sk_live_51Hsecret"}))
+    with pytest.raises(StackError, match=r"at tools\.stripe\.credentails: unknown key") as info:
+        load_stack(typo)
+    assert "sk_live" not in str(info.value)
+
+
+def test_an_unreadable_file_is_a_stack_error(tmp_path):
+    with pytest.raises(StackError, match="cannot be read: Is a directory"):
+        load_stack(tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"name: x\ndescription: caf\xe9\n")
+    with pytest.raises(StackError, match=r"not UTF-8 text \(line 2\)"):
+        load_stack(latin1)
+
+
+def test_an_unset_variable_without_default_names_the_variable_and_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_URL", raising=False)
+    file = _write(tmp_path, lambda r: r["tools"]["hubspot"].update(base_url="${NO_SUCH_URL}/hubspot"))
+    with pytest.raises(StackError, match=r"at tools\.hubspot\.base_url: environment variable NO_SUCH_URL is not set"):
+        load_stack(file)
+    monkeypatch.setenv("NO_SUCH_URL", "http://example.test")
+    assert load_stack(file).tools["hubspot"].base_url == "http://example.test/hubspot"

@@ -6,7 +6,7 @@ from sync_pipelines.assets.extract import extraction_key
 from sync_pipelines.connectors import ConnectorError
 from sync_pipelines.core.quality import to_metadata
 from sync_pipelines.pipeline import (
-    ACTION_PAYLOADS, build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table,
+    build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table,
     write_back,
 )
 from sync_pipelines.resources import SyncResource
@@ -163,10 +163,6 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
 def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
     tool = stack.tools[action.create.tool]
     when = action.when
-    if (tool.kind, action.create.stream) not in ACTION_PAYLOADS:
-        raise ValueError(
-            f"action {action.name!r}: cannot create {action.create.stream!r} records in a {tool.kind} tool; "
-            f"supported: {', '.join(f'{kind}/{stream}' for kind, stream in sorted(ACTION_PAYLOADS))}")
 
     @dg.asset(
         key=dg.AssetKey([action.create.tool, action.name]),

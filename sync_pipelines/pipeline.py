@@ -395,7 +395,8 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
     """The plan for one destination (for the entities ``entity_ids``, or all) and the golden records it uses: those
     linked to a record of the tool."""
     stream = stack.tools[dest.tool].streams[dest.stream]
-    fields = sorted({f for canonical in writable_fields(stream).values() for f in canonical})
+    writable = writable_fields(stream)
+    fields = sorted({f for canonical in writable.values() for f in canonical})
     golden_table, crosswalk_table = table("golden", dest.entity), table("crosswalk", dest.entity)
     landing = landing_table_name(dest.tool, dest.stream)
     held = ["_source_id", "_updated_at", "_extracted_at", "_deleted", *fields]  # not the raw payload
@@ -414,7 +415,8 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
                   warehouse.read_where_in("writeback_ledger", "source_id", current["_source_id"]))
         ledger = ledger[(ledger["tool"] == dest.tool) & (ledger["stream"] == dest.stream)]
     golden = golden.set_index("entity_id")
-    return plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger), golden
+    composed = [canonical for canonical in writable.values() if len(canonical) > 1]
+    return plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed), golden
 
 
 def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,

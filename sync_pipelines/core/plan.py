@@ -57,6 +57,7 @@ def plan_writes(
     fields: list[str],
     tool: str,
     ledger: pd.DataFrame | None = None,
+    composed: list[list[str]] = (),
 ) -> pd.DataFrame:
     """One row per live record of the tool linked to a golden entity: ``update`` (with its changes),
     ``unchanged``, or ``duplicate`` (another record of the same tool holds that entity and gets the update).
@@ -64,7 +65,10 @@ def plan_writes(
     ``golden`` is indexed by entity id; ``crosswalk`` links entity ids to ``(_source, _source_id)``; ``current`` is
     the tool's landing rows. A golden value that is empty never erases a value the tool holds. ``ledger`` rows
     (``source_id, field, value, written_at``) are writes not yet seen by an extraction: a value already sent is
-    not sent again until the tool has been re-read.
+    not sent again until the tool has been re-read. ``composed`` lists the fields one tool value holds together
+    (a full name of first and last): they are compared as the tool holds them, joined, since a value split on
+    reading ("Mary Ann" "Williams" read back as "Mary" "Ann Williams") would otherwise differ on every run and be
+    written again forever.
     """
     links = crosswalk[crosswalk["_source"] == tool][["entity_id", "_source_id"]]
     live = current[~current["_deleted"].astype(bool)]
@@ -80,10 +84,16 @@ def plan_writes(
     if ledger is not None and len(ledger):
         latest = ledger.sort_values("written_at").drop_duplicates(["source_id", "field"], keep="last")
     records = held[~duplicate].join(golden[fields].add_suffix("__golden"), on="entity_id").reset_index(drop=True)
+    held_as_is = {}  # field -> rows whose composed tool value already reads as the golden one
+    for group in composed:
+        same = (_joined(records, [f"{f}__golden" for f in group]) == _joined(records, group)).to_numpy()
+        held_as_is.update({name: same for name in group})
     wanted = {}
     for name in fields:  # column by column: the golden value where it differs from what the tool holds
         value, have = _texts(records[f"{name}__golden"]), _texts(records[name])
         differs = value.notna() & (value != have)
+        if name in held_as_is:
+            differs &= ~held_as_is[name]
         if latest is not None:  # already written and the tool not re-read since: do not send it again
             sent = records[["source_id", "extracted_at"]].merge(
                 latest[latest["field"] == name][["source_id", "value", "written_at"]], on="source_id", how="left")
@@ -100,6 +110,13 @@ def plan_writes(
         "source_id": np.concatenate([copies["source_id"].to_numpy(object), records["source_id"].to_numpy(object)]),
         "changes": [{} for _ in range(len(copies))] + changes,
     }, columns=PLAN_COLUMNS)
+
+
+def _joined(records: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """The values of ``columns`` joined by a space, empty ones left out, as ``to_tool_record`` writes them."""
+    rows = zip(*(_texts(records[column]).tolist() for column in columns))
+    return pd.Series([" ".join(part for part in row if part) or None for row in rows], index=records.index,
+                     dtype=object)
 
 
 def _changes_per_row(wanted: pd.DataFrame) -> list[dict]:

@@ -38,6 +38,22 @@ def test_a_value_already_written_is_not_sent_again_until_the_tool_is_re_read():
     assert after.set_index("source_id").loc["1", "changes"] == {"email": "new@x.io"}
 
 
+def test_a_name_the_tool_holds_whole_is_compared_whole_so_a_two_word_first_name_is_not_written_forever():
+    """Zendesk holds one `name`, read back split at the first space: "Mary Ann" "Williams" comes back as "Mary"
+    "Ann Williams". Compared field by field it would differ on every run; compared as the tool holds it, it does not."""
+    golden = pd.DataFrame({"first_name": ["Mary Ann", "Mary Ann"], "last_name": ["Williams", "Smith"]},
+                          index=pd.Index(["ent_a", "ent_b"], name="entity_id"))
+    crosswalk = pd.DataFrame({"entity_id": ["ent_a", "ent_b"], "_source": "zendesk", "_source_id": ["1", "2"]})
+    held = pd.DataFrame({"_source_id": ["1", "2"], "first_name": ["Mary", "Mary"],
+                         "last_name": ["Ann Williams", "Ann Williams"], "_deleted": False, "_updated_at": T1,
+                         "_extracted_at": T1})
+    name = ["first_name", "last_name"]
+    plan = plan_writes(golden, crosswalk, held, name, "zendesk", composed=[name]).set_index("source_id")
+    assert plan.loc["1", "action"] == "unchanged"
+    assert plan.loc["2", "changes"] == {"first_name": "Mary Ann", "last_name": "Smith"}  # a real change still goes
+    assert plan_writes(golden, crosswalk, held, name, "zendesk").set_index("source_id").loc["1", "action"] == "update"
+
+
 def test_writable_fields_invert_the_mapping_and_records_nest_and_join_names():
     zendesk = writable_fields(STACK.tools["zendesk"].streams["users"])
     assert zendesk["name"] == ["first_name", "last_name"] and zendesk["email"] == ["email"]

@@ -90,9 +90,7 @@ def backfill(start: str, end: str, tools: tuple[str, ...]) -> None:
             table.add_row(event.asset_key.to_user_string(), str(meta["mode"]), str(meta["records_read"]),
                           str(meta["rows_landed"]), str(meta["rows_outside_window"]))
     console.print(table)
-    if not result.success:
-        console.print("[red]backfill failed[/red]: see the run in the Dagster UI")
-        sys.exit(1)
+    _exit_if_failed(result)
     console.print(f"[green]backfill {start}..{end} succeeded in one run[/green] ({result.run_id})")
 
 
@@ -150,6 +148,17 @@ def review(days: int) -> None:
         sys.exit(2)
     with dg.DagsterInstance.get() as instance:
         click.echo(build_review(_stack_or_exit(None), instance, days=days).to_markdown())
+
+
+def _exit_if_failed(result) -> None:
+    """Name every failed step with its innermost cause, then exit 1; the whole story is in the run's logs."""
+    if result.success:
+        return
+    for event in result.all_events:
+        if event.is_step_failure:
+            console.print(f"[red]{event.step_key} failed:[/red] {_root_cause(event.step_failure_data.error)}")
+    console.print(f"[red]run {result.run_id} failed[/red]: its logs are in the Dagster UI")
+    sys.exit(1)
 
 
 def _root_cause(error) -> str:
@@ -219,9 +228,5 @@ def sync(partition: str | None) -> None:
         others.add_row(f"check {key.asset_key.to_user_string()}:{key.name}", verdict)
     console.print(table)
     console.print(others)
-    if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                console.print(f"[red]{event.step_key} failed:[/red] {_root_cause(event.step_failure_data.error)}")
-        sys.exit(1)
+    _exit_if_failed(result)
     console.print(f"[green]nightly_sync succeeded[/green] for partition {partition} (run {result.run_id})")

@@ -1,6 +1,6 @@
 """The CLI as a user types it (click's runner, real stack files, a real Dagster instance)."""
 
-
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -44,7 +44,9 @@ def test_review_needs_an_instance_and_reads_its_history(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "crm_contacts_everywhere" in result.output
 
 
-def test_a_failed_sync_step_prints_its_innermost_cause(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", [["sync", "--partition", "2026-11-01"],
+                                     ["backfill", "2026-11-01", "2026-11-02", "--tool", "legacy_erp"]])
+def test_a_failed_step_prints_its_innermost_cause(tmp_path, monkeypatch, command):
     raw = yaml.safe_load(DEFAULT_STACK.read_text())
     (tmp_path / "customers.csv").write_text("customer_no,contact_name,email_address,phone,company,modified\n"
                                             "C1,Ann Lee,ann@example.com,,Acme,2026-10-26 05:22:59\n")
@@ -55,6 +57,6 @@ def test_a_failed_sync_step_prints_its_innermost_cause(tmp_path, monkeypatch):
     (tmp_path / "stack.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("SYNC_STACK", str(tmp_path / "stack.yaml"))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    result = CliRunner().invoke(main, ["sync", "--partition", "2026-11-01"])
+    result = CliRunner().invoke(main, command)
     assert result.exit_code == 1
     assert "legacy_erp__customers failed: sqlite3.OperationalError: unable to open database file" in result.output

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import sqlalchemy as sa
 import yaml
 from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -223,6 +224,16 @@ class Nightly(_Model):
 class Warehouse(_Model):
     url: str = "sqlite:///.sync_pipelines/warehouse.db"
 
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            sa.engine.make_url(value)
+        except sa.exc.ArgumentError:
+            raise ValueError("not a database URL, e.g. sqlite:///.sync_pipelines/warehouse.db or "
+                             "postgresql+psycopg://user@host:5432/db") from None
+        return value
+
 
 class Stack(_Model):
     version: Literal[1] = 1
@@ -307,6 +318,7 @@ def _allowed(values) -> str:
 def _check_references(stack: Stack, file: Path) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
     # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
+    from sync_pipelines.connectors import CONNECTORS
     from sync_pipelines.core.quality import _checked
     from sync_pipelines.core.resolve import _DERIVED_KEYS
     from sync_pipelines.pipeline import ACTION_PAYLOADS
@@ -321,8 +333,11 @@ def _check_references(stack: Stack, file: Path) -> None:
         for scope in ("read", "write"):
             for i, entity in enumerate(getattr(tool.scopes, scope)):
                 need(entity, entities, f"tools.{t}.scopes.{scope}[{i}]", "entity")
+        readable = CONNECTORS[tool.kind].streams  # None: any name (Salesforce objects, files, tables)
         for s, stream in tool.streams.items():
             base = f"tools.{t}.streams.{s}"
+            if readable is not None:
+                need(s, set(readable), base, f"stream of a {tool.kind} tool")
             need(stream.entity, entities, f"{base}.entity", "entity")
             if stream.entity not in tool.scopes.read:
                 raise StackError(
@@ -331,8 +346,13 @@ def _check_references(stack: Stack, file: Path) -> None:
                     f"(now: {_allowed(tool.scopes.read)})",
                 )
             canonical = set(stack.entities[stream.entity].fields)
+            mapped: dict[str, int] = {}
             for i, mapping in enumerate(stream.fields):
                 need(mapping.to, canonical, f"{base}.fields[{i}].to", f"field of entity {stream.entity!r}")
+                if mapping.to in mapped:
+                    raise StackError(file, f"{base}.fields[{i}].to", f"{mapping.to!r} is already mapped by "
+                                     f"fields[{mapped[mapping.to]}]: a field takes one value from a stream")
+                mapped[mapping.to] = i
     for i, integration in enumerate(stack.integrations):
         for j, tool in enumerate(integration.tools):
             need(tool, tools, f"integrations[{i}].tools[{j}]", "tool")
@@ -354,6 +374,9 @@ def _check_references(stack: Stack, file: Path) -> None:
     for entity, rules in stack.survivorship.items():
         need(entity, entities, f"survivorship.{entity}", "entity")
         need(rules.source_of_truth, tools, f"survivorship.{entity}.source_of_truth", "tool")
+        if not any(stream.entity == entity for stream in stack.tools[rules.source_of_truth].streams.values()):
+            raise StackError(file, f"survivorship.{entity}.source_of_truth",
+                             f"tool {rules.source_of_truth!r} has no stream of {entity!r}: it holds no value to win")
         for i, tool in enumerate(rules.priority):
             need(tool, tools, f"survivorship.{entity}.priority[{i}]", "tool")
         for field in rules.fields:
@@ -379,8 +402,10 @@ def _check_references(stack: Stack, file: Path) -> None:
                 f"tool {dest.tool!r} is not allowed to write {dest.entity!r}; "
                 f"its write scope is: {_allowed(stack.tools[dest.tool].scopes.write)}",
             )
-        streams = stack.tools[dest.tool].streams
+        streams, writer = stack.tools[dest.tool].streams, CONNECTORS[stack.tools[dest.tool].kind]
         need(dest.stream, set(streams), f"{base}.stream", f"stream of tool {dest.tool!r}")
+        if writer.write_streams is not None:
+            need(dest.stream, set(writer.write_streams), f"{base}.stream", f"stream a {writer.kind} tool can write")
         if streams[dest.stream].entity != dest.entity:
             raise StackError(
                 file, f"{base}.stream",
@@ -417,7 +442,8 @@ def _keys_at(loc: tuple) -> list[str]:
 
 def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError:
     """Turn pydantic's first error into a StackError with a dotted key path and, unless it may be a secret, the
-    value found: never under ``tools`` (credentials, URLs with tokens) nor for a misspelt key (its value may be one).
+    value found: never under ``tools`` or ``warehouse`` (credentials, URLs with tokens or passwords) nor for a misspelt
+    key (its value may be one).
     """
     first = error.errors()[0]
     loc = [p for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
@@ -434,7 +460,7 @@ def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError
         detail = f"unknown key; allowed: {_allowed(_keys_at(first['loc'][:-1]))}"
     elif first["type"] == "literal_error":
         detail = f"allowed: {first['ctx']['expected']}"
-    hidden = first["type"] in ("missing", "extra_forbidden") or first["loc"][:1] == ("tools",)
+    hidden = first["type"] in ("missing", "extra_forbidden") or first["loc"][:1] in (("tools",), ("warehouse",))
     shown = f"found {found!r}; " if found is not None and not hidden else ""
     return StackError(file, path, f"{shown}{detail}")
 

@@ -74,6 +74,18 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
          "tools.hubspot.streams.contacts.fields[0].transform", "from, to, transforms"),
         (lambda r: r["tools"]["hubspot"]["streams"].update({"2024": {"bogus": 1}}),
          "tools.hubspot.streams.2024.entity", "Field required"),  # a key, not an index
+        (lambda r: r["tools"]["zendesk"]["streams"].update(userz=r["tools"]["zendesk"]["streams"].pop("users")),
+         "tools.zendesk.streams.userz", "tickets, users"),
+        (lambda r: r["tools"]["hubspot"]["streams"]["contacts"]["fields"].append(
+            {"from": "properties.work_email", "to": "email"}),
+         "tools.hubspot.streams.contacts.fields[7].to", "already mapped by fields[0]"),
+        (lambda r: r["survivorship"]["contacts"].update(source_of_truth="slack"),
+         "survivorship.contacts.source_of_truth", "no stream of 'contacts'"),
+        (lambda r: (r["tools"]["zendesk"]["scopes"]["write"].append("tickets"),
+                    r["destinations"].append({"tool": "zendesk", "entity": "tickets", "stream": "tickets",
+                                              "key": "id"})),
+         "destinations[3].stream", "a zendesk tool can write"),
+        (lambda r: r["warehouse"].update(url="postgres ql://secret-pw@db"), "warehouse.url", "not a database URL"),
     ],
 )
 def test_mistakes_name_file_key_path_and_allowed_values(tmp_path, mutate, path, allowed):
@@ -82,6 +94,7 @@ def test_mistakes_name_file_key_path_and_allowed_values(tmp_path, mutate, path, 
         load_stack(file)
     message = str(info.value)
     assert str(file) in message and f"at {path}:" in message and allowed in message
+    assert "secret-pw" not in message
 
 
 def test_a_secret_in_the_stack_file_is_refused_without_echoing_it(tmp_path):

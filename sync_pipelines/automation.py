@@ -1,6 +1,7 @@
 """Schedules and sensors built from the stack file: the nightly batch, per-integration schedules, webhook-driven
 runs, run-failure alerts to Slack, and freshness checks per extraction."""
 
+import hashlib
 import os
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -68,18 +69,22 @@ def webhook_sensor(stack: Stack, job: dg.JobDefinition) -> dg.SensorDefinition:
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Near real time: events from `sync-pipelines webhooks` trigger a sync of their tools.")
     def _inbox(context: dg.SensorEvaluationContext):
-        after = int(context.cursor or 0)
-        events = read_inbox(stack.warehouse.url, after_id=after)
+        """Reads every unprocessed event, not those past an id: PostgreSQL takes ids at INSERT and commits out of
+        order, so an event can land below an id already read. The cursor holds the ids of the last tick's request;
+        Dagster stores it only once that request is submitted, so they are marked processed one tick later."""
+        mark_processed(stack.warehouse.url, [int(i) for i in (context.cursor or "").split(",") if i])
+        events = read_inbox(stack.warehouse.url)
+        batch = ",".join(str(e["id"]) for e in events)
+        context.update_cursor(batch)
         if not events:
-            return dg.SkipReason(f"no webhook events after inbox id {after}")
+            return dg.SkipReason("no unprocessed webhook events")
         vendors = {e["tool"] for e in events}
         tools = sorted(name for name, tool in stack.tools.items() if tool.kind in vendors)
         keys = [extraction_key(t, s) for t in tools for s in stack.tools[t].streams]
         selection = dg.AssetSelection.assets(*keys).downstream().resolve(context.repository_def.asset_graph)
-        newest = max(e["id"] for e in events)
-        mark_processed(stack.warehouse.url, [e["id"] for e in events])
-        context.update_cursor(str(newest))
-        return dg.RunRequest(run_key=f"inbox-{newest}", partition_key=_today(stack), asset_selection=list(selection),
+        digest = hashlib.sha256(batch.encode()).hexdigest()[:16]  # same events, same key: Dagster requests it once
+        return dg.RunRequest(run_key=f"inbox-{events[-1]['id']}-{digest}", partition_key=_today(stack),
+                             asset_selection=list(selection),
                              tags={"sync_pipelines/trigger": "webhook", "sync_pipelines/events": str(len(events))})
 
     return _inbox

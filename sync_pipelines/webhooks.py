@@ -31,6 +31,7 @@ from starlette.routing import Route
 log = logging.getLogger(__name__)
 
 TOLERANCE_S = 300
+MAX_BODY_BYTES = 1024 * 1024  # vendors' events are a few kB; a larger post is refused before it fills memory
 INBOX_TABLE = "webhook_inbox"
 SECRET_ENV = {"hubspot": "HUBSPOT_WEBHOOK_SECRET", "stripe": "STRIPE_WEBHOOK_SECRET",
               "zendesk": "ZENDESK_WEBHOOK_SECRET"}
@@ -55,6 +56,10 @@ inbox = sa.Table(
 
 class SignatureError(Exception):
     """Why a webhook's signature was refused; the message names headers, never the secret."""
+
+
+class BodyTooLarge(Exception):
+    """A webhook body over MAX_BODY_BYTES, refused before or while it is read."""
 
 
 class PayloadError(ValueError):
@@ -126,6 +131,11 @@ def _required(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _is_short_number(value: str) -> bool:
+    """Up to 15 ASCII digits: str.isdigit() also passes '²', which int() refuses, and int() refuses 4301+ digits."""
+    return value.isascii() and value.isdigit() and len(value) <= 15
+
+
 def _check_fresh(sent_s: float, now: float, header: str) -> None:
     if now - sent_s > TOLERANCE_S:
         raise SignatureError(f"{header} is older than {TOLERANCE_S // 60} minutes (stale or replayed)")
@@ -142,7 +152,7 @@ def _verify_hubspot(secret: str, method: str, url: str, headers: Mapping[str, st
                     now: float) -> None:
     signature = _required(headers, "X-HubSpot-Signature-v3")
     timestamp = _required(headers, "X-HubSpot-Request-Timestamp")
-    if not timestamp.isdigit():
+    if not _is_short_number(timestamp):
         raise SignatureError("X-HubSpot-Request-Timestamp must be epoch milliseconds")
     _check_fresh(int(timestamp) / 1000, now, "X-HubSpot-Request-Timestamp")
     _check_equal(hubspot_signature(secret, method, url, body, timestamp), signature, "X-HubSpot-Signature-v3")
@@ -154,7 +164,7 @@ def _verify_stripe(secret: str, method: str, url: str, headers: Mapping[str, str
     pairs = [part.strip().partition("=") for part in header.split(",")]
     timestamps = [value for key, _, value in pairs if key == "t"]
     signatures = [value for key, _, value in pairs if key == "v1"]
-    if len(timestamps) != 1 or not timestamps[0].isdigit():
+    if len(timestamps) != 1 or not _is_short_number(timestamps[0]):
         raise SignatureError("Stripe-Signature must carry one t=<unix seconds>")
     if not signatures:
         raise SignatureError("Stripe-Signature carries no v1 signature")
@@ -167,7 +177,7 @@ def _verify_stripe(secret: str, method: str, url: str, headers: Mapping[str, str
 
 
 def _zendesk_time(timestamp: str) -> float:
-    if timestamp.isdigit():
+    if _is_short_number(timestamp):
         return float(timestamp)
     try:
         parsed = datetime.fromisoformat(timestamp)
@@ -237,15 +247,18 @@ class WebhookScheme:
     """How one vendor signs its webhooks and shapes their bodies."""
 
     tool: str
+    headers: tuple[str, ...]  # the signature headers, checked present before the body is read
     sign: Callable[[str, str, str, bytes, float], dict[str, str]]
     verify: Callable[[str, str, str, Mapping[str, str], bytes, float], None]
     events: Callable[[Any], list[InboxEvent]]
 
 
 SCHEMES = {scheme.tool: scheme for scheme in (
-    WebhookScheme("hubspot", _sign_hubspot, _verify_hubspot, _hubspot_events),
-    WebhookScheme("stripe", _sign_stripe, _verify_stripe, _stripe_events),
-    WebhookScheme("zendesk", _sign_zendesk, _verify_zendesk, _zendesk_events),
+    WebhookScheme("hubspot", ("X-HubSpot-Signature-v3", "X-HubSpot-Request-Timestamp"),
+                  _sign_hubspot, _verify_hubspot, _hubspot_events),
+    WebhookScheme("stripe", ("Stripe-Signature",), _sign_stripe, _verify_stripe, _stripe_events),
+    WebhookScheme("zendesk", ("X-Zendesk-Webhook-Signature", "X-Zendesk-Webhook-Signature-Timestamp"),
+                  _sign_zendesk, _verify_zendesk, _zendesk_events),
 )}
 
 
@@ -341,6 +354,20 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status)
 
 
+async def _limited_body(request: Request) -> bytes:
+    """The body, refused by its Content-Length before any of it is read, or as soon as a streamed one passes
+    MAX_BODY_BYTES, so an oversized post never sits in memory."""
+    length = request.headers.get("content-length", "0")
+    if not _is_short_number(length) or int(length) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"Content-Length is over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"body is over {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
 def build_webhook_app(warehouse_url: str, secrets: dict[str, str],
                       clock: Callable[[], float] = time.time) -> Starlette:
     """`POST /webhooks/{hubspot,stripe,zendesk}` verified and landed in the inbox; `GET /health`.
@@ -361,12 +388,17 @@ def build_webhook_app(warehouse_url: str, secrets: dict[str, str],
             secret = secrets.get(scheme.tool)
             if secret is None:
                 return _error(404, f"no {scheme.tool} webhook secret configured (set {SECRET_ENV[scheme.tool]})")
-            body = await request.body()
             try:
+                for header in scheme.headers:  # before the body is read, so an unsigned post costs nothing
+                    _required(request.headers, header)
+                body = await _limited_body(request)
                 scheme.verify(secret, request.method, str(request.url), request.headers, body, clock())
             except SignatureError as exc:
                 log.info("refused %s webhook: %s", scheme.tool, exc)
                 return _error(401, f"{scheme.tool} webhook refused: {exc}")
+            except BodyTooLarge as exc:
+                log.info("refused %s webhook: %s", scheme.tool, exc)
+                return _error(413, f"{scheme.tool} webhook refused: {exc}")
             try:
                 events = scheme.events(json.loads(body))
             except (ValueError, PayloadError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -12,6 +13,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from sync_pipelines import webhooks
 from sync_pipelines.sandbox.server import serving
 from sync_pipelines.webhooks import (build_webhook_app, hubspot_signature, mark_processed, read_inbox,
                                      secrets_from_env, signed_headers, stripe_signature, zendesk_signature)
@@ -126,6 +128,62 @@ def test_signed_body_of_the_wrong_shape_is_a_400(receiver, inbox_url, tool):
     response = send(receiver, tool, body=b'{"hello": "world"}')
     assert response.status_code == 400 and tool in response.json()["error"]
     assert count_rows(inbox_url) == 0
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("timestamp", ["²", "¹²", "³", "9" * 5000], ids=["sup2", "sup12", "sup3", "5000-nines"])
+def test_a_garbled_timestamp_is_refused_as_unsigned(receiver, inbox_url, tool, timestamp):
+    """str.isdigit() passes Unicode digits that int() refuses, and int() refuses 4301+ digits: a 401, not a 500."""
+    headers, reason = {
+        "hubspot": ({"X-HubSpot-Signature-v3": "x", "X-HubSpot-Request-Timestamp": timestamp}, "epoch milliseconds"),
+        "stripe": ({"Stripe-Signature": f"t={timestamp},v1=00"}, "one t=<unix seconds>"),
+        "zendesk": ({"X-Zendesk-Webhook-Signature": "x", "X-Zendesk-Webhook-Signature-Timestamp": timestamp},
+                    "not an ISO 8601 time"),
+    }[tool]
+    response = post(receiver, tool, body_of(tool), headers)
+    assert response.status_code == 401 and reason in response.json()["error"]
+    assert count_rows(inbox_url) == 0
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_is_a_413(receiver, inbox_url, monkeypatch, tool, streamed):
+    body = body_of(tool)
+    url = f"{receiver}/webhooks/{tool}"
+    headers = signed_headers(tool, SECRETS[tool], url, body, NOW)
+    monkeypatch.setattr(webhooks, "MAX_BODY_BYTES", len(body) - 1)
+    response = requests.post(url, data=iter([body]) if streamed else body, headers=headers, timeout=10)
+    assert response.status_code == 413 and f"over {len(body) - 1} bytes" in response.json()["error"]
+    assert count_rows(inbox_url) == 0
+    monkeypatch.setattr(webhooks, "MAX_BODY_BYTES", len(body))
+    assert requests.post(url, data=iter([body]) if streamed else body, headers=headers, timeout=10).ok
+
+
+@pytest.mark.parametrize("headers, status, chunks_read", [
+    ({}, 401, 0),  # unsigned: refused for its headers, before any of the body is read
+    ({"stripe-signature": "t=1,v1=0", "content-length": str(10 ** 9)}, 413, 0),
+    ({"stripe-signature": "t=1,v1=0"}, 413, 11),  # streamed: read only until past the limit
+])
+def test_an_endless_body_is_not_read_past_the_limit(inbox_url, monkeypatch, headers, status, chunks_read):
+    monkeypatch.setattr(webhooks, "MAX_BODY_BYTES", 1000)
+    app = build_webhook_app(inbox_url, SECRETS, clock=lambda: NOW)
+    chunks, sent = [], []
+
+    async def receive() -> dict[str, Any]:
+        chunks.append(b"x" * 100)
+        assert len(chunks) <= 100, "the receiver kept reading an endless body"
+        return {"type": "http.request", "body": chunks[-1], "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/webhooks/stripe", "raw_path": b"/webhooks/stripe", "query_string": b"", "root_path": "",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()], "server": ("testserver", 80),
+             "client": ("127.0.0.1", 1)}
+    asyncio.run(app(scope, receive, send))
+    app.state.engine.dispose()
+    assert (sent[0]["status"], len(chunks)) == (status, chunks_read)
 
 
 def test_signatures_follow_the_vendor_docs():

@@ -123,6 +123,7 @@ def extract_stream(
     mode, since = plan_read(cursor_before, window, repull)
     result = Extraction(tool, stream_name, mode, since, cursor_before)
     newest: pd.Timestamp | None = None
+    started = datetime.now(timezone.utc)
     with contextlib.closing(_read_ahead(connector.read(stream_name, since=since), CHUNK_RECORDS)) as chunks:
         for chunk in chunks:
             result.records_read += len(chunk)
@@ -143,7 +144,10 @@ def extract_stream(
             result.rows_quarantined += warehouse.put_in_quarantine(stream.entity, rejects)
     result.cursor_after = cursor_before
     if mode != "backfill" and newest is not None:
-        result.cursor_after = max(filter(None, (cursor_before, newest.to_pydatetime())))
+        # Never past the read's start: most reads are not snapshots (pages by id, by project), so a record edited
+        # after its page was read would be skipped for good if a record edited later, on a later page, set the
+        # cursor; and a record dated in the future (a typo'd year) would hold every later read behind it.
+        result.cursor_after = min(max(filter(None, (cursor_before, newest.to_pydatetime()))), started)
         warehouse.save_cursor(tool, stream_name, result.cursor_after)
     result.stats = dict(getattr(connector, "stats", {}) or {})
     return result

@@ -56,6 +56,19 @@ def test_full_then_incremental_reads_only_changes(warehouse):
     assert table.set_index("_source_id").loc["003000000000000005", "email"] == "changed@example.com"
 
 
+def test_the_cursor_never_passes_the_reads_start(warehouse):
+    """A record edited during the read, after its page (its time is past the read's start), or dated in the future
+    must not carry the cursor past the start: the next read would skip edits made in between, or never move."""
+    now = datetime.now(timezone.utc)
+    records = [contact(1, now - timedelta(hours=1)), contact(2, now + timedelta(days=365 * 36))]  # a typo'd year
+    first = extract_stream(STACK, warehouse, ScriptedConnector(records), "salesforce", "Contact")
+    assert now <= first.cursor_after <= datetime.now(timezone.utc)
+    records.append(contact(3, now + timedelta(seconds=1), email="edited@example.com"))  # after the cursor
+    second = extract_stream(STACK, warehouse, ScriptedConnector(records), "salesforce", "Contact")
+    assert second.mode == "incremental" and "003000000000000003" in set(
+        warehouse.read_table("stg_salesforce_contact")["_source_id"])
+
+
 def test_crash_mid_extraction_keeps_cursor_and_rerun_lands_each_record_once(warehouse, monkeypatch):
     monkeypatch.setattr("sync_pipelines.extract.CHUNK_RECORDS", 10)
     records = [contact(i, T0 + timedelta(minutes=i)) for i in range(50)]

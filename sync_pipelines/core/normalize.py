@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import numpy as np
 import pandas as pd
 import phonenumbers
 
@@ -152,12 +153,13 @@ def _coerce(series: pd.Series, field_type: str) -> pd.Series:
     """Give a canonical column its declared type; values that do not fit become missing (quality checks see it)."""
     if field_type in ("integer", "number"):
         numbers = pd.to_numeric(series, errors="coerce")
-        return numbers.astype("Int64") if field_type == "integer" and (numbers.dropna() % 1 == 0).all() else numbers
+        return numbers.where(numbers % 1 == 0).astype("Int64") if field_type == "integer" else numbers
     if field_type == "boolean":
         lowered = series.map(lambda v: str(v).strip().lower() if v is not None and v == v else None)
         return lowered.map({"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False})
-    if field_type == "date":
-        return pd.to_datetime(series, errors="coerce", format="ISO8601").dt.strftime("%Y-%m-%d")
+    if field_type == "date":  # the day as written: offsets (mixed ones refuse to parse together) do not move it
+        days = _as_text(series).str.slice(0, 10)
+        return pd.to_datetime(days, errors="coerce", format="%Y-%m-%d").dt.strftime("%Y-%m-%d")
     if field_type == "datetime":
         return to_timestamp(series)
     return _as_text(series).replace("", None)
@@ -203,6 +205,10 @@ def map_records(
         if field in absent and field not in columns:
             continue
         column = columns.get(field, pd.Series([None] * len(records), dtype="object"))
+        if spec.type == "integer":  # a fraction cannot be stored as one: the record waits in quarantine, named
+            numbers = pd.to_numeric(column, errors="coerce")
+            for i in np.flatnonzero((numbers % 1 != 0) & numbers.notna()).tolist():
+                mismatch.setdefault(i, []).append(f"field {field!r}: expected integer, got {column[i]!r}")
         frame[field] = _coerce(column, spec.type)
     ids = pd.Series(_values_at(records, stream.primary_key), dtype="object")
     frame["_source"] = tool
@@ -222,6 +228,8 @@ def map_records(
     texts: list[str | None] = [None] * len(records)
     for i, found in mismatch.items():
         texts[i] = "; ".join(found)
+    if stream.deleted_field:  # a deleted record's values no longer matter: its deletion must land, drifted or not
+        texts = [None if gone else text for text, gone in zip(texts, frame["_deleted"].tolist())]
     reasons = pd.Series(texts, index=frame.index, dtype="object")
     reasons[frame["_source_id"].isna()] = f"missing primary key {stream.primary_key!r}"
     rejected = reasons.notna()

@@ -87,6 +87,31 @@ def test_a_value_of_the_wrong_type_is_rejected_with_its_field_named():
     reasons = dict(zip(rejects["_source_id"], rejects["_reason"]))
     assert reasons["1"] == "field 'phone' (from 'properties.phone'): expected phone, got int"
     assert reasons["2"] == "field 'email' (from 'properties.email'): expected email, got dict"
+    rows, rejects = _map("hubspot", "contacts", [
+        {"id": "4", "archived": True, "properties": {"email": {"value": "g@h.co"}, "phone": 0,
+                                                     "lastmodifieddate": "2026-11-02T00:00:00Z"}}])
+    assert rejects.empty and rows["_deleted"].tolist() == [True]  # its deletion lands, drift or not
+
+
+def test_a_fraction_for_an_integer_field_is_quarantined_and_dates_keep_their_written_day():
+    """One such value used to fail the whole stream's landing on every run, and mixed offsets failed the chunk."""
+    rows, rejects = _map("stripe", "invoices", [
+        {"id": "in_1", "amount_due": 1999.5, "customer": "cus_1", "updated": 1790000000},
+        {"id": "in_2", "amount_due": "2500", "customer": "cus_2", "updated": 1790000001},
+        {"id": "in_3", "amount_due": "12.25", "customer": "cus_3", "updated": 1790000002},
+    ])
+    assert list(rows["_source_id"]) == ["in_2"] and rows["amount_due"].tolist() == [2500]
+    reasons = dict(zip(rejects["_source_id"], rejects["_reason"]))
+    assert reasons == {"in_1": "field 'amount_due': expected integer, got 1999.5",
+                       "in_3": "field 'amount_due': expected integer, got '12.25'"}
+    deals = STACK.tools["salesforce"].streams["Opportunity"]
+    close = next(m.source for m in deals.fields if m.to == "close_date")
+    rows, _ = _map("salesforce", "Opportunity", [
+        {"Id": "006A", close: "2026-11-01T23:30:00-05:00", "LastModifiedDate": "2026-11-01T00:00:00Z"},
+        {"Id": "006B", close: "2026-03-29T01:30:00+01:00", "LastModifiedDate": "2026-11-01T00:00:00Z"},
+        {"Id": "006C", close: "2026-11-02", "LastModifiedDate": "2026-11-01T00:00:00Z"}])
+    assert rows.set_index("_source_id")["close_date"].to_dict() == {
+        "006A": "2026-11-01", "006B": "2026-03-29", "006C": "2026-11-02"}
 
 
 def test_north_american_numbers_normalise_as_libphonenumber_parses_them():

@@ -27,8 +27,7 @@ def build_definitions(stack: Stack) -> dg.Definitions:
         jobs=[nightly_sync],
         schedules=[nightly_schedule(stack, nightly_sync), *integration_schedules(stack, nightly_sync)],
         sensors=[webhook_sensor(stack, nightly_sync), failure_alert_sensor(stack), freshness_sensor],
-        resources={"sync": SyncResource(warehouse_url=stack.warehouse.url,
-                                        stack_path=dg.EnvVar("SYNC_STACK").get_value())},
+        resources={"sync": SyncResource(stack_path=dg.EnvVar("SYNC_STACK").get_value())},
         executor=executor_from_env(),
     )
 

@@ -38,7 +38,9 @@ def _warehouse(stack_path: str | None, url: str) -> Warehouse:
 class SyncResource(dg.ConfigurableResource):
     """Everything a sync step needs from the outside world: the stack, the warehouse and connectors."""
 
-    warehouse_url: str
+    # None: the stack's own URL, read when a step runs. A URL given here is config, which Dagster stores in every
+    # run's snapshot and shows in the UI: with its password, so definitions never pass one.
+    warehouse_url: str | None = None
     stack_path: str | None = None
 
     @property
@@ -48,7 +50,7 @@ class SyncResource(dg.ConfigurableResource):
 
     @property
     def warehouse(self) -> Warehouse:
-        return _warehouse(self.stack_path, self.warehouse_url)
+        return _warehouse(self.stack_path, self.warehouse_url or self.stack.warehouse.url)
 
     def connector(self, tool_name: str):
         """A connector for ``tool_name``; a missing credential fails at once, naming its environment variable."""

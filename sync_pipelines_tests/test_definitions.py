@@ -41,3 +41,18 @@ def test_an_action_the_project_cannot_perform_fails_when_the_stack_loads(tmp_pat
     with pytest.raises(StackError, match=rf"actions\[{len(raw['actions']) - 1}\]\.create\.stream: action "
                                          "'ticket_for_churn'.*zendesk tool; supported: asana/tasks, stripe/invoices"):
         load_stack(path)
+
+
+def test_the_warehouse_url_and_its_password_stay_out_of_dagster_snapshots(monkeypatch, tmp_path):
+    """Resource config is stored in every run's snapshot and shown in the UI: the URL is read when a step runs."""
+    from dagster._core.remote_representation.external_data import RepositorySnap
+    from dagster._serdes import serialize_value
+
+    from sync_pipelines.definitions import build_definitions
+    from sync_pipelines.stack import load_stack
+
+    monkeypatch.setenv("SYNC_WAREHOUSE_URL", f"sqlite:///{tmp_path}/S3cretWarehousePw.db")
+    built = build_definitions(load_stack())
+    snapshot = serialize_value(RepositorySnap.from_def(built.get_repository_def()))
+    assert "S3cretWarehousePw" not in snapshot
+    assert "S3cretWarehousePw" in str(built.resources["sync"].warehouse.engine.url)  # yet the steps use it

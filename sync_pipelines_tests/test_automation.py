@@ -86,3 +86,13 @@ def test_events_stay_unprocessed_until_their_run_request_is_submitted(sensor):
     after, _ = tick(sensor, cursor)
     assert isinstance(after, dg.SkipReason) and read_inbox(engine) == []
     assert len(read_inbox(engine, include_processed=True)) == 2
+
+
+def test_events_of_a_tool_the_stack_does_not_read_start_no_run(sensor):
+    """An empty asset selection would run the whole job (every write-back and action): skip, and let them go."""
+    engine = sensor[2]
+    _insert_ignoring_duplicates(engine, [event("shopify", "sh_1")])
+    skipped, cursor = tick(sensor, None)
+    assert isinstance(skipped, dg.SkipReason) and "shopify" in skipped.skip_message
+    after, _ = tick(sensor, cursor)
+    assert isinstance(after, dg.SkipReason) and read_inbox(engine) == []

@@ -62,7 +62,7 @@ def backfill(start: str, end: str, tools: tuple[str, ...]) -> None:
     """Re-pull the days START..END (YYYY-MM-DD, inclusive) in one run, then rebuild what depends on them."""
     import dagster as dg
 
-    from sync_pipelines.assets.extract import daily_partitions, extraction_key
+    from sync_pipelines.assets.extract import REPULL_TAG, daily_partitions, extraction_key
     from sync_pipelines.definitions import build_definitions
 
     stack = _stack_or_exit(None)
@@ -80,7 +80,8 @@ def backfill(start: str, end: str, tools: tuple[str, ...]) -> None:
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("nightly_sync").execute_in_process(
         instance=instance, raise_on_error=False, asset_selection=list(selection.resolve(defs.resolve_asset_graph())),
-        tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
+        tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
+              REPULL_TAG: "true"},
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     table = Table("asset", "mode", "read", "landed", "outside window")

@@ -11,6 +11,8 @@ from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Stack, Stream, Tool
 from sync_pipelines.warehouse import landing_table_name
 
+REPULL_TAG = "sync_pipelines/repull"  # "true": read the partitions' windows again, even behind the cursor
+
 
 def daily_partitions(stack: Stack) -> dg.DailyPartitionsDefinition:
     """Partitions up to and including today, so a normal run and a backfill use the same asset."""
@@ -81,7 +83,8 @@ def build_extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg
     def _extract(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
         window = context.partition_time_window
         keys = context.partition_keys
-        backfill = len(keys) > 1 or "dagster/backfill" in context.run.tags
+        tags = context.run.tags  # a range, a UI backfill, or `sync-pipelines backfill` (a single day too) re-pulls
+        backfill = len(keys) > 1 or "dagster/backfill" in tags or tags.get(REPULL_TAG) == "true"
         try:
             result = extract_stream(
                 stack, sync.warehouse, sync.connector(tool_name), tool_name, stream_name,

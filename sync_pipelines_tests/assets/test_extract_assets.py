@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 import requests
 
-from sync_pipelines.assets.extract import build_extraction_assets
+from sync_pipelines.assets.extract import REPULL_TAG, build_extraction_assets
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.sandbox import running_sandbox, sandbox_env
 from sync_pipelines.stack import load_stack
@@ -27,10 +27,10 @@ def sandbox(tmp_path, monkeypatch):
         yield box
 
 
-def _materialize(url: str) -> dg.ExecuteInProcessResult:
+def _materialize(url: str, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
     stack = load_stack()
     return dg.materialize(
-        build_extraction_assets(stack), partition_key=TODAY,
+        build_extraction_assets(stack), partition_key=TODAY, tags=tags,
         resources={"sync": SyncResource(warehouse_url=url)}, raise_on_error=False,
     )
 
@@ -88,3 +88,17 @@ def test_bad_token_fails_once_naming_tool_and_variable_without_the_secret(sandbo
     assert "hubspot" in message and "HUBSPOT_ACCESS_TOKEN" in message
     stats = requests.get(f"{sandbox.url}/_sandbox/stats", timeout=10).json()
     assert stats["hubspot"]["requests"] <= 2  # one per stream that ran: no retry storm
+
+
+def test_a_one_day_backfill_re_pulls_the_whole_day_not_from_the_cursor(sandbox, warehouse_url):
+    """`sync-pipelines backfill D D` runs one partition: its tag, not a range, makes the read start at D's midnight
+    when the cursor is already inside D."""
+    assert _materialize(warehouse_url).success
+    first = requests.get(f"{sandbox.url}/_sandbox/truth/records?tool=hubspot&stream=contacts", timeout=10).json()[0]
+    requests.post(f"{sandbox.url}/_sandbox/mutate", timeout=10, json={
+        "tool": "hubspot", "stream": "contacts", "id": first["id"], "changes": {"jobtitle": "Edited today"}})
+    assert _materialize(warehouse_url).success  # the cursor moves into today
+    midnight = f"{TODAY} 00:00:00+00:00"
+    assert _metadata(_materialize(warehouse_url), ["hubspot", "contacts"])["since"] > midnight  # from the cursor
+    repulled = _metadata(_materialize(warehouse_url, tags={REPULL_TAG: "true"}), ["hubspot", "contacts"])
+    assert repulled["since"] == midnight

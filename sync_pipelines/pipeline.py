@@ -53,7 +53,7 @@ class Staging:
     rows: int
     quarantined: int
     released: int
-    reports: dict[str, QualityReport]
+    reports: dict[str, list[QualityReport]]  # per tool, one per stream of the entity
     changed: int = 0
     full: bool = True
     # per tool, records held in quarantine now (from this run or earlier ones): the checks' standing state, since
@@ -123,7 +123,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
         live = landed[~deleted].reset_index(drop=True)
         report = validate(live, entity, expectations, source=tool)
         clean, bad = split_quarantine(live, report)
-        reports[tool if tool not in reports else f"{tool}/{stream}"] = report
+        reports.setdefault(tool, []).append(report)
         clean_parts.append(clean[fields + METADATA])
         bad_parts.append(_with_raw(warehouse, tool, stream, bad))
         removed_parts += [landed.loc[deleted, KEYS], bad.loc[bad["_source_id"].notna(), KEYS]]

@@ -202,3 +202,32 @@ def test_a_lead_becoming_a_customer_gets_exactly_one_onboarding_task(sync):
     ledger = sync.warehouse.read_table("action_ledger")
     assert list(ledger.loc[ledger["action"] == "onboarding_task_for_new_customer", "_source_id"]) == [
         lead["_source_id"]]
+
+
+def test_every_stream_of_a_tool_is_checked_not_only_its_first(tmp_path):
+    """Two streams of one tool feed one entity (Salesforce Contact and Lead; here two CSV files): bad rows in the
+    second must reach the tool's quality verdict."""
+    from datetime import datetime, timezone
+
+    import yaml
+
+    from sync_pipelines.core.normalize import map_records
+    from sync_pipelines.stack import DEFAULT_STACK, load_stack
+
+    raw = yaml.safe_load(DEFAULT_STACK.read_text())
+    raw["tools"]["legacy_erp"]["streams"]["archive"] = dict(raw["tools"]["legacy_erp"]["streams"]["customers"])
+    raw["quality"]["contacts"]["expectations"].append(
+        {"expect": "max_length", "column": "company_name", "value": 60, "on_fail": "warn"})
+    (tmp_path / "stack.yaml").write_text(yaml.safe_dump(raw))
+    stack = load_stack(tmp_path / "stack.yaml")
+    warehouse = Warehouse(stack, f"sqlite:///{tmp_path / 'w.db'}")
+    for stream, company in (("customers", "Acme"), ("archive", "A" * 120)):
+        spec = stack.tools["legacy_erp"].streams[stream]
+        rows, _ = map_records(
+            [{"customer_no": f"{stream}-1", "contact_name": "Ann Lee", "email_address": f"ann.{stream}@example.com",
+              "phone": "+14155550100", "company": company, "modified": "2026-10-01 10:00:00"}],
+            tool="legacy_erp", stream_name=stream, stream=spec, entity=stack.entities["contacts"],
+            extracted_at=datetime.now(timezone.utc))
+        warehouse.land("legacy_erp", stream, rows)
+    result = pipeline.stage(stack, warehouse, "contacts")
+    assert sorted(report.success for report in result.reports["legacy_erp"]) == [False, True]

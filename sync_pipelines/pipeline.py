@@ -23,6 +23,7 @@ from sync_pipelines.stack import Action, Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 METADATA = ["_source", "_source_stream", "_source_id", "_updated_at", "_extracted_at"]
+QUARANTINE_KEYS = ["_source", "_source_stream", "_source_id"]  # what a quarantined record is held under
 WRITE_BATCH = 500
 # An incremental golden run rebuilds everything instead when the changes pass the first share of the staged records
 # (finding what they reach would cost more than the rebuild), or what they reach passes the second.
@@ -115,7 +116,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
     full = (mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table(staged_table)
             or any(landed_rows[key] < mark["landed_rows"].get(key, 0) for key in landed_rows))
     seen = {} if full else dict(mark["landed_batch"])
-    clean_parts, bad_parts, removed_parts, reports, rows_read = [], [], [], {}, 0
+    clean_parts, bad_parts, removed_parts, gone_parts, reports, rows_read = [], [], [], [], {}, 0
     for tool, stream in streams:
         landed, seen[f"{tool}/{stream}"] = _landed_after(warehouse, tool, stream, seen.get(f"{tool}/{stream}"))
         rows_read += len(landed)
@@ -127,6 +128,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
         clean_parts.append(clean[fields + METADATA])
         bad_parts.append(_with_raw(warehouse, tool, stream, bad))
         removed_parts += [landed.loc[deleted, KEYS], bad.loc[bad["_source_id"].notna(), KEYS]]
+        gone_parts.append(landed.loc[deleted, QUARANTINE_KEYS])
     clean = pd.concat(clean_parts, ignore_index=True)
     quarantined = pd.concat(bad_parts, ignore_index=True)
     removed = pd.concat(removed_parts, ignore_index=True)
@@ -148,7 +150,8 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
         warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": seen,
                                               "landed_rows": landed_rows})
     held = warehouse.put_in_quarantine(entity, quarantined)
-    released = warehouse.release_from_quarantine(entity, clean)
+    # a record fixed at the source leaves the quarantine, and so does one deleted there: nothing is left to fix
+    released = warehouse.release_from_quarantine(entity, pd.concat([clean[QUARANTINE_KEYS], *gone_parts]))
     return Staging(entity, warehouse.count(staged_table), held, released, reports,
                    changed=len(clean) if full else len(changes), full=full,
                    in_quarantine=warehouse.quarantined_by_source(entity), read=rows_read)

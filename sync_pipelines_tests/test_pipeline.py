@@ -231,3 +231,29 @@ def test_every_stream_of_a_tool_is_checked_not_only_its_first(tmp_path):
         warehouse.land("legacy_erp", stream, rows)
     result = pipeline.stage(stack, warehouse, "contacts")
     assert sorted(report.success for report in result.reports["legacy_erp"]) == [False, True]
+
+
+def test_a_quarantined_record_deleted_at_the_source_leaves_the_quarantine(tmp_path):
+    """Nothing is left to fix: kept, it would fail its tool's check for good."""
+    from datetime import datetime, timezone
+
+    from sync_pipelines.core.normalize import map_records
+    from sync_pipelines.stack import load_stack
+
+    stack = load_stack()
+    warehouse = Warehouse(stack, f"sqlite:///{tmp_path / 'w.db'}")
+    spec = stack.tools["salesforce"].streams["Contact"]
+
+    def land(deleted: bool, modified: str) -> None:
+        rows, _ = map_records(
+            [{"Id": "0035g0000000BAD", "Email": "not-an-email", "FirstName": "Al", "LastName": "Bad",
+              "LastModifiedDate": modified, "IsDeleted": deleted}],
+            tool="salesforce", stream_name="Contact", stream=spec, entity=stack.entities["contacts"],
+            extracted_at=datetime.now(timezone.utc))
+        warehouse.land("salesforce", "Contact", rows)
+
+    land(False, "2026-10-01T10:00:00.000+0000")
+    assert pipeline.stage(stack, warehouse, "contacts").in_quarantine == {"salesforce": 1}
+    land(True, "2026-10-02T10:00:00.000+0000")
+    result = pipeline.stage(stack, warehouse, "contacts")
+    assert result.in_quarantine == {} and result.released == 1

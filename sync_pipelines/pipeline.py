@@ -23,7 +23,7 @@ from sync_pipelines.stack import Action, Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 METADATA = ["_source", "_source_stream", "_source_id", "_updated_at", "_extracted_at"]
-QUARANTINE_KEYS = ["_source", "_source_stream", "_source_id"]  # what a quarantined record is held under
+RELEASE_COLUMNS = ["_source", "_source_stream", "_source_id", "_extracted_at"]  # what a quarantine release matches
 WRITE_BATCH = 500
 # An incremental golden run rebuilds everything instead when the changes pass the first share of the staged records
 # (finding what they reach would cost more than the rebuild), or what they reach passes the second.
@@ -128,7 +128,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
         clean_parts.append(clean[fields + METADATA])
         bad_parts.append(_with_raw(warehouse, tool, stream, bad))
         removed_parts += [landed.loc[deleted, KEYS], bad.loc[bad["_source_id"].notna(), KEYS]]
-        gone_parts.append(landed.loc[deleted, QUARANTINE_KEYS])
+        gone_parts.append(landed.loc[deleted, RELEASE_COLUMNS])
     clean = pd.concat(clean_parts, ignore_index=True)
     quarantined = pd.concat(bad_parts, ignore_index=True)
     removed = pd.concat(removed_parts, ignore_index=True)
@@ -151,7 +151,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
                                               "landed_rows": landed_rows})
     held = warehouse.put_in_quarantine(entity, quarantined)
     # a record fixed at the source leaves the quarantine, and so does one deleted there: nothing is left to fix
-    released = warehouse.release_from_quarantine(entity, pd.concat([clean[QUARANTINE_KEYS], *gone_parts]))
+    released = warehouse.release_from_quarantine(entity, pd.concat([clean[RELEASE_COLUMNS], *gone_parts]))
     return Staging(entity, warehouse.count(staged_table), held, released, reports,
                    changed=len(clean) if full else len(changes), full=full,
                    in_quarantine=warehouse.quarantined_by_source(entity), read=rows_read)

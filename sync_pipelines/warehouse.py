@@ -266,14 +266,19 @@ class Warehouse:
             return self._upsert(conn, self.quarantine, frame.drop_duplicates("record_key", keep="last"))
 
     def release_from_quarantine(self, entity: str, clean: pd.DataFrame) -> int:
-        """Drop quarantine entries whose records now pass: fixed at the source, they flow again."""
+        """Drop quarantine entries whose records now pass: fixed at the source, they flow again.
+
+        Only a version extracted after the entry was made releases it: restaging an older landed copy (a full
+        restage) must not release a newer version that extraction refused and the source still sends."""
         if clean.empty or self.count("quarantine") == 0:
             return 0
         # the quarantine is small and the clean rows many: match them here, then delete only what was fixed
         columns = ["_source", "_source_stream", "record_key"]
-        held = self.read_where_in("quarantine", "entity", [entity], columns)
-        fixed = held.merge(clean[["_source", "_source_stream", "_source_id"]].rename(
-            columns={"_source_id": "record_key"}).drop_duplicates(), on=columns)
+        held = self.read_where_in("quarantine", "entity", [entity], [*columns, "quarantined_at"])
+        fixed = held.merge(clean[["_source", "_source_stream", "_source_id", "_extracted_at"]].rename(
+            columns={"_source_id": "record_key"}), on=columns)
+        fixed = fixed[pd.to_datetime(fixed["_extracted_at"], utc=True) > fixed["quarantined_at"]].drop_duplicates(
+            columns)
         with self.transaction() as conn:
             return sum(self.delete_where_in(conn, "quarantine", "record_key", part["record_key"], entity=entity,
                                             _source=source, _source_stream=stream)

@@ -319,8 +319,8 @@ def _check_references(stack: Stack, file: Path) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
     # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
     from sync_pipelines.connectors import CONNECTORS
-    from sync_pipelines.core.quality import _checked
-    from sync_pipelines.core.resolve import _DERIVED_KEYS
+    from sync_pipelines.core.quality import checked_expectation
+    from sync_pipelines.core.resolve import DERIVED_KEYS
     from sync_pipelines.pipeline import ACTION_PAYLOADS
 
     entities, tools = set(stack.entities), set(stack.tools)
@@ -365,11 +365,11 @@ def _check_references(stack: Stack, file: Path) -> None:
             for j, cond in enumerate(rule.conditions):
                 need(cond.field, fields, f"identity.{entity}.rules[{i}].conditions[{j}].field", "field")
             for j, key in enumerate(rule.blocking):
-                if key not in fields and not any(key.endswith(s) and key[: -len(s)] in fields for s in _DERIVED_KEYS):
+                if key not in fields and not any(key.endswith(s) and key[: -len(s)] in fields for s in DERIVED_KEYS):
                     raise StackError(
                         file, f"identity.{entity}.rules[{i}].blocking[{j}]",
                         f"unknown blocking key {key!r}; allowed: a field, or a field followed by "
-                        f"{', '.join(_DERIVED_KEYS)}; fields: {_allowed(fields)}",
+                        f"{', '.join(DERIVED_KEYS)}; fields: {_allowed(fields)}",
                     )
     for entity, rules in stack.survivorship.items():
         need(entity, entities, f"survivorship.{entity}", "entity")
@@ -386,7 +386,7 @@ def _check_references(stack: Stack, file: Path) -> None:
         for i, spec in enumerate(quality.expectations):
             path = f"quality.{entity}.expectations[{i}]"
             try:
-                _checked(entity, i, spec)
+                checked_expectation(entity, i, spec)
             except ValueError as exc:  # its message starts with the same path
                 raise StackError(file, path, str(exc).partition(": ")[2]) from None
             if not spec["column"].startswith("_"):  # _source, _source_id...: system columns every record has

@@ -359,7 +359,7 @@ class Warehouse:
         return sa.inspect(self.engine).has_table(table)
 
     def read_where_in(self, table: str, column: str, values, columns: list[str] | None = None) -> pd.DataFrame:
-        """The rows whose ``column`` is one of ``values`` (an indexed lookup per chunk of values)."""
+        """The rows whose ``column`` is one of ``values`` (one statement on PostgreSQL, chunks on SQLite)."""
         queries = [(f"WHERE {where}", params) for where, params in self._matching(column, values)]
         frame = self._read(table, queries or [("WHERE 1 = 0", ())], columns)
         return frame.drop_duplicates(ignore_index=True) if len(queries) > 1 else frame

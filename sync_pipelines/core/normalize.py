@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-import orjson
 import numpy as np
+import orjson
 import pandas as pd
 import phonenumbers
 

@@ -148,7 +148,7 @@ def build_suite(name: str, expectations: Iterable[Any]) -> gx.ExpectationSuite:
     suite = gx.ExpectationSuite(name=f"quality_{name}")
     for index, item in enumerate(expectations):
         spec = _as_spec(item)
-        rule, column, kwargs, on_fail = _checked(name, index, spec)
+        rule, column, kwargs, on_fail = checked_expectation(name, index, spec)
         expectation_class = getattr(gx.expectations, rule.gx_class)
         suite.add_expectation(
             expectation_class(column=column, **kwargs, meta={"quality_index": index, "on_fail": on_fail})
@@ -308,7 +308,7 @@ def _as_spec(item: Any) -> dict[str, Any]:
     return {key: getattr(item, key) for key in _KNOWN_KEYS if getattr(item, key, None) is not None}
 
 
-def _checked(name: str, index: int, spec: dict[str, Any]) -> tuple[_Rule, str, dict[str, Any], str]:
+def checked_expectation(name: str, index: int, spec: dict[str, Any]) -> tuple[_Rule, str, dict[str, Any], str]:
     """Validate one expectation spec; return its rule, column, GX keywords and on_fail."""
     where = f"quality.{name}.expectations[{index}]"
     expect = spec.get("expect")

@@ -471,14 +471,14 @@ def _domain(value: str) -> str | None:
     return domain or None if at else None
 
 
-_DERIVED_KEYS: dict[str, Callable[[str], str | None]] = {"_prefix": _prefix, "_soundex": soundex, "_domain": _domain}
+DERIVED_KEYS: dict[str, Callable[[str], str | None]] = {"_prefix": _prefix, "_soundex": soundex, "_domain": _domain}
 
 
 def _blocking_source(rule: Rule, key: str, columns: Sequence[str]) -> tuple[str, Callable | None]:
     """The column a blocking key reads and the derivation applied to it (None: the value itself)."""
     if key in columns:
         return key, None
-    for suffix, derive in _DERIVED_KEYS.items():
+    for suffix, derive in DERIVED_KEYS.items():
         if key.endswith(suffix) and len(key) > len(suffix):
             return key[: -len(suffix)], derive
     raise ValueError(

@@ -77,9 +77,8 @@ def backfill(start: str, end: str, tools: tuple[str, ...]) -> None:
         sys.exit(2)
     extraction = [extraction_key(t, s) for t, _, s, _ in stack.streams() if not tools or t in tools]
     selection = dg.AssetSelection.assets(*extraction).downstream()
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    result = defs.resolve_job_def("nightly_sync").execute_in_process(
-        instance=instance, raise_on_error=False, asset_selection=list(selection.resolve(defs.resolve_asset_graph())),
+    result = _run_nightly_sync(
+        defs, asset_selection=list(selection.resolve(defs.resolve_asset_graph())),
         tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
               REPULL_TAG: "true"},
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
@@ -151,6 +150,20 @@ def review(days: int) -> None:
         click.echo(build_review(_stack_or_exit(None), instance, days=days).to_markdown())
 
 
+def _run_nightly_sync(defs, tags: dict[str, str] | None = None, **options):
+    """Run ``nightly_sync`` in this process, first ending the runs a killed process left in progress (they hold
+    the tools' pool slots: every later run would wait for them) and saying what was recovered."""
+    import dagster as dg
+
+    from sync_pipelines.recovery import recover_dead_runs, runner_tags
+
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    for recovered in recover_dead_runs(instance):
+        console.print(f"[yellow]recovered[/yellow] {recovered.describe()}")
+    return defs.resolve_job_def("nightly_sync").execute_in_process(
+        instance=instance, raise_on_error=False, tags={**(tags or {}), **runner_tags()}, **options)
+
+
 def _exit_if_failed(result) -> None:
     """Name every failed step with its innermost cause, then exit 1; the whole story is in the run's logs."""
     if result.success:
@@ -194,18 +207,13 @@ def validate(path: str | None) -> None:
 @click.option("--partition", help="Day to sync (YYYY-MM-DD); default: today in the stack's timezone.")
 def sync(partition: str | None) -> None:
     """Run the nightly_sync job once, in this process, recorded in the Dagster instance ($DAGSTER_HOME)."""
-    import dagster as dg
-
     from sync_pipelines.definitions import build_definitions
 
     stack = _stack_or_exit(None)
     defs = build_definitions(stack)
     partition = partition or datetime.now(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    result = defs.resolve_job_def("nightly_sync").execute_in_process(
-        partition_key=partition, instance=instance, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
+    result = _run_nightly_sync(defs, partition_key=partition,
+                               run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     table = Table("asset", "mode", "read", "landed", "quarantined", "requests", "429s", "retries")
     others = Table("asset", "outcome")
     for event in result.get_asset_materialization_events():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -19,6 +20,10 @@ from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_STACK = Path(__file__).parent / "stacks" / "sandbox.yaml"
+# Far above any real stack (the sandbox: 12 KiB, 9 levels, 1,222 values), far below what takes seconds to load.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 100
+MAX_VALUES = 100_000
 
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
@@ -295,20 +300,74 @@ def _expand_env(value: Any, file: Path, path: str = "") -> Any:
     return value
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML lets a repeated key silently replace the first (a second `contacts:` stream drops the first one's
-    mappings): refuse it, naming the key and its line. Keys merged in with ``<<`` may still be overridden."""
+class _LoaderLimit(yaml.MarkedYAMLError):
+    """Valid YAML beyond what a stack file needs, refused before it costs minutes and gigabytes to load."""
+
+
+class _StackLoader(yaml.SafeLoader):
+    """SafeLoader that refuses what YAML allows but no stack file needs: a repeated key, which silently replaces
+    the first (a second `contacts:` stream drops the first one's mappings; keys merged in with ``<<`` may still be
+    overridden), nesting deeper than ``MAX_DEPTH``, aliases expanding to more than ``MAX_VALUES`` values (every
+    later step copies them out) and integers too long for Python to convert."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= MAX_DEPTH:  # the composer recurses: a stack overflow otherwise
+            raise _LoaderLimit(None, None, f"nested deeper than {MAX_DEPTH} levels; allowed: at most {MAX_DEPTH}",
+                               self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_size(node, {})
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: list = []  # not a set: an unhashable key is left for SafeLoader to refuse
+        seen = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.append(key)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # an unhashable key, which SafeLoader refuses with its own message
+                pass
         return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # the value may be a secret: not shown
+            raise _LoaderLimit(None, None, f"an integer of {len(node.value)} characters; allowed: at most "
+                                           f"{sys.get_int_max_str_digits()} digits", node.start_mark) from None
+
+
+_StackLoader.add_constructor("tag:yaml.org,2002:int", _StackLoader.construct_yaml_int)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
+    """How many values ``node`` holds once its aliases are copied out, counted once per distinct node (a few
+    hundred bytes of nested aliases hold billions); refused beyond ``MAX_VALUES`` or when an alias holds itself."""
+    if id(node) in sizes:
+        if sizes[id(node)] is None:
+            raise _LoaderLimit(None, None, "an alias inside the value it names; allowed: aliases to finished values",
+                               node.start_mark)
+        return sizes[id(node)]
+    sizes[id(node)] = None
+    children = node.value if isinstance(node, yaml.SequenceNode) else (
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+    size = 1 + sum(_expanded_size(child, sizes) for child in children)
+    if size > MAX_VALUES:
+        raise _LoaderLimit(None, None, f"aliases expand this value to more than {MAX_VALUES} values; allowed: at "
+                                       f"most {MAX_VALUES} in the whole file", node.start_mark)
+    sizes[id(node)] = size
+    return size
 
 
 def _allowed(values) -> str:
@@ -469,7 +528,11 @@ def load_stack(path: str | Path | None = None) -> Stack:
     """Load and validate the stack file: ``path``, else ``$SYNC_STACK``, else the bundled sandbox stack."""
     file = Path(path or os.environ.get("SYNC_STACK") or DEFAULT_STACK)
     try:
-        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        with file.open("rb") as stream:
+            data = stream.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise StackError(file, "", f"larger than {MAX_BYTES // (1 << 20)} MiB; allowed: at most {MAX_BYTES} bytes")
+        raw = yaml.load(data.decode("utf-8"), Loader=_StackLoader)
     except FileNotFoundError:
         raise StackError(file, "", "file not found (set SYNC_STACK to a stack file)") from None
     except UnicodeDecodeError as exc:
@@ -480,7 +543,8 @@ def load_stack(path: str | Path | None = None) -> Stack:
     except yaml.MarkedYAMLError as exc:  # its text quotes the offending line, which may hold a secret: not shown
         mark, opened = exc.problem_mark, exc.context_mark
         where = f" ({exc.context} from line {opened.line + 1})" if exc.context and opened else ""
-        raise StackError(file, "", f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+        what = "refused" if isinstance(exc, _LoaderLimit) else "not valid YAML"
+        raise StackError(file, "", f"{what} at line {mark.line + 1}, column {mark.column + 1}: "
                                    f"{exc.problem}{where}") from None
     except yaml.YAMLError as exc:
         raise StackError(file, "", f"not valid YAML: {exc}") from None

@@ -24,6 +24,12 @@ DEFAULT_STACK = Path(__file__).parent / "stacks" / "sandbox.yaml"
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 100
 MAX_VALUES = 100_000
+# Names become Dagster asset, group, pool, check and schedule names (^[A-Za-z0-9_]+$) and warehouse table and column
+# names (63 characters at most on PostgreSQL, longer ones cut silently); `_` starts the pipeline's own columns.
+NAME = re.compile(r"[a-z][a-z0-9_]*")
+STREAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)?")  # Salesforce `Contact`, SQL schema.table
+MAX_NAME = 40
+MAX_TABLE_NAME = 63
 
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
@@ -374,6 +380,39 @@ def _allowed(values) -> str:
     return ", ".join(sorted(values)) or "(none declared)"
 
 
+def _check_names(stack: Stack, file: Path) -> None:
+    """Names the YAML accepts but Dagster or the warehouse would not, refused here rather than when a sync runs;
+    and two streams landing in one table (``stg_<tool>_<stream>``, lower-cased, which would overwrite each other)."""
+    from sync_pipelines.warehouse import landing_table_name  # imported late: the warehouse imports us
+
+    def check(found: str, path: str, pattern: re.Pattern = NAME) -> None:
+        if len(found) > MAX_NAME or not pattern.fullmatch(found):
+            reserved = " (a leading _ is kept for the pipeline's own columns: _source, _source_id...)"
+            raise StackError(file, path, f"found name {found!r}; allowed: names matching ^{pattern.pattern}$ of at "
+                                         f"most {MAX_NAME} characters{reserved if found.startswith('_') else ''}")
+
+    for e, entity in stack.entities.items():
+        check(e, f"entities.{e}")
+        for f in entity.fields:
+            check(f, f"entities.{e}.fields.{f}")
+    landed: dict[str, str] = {}
+    for t, tool in stack.tools.items():
+        check(t, f"tools.{t}")
+        for s in tool.streams:
+            path, table = f"tools.{t}.streams.{s}", landing_table_name(t, s)
+            check(s, path, STREAM_NAME)
+            if table in landed:
+                raise StackError(file, path, f"lands in table {table!r} like {landed[table]}; allowed: one table "
+                                             "per stream (rename the tool or the stream)")
+            if len(table) > MAX_TABLE_NAME:
+                raise StackError(file, path, f"lands in table {table!r} of {len(table)} characters; allowed: at "
+                                             f"most {MAX_TABLE_NAME} (shorten the tool or stream name)")
+            landed[table] = path
+    for kind, named in (("integrations", stack.integrations), ("actions", stack.actions)):
+        for i, item in enumerate(named):
+            check(item.name, f"{kind}[{i}].name")
+
+
 def _check_references(stack: Stack, file: Path) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
     # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
@@ -555,5 +594,6 @@ def load_stack(path: str | Path | None = None) -> Stack:
         stack = Stack.model_validate(raw)
     except ValidationError as exc:
         raise _format_pydantic(file, exc, raw) from None
+    _check_names(stack, file)
     _check_references(stack, file)
     return stack

@@ -1,4 +1,4 @@
-"""Stack files that YAML accepts but that would never finish loading."""
+"""Stack files that YAML accepts but that would never finish loading, or that load and fail only when a sync runs."""
 
 from pathlib import Path
 
@@ -60,3 +60,73 @@ def test_a_file_over_a_mebibyte_is_refused_before_parsing(tmp_path):
 def test_a_duplicate_key_among_many_is_still_refused(tmp_path):
     keys = "".join(f"  k{i}: {i}\n" for i in range(20_000))
     assert "line 20003, column 3: duplicate key 'k7'" in _refused(tmp_path, f"name: x\nentities:\n{keys}  k7: 0\n")
+
+
+def _with_csv_stream(name: str):
+    def mutate(raw: dict) -> None:
+        streams = raw["tools"]["legacy_erp"]["streams"]
+        streams[name] = dict(streams["customers"])
+    return mutate
+
+
+def _renamed_tool(name: str):
+    def mutate(raw: dict) -> None:
+        raw["tools"][name] = raw["tools"].pop("slack")
+    return mutate
+
+
+def _with_entity_field(name: str):
+    def mutate(raw: dict) -> None:
+        raw["entities"]["contacts"]["fields"][name] = {"type": "string"}
+    return mutate
+
+
+def _second_erp(tool: str, stream: str):
+    def mutate(raw: dict) -> None:
+        raw["tools"][tool] = {**raw["tools"]["legacy_erp"], "streams": {stream: raw["tools"]["legacy_erp"]["streams"]
+                                                                        ["customers"]}}
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate, path, problem",
+    [
+        (_with_csv_stream("a;drop"), "tools.legacy_erp.streams.a;drop", "found name 'a;drop'; allowed: names "
+                                                                        "matching ^[A-Za-z][A-Za-z0-9_]*"),
+        (_with_csv_stream("../x"), "tools.legacy_erp.streams.../x", "found name '../x'"),
+        (_with_csv_stream("a-b"), "tools.legacy_erp.streams.a-b", "found name 'a-b'"),
+        (_renamed_tool("hub spot"), "tools.hub spot", "allowed: names matching ^[a-z][a-z0-9_]*$ of at most 40"),
+        (_renamed_tool("a-b"), "tools.a-b", "found name 'a-b'"),
+        (_renamed_tool("alerts_" + "x" * 40), "tools.alerts_" + "x" * 40, "of at most 40 characters"),
+        (_with_entity_field("_source_id"), "entities.contacts.fields._source_id", "a leading _ is kept for the "
+                                                                                  "pipeline's own columns"),
+        (_with_entity_field("_source"), "entities.contacts.fields._source", "found name '_source'"),
+        (_with_entity_field("first name"), "entities.contacts.fields.first name", "found name 'first name'"),
+        (lambda r: r["entities"].update({"a;drop": {"fields": {}}}), "entities.a;drop", "found name 'a;drop'"),
+        (lambda r: r["integrations"][0].update(name="crm-contacts"), "integrations[0].name", "'crm-contacts'"),
+        (lambda r: r["actions"][1].update(name="onboarding task"), "actions[1].name", "'onboarding task'"),
+        (_second_erp("legacy", "erp_customers"), "tools.legacy.streams.erp_customers",
+         "lands in table 'stg_legacy_erp_customers' like tools.legacy_erp.streams.customers"),
+        (_with_csv_stream("Customers"), "tools.legacy_erp.streams.Customers",
+         "like tools.legacy_erp.streams.customers; allowed: one table per stream"),
+        (_second_erp("e" * 20, "c" * 39), f"tools.{'e' * 20}.streams.{'c' * 39}",
+         "of 64 characters; allowed: at most 63"),
+    ],
+)
+def test_names_that_would_fail_at_sync_are_refused_at_load(tmp_path, mutate, path, problem):
+    raw = _sandbox()
+    mutate(raw)
+    file = tmp_path / "stack.yaml"
+    file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(StackError) as info:
+        load_stack(file)
+    assert str(info.value).startswith(f"{file}: at {path}: ") and problem in str(info.value)
+
+
+def test_schema_qualified_sql_tables_and_salesforce_objects_are_valid_stream_names(tmp_path):
+    raw = _sandbox()
+    _with_csv_stream("erp.customers_2024")(raw)
+    _with_csv_stream("Custom_Object__c")(raw)
+    file = tmp_path / "stack.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    assert {"erp.customers_2024", "Custom_Object__c"} <= set(load_stack(file).tools["legacy_erp"].streams)

@@ -1,7 +1,9 @@
 """Extraction into the warehouse with a scripted connector, on SQLite and on the real PostgreSQL."""
 
+import json
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 
 from sync_pipelines.extract import extract_stream, plan_read
@@ -132,3 +134,23 @@ def test_read_ahead_keeps_order_raises_errors_in_place_and_stops_with_the_caller
         assert next(chunks) == list(range(10))
     assert not any(t.name == "extract-read-ahead" and t.is_alive() for t in threading.enumerate())
     assert next(pulled) <= 31  # one chunk read ahead, and at most one record more, then the reader stopped
+
+
+def test_nul_characters_land_stripped_alike_on_both_warehouses_and_a_nul_id_is_quarantined(warehouse):
+    """PostgreSQL text cannot hold NUL: one in one first name failed the whole stream's landing there (SQLite stored
+    it). Values land without their NULs on both, the raw payload keeps them escaped, and a record whose id holds
+    one waits in quarantine with the key named, instead of failing the stream."""
+    records = [{**contact(1, T0), "FirstName": "Ad\x00a", "Email": "ada\x00@example.com", "Title": "\x00"},
+               {**contact(2, T0), "Last\x00Name": "Lovelace"},
+               {**contact(3, T0), "Id": "003\x00000000000000003"},
+               contact(4, T0)]
+    result = extract_stream(STACK, warehouse, ScriptedConnector(records), "salesforce", "Contact")
+    assert (result.rows_landed, result.rows_quarantined) == (3, 1)
+    table = warehouse.read_table("stg_salesforce_contact").set_index("_source_id")
+    first, second = table.loc["003000000000000001"], table.loc["003000000000000002"]
+    assert (first["first_name"], first["email"]) == ("Ada", "ada@example.com") and pd.isna(first["job_title"])
+    assert json.loads(first["_raw"])["FirstName"] == "Ad\x00a" and json.loads(second["_raw"])["Last\x00Name"]
+    [held] = warehouse.read_table("quarantine").to_dict("records")
+    assert held["reason"] == "primary key 'Id' holds a NUL character, which cannot be stored"
+    assert held["record_key"].startswith("sha256:") and json.loads(held["raw"])["Id"] == "003\x00000000000000003"
+    assert warehouse.cursor("salesforce", "Contact") == T0

@@ -1,3 +1,4 @@
+import json
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -138,3 +139,40 @@ def test_north_american_numbers_normalise_as_libphonenumber_parses_them():
     normalised = TRANSFORMS["phone_e164"](pd.Series(typed, dtype="object"))
     assert normalised.tolist() == [parsed(text) for text in typed]
     assert normalised[0] == "+14155550101" and normalised[len(styles)] == "+16135550123"
+
+
+def test_nul_characters_are_stripped_before_any_transform_and_the_raw_payload_keeps_them_escaped():
+    """PostgreSQL text cannot hold NUL (one in a first name failed the whole stream there): every text value loses
+    its NULs as it becomes text, so a value maps exactly as it would without them, on either warehouse."""
+    properties = {"email": " Ada@Example.com\x00", "firstname": "Ad\x00a", "lastname": "\x00 Lovelace \x00",
+                  "phone": "(415) 555-0101\x00", "lifecyclestage": "\x00", "lastmodifieddate": "2026-11-01T00:00:00Z"}
+    clean = {key: value.replace("\x00", "") for key, value in properties.items()}
+    rows, rejects = _map("hubspot", "contacts", [{"id": "1", "properties": properties},
+                                                 {"id": "2", "properties": clean}])
+    assert rejects.empty
+    mapped = rows.drop(columns=["_source_id", "_raw"])
+    pd.testing.assert_frame_equal(mapped.iloc[[0]].reset_index(drop=True), mapped.iloc[[1]].reset_index(drop=True))
+    row = rows.iloc[0]
+    assert (row["first_name"], row["last_name"], row["email"], row["phone"]) == (
+        "Ada", "Lovelace", "ada@example.com", "+14155550101")
+    assert pd.isna(row["lifecycle_stage"])  # nothing but a NUL is empty, as "" is
+    assert "\x00" not in row["_raw"] and json.loads(row["_raw"])["properties"] == properties  # escaped, kept whole
+    rows, _ = _map("zendesk", "users", [{"id": 7, "name": "Mary\x00 Ann Smith", "email": "m@x.io", "active": True,
+                                         "updated_at": "2026-10-01T00:00:00Z"}])
+    assert (rows.loc[0, "first_name"], rows.loc[0, "last_name"]) == ("Mary", "Ann Smith")
+
+
+def test_a_nul_in_a_field_key_lands_the_record_and_a_nul_in_its_id_quarantines_it_with_the_key_named():
+    """A key is only matched against the mapping, never stored but in the escaped raw payload; an id is what
+    write-back addresses the record by, so it is not altered but refused."""
+    stamp = {"lastmodifieddate": "2026-11-01T00:00:00Z"}
+    rows, rejects = _map("hubspot", "contacts", [
+        {"id": "1", "properties": {"email": "a@b.co", "first\x00name": "Ada", **stamp}},
+        {"id": "2\x00", "properties": {"email": "c@d.co", "firstname": "Bo\x00b", **stamp}},
+    ])
+    assert rows["_source_id"].tolist() == ["1"] and pd.isna(rows.loc[0, "first_name"])
+    assert json.loads(rows.loc[0, "_raw"])["properties"]["first\x00name"] == "Ada" and "\x00" not in rows.loc[0, "_raw"]
+    [reject] = rejects.to_dict("records")
+    assert reject["_reason"] == "primary key 'id' holds a NUL character, which cannot be stored"
+    assert pd.isna(reject["_source_id"]) and json.loads(reject["_raw"])["id"] == "2\x00"
+    assert not any("\x00" in str(value) for value in reject.values())

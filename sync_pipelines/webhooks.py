@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TOLERANCE_S = 300
 MAX_BODY_BYTES = 1024 * 1024  # vendors' events are a few kB; a larger post is refused before it fills memory
+MAX_DEPTH = 64  # vendors' events nest a few levels; far below where json recurses out of stack, wherever it is read
 INBOX_TABLE = "webhook_inbox"
 SECRET_ENV = {"hubspot": "HUBSPOT_WEBHOOK_SECRET", "stripe": "STRIPE_WEBHOOK_SECRET",
               "zendesk": "ZENDESK_WEBHOOK_SECRET"}
@@ -196,10 +197,32 @@ def _verify_zendesk(secret: str, method: str, url: str, headers: Mapping[str, st
 
 # --- event shapes ---
 
+def _parsed(body: bytes) -> Any:
+    """The body's JSON, refused past MAX_DEPTH levels: the inbox payload is decoded again by the sensor, deeper in
+    its own stack, and json raises RecursionError (not a ValueError) on nesting it cannot follow."""
+    try:
+        value = json.loads(body)
+        level = [value]
+        for _ in range(MAX_DEPTH):  # level by level, without recursing itself
+            level = [child for node in level if isinstance(node, (dict, list))
+                     for child in (node.values() if isinstance(node, dict) else node)]
+        too_deep = any(isinstance(node, (dict, list)) for node in level)
+    except RecursionError:
+        too_deep = True
+    if too_deep:
+        raise PayloadError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
 def _text(value: Any, where: str) -> str:
+    """An id as the inbox stores it; one holding a NUL is refused, as PostgreSQL text cannot hold it (the payload
+    itself keeps NULs, escaped as JSON writes them)."""
     if value is None or value == "" or isinstance(value, (dict, list, bool)):
         raise PayloadError(f"{where} is missing or not an id")
-    return str(value)
+    text = str(value)
+    if "\x00" in text:
+        raise PayloadError(f"{where} holds a NUL character")
+    return text
 
 
 def _hubspot_events(body: Any) -> list[InboxEvent]:
@@ -400,8 +423,8 @@ def build_webhook_app(warehouse_url: str, secrets: dict[str, str],
                 log.info("refused %s webhook: %s", scheme.tool, exc)
                 return _error(413, f"{scheme.tool} webhook refused: {exc}")
             try:
-                events = scheme.events(json.loads(body))
-            except (ValueError, PayloadError) as exc:
+                events = scheme.events(_parsed(body))
+            except ValueError as exc:  # PayloadError, or not JSON at all
                 return _error(400, f"{scheme.tool} webhook body: {exc}")
             received_at = datetime.fromtimestamp(clock(), timezone.utc)
             rows = [{"tool": scheme.tool, "event_id": e.event_id, "object_type": e.object_type,

@@ -273,3 +273,40 @@ def test_inbox_reads_on_a_fresh_warehouse(warehouse_url):
 
 def _driver(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+NUL_IDS = {"hubspot": lambda body: [{**body[0], "eventId": "47\x0011"}],
+           "stripe": lambda body: {**body, "id": "evt_\x00"},
+           "zendesk": lambda body: {**body, "id": "2b24ef10\x00"}}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_signed_event_whose_id_holds_a_nul_is_a_400_and_not_stored(warehouse_url, tool):
+    """PostgreSQL text cannot hold NUL: the insert failed with a 500 there (and SQLite stored it). Refused on both;
+    a NUL elsewhere in the event is kept, escaped in the stored payload, and decodes back."""
+    with serving(build_webhook_app(warehouse_url, SECRETS, clock=lambda: NOW), name="webhooks") as url:
+        response = send(url, tool, body=json.dumps(NUL_IDS[tool](SAMPLES[tool][0])).encode())
+        assert response.status_code == 400 and "holds a NUL character" in response.json()["error"]
+        assert count_rows(warehouse_url) == 0
+        body = json.loads(body_of(tool))
+        event = body[0] if tool == "hubspot" else body
+        event["note"] = "Ad\x00a"
+        assert send(url, tool, body=json.dumps(body).encode()).json() == {"received": 1, "stored": 1}
+    [row] = read_inbox(warehouse_url)
+    assert row["payload"]["note"] == "Ad\x00a"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("depth, status", [(webhooks.MAX_DEPTH, 200), (webhooks.MAX_DEPTH + 1, 400), (100_000, 400)])
+def test_signed_json_nested_too_deeply_is_a_400_and_not_stored(receiver, inbox_url, tool, depth, status):
+    """100,000 nested arrays in an event made json raise RecursionError (a 500); a depth json still parses here but
+    the sensor, deeper in its stack, might not decode again is refused alike (it was stored)."""
+    body = json.loads(body_of(tool))
+    (body[0] if tool == "hubspot" else body)["nested"] = "here"
+    around = 2 if tool == "hubspot" else 1  # the levels holding the field: HubSpot's array of events, the event
+    nested = b"[" * (depth - around) + b"]" * (depth - around)
+    response = send(receiver, tool, body=json.dumps(body).encode().replace(b'"here"', nested))
+    assert response.status_code == status
+    if status == 400:
+        assert response.json()["error"] == f"{tool} webhook body: JSON nested deeper than {webhooks.MAX_DEPTH} levels"
+    assert count_rows(inbox_url) == (status == 200)

@@ -215,13 +215,16 @@ def _parsed(body: bytes) -> Any:
 
 
 def _text(value: Any, where: str) -> str:
-    """An id as the inbox stores it; one holding a NUL is refused, as PostgreSQL text cannot hold it (the payload
-    itself keeps NULs, escaped as JSON writes them)."""
+    """An id as the inbox stores it. One holding a NUL (PostgreSQL text cannot hold it) or an unpaired surrogate (a
+    JSON escape like \\ud800 that no UTF-8 database takes) is refused; the payload keeps both, escaped as JSON writes
+    them."""
     if value is None or value == "" or isinstance(value, (dict, list, bool)):
         raise PayloadError(f"{where} is missing or not an id")
     text = str(value)
     if "\x00" in text:
         raise PayloadError(f"{where} holds a NUL character")
+    if not text.isascii() and any("\ud800" <= char <= "\udfff" for char in text):
+        raise PayloadError(f"{where} holds an unpaired surrogate")
     return text
 
 

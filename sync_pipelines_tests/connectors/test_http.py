@@ -42,6 +42,21 @@ def test_retry_after_accepts_an_http_date():
     assert parse_retry_after("soon", now) is None
 
 
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "-5", "Infinity"])
+def test_retry_after_that_is_no_wait_is_ignored_and_the_backoff_applies(fake_api, sleeps, value):
+    assert parse_retry_after(value) is None
+    replies = iter([Reply(429, {}, {"Retry-After": value})] * 3 + [Reply(200, {"ok": True})])
+    fake_api.script = lambda seen: next(replies)
+    http = client(fake_api, sleeps, retry=RetryPolicy(max_retries=3, backoff_base=1, backoff_max=8))
+    assert http.request("GET", "/x") == {"ok": True}
+    assert len(sleeps) == 3 and 0.5 <= sleeps[0] <= 1 and 1 <= sleeps[1] <= 2 and 2 <= sleeps[2] <= 4
+
+
+def test_retry_after_zero_and_past_dates_still_mean_now():
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after("Tue, 01 Sep 2026 11:00:00 GMT", datetime(2026, 9, 1, 12, tzinfo=timezone.utc)) == 0.0
+
+
 def test_5xx_backs_off_exponentially_with_jitter(fake_api, sleeps):
     replies = iter([Reply(503, "busy")] * 3 + [Reply(200, {"ok": 1})])
     fake_api.script = lambda seen: next(replies)

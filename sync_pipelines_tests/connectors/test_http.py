@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import traceback
@@ -11,8 +12,10 @@ import pytest
 
 from sync_pipelines.connectors import ApiError, AuthError, ConnectorError, ResponseError, connect, redact
 from sync_pipelines.connectors.http import (
-    Auth, CursorPaginator, HttpClient, PageRequest, RateLimiter, RetryPolicy, parse_retry_after,
+    Auth, CursorPaginator, HttpClient, PageRequest, RateLimiter, RetryPolicy, parse_json, parse_retry_after,
 )
+from sync_pipelines.core.normalize import map_records
+from sync_pipelines.stack import load_stack
 from sync_pipelines_tests.connectors.conftest import Reply
 
 TOKEN = "tok-SECRET-1234567890"
@@ -275,3 +278,29 @@ def test_connectors_of_one_tool_share_its_rate_budget():
 def test_redact_keeps_prose_that_only_looks_like_a_scheme():
     assert redact("Basic authentication failed") == "Basic authentication failed"
     assert redact("header Bearer abc123def was refused") == "header Bearer *** was refused"
+
+
+BIG_IDS = [2**64 + 1, 2**64 + 2, 2**64 + 3, 2**70, 2**70 + 1, 12345678901234567890123, 12345678901234567890124,
+           -(2**63) - 1]
+
+
+def test_integers_past_64_bits_parse_exactly():
+    assert parse_json(json.dumps(BIG_IDS).encode()) == BIG_IDS
+    assert parse_json(b'{"a": 1.5, "b": NaN, "c": 9223372036854775807}')["c"] == 2**63 - 1
+    assert parse_json(b"  \n") is None
+
+
+def test_ids_past_64_bits_come_through_distinct_and_exact_as_text(fake_api):
+    """Zendesk ids are JSON integers; ids past 64 bits became floats in orjson, and 2**64+1 and 2**64+2 one id."""
+    users = [{"id": user_id, "email": f"u{n}@example.com", "name": f"User {n}", "active": True,
+              "updated_at": "2026-11-01T00:00:00Z"} for n, user_id in enumerate(BIG_IDS)]
+    fake_api.script = lambda seen: Reply(200, {"users": users, "end_of_stream": True, "after_cursor": None})
+    zendesk = connect("zendesk", fake_api.url, {"email": "sync@example.com", "api_token": TOKEN})
+    read = list(zendesk.read("users"))
+    assert [user["id"] for user in read] == BIG_IDS
+    stack = load_stack()
+    stream = stack.tools["zendesk"].streams["users"]
+    rows, rejects = map_records(read, tool="zendesk", stream_name="users", stream=stream,
+                                entity=stack.entities[stream.entity], extracted_at=datetime.now(timezone.utc))
+    assert rejects.empty
+    assert sorted(rows["_source_id"]) == sorted(str(user_id) for user_id in BIG_IDS)

@@ -10,11 +10,11 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from sync_pipelines.connectors.errors import ApiError, ConnectorError
 from sync_pipelines.connectors.http import (
-    Auth, ErrorCodeReader, HttpClient, Redactor, RetryPolicy, Stats, no_error_code,
+    Auth, ErrorCodeReader, HttpClient, ReadLimits, Redactor, RetryPolicy, Stats, no_error_code,
 )
 
 COMMON_OPTIONS = frozenset({"name", "credential_env", "rate_limit", "endpoint_limits", "timeout", "page_size",
-                            "max_retries", "fields",
+                            "max_retries", "limits", "fields",
                             "sleep", "clock", "session", "backoff_base"})
 
 
@@ -29,6 +29,7 @@ class Options:
     timeout: float = 30.0
     page_size: int | None = None
     max_retries: int = 5
+    limits: dict | None = None  # ReadLimits fields; None: the defaults
     backoff_base: float = 0.5
     fields: dict[str, list[str]] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
@@ -209,6 +210,7 @@ class ApiConnector(Connector):
             endpoint_limits=self.spec.endpoint_limits if options.endpoint_limits is None else options.endpoint_limits,
             headers=self.spec.headers,
             retry=RetryPolicy(max_retries=options.max_retries, backoff_base=options.backoff_base),
+            limits=ReadLimits.from_option(options.limits, self.name),
             session=options.session, sleep=options.sleep, clock=options.clock, redactor=self.redact)
         self._stats = self.http.stats
 

@@ -17,13 +17,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 from urllib.parse import quote, quote_plus
 
 import orjson
 import requests
+import urllib3
 
 from sync_pipelines.connectors.errors import (
     ApiError, AuthError, ConnectorError, RateLimitError, ResponseError,
@@ -41,6 +42,7 @@ _AUTH_HEADER_RE = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bea
 _BEARER_RE = re.compile(r"(?i)\b((?:bearer|basic)\s+)(?:(?=[\w.~+/=-]*\d)[\w.~+/=-]{8,}|[\w.~+/=-]{20,})")
 _MIN_SECRET_LENGTH = 4
 MAX_MALFORMED_RETRIES = 2
+BODY_CHUNK_BYTES = 1 << 20
 ERROR_TEXT_LIMIT = 300
 
 
@@ -307,6 +309,17 @@ def parse_json(content: bytes) -> Any:
     return json.loads(content)
 
 
+def _brings_new_ids(seen: set, records: list, id_field: str) -> bool:
+    """Whether a page holds an id not in `seen`, which takes them in; True when ids cannot tell (a record without
+    one, or that is not an object), so that the check never stops a read it cannot judge."""
+    before = len(seen)
+    try:
+        seen.update([record.get(id_field) for record in records])
+    except (AttributeError, TypeError):
+        return True
+    return len(seen) > before or None in seen
+
+
 ErrorCodeReader = Callable[[Any], "str | None"]
 
 
@@ -325,6 +338,34 @@ class RetryPolicy:
     max_retry_after: float = 300.0
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds that turn a broken or hostile API into an error instead of a read that never ends or fills memory;
+    far beyond what a real read takes. `call_seconds` bounds one call, body included (`timeout` bounds each socket
+    read only, so a server dripping a byte at a time would hold a call forever); `body_bytes` one body, counted
+    decompressed (a small gzip body can expand to gigabytes); `pages` and `read_bytes` one pagination;
+    `stale_pages` the pages in a row that may bring no record id not already read in the pagination (APIs re-send
+    a boundary record, never pages of them: a next-page token that moves while the records do not pages forever)."""
+
+    call_seconds: float = 300.0
+    body_bytes: int = 256 * 2**20
+    pages: int = 500_000
+    read_bytes: int = 32 * 2**30
+    stale_pages: int = 5
+
+    @classmethod
+    def from_option(cls, option: dict | None, tool: str) -> ReadLimits:
+        """The `limits` connector option: any of the fields, each a positive number; the defaults for the rest."""
+        if option is None:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        if not isinstance(option, dict) or set(option) - known or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in option.values()):
+            raise ConnectorError(f"{tool}: option limits must map some of {sorted(known)} to positive numbers, "
+                                 f"got {option!r}")
+        return cls(**option)
+
+
 class HttpClient:
     """A `requests.Session` for one tool: joins the base URL with vendor paths, throttles, retries what is
     worth retrying, raises typed errors with redacted messages and counts everything in `stats`."""
@@ -333,8 +374,9 @@ class HttpClient:
                  error_code: ErrorCodeReader = no_error_code, auth_statuses: tuple[int, ...] = (401, 403),
                  rate_limit_codes: frozenset[str] = frozenset(), rate_limit: dict | None = None,
                  endpoint_limits: dict[str, dict] | None = None,
-                 timeout: float = 30.0, retry: RetryPolicy | None = None, headers: dict[str, str] | None = None,
-                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                 timeout: float = 30.0, retry: RetryPolicy | None = None, limits: ReadLimits | None = None,
+                 headers: dict[str, str] | None = None, session: requests.Session | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None) -> None:
         self.tool = tool
         self.base_url = base_url.rstrip("/")
@@ -344,6 +386,8 @@ class HttpClient:
         self.rate_limit_codes = rate_limit_codes
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.limits = limits or ReadLimits()
+        self.bytes_received = 0  # decompressed body bytes, for the per-pagination budget
         self.redact = redactor or Redactor()
         for secret in auth.secrets:
             self.redact.add(secret)
@@ -370,9 +414,10 @@ class HttpClient:
 
     def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
                 data: Any = None, headers: dict[str, str] | None = None, idempotent: bool = True,
-                expect_json: bool = True) -> Any:
+                expect_json: bool = True, stream: str | None = None) -> Any:
         """Send one call, retrying 429, 5xx, network failures and malformed JSON; `idempotent=False` limits
-        retries to cases where the API surely did nothing (429, connect timeout)."""
+        retries to cases where the API surely did nothing (429, connect timeout). `stream` (the one being read)
+        is named in the errors of the read limits."""
         url = self.url_for(path)
         shown = self.redact(f"{method} {url}")
         malformed = 0
@@ -385,10 +430,13 @@ class HttpClient:
                     limiter.acquire()
             self.stats.requests += 1
             started = time.perf_counter()
+            deadline = time.monotonic() + self.limits.call_seconds
             try:
-                response, broken = self.session.request(method, url, params=params, json=json, data=data,
-                                                        headers=headers, timeout=self.timeout), None
-            except requests.RequestException as exc:
+                response = self.session.request(method, url, params=params, json=json, data=data, headers=headers,
+                                                timeout=self.timeout, stream=True)
+                self._read_body(response, deadline, shown, stream)
+                broken = None
+            except (OSError, urllib3.exceptions.HTTPError) as exc:  # requests' are OSErrors; the body read's urllib3's
                 response, broken = None, exc
             if broken is not None:
                 # raised here, outside the except block, so that the failure does not carry the driver's exception
@@ -443,30 +491,86 @@ class HttpClient:
                 raise ApiError(self._api_message(shown, response, code), tool=self.tool, status=status, code=code)
             attempt += 1
 
-    def paginate(self, request: PageRequest | None, *, records_path: str,
-                 paginator: Paginator | None = None) -> Iterator[dict]:
-        """Yield every record of every page, refusing a next page that repeats any earlier request of this
-        pagination (a cursor cycling back would otherwise page forever)."""
+    def paginate(self, request: PageRequest | None, *, records_path: str, paginator: Paginator | None = None,
+                 stream: str | None = None, id_field: str = "id") -> Iterator[dict]:
+        """Yield every record of every page of `stream`, whose records are told apart by `id_field`. Refused: a next
+        page that repeats any earlier request of this pagination (a cursor cycling back), more pages or bytes than
+        `limits` allow, and `limits.stale_pages` pages in a row bringing no id not read before in this pagination
+        (a cursor that moves over the same records): each would otherwise page forever."""
         asked: set = set()
+        seen_ids: set = set()
+        stale = pages = 0
+        bytes_before = self.bytes_received
         while request is not None:
+            if pages >= self.limits.pages:
+                raise self._read_limit(stream, request, f"{pages:,} pages read, the most one read may take "
+                                                        f"(limits.pages)")
             asked.add(request.identity())
-            payload = self.request(request.method, request.path, params=request.params, json=request.json)
+            payload = self.request(request.method, request.path, params=request.params, json=request.json,
+                                   stream=stream)
             records = dig(payload, records_path)
             if not isinstance(records, list):
                 raise ResponseError(self.redact(
                     f"{self.tool}: {request.method} {request.path} answered without a '{records_path}' list"),
                     tool=self.tool)
+            pages += 1
             self.stats.pages += 1
             yield from records
+            received = self.bytes_received - bytes_before
+            if received > self.limits.read_bytes:
+                raise self._read_limit(stream, request, f"{received:,} bytes received, more than the "
+                                                        f"{self.limits.read_bytes:,} one read may take "
+                                                        f"(limits.read_bytes)")
+            stale = 0 if _brings_new_ids(seen_ids, records, id_field) else stale + 1
             following = paginator.next_request(request, payload, records) if paginator else None
             if following is not None and following.identity() in asked:
                 raise ResponseError(self.redact(
                     f"{self.tool}: pagination came back to a page it already read, after "
                     f"{request.method} {request.path}"), tool=self.tool)
+            if following is not None and stale >= self.limits.stale_pages:
+                raise self._read_limit(stream, request, f"{stale} pages in a row brought no record not already read "
+                                                        f"(limits.stale_pages): its next-page token moves, its "
+                                                        f"records do not")
             request = following
 
     def close(self) -> None:
         self.session.close()
+
+    def _read_body(self, response: requests.Response, deadline: float, shown: str, stream: str | None) -> None:
+        """Read the body a socket read at a time, decompressed, checking the clock and the size after each one, and
+        keep it as the response's content (what `.json()` and `.text` read)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                response.close()  # drop the connection: the server may still be sending
+                raise self._call_limit(stream, f"{shown} took over {self.limits.call_seconds:g} s "
+                                               f"(limits.call_seconds; timeout={self.timeout:g} s bounds each socket "
+                                               f"read only)")
+            chunk = response.raw.read1(BODY_CHUNK_BYTES, decode_content=True)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self.limits.body_bytes:
+                response.close()
+                raise self._call_limit(stream, f"{shown} answered a body over {self.limits.body_bytes / 2**20:g} "
+                                               f"MiB decompressed (limits.body_bytes)")
+            chunks.append(chunk)
+        self.bytes_received += size
+        response._content = b"".join(chunks)  # where requests keeps a body it read itself
+        response._content_consumed = True
+
+    def _where(self, stream: str | None) -> str:
+        return f"{self.tool}: reading {stream}" if stream else self.tool
+
+    def _call_limit(self, stream: str | None, what: str) -> ResponseError:
+        """A call refused by `limits`; not retried, since the same call would most likely do it again."""
+        self.stats.errors += 1
+        return ResponseError(self.redact(f"{self._where(stream)}: {what}"), tool=self.tool)
+
+    def _read_limit(self, stream: str | None, request: PageRequest, what: str) -> ResponseError:
+        return ResponseError(self.redact(f"{self._where(stream)}: stopped after {request.method} {request.path}: "
+                                         f"{what}"), tool=self.tool)
 
     def _wait_or_raise(self, failure: ConnectorError, retryable: bool, attempt: int, retry_after: float | None,
                        shown: str) -> None:

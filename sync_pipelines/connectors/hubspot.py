@@ -84,7 +84,8 @@ class HubSpotConnector(ApiConnector):
         params = {"limit": min(self.page_size, LIST_PAGE_MAX), "properties": ",".join(properties),
                   "archived": "true" if archived else "false"}
         yield from self.http.paginate(PageRequest("GET", f"{API}/objects/{stream}", params=params),
-                                      records_path="results", paginator=CursorPaginator("paging.next.after", "after"))
+                                      records_path="results", paginator=CursorPaginator("paging.next.after", "after"),
+                                      stream=stream)
 
     def _search(self, stream: str, properties: list[str], since: datetime) -> Iterator[dict]:
         """Records changed at or after `since` and at or before the newest change when the read starts, in id
@@ -105,7 +106,7 @@ class HubSpotConnector(ApiConnector):
                 "properties": list(dict.fromkeys([*properties, cursor])),
                 "limit": min(self.page_size * 2, SEARCH_PAGE_MAX)}
         yield from self.http.paginate(PageRequest("POST", f"{API}/objects/{stream}/search", json=body),
-                                      records_path="results", paginator=IdKeysetPaginator())
+                                      records_path="results", paginator=IdKeysetPaginator(), stream=stream)
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
         """upsert: `batch/upsert` by a unique property (default email); update: `batch/update` by HubSpot's

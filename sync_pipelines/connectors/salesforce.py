@@ -43,8 +43,8 @@ class SalesforceConnector(ApiConnector):
         where = f" WHERE {CURSOR_FIELD} >= {soql_datetime(since)}" if since else ""
         soql = f"SELECT {', '.join(selected)} FROM {stream}{where} ORDER BY {CURSOR_FIELD} ASC"
         request = PageRequest("GET", f"{API}/queryAll", params={"q": soql})
-        for record in self.http.paginate(request, records_path="records",
-                                         paginator=NextUrlPaginator("nextRecordsUrl")):
+        for record in self.http.paginate(request, records_path="records", paginator=NextUrlPaginator("nextRecordsUrl"),
+                                         stream=stream, id_field="Id"):
             record.pop("attributes", None)
             yield record
 

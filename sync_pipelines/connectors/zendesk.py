@@ -46,7 +46,7 @@ class ZendeskConnector(ApiConnector):
             params["per_page"] = min(self.page_size, EXPORT_PAGE_MAX)
         paginator = CursorPaginator("after_cursor", "cursor", stop_path="end_of_stream", drop_params=("start_time",))
         yield from self.http.paginate(PageRequest("GET", f"{API}/incremental/{stream}/cursor.json", params=params),
-                                      records_path=stream, paginator=paginator)
+                                      records_path=stream, paginator=paginator, stream=stream)
 
     @staticmethod
     def _start_time(since: datetime | None) -> int:

@@ -58,14 +58,14 @@ class StripeConnector(ApiConnector):
         objects are listed whole first, then the events it still has are taken in, so no change in the gap is lost."""
         reach = datetime.now(timezone.utc) - EVENTS_KEPT
         if since is None or since < reach:
-            for item in self._list(stream, {}):
+            for item in self._list(stream, {}, stream):
                 yield {**item, "updated": item.get("created")}
             if since is None:
                 return
             since = reach
         newest: dict[str, dict] = {}
         params = {"created[gte]": int(since.timestamp()), "types[]": list(EVENT_TYPES[stream])}
-        for event in self._list("events", params):
+        for event in self._list("events", params, stream):
             item = event["data"]["object"]
             kept = newest.get(item["id"])
             if kept is None or kept["updated"] < event["created"]:
@@ -73,9 +73,10 @@ class StripeConnector(ApiConnector):
                                       **({"deleted": True} if event["type"].endswith(".deleted") else {})}
         yield from sorted(newest.values(), key=lambda record: record["updated"])
 
-    def _list(self, resource: str, params: dict[str, Any]) -> Iterator[dict]:
+    def _list(self, resource: str, params: dict[str, Any], stream: str) -> Iterator[dict]:
+        """A list of `resource` (the stream's objects, or its events), paged whole."""
         request = PageRequest("GET", f"{API}/{resource}", params={"limit": min(self.page_size, PAGE_MAX), **params})
-        yield from self.http.paginate(request, records_path="data", paginator=HasMorePaginator())
+        yield from self.http.paginate(request, records_path="data", paginator=HasMorePaginator(), stream=stream)
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
         """upsert creates records without an `id` and updates the others; update needs the `id`."""

@@ -30,6 +30,16 @@ NAME = re.compile(r"[a-z][a-z0-9_]*")
 STREAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)?")  # Salesforce `Contact`, SQL schema.table
 MAX_NAME = 40
 MAX_TABLE_NAME = 63
+# The tables the pipeline keeps per entity, ``pipeline.table(kind, entity)``: pipeline.py holds no list of the kinds,
+# so this one mirrors its calls, and test_stack_limits checks it against every ``table("<kind>", ...)`` there.
+ENTITY_TABLE_KINDS = (
+    "staged", "staged_changes", "golden", "golden_changes", "golden_failures", "crosswalk", "provenance",
+    "conflicts", "field_state",
+)
+# Columns the code derives from a field's name besides ``<field>__changed_at`` (core/survive.py CHANGED_AT_SUFFIX, in
+# field_state_<entity>): the golden value ``<field>__golden`` beside the tool's when a write-back is planned
+# (core/plan.py, which has no constant for it).
+GOLDEN_SUFFIX = "__golden"
 
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
@@ -381,9 +391,15 @@ def _allowed(values) -> str:
 
 
 def _check_names(stack: Stack, file: Path) -> None:
-    """Names the YAML accepts but Dagster or the warehouse would not, refused here rather than when a sync runs;
-    and two streams landing in one table (``stg_<tool>_<stream>``, lower-cased, which would overwrite each other)."""
-    from sync_pipelines.warehouse import landing_table_name  # imported late: the warehouse imports us
+    """Names the YAML accepts but Dagster or the warehouse would not, refused here rather than when a sync runs:
+    two streams landing in one table (``stg_<tool>_<stream>``, lower-cased, which would overwrite each other), two
+    entities sharing a table (``staged_changes_<x>`` is also entity ``changes_<x>``'s staged table), a field named
+    like a column derived from another, two integrations or actions of one name, and two assets of one key."""
+    from sync_pipelines.core.survive import CHANGED_AT_SUFFIX
+    from sync_pipelines.pipeline import table as entity_table  # imported late: the pipeline and the warehouse import us
+    from sync_pipelines.warehouse import landing_table_name
+
+    suffixes = (CHANGED_AT_SUFFIX, GOLDEN_SUFFIX)
 
     def check(found: str, path: str, pattern: re.Pattern = NAME) -> None:
         if len(found) > MAX_NAME or not pattern.fullmatch(found):
@@ -391,10 +407,25 @@ def _check_names(stack: Stack, file: Path) -> None:
             raise StackError(file, path, f"found name {found!r}; allowed: names matching ^{pattern.pattern}$ of at "
                                          f"most {MAX_NAME} characters{reserved if found.startswith('_') else ''}")
 
+    tables: dict[str, str] = {}  # every table derived from an entity name -> the entity's key path
     for e, entity in stack.entities.items():
         check(e, f"entities.{e}")
         for f in entity.fields:
             check(f, f"entities.{e}.fields.{f}")
+            if f.endswith(suffixes):
+                raise StackError(file, f"entities.{e}.fields.{f}", f"found name {f!r}; allowed: field names not "
+                                 f"ending with {' or '.join(suffixes)} (the pipeline's own columns <field>"
+                                 f"{CHANGED_AT_SUFFIX} in field_state tables, <field>{GOLDEN_SUFFIX} in write-back)")
+        for kind in ENTITY_TABLE_KINDS:
+            name = entity_table(kind, e)
+            if name in tables:
+                kinds = ", ".join(f"{k}_<entity>" for k in ENTITY_TABLE_KINDS)
+                raise StackError(file, f"entities.{e}", f"its table {name!r} is also a table of {tables[name]}; "
+                                                        f"allowed: entities whose tables ({kinds}) all differ")
+            if len(name) > MAX_TABLE_NAME:
+                raise StackError(file, f"entities.{e}", f"its table {name!r} has {len(name)} characters; allowed: "
+                                 f"at most {MAX_TABLE_NAME} (shorten the entity name)")
+            tables[name] = f"entities.{e}"
     landed: dict[str, str] = {}
     for t, tool in stack.tools.items():
         check(t, f"tools.{t}")
@@ -409,8 +440,34 @@ def _check_names(stack: Stack, file: Path) -> None:
                                              f"most {MAX_TABLE_NAME} (shorten the tool or stream name)")
             landed[table] = path
     for kind, named in (("integrations", stack.integrations), ("actions", stack.actions)):
+        seen: dict[str, str] = {}
         for i, item in enumerate(named):
             check(item.name, f"{kind}[{i}].name")
+            if item.name in seen:
+                raise StackError(file, f"{kind}[{i}].name", f"found name {item.name!r} again (first at "
+                                 f"{seen[item.name]}); allowed: one of {kind} per name")
+            seen[item.name] = f"{kind}[{i}].name"
+    built: dict[tuple[str, ...], str] = {}
+    for key, path in asset_keys(stack):
+        if key in built:
+            raise StackError(file, path, f"builds Dagster asset key {'/'.join(key)!r} like {built[key]}; allowed: "
+                                         "one asset per key (an action named unlike its tool's streams and "
+                                         "<entity>_writeback; one destination per tool and entity)")
+        built[key] = path
+
+
+def asset_keys(stack: Stack) -> list[tuple[tuple[str, ...], str]]:
+    """Every asset key the Dagster definitions build from ``stack``, with the key path it comes from: the shapes of
+    assets/extract.py ``extraction_key`` and assets/core.py ``staged_key``, ``golden_key``, ``writeback_key`` and
+    the action assets, as tuples (this module does not build Dagster objects; test_stack_limits compares them)."""
+    from sync_pipelines.pipeline import resolved_entities  # imported late: pipeline imports us
+
+    keys = [((t, s), f"tools.{t}.streams.{s}") for t, _, s, _ in stack.streams()]
+    for e in resolved_entities(stack):
+        keys += [((f"staged_{e}",), f"entities.{e}"), ((f"golden_{e}",), f"entities.{e}")]
+    keys += [((d.tool, f"{d.entity}_writeback"), f"destinations[{i}]") for i, d in enumerate(stack.destinations)]
+    keys += [((a.create.tool, a.name), f"actions[{i}].name") for i, a in enumerate(stack.actions)]
+    return keys
 
 
 def _check_references(stack: Stack, file: Path) -> None:
@@ -463,7 +520,14 @@ def _check_references(stack: Stack, file: Path) -> None:
             for j, cond in enumerate(rule.conditions):
                 need(cond.field, fields, f"identity.{entity}.rules[{i}].conditions[{j}].field", "field")
             for j, key in enumerate(rule.blocking):
-                if key not in fields and not any(key.endswith(s) and key[: -len(s)] in fields for s in DERIVED_KEYS):
+                derived_from = [key[: -len(s)] for s in DERIVED_KEYS if key.endswith(s) and key[: -len(s)] in fields]
+                if key in fields and derived_from:  # the resolver reads the field and never derives the key
+                    raise StackError(
+                        file, f"identity.{entity}.rules[{i}].blocking[{j}]",
+                        f"blocking key {key!r} is both field {key!r} and the {key[len(derived_from[0]):]} of field "
+                        f"{derived_from[0]!r}; allowed: a key that names one of them (rename field {key!r})",
+                    )
+                if key not in fields and not derived_from:
                     raise StackError(
                         file, f"identity.{entity}.rules[{i}].blocking[{j}]",
                         f"unknown blocking key {key!r}; allowed: a field, or a field followed by "

@@ -130,3 +130,89 @@ def test_schema_qualified_sql_tables_and_salesforce_objects_are_valid_stream_nam
     file = tmp_path / "stack.yaml"
     file.write_text(yaml.safe_dump(raw))
     assert {"erp.customers_2024", "Custom_Object__c"} <= set(load_stack(file).tools["legacy_erp"].streams)
+
+
+def _with_entity(name: str):
+    def mutate(raw: dict) -> None:
+        raw["entities"][name] = {"fields": {"name": {"type": "string"}}}
+    return mutate
+
+
+def _again(kind: str, i: int, **changes):
+    def mutate(raw: dict) -> None:
+        raw[kind].append({**raw[kind][i], **changes})
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate, path, problem",
+    [
+        (_with_entity("changes_contacts"), "entities.changes_contacts",
+         "its table 'staged_changes_contacts' is also a table of entities.contacts; allowed: entities whose tables"),
+        (_with_entity("failures_contacts"), "entities.failures_contacts",
+         "its table 'golden_failures_contacts' is also a table of entities.contacts"),
+        (_with_entity_field("email__changed_at"), "entities.contacts.fields.email__changed_at",
+         "found name 'email__changed_at'; allowed: field names not ending with __changed_at or __golden"),
+        (_with_entity_field("email__golden"), "entities.contacts.fields.email__golden", "found name 'email__golden'"),
+        (_with_entity_field("last_name_prefix"), "identity.contacts.rules[2].blocking[0]",
+         "blocking key 'last_name_prefix' is both field 'last_name_prefix' and the _prefix of field 'last_name'"),
+        (lambda r: r["actions"][0].update(name="invoices"), "actions[0].name",
+         "builds Dagster asset key 'stripe/invoices' like tools.stripe.streams.invoices; allowed: one asset per key"),
+        (_again("destinations", 1), "destinations[3]",
+         "builds Dagster asset key 'hubspot/contacts_writeback' like destinations[1]"),
+        (_again("actions", 1, name="invoice_for_closed_won"), "actions[2].name",
+         "found name 'invoice_for_closed_won' again (first at actions[0].name); allowed: one of actions per name"),
+        (_again("integrations", 0), "integrations[4].name",
+         "found name 'crm_contacts_everywhere' again (first at integrations[0].name)"),
+    ],
+)
+def test_names_that_collide_at_sync_are_refused_at_load(tmp_path, mutate, path, problem):
+    test_names_that_would_fail_at_sync_are_refused_at_load(tmp_path, mutate, path, problem)
+
+
+def test_an_entity_table_name_over_63_characters_is_refused(tmp_path, monkeypatch):
+    import sync_pipelines.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "MAX_NAME", 60)  # at 40, the longest table (golden_failures_<40>) has 56
+    name = "e" * 49
+    test_names_that_would_fail_at_sync_are_refused_at_load(
+        tmp_path, _with_entity(name), f"entities.{name}",
+        f"its table 'staged_changes_{name}' has 64 characters; allowed: at most 63")
+
+
+def test_a_field_named_like_a_derived_blocking_key_loads_while_no_rule_blocks_on_it(tmp_path):
+    raw = _sandbox()
+    _with_entity_field("last_name_prefix")(raw)
+    raw["identity"]["contacts"]["rules"][2]["blocking"] = ["phone"]
+    file = tmp_path / "stack.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    assert "last_name_prefix" in load_stack(file).entities["contacts"].fields
+
+
+def test_entity_table_kinds_are_every_table_the_pipeline_derives_from_an_entity():
+    import re
+
+    from sync_pipelines import pipeline
+    from sync_pipelines.stack import ENTITY_TABLE_KINDS
+
+    source = Path(pipeline.__file__).read_text()
+    kinds = set(re.findall(r'(?<![.\w])table\(\s*"(\w+)"', source))
+    for group in re.findall(r"table\(kind, \w+\) for kind in \(([^)]*)\)", source):
+        kinds |= set(re.findall(r'"(\w+)"', group))
+    assert kinds == set(ENTITY_TABLE_KINDS)
+
+
+def test_field_column_suffixes_are_the_ones_the_core_uses():
+    from sync_pipelines.core import plan
+    from sync_pipelines.stack import GOLDEN_SUFFIX
+
+    assert f'add_suffix("{GOLDEN_SUFFIX}")' in Path(plan.__file__).read_text()
+
+
+def test_asset_keys_are_the_keys_the_definitions_build():
+    from sync_pipelines.definitions import build_definitions
+    from sync_pipelines.stack import asset_keys
+
+    stack = load_stack(DEFAULT_STACK)
+    built = {tuple(key.path) for key in build_definitions(stack).resolve_asset_graph().get_all_asset_keys()}
+    assert built == {key for key, _ in asset_keys(stack)}

@@ -3,6 +3,7 @@ runs, run-failure alerts to Slack, and freshness checks per extraction."""
 
 import hashlib
 import os
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -10,11 +11,16 @@ import dagster as dg
 
 from sync_pipelines.assets.extract import extraction_key
 from sync_pipelines.connectors import connect
+from sync_pipelines.connectors.errors import ConnectorError
 from sync_pipelines.stack import Integration, Stack
 from sync_pipelines.webhooks import mark_processed, read_inbox
 
 WEBSERVER_URL_ENV = "DAGSTER_WEBSERVER_URL"
 FRESHNESS_HOURS = 26  # a nightly sync plus slack: an extraction older than this missed its night
+# A failure alert gets this many posts per tick, waiting ALERT_BACKOFF_S, then twice that, between them; with the
+# per-post timeout they stay within the 60 s Dagster gives a sensor tick.
+ALERT_ATTEMPTS, ALERT_BACKOFF_S, ALERT_TIMEOUT_S = 3, 2.0, 10.0
+ALERTED_TAG = "sync_pipelines/failure_alert"  # set on a failed run once its alert is posted
 
 
 def _today(stack: Stack) -> str:
@@ -97,14 +103,24 @@ def _integrations_of(stack: Stack, step_keys: list[str]) -> list[str]:
     return [i.name for i in stack.integrations if tools & set(i.tools)] or ["core"]
 
 
+class AlertNotDelivered(dg.DagsterError):
+    """Slack could not take a failure alert. A Dagster error, so that it passes the run-status sensor's user-code
+    boundary: the tick fails, showing this, and its cursor is not stored, so the next tick alerts the run again
+    (any other exception fails the tick but moves the cursor past the run, and the alert is lost)."""
+
+
 def failure_alert_sensor(stack: Stack) -> dg.SensorDefinition:
-    """One Slack message per failed run: the integrations touched, the failing steps, the error and a link."""
+    """One Slack message per failed run: the integrations touched, the failing steps, the error and a link.
+
+    While Slack cannot be reached, every tick fails naming the run and the cause, and the alert is posted by the
+    first tick after Slack is back. A run is tagged once its alert is posted, so a tick evaluating it again (one
+    that failed on a later run, or whose cursor was not stored) does not post it twice."""
     slack = next((name for name, tool in stack.tools.items() if tool.kind == "slack"), None)
 
     @dg.run_failure_sensor(name="slack_on_run_failure", default_status=dg.DefaultSensorStatus.RUNNING,
                            monitor_all_code_locations=False)
     def _alert(context: dg.RunFailureSensorContext) -> None:
-        if slack is None:
+        if slack is None or ALERTED_TAG in context.dagster_run.tags:
             return
         failures = [e for e in context.get_step_failure_events()]
         steps = [e.step_key for e in failures]
@@ -113,14 +129,33 @@ def failure_alert_sensor(stack: Stack) -> dg.SensorDefinition:
         link = f"{os.environ.get(WEBSERVER_URL_ENV, 'http://127.0.0.1:3000').rstrip('/')}/runs/{context.dagster_run.run_id}"
         text = (f":rotating_light: sync failed: {', '.join(_integrations_of(stack, steps))}\n"
                 f"job {context.dagster_run.job_name}, step(s) {', '.join(steps) or '—'}\n{error[:500]}\n{link}")
-        tool = stack.tools[slack]
-        credentials = {k: os.environ.get(env, "") for k, env in tool.credentials.items()}
-        [sent] = connect("slack", tool.base_url, credentials, name=slack,
-                         credential_env=dict(tool.credentials)).write("messages", [{"text": text}])
-        if not sent["ok"]:
-            context.log.warning(f"{slack}: alert not delivered: {sent['error']}")
+        _post_alert(context, stack, slack, text)
+        context.instance.add_run_tags(context.dagster_run.run_id, {ALERTED_TAG: "posted"})
 
     return _alert
+
+
+def _post_alert(context: dg.RunFailureSensorContext, stack: Stack, slack: str, text: str) -> None:
+    """Post with ALERT_ATTEMPTS tries, else log and raise AlertNotDelivered with the last cause (which the connector
+    has stripped of the webhook URL). The connector sends a post once, as a failed one may still have arrived;
+    trying again here risks such a rare double rather than losing the alert."""
+    tool = stack.tools[slack]
+    credentials = {k: os.environ.get(env, "") for k, env in tool.credentials.items()}
+    for attempt in range(ALERT_ATTEMPTS):
+        if attempt:
+            time.sleep(ALERT_BACKOFF_S * 2 ** (attempt - 1))
+        try:
+            with connect("slack", tool.base_url, credentials, name=slack, credential_env=dict(tool.credentials),
+                         timeout=ALERT_TIMEOUT_S) as connector:
+                [sent] = connector.write("messages", [{"text": text}])
+        except ConnectorError as exc:
+            sent = {"ok": False, "error": str(exc)}
+        if sent["ok"]:
+            return
+    message = (f"{slack}: the failure alert for run {context.dagster_run.run_id} was not delivered after "
+               f"{ALERT_ATTEMPTS} attempts, the next tick tries again; last error: {sent['error']}")
+    context.log.error(message)
+    raise AlertNotDelivered(message)
 
 
 def freshness(stack: Stack, extraction_assets: list[dg.AssetsDefinition]):

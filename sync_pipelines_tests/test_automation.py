@@ -4,6 +4,7 @@ are marked processed only once the run request for them is submitted."""
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterator
@@ -96,3 +97,73 @@ def test_events_of_a_tool_the_stack_does_not_read_start_no_run(sensor):
     assert isinstance(skipped, dg.SkipReason) and "shopify" in skipped.skip_message
     after, _ = tick(sensor, cursor)
     assert isinstance(after, dg.SkipReason) and read_inbox(engine) == []
+
+
+@dg.op
+def _breaks() -> None:
+    raise RuntimeError("hubspot: GET /crm/v3/objects/contacts failed (HTTP 500)")
+
+
+@dg.job
+def _failing_job() -> None:
+    _breaks()
+
+
+def test_a_failure_alert_waits_out_a_slack_outage_and_is_posted_once_when_slack_is_back(tmp_path, monkeypatch,
+                                                                                         capfd):
+    """Issue 11, item 9: with Slack unreachable (closed port, then answering 503) each tick tries a few times, then
+    fails naming the run, and its cursor stays; the first tick after Slack is back posts the alert, exactly once."""
+    import socket
+
+    from sync_pipelines import automation
+    from sync_pipelines.sandbox import running_sandbox, sandbox_env
+
+    monkeypatch.setattr(automation, "ALERT_BACKOFF_S", 0.01)
+    with running_sandbox(scale=0.05, csv_dir=tmp_path / "csv") as box, dg.instance_for_test() as instance:
+        for key, value in sandbox_env(box.url, tmp_path / "csv").items():
+            monkeypatch.setenv(key, value)
+        webhook = os.environ["SLACK_WEBHOOK_URL"]
+        sensor = automation.failure_alert_sensor(load_stack())
+        slack = box.state.vendors["slack"]
+
+        def tick(cursor):
+            """One evaluation as the daemon runs it: the cursor it stores (none when the tick fails) and the error."""
+            context = dg.build_sensor_context(instance=instance, cursor=cursor)
+            try:
+                return sensor.evaluate_tick(context).cursor, None
+            except automation.AlertNotDelivered as exc:
+                return cursor, exc
+
+        cursor, _ = tick(None)  # the first tick starts the cursor at the newest run event
+        run_id = _failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{closed.getsockname()[1]}/slack/services/"
+                                                    + webhook.split("/services/", 1)[1])
+            after, refused = tick(cursor)
+        monkeypatch.setenv("SLACK_WEBHOOK_URL", webhook)
+        box.set_faults(slack={"error_rate": 1.0})
+        box.stats(reset=True)
+        after_503, server_errors = tick(after)
+        attempts = box.stats()["slack"]["requests"]
+        box.set_faults(reset=True)
+        delivered, ok = tick(after_503)
+        again, _ = tick(delivered)
+        tick(cursor)  # a tick whose stored cursor was lost sees the run again
+        tags = instance.get_run_by_id(run_id).tags
+
+    for error in (refused, server_errors):
+        assert error is not None and run_id in str(error) and "not delivered after 3 attempts" in str(error)
+        assert "sandbox-slack-secret" not in str(error)
+    assert "ConnectionError" in str(refused) and "(HTTP 50" in str(server_errors)
+    assert after == cursor and after_503 == cursor  # the run is not passed while its alert is undelivered
+    assert attempts == 3
+    logged = [line for line in capfd.readouterr().err.splitlines() if f"alert for run {run_id} was not" in line]
+    assert len(logged) == 2 and not any("sandbox-slack-secret" in line for line in logged)  # in the tick's log
+    assert ok is None and delivered != cursor and again == delivered
+    posted = [m["text"] for m in slack.messages if run_id in m["text"]]
+    assert len(posted) == 1 and "_failing_job" in posted[0]
+    assert tags[automation.ALERTED_TAG] == "posted"
+    print(f"\nalert for run {run_id}: tick 1 (port closed) failed, tick 2 (Slack 503) failed after {attempts} "
+          f"posts, tick 3 delivered it; {len(posted)} message after 2 more ticks")

@@ -490,7 +490,7 @@ class ActionRun:
     baseline: bool = False
     transitions: int = 0
     created: int = 0
-    already_done: int = 0
+    already_done: int = 0  # in the ledger, or made by a run that crashed before recording it
     created_ids: list[str] = field(default_factory=list)
 
 
@@ -541,7 +541,6 @@ def _stripe_invoice(stack, warehouse, connector, tool: str, action: Action, deal
         "collection_method": "send_invoice",
         "days_until_due": 30,
         "metadata": {"deal_id": deal["_source_id"], "deal_source": deal["_source"], "sync_action": action.name},
-        "idempotency_key": f"{action.name}:{deal['_source']}:{deal['_source_id']}",
     }
 
 
@@ -560,8 +559,11 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
     """Create the dependent record for every record that newly reached ``when.becomes``, exactly once.
 
     The first run records a baseline (records already in that state are history, not transitions); later runs
-    look only at records extracted since. A ledger row is written as soon as each record is created, and each
-    create carries an idempotency key, so a crash between the two cannot create a second record on the rerun.
+    look only at records extracted since. Before any create, each record's intent is committed to
+    ``action_pending`` with its idempotency key, which the create carries (the target connector sends it the way
+    its API makes a create findable or replayable); the ledger row replaces the intent once the create succeeded.
+    An intent still pending on a rerun is a create that may have reached the tool before a crash: the connector
+    is asked for the record made under that key (``find_created``), and only when there is none is it sent again.
     """
     when, target = action.when, action.create
     payload_for = ACTION_PAYLOADS[(stack.tools[target.tool].kind, target.stream)]
@@ -580,27 +582,40 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
                                how="left", suffixes=("", "_before"))
         reached = (before["value"] == when.becomes) & (before["value_before"] != when.becomes)
         keys = before.loc[reached, ["_source", "_source_id"]]
-        ledger = warehouse.read_keys("action_ledger", keys) if warehouse.has_table("action_ledger") else None
-        done = set() if ledger is None else set(
-            ledger.loc[ledger["action"] == action.name, ["_source", "_source_id"]].itertuples(index=False, name=None))
+        ledger, intents_left = (_action_rows(warehouse, action, keys, t) for t in ("action_ledger", "action_pending"))
+        done = set(zip(ledger["_source"], ledger["_source_id"]))
+        pending = dict(zip(zip(intents_left["_source"], intents_left["_source_id"]), intents_left["idempotency_key"]))
         outcome.transitions = len(keys)
+        todo = [k for k in keys.itertuples(index=False, name=None) if k not in done]
+        outcome.already_done = len(keys) - len(todo)
+        intents = {k: pending.get(k, f"{action.name}:{k[0]}:{k[1]}") for k in todo}
+        warehouse.append("action_pending", index=("_source_id",), frame=pd.DataFrame([
+            {"action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,
+             "idempotency_key": intents[(source, source_id)], "pending_since": datetime.now(timezone.utc)}
+            for source, source_id in todo if (source, source_id) not in pending]))
         indexed = rows.set_index(["_source", "_source_id"])
-        for source, source_id in keys.itertuples(index=False, name=None):
-            if (source, source_id) in done:
+        for (source, source_id), key in intents.items():
+            created_id = connector.find_created(target.stream, key) if (source, source_id) in pending else None
+            if created_id is not None:  # made before a crash, never recorded
                 outcome.already_done += 1
-                continue
-            record = indexed.loc[(source, source_id)].copy()
-            record["_source"], record["_source_id"] = source, source_id
-            payload = {**payload_for(stack, warehouse, connector, target.tool, action, record), **target.fields}
-            [result] = connector.write(target.stream, [payload])
-            if not result["ok"]:
-                raise RuntimeError(f"{action.name}: {target.tool} refused the {target.stream} record for "
-                                   f"{source} {source_id}: {result['error']}")
-            warehouse.append("action_ledger", index=("_source_id",), frame=pd.DataFrame([{
-                "action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,
-                "created_id": result["id"], "created_at": datetime.now(timezone.utc)}]))
-            outcome.created += 1
-            outcome.created_ids.append(result["id"])
+            else:
+                record = indexed.loc[(source, source_id)].copy()
+                record["_source"], record["_source_id"] = source, source_id
+                payload = {**payload_for(stack, warehouse, connector, target.tool, action, record), **target.fields,
+                           "idempotency_key": key}
+                [result] = connector.write(target.stream, [payload])
+                if not result["ok"]:
+                    raise RuntimeError(f"{action.name}: {target.tool} refused the {target.stream} record for "
+                                       f"{source} {source_id}: {result['error']}")
+                created_id = result["id"]
+                outcome.created += 1
+                outcome.created_ids.append(created_id)
+            with warehouse.transaction() as conn:
+                warehouse.insert(conn, "action_ledger", index=("_source_id",), frame=pd.DataFrame([{
+                    "action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,
+                    "created_id": created_id, "created_at": datetime.now(timezone.utc)}]))
+                warehouse.delete_where_in(conn, "action_pending", "_source_id", [source_id], _source=source,
+                                          action=action.name)
     with warehouse.transaction() as conn:
         if baseline:
             warehouse.delete_where_in(conn, "action_state", "action", [action.name])
@@ -611,3 +626,11 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
         warehouse.insert(conn, "action_state", current, index=("_source_id",))
         warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": landed})
     return outcome
+
+
+def _action_rows(warehouse: Warehouse, action: Action, keys: pd.DataFrame, name: str) -> pd.DataFrame:
+    """An action's rows of ``name`` (its ledger or its pending intents) for the (source, id) pairs in ``keys``."""
+    if not warehouse.has_table(name):
+        return pd.DataFrame(columns=["_source", "_source_id", "idempotency_key"])
+    rows = warehouse.read_keys(name, keys)
+    return rows[rows["action"] == action.name]

@@ -139,6 +139,28 @@ def test_a_bad_extraction_fails_the_blocking_check_and_writes_nothing(sync, chan
     assert sync.box.truth("people") == people  # nothing reached the tools
 
 
+def killed_after_creates(patch: pytest.MonkeyPatch, count: int) -> None:
+    """Make each action step die right after its ``count``-th create reached the tool, before anything after the
+    call (the ledger) ran."""
+    original = pipeline.run_action
+
+    def run_action(stack, warehouse, connector, action):
+        write, made = connector.write, []
+
+        def write_then_die(stream, records, *args, **kwargs):
+            results = write(stream, records, *args, **kwargs)
+            if stream == action.create.stream:
+                made.append(stream)
+            if len(made) == count:
+                raise Killed(f"killed after creating {action.create.stream} #{count}, before recording it")
+            return results
+
+        connector.write = write_then_die
+        return original(stack, warehouse, connector, action)
+
+    patch.setattr("sync_pipelines.assets.core.run_action", run_action)
+
+
 def test_a_closed_won_deal_yields_exactly_one_invoice_across_reruns_and_crashes(sync):
     assert sync.run()[0].success  # baseline: deals already won are history
     invoices = sync.box.truth()["streams"]["stripe/invoices"]["total"]
@@ -146,15 +168,8 @@ def test_a_closed_won_deal_yields_exactly_one_invoice_across_reruns_and_crashes(
     deal = deals[(deals["stage"] != "closed_won") & ~deals["_deleted"]].iloc[0]
     sync.box.mutate("salesforce", "Opportunity", deal["_source_id"], {"StageName": "Closed Won"})
 
-    original_append = Warehouse.append
-
-    def killed_before_the_ledger(self, table, frame):
-        if table == "action_ledger":
-            raise Killed("killed after creating the invoice, before recording it")
-        return original_append(self, table, frame)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Warehouse, "append", killed_before_the_ledger)
+        killed_after_creates(patch, 1)
         assert not sync.run()[0].success
     assert sync.box.truth()["streams"]["stripe/invoices"]["total"] == invoices + 1
     for _ in range(2):
@@ -202,6 +217,36 @@ def test_a_lead_becoming_a_customer_gets_exactly_one_onboarding_task(sync):
     ledger = sync.warehouse.read_table("action_ledger")
     assert list(ledger.loc[ledger["action"] == "onboarding_task_for_new_customer", "_source_id"]) == [
         lead["_source_id"]]
+
+
+@pytest.mark.parametrize("crash_after", [None, 3], ids=["uninterrupted", "killed_after_the_third_task"])
+def test_new_customers_get_one_onboarding_task_each_even_when_killed_right_after_a_create(sync, crash_after):
+    """Asana has no idempotency header: a task created just before a crash, not yet in the ledger, is found again
+    by its external gid on the rerun instead of being created a second time (issue 11, item 2)."""
+    assert sync.run()[0].success  # baseline
+    tasks = sync.box.state.world.table("asana", "tasks")
+    before = len(tasks)
+    contacts = sync.warehouse.read_table("stg_hubspot_contacts")
+    leads = list(contacts.loc[(contacts["lifecycle_stage"] != "customer") & ~contacts["_deleted"], "_source_id"][:5])
+    for lead in leads:
+        sync.box.mutate("hubspot", "contacts", lead, {"lifecyclestage": "customer"})
+    if crash_after:
+        with pytest.MonkeyPatch.context() as patch:
+            killed_after_creates(patch, crash_after)
+            assert not sync.run()[0].success
+        assert len(tasks) == before + crash_after  # those tasks reached Asana; the ledger never heard of them
+    for _ in range(2):
+        assert sync.run()[0].success
+    notes = [tasks.fields(row)["notes"] for row in range(before, len(tasks))]
+    per_lead = {lead: sum(f"for hubspot {lead}," in note or note.endswith(f"for hubspot {lead}") for note in notes)
+                for lead in leads}
+    print(f"\nonboarding tasks created ({'killed after the third' if crash_after else 'uninterrupted'}): "
+          f"{len(tasks) - before} for {len(leads)} new customers")
+    assert per_lead == {lead: 1 for lead in leads} and len(tasks) == before + len(leads)
+    ledger = sync.warehouse.read_table("action_ledger")
+    assert sorted(ledger.loc[ledger["action"] == "onboarding_task_for_new_customer", "_source_id"]) == sorted(leads)
+    if crash_after:
+        assert not len(sync.warehouse.read_table("action_pending"))  # every intent the crash left was completed
 
 
 def test_every_stream_of_a_tool_is_checked_not_only_its_first(tmp_path):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, result
+from sync_pipelines.connectors.errors import ApiError
 from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest
 
 API = "/api/1.0"
@@ -65,14 +67,30 @@ class AsanaConnector(ApiConnector):
 
     def _save(self, batch: list[dict]) -> list[dict[str, Any]]:
         """A record with a `gid` updates that task; one without creates a task (in the pinned project if any).
-        Creation is not idempotent, so it is only retried when the API surely did nothing (429)."""
+        Creation is not idempotent, so it is only retried when the API surely did nothing (429); a create's
+        `idempotency_key` becomes the task's external gid, by which `find_created` finds it after a crash."""
         data = dict(batch[0])
-        gid = data.pop("gid", None)
+        gid, key = data.pop("gid", None), data.pop("idempotency_key", None)
         if gid:
             body = self.http.request("PUT", f"{API}/tasks/{gid}", json={"data": data})
             return [result(True, body["data"]["gid"], False)]
         pinned = self.options.extra.get("project")
         if pinned and not data.get("projects") and not data.get("workspace"):
             data["projects"] = [str(pinned)]
+        if key:
+            data["external"] = {"gid": key}
         body = self.http.request("POST", f"{API}/tasks", json={"data": data}, idempotent=False)
         return [result(True, body["data"]["gid"], True)]
+
+    def find_created(self, stream: str, key: str) -> str | None:
+        """The gid of the task created with idempotency key `key` (Asana resolves `external:<gid>` wherever a task
+        gid goes), or None when no such task exists."""
+        self._check_stream(stream, self.write_streams, "look up")
+        try:
+            body = self.http.request("GET", f"{API}/tasks/external:{quote(key, safe='')}",
+                                     params={"opt_fields": "gid"})
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body["data"]["gid"]

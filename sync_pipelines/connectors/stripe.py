@@ -97,3 +97,9 @@ class StripeConnector(ApiConnector):
         path = f"{API}/{stream}/{object_id}" if object_id else f"{API}/{stream}"
         body = self.http.request("POST", path, data=form_encode(fields), headers={"Idempotency-Key": key})
         return result(True, body.get("id"), object_id is None)
+
+    def find_created(self, stream: str, key: str) -> None:
+        """Nothing to look up: a create sent again with its Idempotency-Key is answered with the record the first one
+        made (for the 24 hours Stripe keeps keys), so the caller can simply send it again."""
+        self._check_stream(stream, self.write_streams, "look up")
+        return None

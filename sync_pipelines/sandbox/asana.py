@@ -1,4 +1,5 @@
-"""Asana API 1.0: workspaces, projects, tasks with offset pagination and modified_since, task create/update."""
+"""Asana API 1.0: workspaces, projects, tasks with offset pagination and modified_since, task create/update, and
+custom external data (a task's `external` gid stands for its gid as `external:<gid>`)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,17 @@ PAGE_MAX = 100
 UNPAGINATED_MAX = 1000
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 TASK_FIELDS = ("name", "notes", "completed", "due_on", "assignee")
+EXTERNAL_LIMITS = {"gid": 1024, "data": 32768}  # characters, as Asana documents them
 
 
 class Asana(Vendor):
     tool = "asana"
     default_credential = "sandbox-asana-token"
     drift_fields = {"tasks": "notes"}
+
+    def __init__(self, state) -> None:
+        super().__init__(state)
+        self.external_rows: dict[str, int] = {}  # external gid -> row
 
     def routes(self):
         return [
@@ -64,6 +70,7 @@ class Asana(Vendor):
         full = {"gid": str(table.id(row)), "resource_type": "task", "resource_subtype": "default_task",
                 "name": fields.get("name"), "notes": fields.get("notes"), "completed": bool(fields.get("completed")),
                 "due_on": fields.get("due_on"), "assignee": fields.get("assignee"),
+                **({"external": fields["external"]} if fields.get("external") else {}),
                 "created_at": iso_ms(int(table.created[row])), "modified_at": iso_ms(int(table.modified[row])),
                 "projects": [_project(_project_index(gid)) for gid in fields.get("projects") or []],
                 "workspace": {"gid": WORKSPACE[0], "name": WORKSPACE[1], "resource_type": "workspace"}}
@@ -108,13 +115,18 @@ class Asana(Vendor):
             next_page = {"offset": token, "path": path, "uri": call.absolute(f"{API}{path}")}
         return json_response({"data": [self.task(table, row, opt_fields) for row in chunk], "next_page": next_page})
 
+    def live_row(self, table: Table, gid: str) -> int:
+        """The row of a task gid or of `external:<external gid>`; 404 for an unknown or deleted task."""
+        row = self.external_rows.get(gid[len("external:"):]) if gid.startswith("external:") else table.row_of(gid)
+        if row is None or table.deleted[row]:
+            raise ApiError(404, "NOT_FOUND", f"task: Unknown object: {gid}")
+        return row
+
     def get_task(self, call: Call) -> Response:
         table = self.table("tasks")
-        row = table.row_of(call.params["gid"])
-        if row is None or table.deleted[row]:
-            raise ApiError(404, "NOT_FOUND", f"task: Unknown object: {call.params['gid']}")
+        row = self.live_row(table, call.params["gid"])
         return json_response({"data": self.task(table, row, _opt_fields(call) or list(TASK_FIELDS) + [
-            "created_at", "modified_at", "projects", "workspace", "resource_type"])})
+            "created_at", "modified_at", "projects", "workspace", "resource_type", "external"])})
 
     def create_task(self, call: Call) -> Response:
         data = _data(call)
@@ -132,16 +144,25 @@ class Asana(Vendor):
                   "assignee": None, "projects": [PROJECTS[i][0] for i in indexes]}
         fields.update(_task_changes(data))
         row = self.state.write(table, None, fields, codes={"project": indexes[0] if indexes else -1})
-        full = list(TASK_FIELDS) + ["created_at", "modified_at", "projects", "workspace", "resource_type"]
+        self.index_external(row, None, fields.get("external"))
+        full = list(TASK_FIELDS) + ["created_at", "modified_at", "projects", "workspace", "resource_type", "external"]
         return json_response({"data": self.task(table, row, full)}, 201)
 
     def update_task(self, call: Call) -> Response:
         table = self.table("tasks")
-        row = table.row_of(call.params["gid"])
-        if row is None or table.deleted[row]:
-            raise ApiError(404, "NOT_FOUND", f"task: Unknown object: {call.params['gid']}")
-        self.state.write(table, row, _task_changes(_data(call)))
-        return json_response({"data": self.task(table, row, list(TASK_FIELDS) + ["modified_at"])})
+        row = self.live_row(table, call.params["gid"])
+        changes, old = _task_changes(_data(call)), table.fields(row).get("external")
+        self.state.write(table, row, changes)
+        if "external" in changes:
+            self.index_external(row, old, changes["external"])
+        return json_response({"data": self.task(table, row, list(TASK_FIELDS) + ["modified_at", "external"])})
+
+    def index_external(self, row: int, old: dict | None, new: dict | None) -> None:
+        """Keep `external:<gid>` resolving to the task that holds that external gid now."""
+        if old and old.get("gid") and self.external_rows.get(old["gid"]) == row:
+            del self.external_rows[old["gid"]]
+        if new and new.get("gid"):
+            self.external_rows.setdefault(new["gid"], row)
 
 
 def _project(index: int) -> dict[str, str]:
@@ -175,7 +196,22 @@ def _task_changes(data: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "INVALID_REQUEST", f"due_on: {changes['due_on']!r} is not a date in YYYY-MM-DD")
     if "assignee" in data:
         changes["assignee"] = None if data["assignee"] is None else _team_member(str(data["assignee"]))
+    if "external" in data:
+        changes["external"] = _external(data["external"])
     return changes
+
+
+def _external(value: Any) -> dict[str, str] | None:
+    """Custom external data: an object of an optional `gid` and `data`, strings within Asana's lengths; null
+    clears it."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - set(EXTERNAL_LIMITS):
+        raise ApiError(400, "INVALID_REQUEST", "external: expected an object with gid and/or data")
+    for key, limit in EXTERNAL_LIMITS.items():
+        if key in value and (not isinstance(value[key], str) or len(value[key]) > limit):
+            raise ApiError(400, "INVALID_REQUEST", f"external.{key}: expected a string of at most {limit} characters")
+    return {key: value[key] for key in EXTERNAL_LIMITS if key in value} or None
 
 
 def _team_member(key: str) -> dict[str, str]:

@@ -69,3 +69,24 @@ def test_rate_limit_answers_429_with_retry_after(sandbox):
     statuses = [requests.get(f"{sandbox.url}{API}/workspaces", headers=AUTH["asana"]) for _ in range(3)]
     assert [r.status_code for r in statuses] == [200, 200, 429]
     assert statuses[2].headers["Retry-After"] == "1"
+
+
+def test_a_task_created_with_an_external_gid_is_found_by_it(sandbox):
+    """Custom external data: `external:<gid>` stands for the task's own gid (how a crashed create is found again)."""
+    project = projects(sandbox)[0]
+    unknown = requests.get(f"{sandbox.url}{API}/tasks/external:onboarding:hubspot:1", headers=AUTH["asana"])
+    assert unknown.status_code == 404 and unknown.json()["errors"][0]["message"].startswith("task: Unknown object")
+    created = requests.post(f"{sandbox.url}{API}/tasks", headers=AUTH["asana"], json={"data": {
+        "name": "Onboard Ann", "projects": [project], "external": {"gid": "onboarding:hubspot:1", "data": "{}"}}})
+    assert created.status_code == 201
+    assert created.json()["data"]["external"] == {"gid": "onboarding:hubspot:1", "data": "{}"}
+    found = requests.get(f"{sandbox.url}{API}/tasks/external:onboarding%3Ahubspot%3A1",
+                         params={"opt_fields": "gid,name,external"}, headers=AUTH["asana"])
+    assert found.status_code == 200
+    assert found.json()["data"] == {"gid": created.json()["data"]["gid"], "name": "Onboard Ann",
+                                    "external": {"gid": "onboarding:hubspot:1", "data": "{}"}}
+    plain = walk(sandbox, project, opt_fields="name")[-1]
+    assert "external" not in plain  # only returned where set and asked for
+    bad = requests.post(f"{sandbox.url}{API}/tasks", headers=AUTH["asana"], json={"data": {
+        "name": "x", "projects": [project], "external": {"gid": "x" * 1025}}})
+    assert bad.status_code == 400 and "external.gid" in bad.json()["errors"][0]["message"]

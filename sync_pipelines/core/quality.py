@@ -23,17 +23,21 @@ Every expectation also takes:
   expectations are only reported. A row's fate depends on the row alone, not on ``mostly``: a row
   that violates a ``quarantine`` expectation is quarantined even when ``mostly`` lets the expectation
   pass, so use ``on_fail: warn`` for rules whose failing rows should still flow on.
-- ``when``: a pandas query (GX ``row_condition``): only matching rows are checked, e.g.
-  ``{expect: not_null, column: email, when: "phone.isnull()"}`` asks for an email or a phone.
+- ``when``: a condition on the row's columns; only matching rows are checked, e.g.
+  ``{expect: not_null, column: email, when: "phone is null"}`` asks for an email or a phone. It is a small
+  typed language (:mod:`sync_pipelines.core.conditions`: columns, ``== != < <= > >=`` against a quoted string,
+  a number or true/false, ``is [not] null``, ``[not] in [...]``, ``and``/``or``/``not``, parentheses), parsed
+  at load and evaluated as a vectorised mask, never by an evaluator: a stack file cannot run code. GX is given
+  only the matching rows (with their positions), so counts, percentages and ``mostly`` are over those rows.
 
 As in GX, ``unique`` flags every copy of a repeated value, and a column missing from the data fails its
 expectation with an ``error`` message instead of raising.
 
 GX reports unexpected rows by the values of chosen columns, so :func:`validate` adds a row-position
 column to a copy of the frame and maps the positions back to the caller's index: this works for any
-index (duplicated labels included). GX stays the single source of truth for both the reported results
-and the quarantine mask; at 1M sandbox-like contact rows it takes about 6 s on a 2-core machine
-(see :func:`bench`), so no second, vectorised code path is kept.
+index (duplicated labels included) and for the subsets a ``when`` selects. GX stays the single source of
+truth for both the reported results and the quarantine mask; at 1M sandbox-like contact rows it takes
+about 6 s on a 2-core machine (see :func:`bench`), so no second, vectorised code path is kept.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from sync_pipelines.core import conditions
+from sync_pipelines.core.conditions import Condition, ConditionError
 
 if TYPE_CHECKING:  # GX takes seconds to import: only pay for it when validating.
     import great_expectations as gx
@@ -94,7 +101,7 @@ class ExpectationOutcome:
 
     expectation: str  # GX type name, e.g. expect_column_values_to_match_regex
     column: str
-    kwargs: dict[str, Any]  # GX keywords other than the column (mostly included when set)
+    kwargs: dict[str, Any]  # GX keywords other than the column (mostly included when set), and the when
     success: bool
     element_count: int
     unexpected_count: int
@@ -137,22 +144,30 @@ class VolumeResult:
 
 
 def build_suite(name: str, expectations: Iterable[Any]) -> gx.ExpectationSuite:
-    """Turn the stack's expectation list for entity ``name`` into a GX suite.
+    """Turn the stack's expectation list for entity ``name`` into a GX suite (``when`` kept in ``meta`` only:
+    :func:`validate` gives GX the rows a condition selects, so GX never evaluates one)."""
+    return _suite(name, dict(enumerate(_checked(name, expectations))))
 
-    Each GX expectation carries its position and ``on_fail`` in ``meta``, because GX does not return
-    results in suite order.
+
+def _checked(name: str, expectations: Iterable[Any]) -> list[CheckedExpectation]:
+    """Every expectation checked (and its ``when`` parsed) before GX runs any of them."""
+    return [checked_expectation(name, index, _as_spec(item)) for index, item in enumerate(expectations)]
+
+
+def _suite(name: str, checked: Mapping[int, CheckedExpectation]) -> gx.ExpectationSuite:
+    """The GX suite of the expectations at the given stack positions.
+
+    Each GX expectation carries its position, ``on_fail`` and ``when`` in ``meta``, because GX does not return
+    results in suite order and knows nothing of conditions.
     """
     import great_expectations as gx
 
     _batch_definition()  # GX suites need an active context, even unsaved ones
     suite = gx.ExpectationSuite(name=f"quality_{name}")
-    for index, item in enumerate(expectations):
-        spec = _as_spec(item)
-        rule, column, kwargs, on_fail = checked_expectation(name, index, spec)
-        expectation_class = getattr(gx.expectations, rule.gx_class)
-        suite.add_expectation(
-            expectation_class(column=column, **kwargs, meta={"quality_index": index, "on_fail": on_fail})
-        )
+    for index, item in checked.items():
+        expectation_class = getattr(gx.expectations, item.rule.gx_class)
+        meta = {"quality_index": index, "on_fail": item.on_fail, **({"when": item.when_text} if item.when else {})}
+        suite.add_expectation(expectation_class(column=item.column, **item.kwargs, meta=meta))
     return suite
 
 
@@ -163,15 +178,25 @@ def validate(
 
     ``source`` names the tool the frame came from, used when the frame has no ``_source`` column.
     """
-    expectations = [_as_spec(item) for item in expectations]
-    suite = build_suite(name, expectations)
+    checked = _checked(name, expectations)
     row_column = _free_column_name(df, "_quality_row")
     # GX looks rows up by index label internally, which breaks on duplicated labels: hand it positions. It also
     # fingerprints every column of the frame it is given, so it gets only the columns the expectations read.
-    frame = df[_columns_read(df, expectations)].reset_index(drop=True).assign(**{row_column: np.arange(len(df))})
-    validation = _run_suite(frame, suite, row_column)
+    frame = df[_columns_read(df, checked)].reset_index(drop=True).assign(**{row_column: np.arange(len(df))})
+    by_condition: dict[Condition | None, dict[int, CheckedExpectation]] = {}
+    for index, item in enumerate(checked):
+        by_condition.setdefault(item.when, {})[index] = item
+    gx_results = []
+    for condition, group in by_condition.items():  # one GX run per condition, on the rows it selects
+        suite = _suite(name, group)
+        try:
+            rows = frame if condition is None else frame[conditions.evaluate(condition, frame)]
+        except ValueError as error:  # like a column missing from the data: each expectation fails with the reason
+            gx_results += [_failed(expectation.configuration, f"when: {error}") for expectation in suite.expectations]
+            continue
+        gx_results += _run_suite(rows, suite, row_column).results
 
-    in_stack_order = sorted(validation.results, key=lambda result: result.expectation_config.meta["quality_index"])
+    in_stack_order = sorted(gx_results, key=lambda result: result.expectation_config.meta["quality_index"])
     results: list[ExpectationOutcome] = []
     reasons_by_position: dict[int, list[str]] = {}
     for result in in_stack_order:
@@ -201,12 +226,12 @@ def validate(
     )
 
 
-def _columns_read(df: pd.DataFrame, specs: list[dict[str, Any]]) -> list[str]:
-    """The columns of ``df`` the expectations read: each one's column, and every column named in a ``when``
-    condition (any column whose name appears in its text, so a condition never loses a column it needs)."""
-    conditions = [spec["when"] for spec in specs if isinstance(spec.get("when"), str)]
-    checked = {spec.get("column") for spec in specs}
-    return [c for c in df.columns if c in checked or any(str(c) in text for text in conditions)]
+def _columns_read(df: pd.DataFrame, checked: list[CheckedExpectation]) -> list[str]:
+    """The columns of ``df`` the expectations read: each one's column and those its ``when`` names."""
+    read = {item.column for item in checked} | {
+        column for item in checked if item.when for column in conditions.columns(item.when)
+    }
+    return [c for c in df.columns if c in read]
 
 
 def split_quarantine(df: pd.DataFrame, report: QualityReport) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -308,38 +333,73 @@ def _as_spec(item: Any) -> dict[str, Any]:
     return {key: getattr(item, key) for key in _KNOWN_KEYS if getattr(item, key, None) is not None}
 
 
-def checked_expectation(name: str, index: int, spec: dict[str, Any]) -> tuple[_Rule, str, dict[str, Any], str]:
-    """Validate one expectation spec; return its rule, column, GX keywords and on_fail."""
+class ExpectationError(ValueError):
+    """A mistake in one expectation: ``path`` is its key path in the stack (down to ``.when`` for a condition),
+    ``problem`` what is wrong there; the message is both, with the expectation's name."""
+
+    def __init__(self, path: str, problem: str, expect: str | None = None):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}{f' ({expect})' if expect else ''}: {problem}")
+
+
+@dataclass(frozen=True)
+class CheckedExpectation:
+    """One expectation of the stack, validated: what GX is asked and on which rows."""
+
+    rule: _Rule
+    column: str
+    kwargs: dict[str, Any]  # GX keywords other than the column
+    on_fail: str
+    when: Condition | None = None  # only rows meeting it are checked
+    when_text: str | None = None  # as the stack wrote it, for reports
+
+
+def checked_expectation(
+    name: str, index: int, spec: dict[str, Any], columns: Iterable[str] | None = None
+) -> CheckedExpectation:
+    """Validate one expectation spec, parsing its ``when``. Given the entity's ``columns``, a condition naming any
+    other column (but a ``_``-prefixed system column) is refused; errors start with the key path."""
     where = f"quality.{name}.expectations[{index}]"
     expect = spec.get("expect")
     if expect not in RULES:
-        raise ValueError(f"{where}: unknown expect {expect!r}; allowed: {', '.join(sorted(RULES))}")
+        raise ExpectationError(where, f"unknown expect {expect!r}; allowed: {', '.join(sorted(RULES))}")
     rule = RULES[expect]
     column = spec.get("column")
     if not isinstance(column, str) or not column:
-        raise ValueError(f"{where} ({expect}): 'column' must be a column name, got {column!r}")
+        raise ExpectationError(where, f"'column' must be a column name, got {column!r}", expect)
     unknown = sorted(set(spec) - set(_COMMON_KEYS) - set(rule.params))
     if unknown:
         allowed = ", ".join([*_COMMON_KEYS, *rule.params])
-        raise ValueError(f"{where} ({expect}): unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}")
+        raise ExpectationError(where, f"unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}", expect)
     given = [param for param in rule.required if spec.get(param) is not None]
     if rule.required and (len(given) < len(rule.required) if rule.all_required else not given):
         needed = (" and " if rule.all_required else " and/or ").join(rule.required)
-        raise ValueError(f"{where} ({expect}): needs {needed}; found parameters {sorted(spec)}")
+        raise ExpectationError(where, f"needs {needed}; found parameters {sorted(spec)}", expect)
     kwargs = {rule.params[param]: _checked_param(where, expect, param, spec[param]) for param in given}
     if spec.get("mostly") is not None:
         mostly = spec["mostly"]
         if isinstance(mostly, bool) or not isinstance(mostly, Real) or not 0 <= mostly <= 1:
-            raise ValueError(f"{where} ({expect}): 'mostly' must be a number from 0 to 1, got {mostly!r}")
+            raise ExpectationError(where, f"'mostly' must be a number from 0 to 1, got {mostly!r}", expect)
         kwargs["mostly"] = float(mostly)
-    if spec.get("when") is not None:  # only rows matching a pandas query are checked, e.g. "phone.isnull()"
-        if not isinstance(spec["when"], str) or not spec["when"].strip():
-            raise ValueError(f"{where} ({expect}): 'when' must be a pandas query string, got {spec['when']!r}")
-        kwargs.update(row_condition=spec["when"], condition_parser="pandas")
     on_fail = spec.get("on_fail") or "quarantine"
     if on_fail not in ON_FAIL_CHOICES:
-        raise ValueError(f"{where} ({expect}): 'on_fail' is {on_fail!r}; allowed: {', '.join(ON_FAIL_CHOICES)}")
-    return rule, column, kwargs, on_fail
+        raise ExpectationError(where, f"'on_fail' is {on_fail!r}; allowed: {', '.join(ON_FAIL_CHOICES)}", expect)
+    text = spec.get("when")
+    if text is None:
+        return CheckedExpectation(rule, column, kwargs, on_fail)
+    if not isinstance(text, str):
+        raise ExpectationError(f"{where}.when", f"must be a condition such as 'phone is null', got {text!r}", expect)
+    try:
+        when = conditions.parse(text)
+    except ConditionError as error:
+        raise ExpectationError(f"{where}.when", str(error), expect) from None
+    if columns is not None:
+        known = set(columns)
+        for test in when.tests():
+            if test.column not in known and not test.column.startswith("_"):
+                raise ExpectationError(f"{where}.when", f"at character {test.at + 1}: unknown column {test.column!r}; "
+                                       f"allowed: {', '.join(sorted(known))} or a _-prefixed system column", expect)
+    return CheckedExpectation(rule, column, kwargs, on_fail, when, text)
 
 
 def _checked_param(where: str, expect: str, param: str, value: Any) -> Any:
@@ -364,7 +424,7 @@ def _checked_param(where: str, expect: str, param: str, value: Any) -> Any:
     elif param == "value" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         problem = "must be a non-negative integer"
     if problem:
-        raise ValueError(f"{where} ({expect}): '{param}' {problem}, got {value!r}")
+        raise ExpectationError(where, f"'{param}' {problem}, got {value!r}", expect)
     return value
 
 
@@ -404,6 +464,14 @@ def _run_suite(frame: pd.DataFrame, suite: gx.ExpectationSuite, row_column: str)
         return batch.validate(suite, result_format=result_format)
 
 
+def _failed(config: Any, message: str) -> Any:
+    """A GX result for an expectation that could not run, shaped like those GX makes for a missing column."""
+    from great_expectations.core import ExpectationValidationResult
+
+    failure = {"raised_exception": True, "exception_message": message}
+    return ExpectationValidationResult(success=False, expectation_config=config, exception_info=failure)
+
+
 def _outcome(df: pd.DataFrame, result: Any, positions: np.ndarray, source: str | None) -> ExpectationOutcome:
     """Summarise one GX result; ``positions`` are the failing rows' positions in ``df``."""
     config = result.expectation_config
@@ -423,7 +491,10 @@ def _outcome(df: pd.DataFrame, result: Any, positions: np.ndarray, source: str |
     return ExpectationOutcome(
         expectation=config.type,
         column=column,
-        kwargs={key: value for key, value in config.kwargs.items() if key not in _INTERNAL_KWARGS},
+        kwargs={
+            **{key: value for key, value in config.kwargs.items() if key not in _INTERNAL_KWARGS},
+            **({"when": config.meta["when"]} if "when" in config.meta else {}),
+        },
         success=bool(result.success),
         element_count=int(figures.get("element_count") or 0),
         unexpected_count=int(figures.get("unexpected_count") or 0),

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from sync_pipelines.core.quality import (
+    ExpectationError,
     build_suite,
+    checked_expectation,
     split_quarantine,
     to_metadata,
     validate,
@@ -433,6 +435,99 @@ def test_when_checks_only_matching_rows_so_a_contact_needs_an_email_or_a_phone()
     assert report.results[0].unexpected_count == 1
 
 
-def test_when_must_be_a_query_string():
-    with pytest.raises(ValueError, match="'when' must be a pandas query string"):
+def test_when_must_be_a_condition_string():
+    with pytest.raises(ValueError, match=r"expectations\[0\]\.when \(not_null\): must be a condition"):
         build_suite("contacts", [{"expect": "not_null", "column": "email", "when": 3}])
+
+
+def test_when_selects_rows_with_the_typed_condition_language_and_keeps_each_row_s_own_label():
+    frame = pd.DataFrame(
+        {
+            "email": ["a@b.io", "bad", "bad", None, "bad", "c@d.org"],
+            "stage": ["lead", "lead", "customer", "lead", None, "lead"],
+            "n": [1, 2, 3, 4, 5, 6],
+        },
+        index=[7, 7, 8, 8, 9, 9],
+    )
+    regex = {"expect": "match_regex", "column": "email", "regex": EMAIL_REGEX}
+    report = validate(
+        frame,
+        "contacts",
+        [
+            {**regex, "when": "stage == 'lead' and n > 1", "mostly": 0.5},
+            {"expect": "not_null", "column": "email", "when": "stage in ['lead'] or stage is null", "on_fail": "warn"},
+            {"expect": "unique", "column": "email", "when": "not stage == 'customer'"},
+        ],
+    )
+
+    lead, not_null, unique = report.results
+    assert (lead.element_count, lead.unexpected_count, lead.unexpected_percent) == (3, 1, pytest.approx(100 / 2))
+    assert lead.success is True  # mostly counts only the rows the condition selects
+    assert lead.kwargs == {"regex": EMAIL_REGEX, "mostly": 0.5, "when": "stage == 'lead' and n > 1"}
+    assert (not_null.element_count, not_null.unexpected_count) == (5, 1)
+    assert unique.unexpected_count == 2  # the customer's 'bad' is not compared
+    assert report.row_failures.notna().tolist() == [False, True, False, False, True, False]
+    assert report.row_failures.iloc[1] == (
+        f"email: expect_column_values_to_match_regex (regex {EMAIL_REGEX}, when stage == 'lead' and n > 1); "
+        "email: expect_column_values_to_be_unique (when not stage == 'customer')"
+    )
+
+
+def test_a_when_column_missing_from_the_data_fails_its_expectations_with_a_message():
+    df = pd.DataFrame({"email": [None, "a@b.io"]})
+    report = validate(df, "contacts", [{"expect": "not_null", "column": "email", "when": "phone is null"}])
+
+    (outcome,) = report.results
+    assert (outcome.success, outcome.unexpected_count) == (False, 0)
+    assert outcome.error == "when: column(s) phone not in the data"
+    assert report.row_failures.isna().all()
+
+
+CODE_IN_WHEN = [
+    "@pd.io.common.os.system('touch {marker}') == 0",
+    "__import__('os').system('touch {marker}') == 0",
+    "email == `__import__('os').system('touch {marker}')`",
+    "email.str.len() > 0 and @pd.io.common.os.system('touch {marker}') == 0",
+    "email == email.__class__.__init__.__globals__['os'].system('touch {marker}')",
+    "phone is null or open('{marker}', 'w')",
+]
+
+
+@pytest.mark.parametrize("payload", CODE_IN_WHEN)
+def test_code_in_a_when_is_refused_before_anything_runs(tmp_path, payload):
+    marker = tmp_path / "ran"
+    spec = {"expect": "not_null", "column": "email", "when": payload.format(marker=marker)}
+    df = pd.DataFrame({"email": ["a@b.io", None], "phone": [None, None]})
+
+    with pytest.raises(ValueError, match=r"^quality\.contacts\.expectations\[0\]\.when \(not_null\): at character \d+"):
+        validate(df, "contacts", [spec])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", CODE_IN_WHEN)
+def test_code_in_a_when_fails_the_stack_at_load_with_its_key_path(tmp_path, payload):
+    import yaml
+
+    from sync_pipelines.stack import DEFAULT_STACK, StackError, load_stack
+
+    marker = tmp_path / "ran"
+    raw = yaml.safe_load(DEFAULT_STACK.read_text())
+    raw["quality"]["contacts"]["expectations"][2]["when"] = payload.format(marker=marker)
+    file = tmp_path / "stack.yaml"
+    file.write_text(yaml.safe_dump(raw))
+
+    with pytest.raises(StackError, match=r"at quality\.contacts\.expectations\[2\](\.when)?: at character \d+: found"):
+        load_stack(file)
+    assert not marker.exists()
+
+
+def test_checked_expectation_refuses_a_when_column_the_entity_does_not_have():
+    spec = {"expect": "not_null", "column": "email", "when": "_source == 'crm' and phone is null or phnoe is null"}
+
+    with pytest.raises(ExpectationError) as info:
+        checked_expectation("contacts", 3, spec, columns=["email", "phone"])
+    assert info.value.path == "quality.contacts.expectations[3].when"
+    assert info.value.problem == (
+        "at character 39: unknown column 'phnoe'; allowed: email, phone or a _-prefixed system column"
+    )
+    assert checked_expectation("contacts", 3, {**spec, "when": "phone is null"}, columns=["email", "phone"]).when

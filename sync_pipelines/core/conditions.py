@@ -91,7 +91,8 @@ class In:
     at: int = field(default=0, compare=False)
 
     def mask(self, frame: pd.DataFrame) -> np.ndarray:
-        found = frame[self.column].isin(self.values).to_numpy()  # for a short list, faster than an index lookup
+        # for a short list, faster than an index lookup; nullable dtypes answer with a BooleanArray
+        found = frame[self.column].isin(self.values).to_numpy(dtype=bool, na_value=False)
         return ~found if self.negated else found
 
     def tests(self) -> Iterator[Test]:

@@ -117,6 +117,7 @@ def test_text_columns_of_every_dtype_give_the_same_mask(dtype, text, expected):
         ("n <= 5", [True, True, False, False]),
         ("n != 5", [True, False, True, True]),
         ("n in [1, 10.0]", [True, False, False, True]),
+        ("n not in [1, 10.0]", [False, True, True, False]),
         ("n is null", [False, False, True, False]),
     ],
 )

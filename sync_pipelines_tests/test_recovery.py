@@ -146,6 +146,7 @@ def test_slots_of_a_run_already_marked_failed_are_freed(tmp_path, monkeypatch):
     shutil.copy(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides={"concurrency": {"pools": {"default_limit": 1}}}) as i:
         run = i.create_run_for_job(dg.GraphDefinition("noop").to_job())
+        i.event_log_storage.initialize_concurrency_limit_to_default("hubspot_api")  # as a step's first claim does
         claim = i.event_log_storage.claim_concurrency_slot("hubspot_api", run.run_id, "hubspot__contacts")
         assert claim.is_claimed
         i.report_run_failed(run)

@@ -474,7 +474,7 @@ def _check_references(stack: Stack, file: Path) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
     # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
     from sync_pipelines.connectors import CONNECTORS
-    from sync_pipelines.core.quality import checked_expectation
+    from sync_pipelines.core.quality import ExpectationError, checked_expectation
     from sync_pipelines.core.resolve import DERIVED_KEYS
     from sync_pipelines.pipeline import ACTION_PAYLOADS
 
@@ -548,9 +548,9 @@ def _check_references(stack: Stack, file: Path) -> None:
         for i, spec in enumerate(quality.expectations):
             path = f"quality.{entity}.expectations[{i}]"
             try:
-                checked_expectation(entity, i, spec)
-            except ValueError as exc:  # its message starts with the same path
-                raise StackError(file, path, str(exc).partition(": ")[2]) from None
+                checked_expectation(entity, i, spec, columns=stack.entities[entity].fields)
+            except ExpectationError as exc:  # its path goes down to .when for a condition
+                raise StackError(file, exc.path, exc.problem) from None
             if not spec["column"].startswith("_"):  # _source, _source_id...: system columns every record has
                 need(spec["column"], set(stack.entities[entity].fields), f"{path}.column",
                      f"field of entity {entity!r} (or _-prefixed system column)")

@@ -42,7 +42,7 @@ class AsanaConnector(ApiConnector):
             params["modified_since"] = since.isoformat().replace("+00:00", "Z")
         seen: set[str] = set()
         for project in self._project_gids():
-            for task in self._list("/tasks", {**params, "project": project}):
+            for task in self._list("/tasks", {**params, "project": project}, stream):
                 if task["gid"] not in seen:
                     seen.add(task["gid"])
                     yield task
@@ -52,13 +52,14 @@ class AsanaConnector(ApiConnector):
         if pinned:
             yield str(pinned)
             return
-        for workspace in self._list("/workspaces", {}):
-            for project in self._list("/projects", {"workspace": workspace["gid"]}):
+        for workspace in self._list("/workspaces", {}, "workspaces"):
+            for project in self._list("/projects", {"workspace": workspace["gid"]}, "projects"):
                 yield project["gid"]
 
-    def _list(self, path: str, params: dict[str, Any]) -> Iterator[dict]:
+    def _list(self, path: str, params: dict[str, Any], stream: str) -> Iterator[dict]:
         request = PageRequest("GET", API + path, params={"limit": min(self.page_size, PAGE_MAX), **params})
-        yield from self.http.paginate(request, records_path="data", paginator=OFFSET_PAGINATOR)
+        yield from self.http.paginate(request, records_path="data", paginator=OFFSET_PAGINATOR, stream=stream,
+                                      id_field="gid")
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
         """upsert creates tasks without a `gid` and updates the others; update needs the `gid`."""

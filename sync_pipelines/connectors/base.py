@@ -152,6 +152,13 @@ class Connector:
     def fields_for(self, stream: str) -> list[str] | None:
         return self.options.fields.get(stream)
 
+    def find_created(self, stream: str, key: str) -> str | None:
+        """The id of the record a create under idempotency ``key`` made, None when there is none: how a create a
+        crash interrupted is told from one that never reached the tool. A target that cannot tell refuses, so that
+        nothing is ever created twice by guessing."""
+        raise ConnectorError(f"{self.name}: cannot tell whether a create under idempotency key {key!r} reached "
+                             f"{stream}; check the tool and remove the intent from action_pending")
+
     def close(self) -> None:
         """Release sessions or engines; a connector is also a context manager."""
 

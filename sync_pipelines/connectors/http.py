@@ -198,6 +198,16 @@ class RateLimiter:
             self._starts.popleft()  # slept until it left the window; no float comparison that could spin
 
 
+def _never_sent(error: Exception) -> bool:
+    """Whether a failed call surely never reached the server (no connection was made), so that even a create
+    that is not safe to repeat may be sent again."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    reason = getattr(error.args[0], "reason", None) if isinstance(error, requests.ConnectionError) and error.args \
+        else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait from a Retry-After header, which is either a number of seconds or an HTTP date."""
     if not value:
@@ -445,7 +455,7 @@ class HttpClient:
                 self.stats.errors += 1
                 failure = ConnectorError(
                     self.redact(f"{self.tool}: {shown} failed: {type(broken).__name__}: {broken}"), tool=self.tool)
-                retryable = idempotent or isinstance(broken, requests.ConnectTimeout)
+                retryable = idempotent or _never_sent(broken)
                 self._wait_or_raise(failure, retryable, attempt, None, shown)
                 attempt += 1
                 continue

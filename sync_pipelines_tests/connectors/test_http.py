@@ -14,6 +14,7 @@ from sync_pipelines.connectors import ApiError, AuthError, ConnectorError, Respo
 from sync_pipelines.connectors.http import (
     Auth, CursorPaginator, HttpClient, PageRequest, RateLimiter, RetryPolicy, parse_json, parse_retry_after,
 )
+from sync_pipelines.connectors.base import Connector, Options
 from sync_pipelines.core.normalize import map_records
 from sync_pipelines.stack import load_stack
 from sync_pipelines_tests.connectors.conftest import Reply
@@ -158,6 +159,28 @@ def test_a_malformed_answer_to_a_call_unsafe_to_repeat_is_not_sent_again(fake_ap
     with pytest.raises(ResponseError, match="may have taken effect"):
         http.request("POST", "/tasks", json={"data": {"name": "Onboard"}}, idempotent=False)
     assert http.stats.requests == 1
+
+
+def test_a_create_refused_a_connection_is_sent_again_but_not_one_cut_off_after_connecting(fake_api, sleeps):
+    """No connection means the API never saw the create: retrying it is safe, unlike a reply lost on the way."""
+    refused = HttpClient(tool="demo", base_url="http://127.0.0.1:9", auth=Auth.none(), credential_hint="x",
+                         sleep=sleeps, retry=RetryPolicy(max_retries=2, backoff_base=0.01), timeout=2)
+    with pytest.raises(ConnectorError, match="ConnectionError"):
+        refused.request("POST", "/tasks", json={"data": {"name": "Onboard"}}, idempotent=False)
+    assert refused.stats.requests == 3  # the first try and two retries
+
+    fake_api.script = lambda seen: Reply(500, {"message": "boom"})
+    http = client(fake_api, sleeps)
+    with pytest.raises(ConnectorError):
+        http.request("POST", "/tasks", json={"data": {"name": "Onboard"}}, idempotent=False)
+    assert http.stats.requests == 1
+
+
+def test_a_target_that_cannot_find_its_creates_refuses_instead_of_guessing():
+    """Reconciling a create a crash interrupted needs the target to look it up; one that cannot must not re-send."""
+    connector = Connector(Options.parse("demo", {"name": "demo"}, frozenset()))
+    with pytest.raises(ConnectorError, match="cannot tell whether a create .* action_pending"):
+        connector.find_created("tasks", "onboarding:hubspot:1")
 
 
 def test_a_network_failure_does_not_carry_the_url_in_its_exception_chain(sleeps):

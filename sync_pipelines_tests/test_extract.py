@@ -154,3 +154,25 @@ def test_nul_characters_land_stripped_alike_on_both_warehouses_and_a_nul_id_is_q
     assert held["reason"] == "primary key 'Id' holds a NUL character, which cannot be stored"
     assert held["record_key"].startswith("sha256:") and json.loads(held["raw"])["Id"] == "003\x00000000000000003"
     assert warehouse.cursor("salesforce", "Contact") == T0
+
+
+def test_unpaired_surrogates_land_as_replacements_alike_on_both_warehouses_and_a_surrogate_id_is_quarantined(
+        warehouse):
+    """A lone surrogate (the JSON escape \\ud800 with no partner) cannot be UTF-8: one in one first name failed the
+    whole stream on SQLite and PostgreSQL alike. Values land with U+FFFD in its place, the raw payload keeps it
+    escaped (text both take), and a record whose id holds one waits in quarantine with the key named."""
+    records = [{**contact(1, T0), "FirstName": "A\ud800", "Email": "\udc00ada@example.com", "Title": "\ud83d\ude00"},
+               {**contact(2, T0), "Last\udc00Name": "Lovelace"},
+               {**contact(3, T0), "Id": "003\ud800000000000000003"},
+               contact(4, T0)]
+    result = extract_stream(STACK, warehouse, ScriptedConnector(records), "salesforce", "Contact")
+    assert (result.rows_landed, result.rows_quarantined) == (3, 1)
+    table = warehouse.read_table("stg_salesforce_contact").set_index("_source_id")
+    first, second = table.loc["003000000000000001"], table.loc["003000000000000002"]
+    assert (first["first_name"], first["email"], first["job_title"]) == ("A\ufffd", "\ufffdada@example.com", "\U0001F600")
+    assert '"A\\ud800"' in first["_raw"] and json.loads(first["_raw"])["FirstName"] == "A\ud800"
+    assert json.loads(second["_raw"])["Last\udc00Name"] == "Lovelace"
+    [held] = warehouse.read_table("quarantine").to_dict("records")
+    assert held["reason"] == "primary key 'Id' holds an unpaired surrogate, which cannot be stored"
+    assert held["record_key"].startswith("sha256:") and json.loads(held["raw"])["Id"] == "003\ud800000000000000003"
+    assert warehouse.cursor("salesforce", "Contact") == T0

@@ -96,12 +96,52 @@ def _as_text(series: pd.Series) -> pd.Series:
     """A string column whatever came in (numbers, NaN-only columns), so ``.str`` transforms always apply.
 
     Source values become text here, before any transform, and lose their NUL characters as they do: PostgreSQL text
-    cannot hold NUL, and SQLite must land the same data (docs/reliability.md). A column already of text is one that
-    came through here, or a transform's output of one."""
+    cannot hold NUL, and SQLite must land the same data (docs/reliability.md). An unpaired surrogate (a JSON escape
+    like ``\\ud800`` with no partner), which no UTF-8 database can hold and Arrow refuses, becomes U+FFFD here too.
+    A column already of text is one that came through here, or a transform's output of one."""
     if str(series.dtype) == "str":
         return series
-    return _without_nul(pd.Series([None if v is None or v != v else str(v) for v in series], index=series.index,
-                                  dtype="str"))
+    texts = [None if v is None or v != v else str(v) for v in series]
+    try:
+        column = pd.Series(texts, index=series.index, dtype="str")
+    except UnicodeEncodeError:  # Arrow encodes to UTF-8 as it builds the column: clean columns pay nothing more
+        column = pd.Series([v if v is None or v.isascii() else _without_surrogates(v) for v in texts],
+                           index=series.index, dtype="str")
+    return _without_nul(column)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be UTF-8, as every database stores text: only a surrogate cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _without_surrogates(text: str) -> str:
+    """``text`` with each unpaired surrogate as U+FFFD. Through UTF-16, as JSON escapes are: a high surrogate
+    followed by a low one is the character they make together (as json and orjson decode ``\\ud83d\\ude00``), any
+    other is replaced, one U+FFFD each ("A\\ud800" is "A\\ufffd", "\\udc00\\ud800" two of them)."""
+    if _is_utf8(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _ids_as_text(ids: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Record ids as text, and which hold a surrogate (those are missing from the text: no UTF-8 text holds them).
+    Arrow makes the column and refuses a surrogate as it does, so a batch without one pays nothing to be checked."""
+    def as_text(v: Any) -> str | None:
+        return None if v is None or v == "" else str(v)
+
+    try:
+        texts = ids.map(as_text)
+    except UnicodeEncodeError:
+        texts = None
+    if texts is not None and str(texts.dtype) == "str":
+        return texts, pd.Series(False, index=ids.index)
+    unpaired = ids.map(lambda v: isinstance(v, str) and not _is_utf8(v)).astype(bool)
+    return ids.mask(unpaired, None).map(as_text), unpaired
 
 
 def _without_nul(texts: pd.Series) -> pd.Series:
@@ -158,7 +198,11 @@ def to_timestamp(values: pd.Series) -> pd.Series:
         out[is_number] = pd.to_datetime(millis, unit="ms", utc=True).astype("datetime64[us, UTC]")
     text = ~is_number & values.notna()
     if text.any():
-        out[text] = pd.to_datetime(values[text].astype(str), utc=True, format="ISO8601", errors="coerce")
+        try:
+            texts = values[text].astype(str)
+        except UnicodeEncodeError:  # Arrow refused a lone surrogate: that value cannot parse, the others must
+            texts = values[text].map(lambda v: _without_surrogates(v) if isinstance(v, str) else v).astype(str)
+        out[text] = pd.to_datetime(texts, utc=True, format="ISO8601", errors="coerce")
     return out
 
 
@@ -226,7 +270,7 @@ def map_records(
     ids = pd.Series(_values_at(records, stream.primary_key), dtype="object")
     frame["_source"] = tool
     frame["_source_stream"] = stream_name
-    frame["_source_id"] = ids.map(lambda v: None if v is None or v == "" else str(v))
+    frame["_source_id"], unpaired = _ids_as_text(ids)  # one holding a surrogate is quarantined below, unaltered
     cursor = pd.Series(_values_at(records, stream.cursor), dtype="object") if stream.cursor else None
     frame["_updated_at"] = to_timestamp(cursor) if cursor is not None else pd.Timestamp(extracted_at)
     frame["_extracted_at"] = pd.Timestamp(extracted_at)
@@ -247,10 +291,14 @@ def map_records(
     reasons[frame["_source_id"].isna()] = f"missing primary key {stream.primary_key!r}"
     # An id is what write-back addresses the record by, so it is never altered: one holding a NUL cannot be stored
     # (PostgreSQL), and its record waits in quarantine under a digest of its payload, which keeps the id escaped
+    # An unpaired surrogate no UTF-8 database can store either: replaced, as in a value, it would be another id
     unkeyable = frame["_source_id"].str.contains("\x00", regex=False).fillna(False).astype(bool)
     if unkeyable.any():
         reasons[unkeyable] = f"primary key {stream.primary_key!r} holds a NUL character, which cannot be stored"
         frame.loc[unkeyable, "_source_id"] = None
+    if unpaired.any():
+        reasons[unpaired.to_numpy()] = (f"primary key {stream.primary_key!r} holds an unpaired surrogate, which "
+                                        f"cannot be stored")
     rejected = reasons.notna()
     rejects = frame[rejected].assign(_reason=reasons[rejected])
     rows = frame[~rejected].sort_values("_updated_at", kind="stable").drop_duplicates("_source_id", keep="last")

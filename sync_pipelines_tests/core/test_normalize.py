@@ -176,3 +176,58 @@ def test_a_nul_in_a_field_key_lands_the_record_and_a_nul_in_its_id_quarantines_i
     assert reject["_reason"] == "primary key 'id' holds a NUL character, which cannot be stored"
     assert pd.isna(reject["_source_id"]) and json.loads(reject["_raw"])["id"] == "2\x00"
     assert not any("\x00" in str(value) for value in reject.values())
+
+
+def test_an_unpaired_surrogate_becomes_a_replacement_character_before_any_transform_and_the_raw_payload_keeps_it():
+    """A JSON escape like \\ud800 with no partner decodes to a lone surrogate, which no UTF-8 database can hold and
+    Arrow refused to make text (the whole stream failed, on SQLite and PostgreSQL alike): each becomes one U+FFFD.
+    A pair the decoder left as two surrogates is the character they make, as JSON means it."""
+    properties = {"email": "ada\udc00@example.com", "firstname": "A\ud800", "lastname": "\udc00Bo  \ud800\udc00x",
+                  "phone": "(415) 555-0101\ud83d", "lifecyclestage": "Lead\udc00\ud800",
+                  "lastmodifieddate": "2026-11-01T00:00:00Z"}
+    rows, rejects = _map("hubspot", "contacts", [{"id": "1", "properties": properties},
+                                                 {"id": "2", "properties": {**properties, "firstname": "\ud83d\ude00"}},
+                                                 {"id": "3", "properties": {"firstname": "\udc00B", "email": "x@y.z"}}])
+    assert rejects.empty
+    first, second, third = (rows.set_index("_source_id").loc[key] for key in ("1", "2", "3"))
+    assert (first["first_name"], first["last_name"], first["email"]) == (
+        "A\ufffd", "\ufffdBo \U00010000x", "ada\ufffd@example.com")
+    assert first["phone"] == "+14155550101"  # libphonenumber reads past it, as past a NUL
+    assert first["lifecycle_stage"] == "lead\ufffd\ufffd"
+    assert (second["first_name"], third["first_name"]) == ("\U0001F600", "\ufffdB")
+    assert '"A\\ud800"' in first["_raw"] and '"\\udc00B"' in third["_raw"]  # escaped, as json writes them
+    paired = {**properties, "lastname": "\udc00Bo  \U00010000x"}  # the two escapes of a pair read back as one
+    for raw, sent in [(first["_raw"], paired), (third["_raw"], {"firstname": "\udc00B", "email": "x@y.z"})]:
+        assert raw.isascii() and json.loads(raw)["properties"] == sent  # kept whole
+    assert "".join(v for v in rows.to_numpy().ravel() if isinstance(v, str)).encode("utf-8")  # all storable
+
+
+def test_surrogates_as_the_json_decoders_give_them_are_replaced_one_for_one():
+    """json keeps a lone escape as a lone surrogate (orjson refuses it, and the connector falls back to json); both
+    combine a valid pair of escapes into one character, which is text like any other."""
+    decoded = [json.loads(body) for body in (r'"A\ud800"', r'"\udc00B"', r'"\ud83d\ude00"', r'"\ud800\ud800\udc00"')]
+    assert decoded[2] == "\U0001F600"
+    rows, _ = _map("zendesk", "users", [{"id": i, "name": name, "email": "m@x.io", "active": True,
+                                         "updated_at": "2026-10-01T00:00:00Z"} for i, name in enumerate(decoded)])
+    assert rows["first_name"].tolist() == ["A\ufffd", "\ufffdB", "\U0001F600", "\ufffd\U00010000"]
+
+
+def test_timestamps_holding_a_surrogate_are_missing_not_an_error():
+    stamps = to_timestamp(pd.Series(["2026-11-01T00:00:00Z\ud800", "2026-11-01T00:00:00Z", None], dtype="object"))
+    assert pd.isna(stamps[0]) and stamps[1] == pd.Timestamp("2026-11-01T00:00:00Z") and pd.isna(stamps[2])
+
+
+def test_a_surrogate_in_an_id_quarantines_the_record_with_the_key_named_and_the_id_unaltered_in_the_payload():
+    stamp = {"lastmodifieddate": "2026-11-01T00:00:00Z"}
+    rows, rejects = _map("hubspot", "contacts", [
+        {"id": "1", "properties": {"email": "a@b.co", "first\ud800name": "Ada", **stamp}},
+        {"id": "2\ud800", "properties": {"email": "c@d.co", "firstname": "Bo\udc00b", **stamp}},
+        {"id": "\ud83d\ude00", "properties": {"email": "e@f.co", **stamp}},
+        {"id": 3, "properties": {"email": "g@h.co", **stamp}},
+    ])
+    assert rows["_source_id"].tolist() == ["1", "3"] and pd.isna(rows.loc[0, "first_name"])
+    assert json.loads(rows.loc[0, "_raw"])["properties"]["first\ud800name"] == "Ada"
+    assert rejects["_reason"].tolist() == ["primary key 'id' holds an unpaired surrogate, which cannot be stored"] * 2
+    assert rejects["_source_id"].isna().all()
+    assert [json.loads(raw)["id"] for raw in rejects["_raw"]] == ["2\ud800", "\U0001F600"]  # the escapes it came as
+    assert rejects.loc[0, "first_name"] == "Bo\ufffdb"

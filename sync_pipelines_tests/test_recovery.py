@@ -58,8 +58,9 @@ class Home:
         return output
 
     def kill_when_held(self, process: subprocess.Popen, pool: str, step: str, ready=lambda: True,
-                       timeout: float = 180) -> str:
-        """SIGKILL the sync the moment ``step`` holds a slot of ``pool`` (and ``ready()``); the run it left."""
+                       timeout: float = 180) -> tuple[str, str]:
+        """SIGKILL the sync the moment ``step`` holds a slot of ``pool`` (and ``ready()``): the run it left, and
+        what the sync had printed."""
         with dg.DagsterInstance.get() as instance:
             deadline = time.monotonic() + timeout
             while True:
@@ -72,7 +73,7 @@ class Home:
                 time.sleep(0.05)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        return held[0]
+        return held[0], process.stdout.read()
 
     def totals(self) -> dict[str, int]:
         return {name: stream["total"] for name, stream in self.box.truth()["streams"].items()}
@@ -93,6 +94,10 @@ def _assert_recovered(output: str, run_id: str) -> None:
     assert f"recovered run {run_id}" in output and "marked failed" in output, output
     with dg.DagsterInstance.get() as instance:
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def _assert_no_slot_held() -> None:
+    with dg.DagsterInstance.get() as instance:
         for pool in instance.event_log_storage.get_concurrency_keys():
             assert not instance.event_log_storage.get_concurrency_info(pool).claimed_slots, pool
 
@@ -106,38 +111,51 @@ def _assert_converged(home: Home) -> None:
         assert (planned["action"] == "update").sum() == 0, (dest.tool, dest.stream)
 
 
-@pytest.mark.parametrize("step, slow", [("hubspot__contacts", True), ("hubspot__contacts_writeback", False)])
-def test_a_sync_killed_while_a_step_holds_its_tool_slot_is_recovered_by_the_next_sync(home, step, slow):
-    if slow:  # about two seconds of reading, so that the kill lands inside the extraction
-        home.box.set_faults({"hubspot": {"latency_ms": 30, "page_size": 20}})
-    run_id = home.kill_when_held(home.start(), "hubspot_api", step)
-    before = home.totals()
-    home.box.set_faults({"hubspot": {"latency_ms": None, "page_size": None}})
-
-    _assert_recovered(home.sync(), run_id)
-    _assert_converged(home)
-    assert home.totals() == before  # write-back only updates: no tool gained a record
-
-
-@pytest.mark.parametrize("pool", sorted(ACTIONS))
-def test_a_sync_killed_in_the_middle_of_an_action_creates_each_record_once(home, pool):
-    tool, stream, field, value, canonical, state, created = ACTIONS[pool]
-    home.sync()  # the baseline: records already in the state are history
+def _start_transitions(home: Home, pool: str) -> list[str]:
+    """Move four records of the action's entity into the state it watches: four records it must create."""
+    tool, stream, field, value, canonical, state, _ = ACTIONS[pool]
     landed = home.warehouse.read_table(landing_table_name(tool, stream))
-    movers = landed.loc[(landed[canonical] != state) & ~landed["_deleted"].astype(bool), "_source_id"].head(4)
+    movers = list(landed.loc[(landed[canonical] != state) & ~landed["_deleted"].astype(bool), "_source_id"][:4])
     for record_id in movers:
         home.box.mutate(tool, stream, record_id, {field: value})
-    before = home.totals()[created]
-    home.box.set_faults({pool.removesuffix("_api"): {"latency_ms": 300}})
-    action = next(a for a in home.stack.actions if f"{a.create.tool}_api" == pool)
-    run_id = home.kill_when_held(home.start(), pool, f"{action.create.tool}__{action.name}",
-                                 ready=lambda: home.totals()[created] > before)
-    home.box.set_faults({pool.removesuffix("_api"): {"latency_ms": None}})
+    return movers
 
-    _assert_recovered(home.sync(), run_id)
-    assert home.totals()[created] == before + len(movers)
-    ledger = home.warehouse.read_table("action_ledger")
-    assert sorted(ledger.loc[ledger["action"] == action.name, "_source_id"]) == sorted(movers)
+
+def test_syncs_killed_at_every_moment_are_recovered_by_the_next_sync_and_converge(home):
+    """kill -9 during an extraction, a write-back and each action, each time while the step holds its tool's slot;
+    every next `sync-pipelines sync` recovers the run killed before it, unaided."""
+    home.box.set_faults({"hubspot": {"latency_ms": 30, "page_size": 20}})  # the kill lands inside the extraction
+    extraction_run, _ = home.kill_when_held(home.start(), "hubspot_api", "hubspot__contacts")
+    home.box.set_faults({"hubspot": {"latency_ms": None, "page_size": None}})
+    records_before = home.totals()
+    writeback_run, output = home.kill_when_held(home.start(), "hubspot_api", "hubspot__contacts_writeback")
+    _assert_recovered(output, extraction_run)
+    _assert_recovered(home.sync(), writeback_run)
+    _assert_no_slot_held()
+    _assert_converged(home)
+    assert home.totals() == records_before  # write-back only updates: no tool gained a record
+
+    created = {pool: ACTIONS[pool][-1] for pool in ACTIONS}
+    for pool in ACTIONS:  # a slow target, so that the kill lands between two creates
+        home.box.set_faults({pool.removesuffix("_api"): {"latency_ms": 300}})
+    actions = {f"{a.create.tool}_api": a for a in home.stack.actions}
+    movers, runs, output = {}, [], ""
+    for pool in sorted(ACTIONS):
+        movers[pool] = _start_transitions(home, pool)
+        before = home.totals()[created[pool]]
+        run, printed = home.kill_when_held(home.start(), pool, f"{actions[pool].create.tool}__{actions[pool].name}",
+                                           ready=lambda: home.totals()[created[pool]] > before)
+        if runs:
+            _assert_recovered(printed, runs[-1])
+        runs.append(run)
+    for pool in ACTIONS:
+        home.box.set_faults({pool.removesuffix("_api"): {"latency_ms": None}})
+    _assert_recovered(home.sync(), runs[-1])
+    _assert_no_slot_held()
+    for pool, action in actions.items():
+        assert home.totals()[created[pool]] == records_before[created[pool]] + len(movers[pool]), pool
+        ledger = home.warehouse.read_table("action_ledger")
+        assert sorted(ledger.loc[ledger["action"] == action.name, "_source_id"]) == sorted(movers[pool])
 
 
 def test_slots_of_a_run_already_marked_failed_are_freed(tmp_path, monkeypatch):

@@ -122,8 +122,13 @@ _ORJSON_OPTIONS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | o
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data, default=str, option=_ORJSON_OPTIONS), status, headers=headers,
-                    media_type="application/json")
+    """The body as the vendors send it; text orjson refuses (an unpaired surrogate a client once sent) goes out as
+    the JSON escape it came in as, which is what the real APIs echo back."""
+    try:
+        body = orjson.dumps(data, default=str, option=_ORJSON_OPTIONS)
+    except TypeError:
+        body = json.dumps(data, default=str).encode()
+    return Response(body, status, headers=headers, media_type="application/json")
 
 
 DRIFT_FIELD = "sandbox_drift_field"

@@ -27,7 +27,9 @@ MAX_VALUES = 100_000
 # Names become Dagster asset, group, pool, check and schedule names (^[A-Za-z0-9_]+$) and warehouse table and column
 # names (63 characters at most on PostgreSQL, longer ones cut silently); `_` starts the pipeline's own columns.
 NAME = re.compile(r"[a-z][a-z0-9_]*")
-STREAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)?")  # Salesforce `Contact`, SQL schema.table
+# A tool's own name for a stream or a field (Salesforce `Contact`, `External_Id__c`): it reaches SOQL and URL paths.
+TOOL_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+STREAM_NAME = re.compile(rf"{TOOL_IDENTIFIER.pattern}(\.{TOOL_IDENTIFIER.pattern})?")  # or SQL schema.table
 MAX_NAME = 40
 MAX_TABLE_NAME = 63
 # The tables the pipeline keeps per entity, ``pipeline.table(kind, entity)``: pipeline.py holds no list of the kinds,
@@ -295,25 +297,80 @@ class Stack(_Model):
         return [(t, tool, s, stream) for t, tool in self.tools.items() for s, stream in tool.streams.items()]
 
 
-def _expand_env(value: Any, file: Path, path: str = "") -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string, so URLs can differ per environment.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Where ``${VAR}`` is expanded: the connection settings, which differ per environment. Anywhere else a stack editor
+# could copy a secret of the process into what leaves it (a created record's fields, an integration's purpose shown
+# in the UI, a mapping), so it is refused there.
+ENV_EXPANDED_AT = "warehouse.url and tools.<tool> connection settings (base_url, rate_limit)"
+WAREHOUSE_URL = ("warehouse", "url")
 
-    An unset ``${VAR}`` without a default is an error: an empty URL or path would only fail later, far from here.
+
+def _expands_env(keys: tuple) -> bool:
+    """Whether the value at ``keys`` is a connection setting: ``warehouse.url``, ``tools.<tool>.base_url`` (a URL,
+    or the csv tool's folder) or ``tools.<tool>.rate_limit.<requests|per_seconds>``, the options connect() takes."""
+    tool = keys[0] == "tools" if keys else False
+    return keys == WAREHOUSE_URL or (tool and len(keys) == 3 and keys[2] == "base_url") or (
+        tool and len(keys) == 4 and keys[2] == "rate_limit")
+
+
+def _credential_variables(raw: dict) -> dict[str, tuple[str, tuple | None]]:
+    """Every environment variable holding a secret -> what it holds and the one key path it may be expanded at
+    (None: none), read from the unexpanded file: the variables the tools name under ``credentials``, those a
+    connector names when none is declared (connectors/base.py ``Options.env_var``: ``<TOOL>_<KEY>``), the webhook
+    signing secrets, and the URLs with passwords: the Celery broker's and the warehouse's, allowed in warehouse.url
+    only."""
+    from sync_pipelines.connectors import CONNECTORS  # imported late: pipeline imports us
+    from sync_pipelines.webhooks import SECRET_ENV
+
+    warehouse = raw.get("warehouse", {}).get("url") if isinstance(raw.get("warehouse"), dict) else None
+    secrets = {var: ("the warehouse URL (its password)", WAREHOUSE_URL) for var in (
+        "SYNC_WAREHOUSE_URL", *re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", str(warehouse or "")))}
+    secrets["SYNC_CELERY_BROKER"] = ("the Celery broker URL (its password)", None)
+    secrets.update({var: (f"the webhook signing secret of {kind} tools", None) for kind, var in SECRET_ENV.items()})
+    tools = raw.get("tools")
+    for name, tool in (tools.items() if isinstance(tools, dict) else ()):
+        if not isinstance(tool, dict):
+            continue
+        declared = tool.get("credentials") if isinstance(tool.get("credentials"), dict) else {}
+        spec = getattr(CONNECTORS.get(tool.get("kind")) if isinstance(tool.get("kind"), str) else None, "spec", None)
+        for key in {*declared, *(spec.credential_keys if spec else ())}:
+            for var in (declared.get(key), f"{str(name).upper()}_{str(key).upper()}"):
+                if isinstance(var, str):
+                    secrets[var] = (f"credential {key!r} of tool {name!r}", None)
+    return secrets
+
+
+def _expand_env(value: Any, file: Path, secrets: dict[str, tuple[str, tuple | None]], keys: tuple = ()) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in the connection settings, so URLs can differ per environment.
+
+    Refused at load, naming the key path and never a value: ``${...}`` anywhere else, and a variable holding a
+    secret (``secrets``) anywhere but where it belongs (the warehouse's URL in warehouse.url, a credential nowhere). An unset ``${VAR}`` without a default is an error: an empty URL or path
+    would only fail later, far from here.
     """
+    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
     if isinstance(value, dict):
-        return {k: _expand_env(v, file, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _expand_env(v, file, secrets, (*keys, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, file, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str):
+        return [_expand_env(v, file, secrets, (*keys, i)) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", value):  # nested in a default too
+        held, allowed_at = secrets.get(name, (None, None))
+        if held and keys != allowed_at:
+            raise StackError(file, path, f"${{{name}}} holds {held}; allowed: no secret in the stack file, not even "
+                             f"by reference (a tool reads its credentials itself"
+                             f"{', the warehouse URL only in warehouse.url' if allowed_at else ''})")
+    if not _expands_env(keys):
+        raise StackError(file, path, f"found a ${{...}} reference; allowed: environment variables are expanded "
+                                     f"only in {ENV_EXPANDED_AT}")
 
-        def substitute(match: re.Match) -> str:
-            name, default = match.groups()
-            if name not in os.environ and default is None:
-                raise StackError(file, path, f"environment variable {name} is not set (or write ${{{name}:-default}})")
-            return os.environ.get(name) or default or ""
+    def substitute(match: re.Match) -> str:
+        name, default = match.groups()
+        if name not in os.environ and default is None:
+            raise StackError(file, path, f"environment variable {name} is not set (or write ${{{name}:-default}})")
+        return os.environ.get(name) or default or ""
 
-        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}", substitute, value)
-    return value
+    return ENV_REFERENCE.sub(substitute, value)
 
 
 class _LoaderLimit(yaml.MarkedYAMLError):
@@ -401,11 +458,11 @@ def _check_names(stack: Stack, file: Path) -> None:
 
     suffixes = (CHANGED_AT_SUFFIX, GOLDEN_SUFFIX)
 
-    def check(found: str, path: str, pattern: re.Pattern = NAME) -> None:
-        if len(found) > MAX_NAME or not pattern.fullmatch(found):
+    def check(found: str, path: str, pattern: re.Pattern = NAME, longest: int = MAX_NAME) -> None:
+        if len(found) > longest or not pattern.fullmatch(found):
             reserved = " (a leading _ is kept for the pipeline's own columns: _source, _source_id...)"
             raise StackError(file, path, f"found name {found!r}; allowed: names matching ^{pattern.pattern}$ of at "
-                                         f"most {MAX_NAME} characters{reserved if found.startswith('_') else ''}")
+                                         f"most {longest} characters{reserved if found.startswith('_') else ''}")
 
     tables: dict[str, str] = {}  # every table derived from an entity name -> the entity's key path
     for e, entity in stack.entities.items():
@@ -439,6 +496,9 @@ def _check_names(stack: Stack, file: Path) -> None:
                 raise StackError(file, path, f"lands in table {table!r} of {len(table)} characters; allowed: at "
                                              f"most {MAX_TABLE_NAME} (shorten the tool or stream name)")
             landed[table] = path
+    for i, dest in enumerate(stack.destinations):  # a tool's field, put in a URL path (Salesforce's upsert); its
+        # longest real ones: a namespaced Salesforce field, ns__Name__c (15 + 2 + 40 + 3)
+        check(dest.key, f"destinations[{i}].key", TOOL_IDENTIFIER, MAX_TABLE_NAME)
     for kind, named in (("integrations", stack.integrations), ("actions", stack.actions)):
         seen: dict[str, str] = {}
         for i, item in enumerate(named):
@@ -653,7 +713,7 @@ def load_stack(path: str | Path | None = None) -> Stack:
         raise StackError(file, "", f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise StackError(file, "", f"expected a mapping at the top, found {type(raw).__name__}")
-    raw = _expand_env(raw, file)
+    raw = _expand_env(raw, file, _credential_variables(raw))
     try:
         stack = Stack.model_validate(raw)
     except ValidationError as exc:

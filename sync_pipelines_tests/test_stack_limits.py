@@ -111,6 +111,12 @@ def _second_erp(tool: str, stream: str):
          "like tools.legacy_erp.streams.customers; allowed: one table per stream"),
         (_second_erp("e" * 20, "c" * 39), f"tools.{'e' * 20}.streams.{'c' * 39}",
          "of 64 characters; allowed: at most 63"),
+        # the Salesforce connector puts the key in the upsert's URL path: `../../x` would PATCH another path
+        (lambda r: r["destinations"][0].update(key="../../x"), "destinations[0].key",
+         "found name '../../x'; allowed: names matching ^[A-Za-z][A-Za-z0-9_]*$ of at most 63 characters"),
+        (lambda r: r["destinations"][0].update(key="Email?x=1"), "destinations[0].key", "found name 'Email?x=1'"),
+        (lambda r: r["destinations"][1].update(key="e mail"), "destinations[1].key", "found name 'e mail'"),
+        (lambda r: r["destinations"][2].update(key=""), "destinations[2].key", "found name ''"),
     ],
 )
 def test_names_that_would_fail_at_sync_are_refused_at_load(tmp_path, mutate, path, problem):
@@ -130,6 +136,16 @@ def test_schema_qualified_sql_tables_and_salesforce_objects_are_valid_stream_nam
     file = tmp_path / "stack.yaml"
     file.write_text(yaml.safe_dump(raw))
     assert {"erp.customers_2024", "Custom_Object__c"} <= set(load_stack(file).tools["legacy_erp"].streams)
+
+
+def test_a_destination_key_may_be_any_field_name_of_the_tool(tmp_path):
+    raw = _sandbox()
+    raw["destinations"][0]["key"] = "acme__Customer_Number_In_The_Old_Billing_System__c"  # namespaced: 51 characters
+    raw["destinations"][1]["key"] = "hs_object_id"
+    file = tmp_path / "stack.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    keys = [d.key for d in load_stack(file).destinations]
+    assert keys == ["acme__Customer_Number_In_The_Old_Billing_System__c", "hs_object_id", "email"]
 
 
 def _with_entity(name: str):

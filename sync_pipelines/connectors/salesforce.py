@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
 from sync_pipelines.connectors.errors import ConnectorError
@@ -14,6 +16,8 @@ CURSOR_FIELD = "LastModifiedDate"
 ALWAYS_FIELDS = ("Id", CURSOR_FIELD, "IsDeleted")  # every replicable sObject has them
 UNQUERYABLE_TYPES = {"base64"}  # a base64 field shrinks query pages to one record each
 UPSERT_CHUNK = 200
+# An sObject's or a field's API name: what may go into SOQL and URL paths (`../x` would reach another REST path).
+API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def error_code(body: Any) -> str | None:
@@ -37,8 +41,16 @@ class SalesforceConnector(ApiConnector):
     spec = ToolSpec(credential_keys=("access_token",), auth=lambda c: Auth.bearer(c["access_token"]),
                     error_code=error_code, rate_limit_codes=frozenset({"REQUEST_LIMIT_EXCEEDED"}), page_size=2000)
 
+    def _api_name(self, value: Any, what: str) -> str:
+        """``value`` checked to be an API name, so it can only name an sObject or a field in SOQL or a URL path."""
+        if not isinstance(value, str) or not API_NAME.fullmatch(value):
+            raise ConnectorError(f"{self.name}: {what} {value!r} is not a Salesforce API name (letters, digits "
+                                 "and _, starting with a letter)")
+        return value
+
     def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
-        chosen = self.fields_for(stream)
+        self._api_name(stream, "stream")
+        chosen = [self._api_name(f, "field") for f in self.fields_for(stream) or ()]
         selected = list(dict.fromkeys([*ALWAYS_FIELDS, *chosen])) if chosen else self._describe(stream)
         where = f" WHERE {CURSOR_FIELD} >= {soql_datetime(since)}" if since else ""
         soql = f"SELECT {', '.join(selected)} FROM {stream}{where} ORDER BY {CURSOR_FIELD} ASC"
@@ -49,7 +61,7 @@ class SalesforceConnector(ApiConnector):
             yield record
 
     def _describe(self, stream: str) -> list[str]:
-        body = self.http.request("GET", f"{API}/sobjects/{stream}/describe")
+        body = self.http.request("GET", f"{API}/sobjects/{quote(stream, safe='')}/describe")
         return [f["name"] for f in body.get("fields", []) if f.get("type") not in UNQUERYABLE_TYPES]
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
@@ -58,7 +70,8 @@ class SalesforceConnector(ApiConnector):
         if mode == "update" and key not in (None, "Id"):
             raise ConnectorError(f"{self.name}: update matches {stream} records by Id, not {key}; "
                                  "use mode='upsert' to match on an external id field")
-        external_id = "Id" if mode == "update" else key or "External_Id__c"
+        external_id = self._api_name("Id" if mode == "update" else key or "External_Id__c", "external id field")
+        self._api_name(stream, "stream")
         results: list[dict[str, Any]] = [result(False, error=f"record lacks the external id field {external_id}")
                                           for _ in records]
         keyed = [i for i, r in enumerate(records) if r.get(external_id) not in (None, "")]
@@ -71,7 +84,9 @@ class SalesforceConnector(ApiConnector):
         return results
 
     def _upsert(self, stream: str, external_id: str, batch: list[dict]) -> list[dict[str, Any]]:
-        body = self.http.request("PATCH", f"{API}/composite/sobjects/{stream}/{external_id}",
+        # Record ids travel in the body, never in the path; the path's names are API names, quoted all the same.
+        body = self.http.request("PATCH", f"{API}/composite/sobjects/{quote(stream, safe='')}/"
+                                          f"{quote(external_id, safe='')}",
                                  json={"allOrNone": False, "records": batch})
         # Salesforce answers one result per record, in the order sent.
         return [result(bool(item.get("success")), item.get("id"), item.get("created"), describe_errors(item))

@@ -33,6 +33,26 @@ def test_salesforce_builds_soql_from_fields_and_follows_next_records_url(fake_ap
                     "WHERE LastModifiedDate >= 2026-09-01T08:00:00Z ORDER BY LastModifiedDate ASC")
 
 
+def test_salesforce_names_cannot_reach_another_rest_path_or_the_soql(fake_api, sleeps):
+    fake_api.script = lambda seen: Reply(200, [{"success": True, "id": "003A", "created": False}])
+    salesforce = connect("salesforce", fake_api.url + "/sf", "tok-123456", sleep=sleeps)
+    for key in ("../../x", "..", "Id/../../../sobjects/User", "Email?x=1", "Id#x"):
+        with pytest.raises(ConnectorError, match="external id field .* is not a Salesforce API name"):
+            salesforce.write("Contact", [{key: "a@x.io"}], key=key)
+    for stream in ("..", "Contact/../User", "Contact WHERE Id != null", "User--"):
+        with pytest.raises(ConnectorError, match="stream .* is not a Salesforce API name"):
+            salesforce.write(stream, [{"External_Id__c": "a"}])
+        with pytest.raises(ConnectorError, match="stream .* is not a Salesforce API name"):
+            list(salesforce.read(stream))
+    with pytest.raises(ConnectorError, match="field 'Email FROM User' is not a Salesforce API name"):
+        list(connect("salesforce", fake_api.url + "/sf", "tok-123456", sleep=sleeps,
+                     fields={"Contact": ["Email FROM User"]}).read("Contact"))
+    assert fake_api.seen == []  # the token went nowhere
+    assert salesforce.write("Custom_Object__c", [{"Legacy_Key__c": "k1"}], key="Legacy_Key__c")[0]["ok"]
+    assert [s.path for s in fake_api.seen] == ["/sf/services/data/v60.0/composite/sobjects/Custom_Object__c/"
+                                               "Legacy_Key__c"]
+
+
 CEILING = 10  # the search endpoint's 10,000-result ceiling, scaled down
 
 

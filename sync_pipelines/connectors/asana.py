@@ -73,7 +73,7 @@ class AsanaConnector(ApiConnector):
         data = dict(batch[0])
         gid, key = data.pop("gid", None), data.pop("idempotency_key", None)
         if gid:
-            body = self.http.request("PUT", f"{API}/tasks/{gid}", json={"data": data})
+            body = self.http.request("PUT", f"{API}/tasks/{quote(str(gid), safe='')}", json={"data": data})
             return [result(True, body["data"]["gid"], False)]
         pinned = self.options.extra.get("project")
         if pinned and not data.get("projects") and not data.get("workspace"):

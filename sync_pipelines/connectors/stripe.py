@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, result
 from sync_pipelines.connectors.http import Auth, HasMorePaginator, PageRequest
@@ -94,7 +95,7 @@ class StripeConnector(ApiConnector):
         fields = {k: v for k, v in record.items() if k not in ADDED_FIELDS}
         key = fields.pop("idempotency_key", None) or f"sync-pipelines-{uuid.uuid4().hex}"
         object_id = fields.pop("id", None)
-        path = f"{API}/{stream}/{object_id}" if object_id else f"{API}/{stream}"
+        path = f"{API}/{stream}/{quote(str(object_id), safe='')}" if object_id else f"{API}/{stream}"
         body = self.http.request("POST", path, data=form_encode(fields), headers={"Idempotency-Key": key})
         return result(True, body.get("id"), object_id is None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime, timedelta, timezone
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import pytest
 
@@ -85,6 +85,19 @@ def hubspot_search_api(fake_api, stamps, edits=None):
                            **({"paging": {"next": {"after": str(after + limit)}}} if more else {})})
     fake_api.script = script
     return searches
+
+
+@pytest.mark.parametrize("kind, stream, record, answer", [
+    ("asana", "tasks", {"gid": "1/../../workspaces", "name": "x"}, {"data": {"gid": "1"}}),
+    ("stripe", "customers", {"id": "cus_1/../../charges", "name": "x"}, {"id": "cus_1"}),
+])
+def test_a_record_id_is_one_path_segment_never_another_rest_path(fake_api, sleeps, kind, stream, record, answer):
+    fake_api.script = lambda seen: Reply(200, answer)
+    connector = connect(kind, fake_api.url, "tok-123456", sleep=sleeps)
+    connector.write(stream, [record])
+    [sent] = fake_api.seen
+    record_id = record.get("gid") or record["id"]
+    assert sent.path.endswith(f"/{stream}/{quote(record_id, safe='')}"), sent.path
 
 
 def test_hubspot_search_pages_by_id_past_the_ceiling_even_on_one_timestamp(fake_api, sleeps):

@@ -32,16 +32,11 @@ TOOL_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 STREAM_NAME = re.compile(rf"{TOOL_IDENTIFIER.pattern}(\.{TOOL_IDENTIFIER.pattern})?")  # or SQL schema.table
 MAX_NAME = 40
 MAX_TABLE_NAME = 63
-# The tables the pipeline keeps per entity, ``pipeline.table(kind, entity)``: pipeline.py holds no list of the kinds,
-# so this one mirrors its calls, and test_stack_limits checks it against every ``table("<kind>", ...)`` there.
+# The tables the pipeline keeps per entity: ``pipeline.table(kind, entity)`` refuses any other kind.
 ENTITY_TABLE_KINDS = (
     "staged", "staged_changes", "golden", "golden_changes", "golden_failures", "crosswalk", "provenance",
     "conflicts", "field_state",
 )
-# Columns the code derives from a field's name besides ``<field>__changed_at`` (core/survive.py CHANGED_AT_SUFFIX, in
-# field_state_<entity>): the golden value ``<field>__golden`` beside the tool's when a write-back is planned
-# (core/plan.py, which has no constant for it).
-GOLDEN_SUFFIX = "__golden"
 
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
@@ -452,6 +447,7 @@ def _check_names(stack: Stack, file: Path) -> None:
     two streams landing in one table (``stg_<tool>_<stream>``, lower-cased, which would overwrite each other), two
     entities sharing a table (``staged_changes_<x>`` is also entity ``changes_<x>``'s staged table), a field named
     like a column derived from another, two integrations or actions of one name, and two assets of one key."""
+    from sync_pipelines.core.plan import GOLDEN_SUFFIX
     from sync_pipelines.core.survive import CHANGED_AT_SUFFIX
     from sync_pipelines.pipeline import table as entity_table  # imported late: the pipeline and the warehouse import us
     from sync_pipelines.warehouse import landing_table_name

@@ -79,7 +79,7 @@ def test_reruns_write_nothing_and_one_edit_writes_exactly_that_record(sync_on_ea
 
 def test_a_crash_in_the_middle_of_write_back_then_a_rerun_leaves_no_duplicate_and_no_missing_update(
         sync, monkeypatch):
-    monkeypatch.setattr(pipeline, "WRITE_BATCH", 40)
+    monkeypatch.setattr("sync_pipelines.pipeline.writeback.WRITE_BATCH", 40)
     calls = {"n": 0}
     original = pipeline.write_back
 

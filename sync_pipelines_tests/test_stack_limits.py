@@ -205,26 +205,6 @@ def test_a_field_named_like_a_derived_blocking_key_loads_while_no_rule_blocks_on
     assert "last_name_prefix" in load_stack(file).entities["contacts"].fields
 
 
-def test_entity_table_kinds_are_every_table_the_pipeline_derives_from_an_entity():
-    import re
-
-    from sync_pipelines import pipeline
-    from sync_pipelines.stack import ENTITY_TABLE_KINDS
-
-    source = Path(pipeline.__file__).read_text()
-    kinds = set(re.findall(r'(?<![.\w])table\(\s*"(\w+)"', source))
-    for group in re.findall(r"table\(kind, \w+\) for kind in \(([^)]*)\)", source):
-        kinds |= set(re.findall(r'"(\w+)"', group))
-    assert kinds == set(ENTITY_TABLE_KINDS)
-
-
-def test_field_column_suffixes_are_the_ones_the_core_uses():
-    from sync_pipelines.core import plan
-    from sync_pipelines.stack import GOLDEN_SUFFIX
-
-    assert f'add_suffix("{GOLDEN_SUFFIX}")' in Path(plan.__file__).read_text()
-
-
 def test_asset_keys_are_the_keys_the_definitions_build():
     from sync_pipelines.definitions import build_definitions
     from sync_pipelines.stack import asset_keys

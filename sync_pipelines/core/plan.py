@@ -19,6 +19,7 @@ from sync_pipelines.stack import Stream
 # Transforms whose output can be written back as the tool's value unchanged (they only clean the value).
 _CLEANING = {"trim", "lower", "upper", "title", "phone_e164", "utc", "domain"}
 PLAN_COLUMNS = ["action", "entity_id", "source_id", "changes"]
+GOLDEN_SUFFIX = "__golden"  # the golden value of a field, beside the tool's, while a write-back is planned
 
 
 def writable_fields(stream: Stream) -> dict[str, list[str]]:
@@ -83,14 +84,14 @@ def plan_writes(
     latest = None
     if ledger is not None and len(ledger):
         latest = ledger.sort_values("written_at").drop_duplicates(["source_id", "field"], keep="last")
-    records = held[~duplicate].join(golden[fields].add_suffix("__golden"), on="entity_id").reset_index(drop=True)
+    records = held[~duplicate].join(golden[fields].add_suffix(GOLDEN_SUFFIX), on="entity_id").reset_index(drop=True)
     held_as_is = {}  # field -> rows whose composed tool value already reads as the golden one
     for group in composed:
-        same = (_joined(records, [f"{f}__golden" for f in group]) == _joined(records, group)).to_numpy()
+        same = (_joined(records, [f + GOLDEN_SUFFIX for f in group]) == _joined(records, group)).to_numpy()
         held_as_is.update({name: same for name in group})
     wanted = {}
     for name in fields:  # column by column: the golden value where it differs from what the tool holds
-        value, have = _texts(records[f"{name}__golden"]), _texts(records[name])
+        value, have = _texts(records[name + GOLDEN_SUFFIX]), _texts(records[name])
         differs = value.notna() & (value != have)
         if name in held_as_is:
             differs &= ~held_as_is[name]

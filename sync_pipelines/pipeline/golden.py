@@ -1,0 +1,239 @@
+"""Golden records: resolution and survivorship on the staged records, incremental where it can be, and the
+blocking check on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+from sync_pipelines.core.changes import KEYS, changed_fields
+from sync_pipelines.core.quality import QualityReport, validate, volume_check
+from sync_pipelines.core.survive import derive_field_change_times, survivorship
+from sync_pipelines.pipeline.common import METADATA, identity_fields, stack_fingerprint, table
+from sync_pipelines.resolve import block_neighbors, build_crosswalk, resolve_entities
+from sync_pipelines.stack import Stack
+from sync_pipelines.warehouse import Warehouse
+
+# An incremental golden run rebuilds everything instead when the changes pass the first share of the staged records
+# (finding what they reach would cost more than the rebuild), or what they reach passes the second.
+FULL_REBUILD_CHANGES = 0.1
+FULL_REBUILD_SHARE = 0.3
+
+
+@dataclass
+class Golden:
+    entity: str
+    records: int
+    entities: int
+    conflicts: int
+    merges: dict[str, Any] = field(default_factory=dict)
+    changed_ids: list[str] | None = None  # entities rebuilt by an incremental run; None after a full rebuild
+    resolved: int = 0  # records resolved and survived by this run
+    reason: str = ""  # why this run rebuilt everything, or what it rebuilt
+
+
+def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields: list[str]) -> pd.DataFrame:
+    """A value we wrote into a tool keeps the change time of the value it copied, so our own write is never seen as
+    that tool's newer edit (which would echo it back as a conflict and let it win fields it never changed)."""
+    if ledger is None or ledger.empty:
+        return state
+    latest = ledger.sort_values("written_at").drop_duplicates(["tool", "source_id", "field"], keep="last")
+    state = state.copy()
+    for fname in fields:
+        origin = latest[latest["field"] == fname]
+        if origin.empty:
+            continue
+        merged = state[["_source", "_source_id", fname]].merge(
+            origin, left_on=["_source", "_source_id"], right_on=["tool", "source_id"], how="left"
+        )
+        ours = (merged["value"].notna() & (merged[fname].astype("str") == merged["value"].astype("str"))).to_numpy()
+        column = f"{fname}__changed_at"
+        state.loc[ours, column] = pd.to_datetime(merged.loc[ours, "origin_changed_at"], utc=True).to_numpy()
+    return state
+
+
+def _golden_tables(entity: str) -> dict[str, str]:
+    return {kind: table(kind, entity) for kind in ("golden", "crosswalk", "provenance", "field_state")}
+
+
+def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFrame, crosswalk: pd.DataFrame | None,
+             field_state: pd.DataFrame | None, now: datetime):
+    """Resolve ``records`` into entities and survive one golden record each: the work of full and incremental
+    runs alike, on all staged records or on the part a change can reach."""
+    fields = list(stack.entities[entity].fields)
+    clusters = resolve_entities(records, stack.identity[entity], crosswalk=crosswalk)
+    state = derive_field_change_times(field_state, records, fields, extracted_at=now)
+    ledger = None
+    if warehouse.has_table("writeback_ledger"):
+        ledger = warehouse.read_where_in("writeback_ledger", "source_id", records["_source_id"])
+    state = _with_write_origins(state, ledger, fields)
+    result = survivorship(records[fields + METADATA], clusters, stack.survivorship[entity], field_times=state,
+                          decided_at=now)
+    return clusters, state, result
+
+
+def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None = None) -> Golden:
+    """Resolve staged records into entities and survive one golden record each, with provenance and conflicts.
+
+    Incremental when it can be: only the records staging logged as changed, the records a rule now links to
+    those whose identity fields changed, and every member of the entities these belong to are resolved and
+    survived again; every other golden record stays as it is. The first run, a change to the entity's fields or
+    rules, a full restage, changes to more than ``FULL_REBUILD_CHANGES`` of the records or reaching more than
+    ``FULL_REBUILD_SHARE`` of them rebuild everything. All tables and the watermark are written in one
+    transaction."""
+    now = now or datetime.now(timezone.utc)
+    tables = _golden_tables(entity)
+    staged_table, log_table, name = table("staged", entity), table("staged_changes", entity), f"golden_{entity}"
+    fingerprint = stack_fingerprint(list(stack.entities[entity].fields), stack.identity[entity], stack.survivorship[entity])
+    mark = warehouse.watermark(name)
+    valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(tables["golden"])
+    log = warehouse.read_log(log_table, mark["batch"] if valid else 0)
+    last_batch = int(log["batch"].max()) if log is not None and len(log) else (mark or {}).get("batch", 0)
+    staged_rows = warehouse.count(staged_table)
+    reason = _rebuild_reason(mark, valid, log, staged_rows)
+    full = reason is not None
+    if not full and log.empty:
+        return Golden(entity, staged_rows, warehouse.count(tables["golden"]), 0, changed_ids=[], reason="no change")
+    if not full:
+        scope = _incremental_scope(stack, warehouse, entity, log)
+        if len(scope.keys) > FULL_REBUILD_SHARE * staged_rows:  # reading by key would cost more than reading all
+            full, reason = True, (f"{len(log)} staged changes reach {len(scope.keys)} records, more than "
+                                  f"{FULL_REBUILD_SHARE:.0%} of {staged_rows}")
+    if not full:
+        records = warehouse.read_keys(staged_table, scope.keys)
+        clusters, state, result = _survive(stack, warehouse, entity, records, scope.crosswalk,
+                                           warehouse.read_keys(tables["field_state"], scope.keys), now)
+        fresh = set(clusters) - scope.entity_ids
+        # a new id equal to one outside the scope (a hash of a record that left that entity) would merge two
+        # entities' rows: rebuild everything instead (rare)
+        full = bool(fresh) and not warehouse.read_where_in(tables["golden"], "entity_id", fresh, ["entity_id"]).empty
+        reason = "a new entity id equals a stored one" if full else f"{len(log)} staged changes"
+    if full:
+        records = warehouse.read_table(staged_table)
+        clusters, state, result = _survive(stack, warehouse, entity, records,
+                                           warehouse.read_if_exists(tables["crosswalk"]),
+                                           warehouse.read_if_exists(tables["field_state"]), now)
+    golden = result.golden.reset_index()
+    crosswalk = build_crosswalk(records, clusters)
+    with warehouse.transaction() as conn:
+        if full:
+            changed_ids = None
+            warehouse.replace_within(conn, tables["golden"], golden, index=("entity_id",))
+            warehouse.replace_within(conn, tables["crosswalk"], crosswalk, index=("entity_id", "_source_id"))
+            warehouse.replace_within(conn, tables["provenance"], result.provenance, index=("entity_id",))
+            warehouse.replace_within(conn, tables["field_state"], state, index=("_source_id",))
+            logged = pd.DataFrame({"entity_id": [None], "removed": [False]})  # one row saying: everything
+        else:
+            changed_ids = sorted(scope.entity_ids | set(golden["entity_id"]))
+            for kind in ("golden", "crosswalk", "provenance"):
+                warehouse.delete_where_in(conn, tables[kind], "entity_id", scope.entity_ids)
+            warehouse.delete_keys(conn, tables["field_state"], scope.keys)
+            warehouse.insert(conn, tables["golden"], golden)
+            warehouse.insert(conn, tables["crosswalk"], crosswalk)
+            warehouse.insert(conn, tables["provenance"], result.provenance)
+            warehouse.insert(conn, tables["field_state"], state)
+            logged = pd.DataFrame({"entity_id": changed_ids}).assign(
+                removed=lambda f: ~f["entity_id"].isin(golden["entity_id"]))
+        warehouse.insert(conn, table("conflicts", entity), result.conflicts)
+        warehouse.insert(conn, table("golden_changes", entity),
+                         logged.assign(batch=warehouse.next_batch(conn, table("golden_changes", entity)),
+                                       changed_at=now))
+        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
+        warehouse.prune_log(conn, log_table, last_batch)  # the golden step is its only reader
+    return Golden(entity, staged_rows, warehouse.count(tables["golden"]), len(result.conflicts),
+                  clusters.attrs.get("resolution", {}).get("merged_ids", {}), changed_ids=changed_ids,
+                  resolved=len(records), reason=reason)
+
+
+def _rebuild_reason(mark: dict | None, valid: bool, log: pd.DataFrame | None, staged_rows: int) -> str | None:
+    """Why the golden step must rebuild everything, or None when an incremental run will do."""
+    if mark is None or log is None:
+        return "first run"
+    if not valid:
+        return "the entity's fields or rules changed, or its golden table is missing"
+    if log["_source"].isna().any():
+        return "staging restaged everything"
+    if len(log) > FULL_REBUILD_CHANGES * staged_rows:
+        return f"{len(log)} staged changes, more than {FULL_REBUILD_CHANGES:.0%} of {staged_rows} records"
+    return None
+
+
+@dataclass
+class _Scope:
+    keys: pd.DataFrame  # records to resolve again (removed ones included: staging no longer has them)
+    entity_ids: set[str]  # their entities as stored
+    crosswalk: pd.DataFrame  # the stored crosswalk rows of those entities
+
+
+def _incremental_scope(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame) -> _Scope:
+    """What a change can reach: the changed records, the records sharing a candidate group with those whose
+    identity fields changed (only they can match them now, and only under the rules reading those fields), and all
+    members of the entities of both."""
+    changed = log.assign(identity_changed=log["identity_changed"].fillna("").astype(str)).groupby(
+        KEYS, as_index=False)["identity_changed"].agg(",".join)
+    crosswalk_table = table("crosswalk", entity)
+    reach = [changed[KEYS]]
+    fields = identity_fields(stack, entity)
+    moved = {f: changed.loc[changed_fields(changed["identity_changed"], f), KEYS] for f in fields}
+    if any(len(keys) for keys in moved.values()):
+        identity = warehouse.read_table(table("staged", entity), columns=KEYS + fields)
+        staged_keys = pd.MultiIndex.from_frame(identity[KEYS])
+        touched = {f: staged_keys.isin(pd.MultiIndex.from_frame(keys)) for f, keys in moved.items()}
+        reach.append(identity.loc[block_neighbors(identity, touched, stack.identity[entity]), KEYS])
+    reached = pd.concat(reach, ignore_index=True).drop_duplicates()
+    entity_ids = set(warehouse.read_keys(crosswalk_table, reached, ["entity_id", *KEYS])["entity_id"])
+    members = warehouse.read_where_in(crosswalk_table, "entity_id", entity_ids)
+    keys = pd.concat([reached, members[KEYS]], ignore_index=True).drop_duplicates(ignore_index=True)
+    return _Scope(keys, entity_ids, members)
+
+
+@dataclass
+class GoldenCheck:
+    passed: bool
+    failure_rate: float
+    max_failure_rate: float
+    volume_message: str
+    report: QualityReport
+
+
+def check_golden(stack: Stack, warehouse: Warehouse, entity: str, changed_ids: list[str] | None = None,
+                 now: datetime | None = None) -> GoldenCheck:
+    """Failure rate of the golden records and volume against recent runs: a bad extraction must not reach tools.
+
+    With ``changed_ids`` (an incremental run) only those golden records are validated again; the ids failing
+    are kept in ``golden_failures_<entity>``, so the rate is still over every golden record."""
+    rules = stack.quality[entity]
+    golden_table, failures_table = table("golden", entity), table("golden_failures", entity)
+    golden = warehouse.read_table(golden_table) if changed_ids is None else warehouse.read_where_in(
+        golden_table, "entity_id", changed_ids)
+    expectations = [e for e in rules.expectations if e.get("column") in golden.columns]
+    report = validate(golden, entity, expectations, source="golden")
+    failing = golden.loc[report.row_failures.notna().to_numpy(), ["entity_id"]].assign(
+        reason=report.row_failures.dropna().to_numpy())
+    with warehouse.transaction() as conn:
+        if changed_ids is None:
+            warehouse.replace_within(conn, failures_table, failing)
+        else:
+            warehouse.delete_where_in(conn, failures_table, "entity_id", changed_ids)
+            warehouse.insert(conn, failures_table, failing)
+    golden_rows = warehouse.count(golden_table)
+    failure_rate = warehouse.count(failures_table) / golden_rows if golden_rows else 0.0
+    staged_rows = warehouse.count(table("staged", entity))
+    history = warehouse.read_if_exists("volume_history")
+    counts = []
+    if history is not None:
+        ok_runs = history[(history["entity"] == entity) & history["passed"].astype(bool)].sort_values("checked_at")
+        counts = ok_runs["staged_rows"].tolist()
+    volume = volume_check(staged_rows, counts, rules.volume.min_ratio, rules.volume.max_ratio,
+                          history=rules.volume.history)
+    passed = volume.ok and failure_rate <= rules.max_failure_rate
+    warehouse.append("volume_history", pd.DataFrame([{
+        "entity": entity, "checked_at": now or datetime.now(timezone.utc), "staged_rows": staged_rows,
+        "golden_rows": golden_rows, "failure_rate": failure_rate, "passed": passed,
+    }]))
+    return GoldenCheck(passed, failure_rate, rules.max_failure_rate, volume.message, report)
+
+

@@ -92,12 +92,39 @@ class Mapping(_Model):
         return value
 
 
+DURATION = re.compile(r"([1-9][0-9]*)([mhd])")
+DURATION_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
+class DeletionScan(_Model):
+    """How deletions are found in a stream whose tool sends no deletion marker: a listing of the ids it holds now,
+    at most ``every`` so often; landed records it no longer lists are deleted, unless more than ``max_share`` of
+    them would be (a partial listing must never mass-delete)."""
+
+    scan: Literal["ids"] = "ids"
+    every: str = "1d"
+    max_share: float = Field(default=0.2, gt=0, le=1)
+
+    @field_validator("every")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not DURATION.fullmatch(value):
+            raise ValueError("must be a duration such as 30m, 6h or 1d")
+        return value
+
+    @property
+    def every_seconds(self) -> int:
+        count, unit = DURATION.fullmatch(self.every).groups()
+        return int(count) * DURATION_SECONDS[unit]
+
+
 class Stream(_Model):
     entity: str
     primary_key: str
     cursor: str | None = None
     deleted_field: str | None = None
     deleted_value: str | bool = True
+    deletions: DeletionScan | None = None
     fields: list[Mapping]
 
 
@@ -188,6 +215,8 @@ class Survivorship(_Model):
     priority: list[str]
     default_rule: RuleName = "source_of_truth"
     fields: dict[str, RuleName] = {}
+    # fields whose values must come from one record, never mixed (a name's parts, an address)
+    groups: list[list[str]] = []
 
 
 class Volume(_Model):
@@ -208,11 +237,31 @@ class Quality(_Model):
     expectations: list[dict[str, Any]] = []
 
 
+WritePolicy = Literal["own", "fill_if_empty", "never"]
+
+
+class FieldPolicy(_Model):
+    """Who owns one field of one destination: ``own`` writes the golden value, ``fill_if_empty`` only where the tool
+    holds nothing, ``never`` only reads; ``clear: never`` keeps write-back from emptying a value a person filled."""
+
+    write: WritePolicy = "own"
+    clear: Literal["allow", "never"] = "allow"
+
+
+DEFAULT_POLICY = FieldPolicy()
+
+
 class Destination(_Model):
     tool: str
     entity: str
     stream: str
     key: str
+    fields: dict[str, FieldPolicy] = {}  # canonical field → its policy; a field not named is owned
+    on_delete: Literal["ignore", "archive"] = "ignore"
+    max_deletes_per_run: int = Field(default=25, ge=0)
+
+    def policy(self, field: str) -> FieldPolicy:
+        return self.fields.get(field, DEFAULT_POLICY)
 
 
 class ActionWhen(_Model):
@@ -530,6 +579,7 @@ def _check_references(stack: Stack, file: Path) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
     # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
     from sync_pipelines.connectors import CONNECTORS
+    from sync_pipelines.core.plan import writable_fields
     from sync_pipelines.core.quality import ExpectationError, checked_expectation
     from sync_pipelines.core.resolve import DERIVED_KEYS
     from sync_pipelines.pipeline import ACTION_PAYLOADS
@@ -599,6 +649,18 @@ def _check_references(stack: Stack, file: Path) -> None:
             need(tool, tools, f"survivorship.{entity}.priority[{i}]", "tool")
         for field in rules.fields:
             need(field, set(stack.entities[entity].fields), f"survivorship.{entity}.fields.{field}", "field")
+        grouped: dict[str, str] = {}
+        for i, group in enumerate(rules.groups):
+            path = f"survivorship.{entity}.groups[{i}]"
+            if len(set(group)) < 2:
+                raise StackError(file, path, f"found {group}; allowed: two or more different fields that survive "
+                                             "together")
+            for j, field in enumerate(group):
+                need(field, set(stack.entities[entity].fields), f"{path}[{j}]", f"field of entity {entity!r}")
+                if field in grouped:
+                    raise StackError(file, f"{path}[{j}]", f"field {field!r} is already in {grouped[field]}; "
+                                                          "allowed: each field in one group at most")
+                grouped[field] = path
     for entity, quality in stack.quality.items():
         need(entity, entities, f"quality.{entity}", "entity")
         for i, spec in enumerate(quality.expectations):
@@ -630,6 +692,9 @@ def _check_references(stack: Stack, file: Path) -> None:
                 f"stream {dest.stream!r} of tool {dest.tool!r} feeds {streams[dest.stream].entity!r}, "
                 f"not {dest.entity!r}",
             )
+        written = {field for fields in writable_fields(streams[dest.stream]).values() for field in fields}
+        for field in dest.fields:
+            need(field, written, f"{base}.fields.{field}", f"field {dest.tool}.{dest.stream} maps and can write")
     for i, action in enumerate(stack.actions):
         need(action.when.entity, entities, f"actions[{i}].when.entity", "entity")
         need(action.create.tool, tools, f"actions[{i}].create.tool", "tool")

@@ -86,6 +86,18 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
                                               "key": "id"})),
          "destinations[3].stream", "a zendesk tool can write"),
         (lambda r: r["warehouse"].update(url="postgres ql://secret-pw@db"), "warehouse.url", "not a database URL"),
+        (lambda r: r["survivorship"]["contacts"].update(groups=[["first_name", "lats_name"]]),
+         "survivorship.contacts.groups[0][1]", "last_name"),
+        (lambda r: r["survivorship"]["contacts"].update(groups=[["first_name", "last_name"], ["last_name", "phone"]]),
+         "survivorship.contacts.groups[1][0]", "already in survivorship.contacts.groups[0]"),
+        (lambda r: r["survivorship"]["contacts"].update(groups=[["phone", "phone"]]),
+         "survivorship.contacts.groups[0]", "two or more different fields"),
+        (lambda r: r["destinations"][1].update(fields={"company_source_id": {"write": "never"}}),
+         "destinations[1].fields.company_source_id", "maps and can write"),
+        (lambda r: r["destinations"][1].update(fields={"phone": {"write": "sometimes"}}),
+         "destinations[1].fields.phone.write", "'fill_if_empty'"),
+        (lambda r: r["tools"]["asana"]["streams"]["tasks"].update(deletions={"scan": "ids", "every": "daily"}),
+         "tools.asana.streams.tasks.deletions.every", "30m, 6h or 1d"),
     ],
 )
 def test_mistakes_name_file_key_path_and_allowed_values(tmp_path, mutate, path, allowed):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -105,13 +106,15 @@ def bench(args: tuple[str, ...]) -> None:
 
 @main.command()
 def plan() -> None:
-    """Dry run: print, per destination tool, what the next write-back would create, update or leave alone."""
+    """Dry run: print, per destination tool, what the next write-back would update or leave alone, and the
+    field policies that held changes back (field:policy and how many records)."""
     from sync_pipelines.pipeline import plan_destination
     from sync_pipelines.warehouse import Warehouse
 
     stack = _stack_or_exit(None)
     warehouse = Warehouse(stack, stack.warehouse.url)
-    table = Table("tool", "stream", "entity", "updates", "unchanged", "duplicates in tool", "fields changing")
+    table = Table("tool", "stream", "entity", "updates", "unchanged", "duplicates in tool", "fields changing",
+                  "held back")
     for dest in stack.destinations:
         if warehouse.read_if_exists(f"golden_{dest.entity}") is None:
             console.print(f"[yellow]no golden {dest.entity} yet: run `sync-pipelines sync` first[/yellow]")
@@ -120,8 +123,10 @@ def plan() -> None:
         updates = planned[planned["action"] == "update"]
         fields = sorted({f for changes in updates["changes"] for f in changes})
         counts = planned["action"].value_counts()
+        held = Counter(f"{f}:{policy}" for holds in planned["held_back"] for f, policy in holds.items())
         table.add_row(dest.tool, dest.stream, dest.entity, str(counts.get("update", 0)),
-                      str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), ", ".join(fields) or "—")
+                      str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), ", ".join(fields) or "—",
+                      ", ".join(f"{hold} {n}" for hold, n in sorted(held.items())) or "—")
     console.print(table)
     console.print("dry run: nothing was written")
 

@@ -83,7 +83,7 @@ def test_a_crash_in_the_middle_of_write_back_then_a_rerun_leaves_no_duplicate_an
     calls = {"n": 0}
     original = pipeline.write_back
 
-    def crash_after_two_batches(stack, warehouse, connector, dest, now=None):
+    def crash_after_two_batches(stack, warehouse, connector, dest, **options):
         write = connector.write
 
         def counted(*args, **kwargs):
@@ -93,7 +93,7 @@ def test_a_crash_in_the_middle_of_write_back_then_a_rerun_leaves_no_duplicate_an
             return write(*args, **kwargs)
 
         connector.write = counted
-        return original(stack, warehouse, connector, dest, now)
+        return original(stack, warehouse, connector, dest, **options)
 
     monkeypatch.setattr("sync_pipelines.assets.core.write_back", crash_after_two_batches)
     before = sync.box.truth()["streams"]

@@ -146,7 +146,7 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
     )
     def _writeback(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
         try:
-            outcome = write_back(sync.stack, sync.warehouse, sync.connector(dest.tool), dest)
+            outcome = write_back(sync.stack, sync.warehouse, sync.connector(dest.tool), dest, run_id=context.run_id)
         except ConnectorError as exc:
             raise dg.Failure(str(exc)) from None
         for error in outcome.errors[:20]:

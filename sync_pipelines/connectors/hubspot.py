@@ -116,8 +116,9 @@ class HubSpotConnector(ApiConnector):
         results: list[dict[str, Any]] = [result(False, error=missing) for _ in records]
         inputs = {}
         for index, record in enumerate(records):
-            properties = dict(record.get("properties") or
-                              {k: v for k, v in record.items() if k not in RECORD_METADATA})
+            # HubSpot empties a property sent as "" (a null is ignored)
+            properties = {k: "" if v is None else v for k, v in (record.get("properties") or
+                          {k: v for k, v in record.items() if k not in RECORD_METADATA}).items()}
             identity = record.get("id") if id_property is None else properties.get(id_property)
             if identity not in (None, ""):
                 inputs[index] = {"id": str(identity), "properties": properties,

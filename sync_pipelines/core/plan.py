@@ -4,12 +4,14 @@ What a tool holds is its landing table (already mapped to canonical fields), so 
 canonical; only the changed fields travel, mapped back through the stack's field mapping. A ledger of what was
 written makes a rerun before the next extraction a no-op instead of a second write. Only records a tool already
 holds are updated: creating records in a tool is left to declared actions, so no tool is flooded with contacts
-it never had.
+it never had. Each destination's field policies decide what may be written over what its people filled.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,8 +20,10 @@ from sync_pipelines.stack import Stream
 
 # Transforms whose output can be written back as the tool's value unchanged (they only clean the value).
 _CLEANING = {"trim", "lower", "upper", "title", "phone_e164", "utc", "domain"}
-PLAN_COLUMNS = ["action", "entity_id", "source_id", "changes"]
+PLAN_COLUMNS = ["action", "entity_id", "source_id", "changes", "before", "held_back"]
 GOLDEN_SUFFIX = "__golden"  # the golden value of a field, beside the tool's, while a write-back is planned
+CLEAR = ""  # a change that empties the field: golden text is never empty (``_texts``), so it cannot be a value
+CLEAR_NEVER = "clear never"  # what held back a clear under ``clear: never``
 
 
 def writable_fields(stream: Stream) -> dict[str, list[str]]:
@@ -59,17 +63,23 @@ def plan_writes(
     tool: str,
     ledger: pd.DataFrame | None = None,
     composed: list[list[str]] = (),
+    policies: Mapping[str, Any] | None = None,
+    cleared: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per live record of the tool linked to a golden entity: ``update`` (with its changes),
     ``unchanged``, or ``duplicate`` (another record of the same tool holds that entity and gets the update).
 
     ``golden`` is indexed by entity id; ``crosswalk`` links entity ids to ``(_source, _source_id)``; ``current`` is
-    the tool's landing rows. A golden value that is empty never erases a value the tool holds. ``ledger`` rows
-    (``source_id, field, value, written_at``) are writes not yet seen by an extraction: a value already sent is
-    not sent again until the tool has been re-read. ``composed`` lists the fields one tool value holds together
-    (a full name of first and last): they are compared as the tool holds them, joined, since a value split on
-    reading ("Mary Ann" "Williams" read back as "Mary" "Ann Williams") would otherwise differ on every run and be
-    written again forever.
+    the tool's landing rows. A golden value that is empty never erases a value the tool holds, unless it is a
+    golden clear (``cleared``: ``entity_id, field`` pairs a source emptied): then the change is ``CLEAR``.
+    ``ledger`` rows (``source_id, field, value, written_at``) are writes not yet seen by an extraction: a value
+    already sent is not sent again until the tool has been re-read. ``composed`` lists the fields one tool value
+    holds together (a full name of first and last): they are compared as the tool holds them, joined, since a
+    value split on reading ("Mary Ann" "Williams" read back as "Mary" "Ann Williams") would otherwise differ on
+    every run and be written again forever. ``policies`` maps a field to its ``write`` (own, fill_if_empty,
+    never) and ``clear`` (allow, never) policy; a field not named is owned. Each row also carries ``before``
+    (the tool's values of the fields it changes, None where it held nothing) and ``held_back`` (field → the
+    policy that kept a wanted change from being sent).
     """
     links = crosswalk[crosswalk["_source"] == tool][["entity_id", "_source_id"]]
     live = current[~current["_deleted"].astype(bool)]
@@ -89,28 +99,63 @@ def plan_writes(
     for group in composed:
         same = (_joined(records, [f + GOLDEN_SUFFIX for f in group]) == _joined(records, group)).to_numpy()
         held_as_is.update({name: same for name in group})
-    wanted = {}
+    wanted, before, held_back = {}, {}, {}
     for name in fields:  # column by column: the golden value where it differs from what the tool holds
         value, have = _texts(records[name + GOLDEN_SUFFIX]), _texts(records[name])
-        differs = value.notna() & (value != have)
+        differs = (value.notna() & (value != have)).to_numpy(bool, copy=True)
+        clears = np.zeros(len(records), bool)
+        if cleared is not None:  # a golden clear empties what the tool holds; a mere gap changes nothing
+            emptied = pd.Index(cleared.loc[cleared["field"] == name, "entity_id"].unique())
+            clears = (emptied.get_indexer(records["entity_id"]) >= 0) & (value.isna() & have.notna()).to_numpy(bool)
         if name in held_as_is:
             differs &= ~held_as_is[name]
+            clears &= ~held_as_is[name]
         if latest is not None:  # already written and the tool not re-read since: do not send it again
             sent = records[["source_id", "extracted_at"]].merge(
                 latest[latest["field"] == name][["source_id", "value", "written_at"]], on="source_id", how="left")
-            already = (sent["value"].astype("object") == value.astype("object")) & (
-                pd.to_datetime(sent["extracted_at"], utc=True) < pd.to_datetime(sent["written_at"], utc=True))
-            differs &= ~already.fillna(False).to_numpy()
-        wanted[name] = value.where(differs)
+            after_read = (pd.to_datetime(sent["extracted_at"], utc=True)
+                          < pd.to_datetime(sent["written_at"], utc=True)).to_numpy(bool)
+            same = (sent["value"].astype("object") == value.astype("object")).to_numpy(bool)
+            differs &= ~(same & after_read)
+            clears &= ~(sent["value"].isna().to_numpy(bool) & after_read)
+        send, blocked = _apply_policy((policies or {}).get(name), differs, clears, have.notna().to_numpy(bool))
+        wanted[name] = value.where(send & differs, None).where(~(send & clears), CLEAR)
+        before[name] = have.where(send)
+        held_back[name] = blocked
     changes = _changes_per_row(pd.DataFrame(wanted, index=records.index))
+    befores = _values_where(pd.DataFrame(before, index=records.index), changes)
+    holds = _changes_per_row(pd.DataFrame(held_back, index=records.index))
     copies = held[duplicate]
+    none = [{} for _ in range(len(copies))]
     return pd.DataFrame({
         "action": np.concatenate([np.full(len(copies), "duplicate", dtype=object),
                                   np.where([bool(change) for change in changes], "update", "unchanged").astype(object)]),
         "entity_id": np.concatenate([copies["entity_id"].to_numpy(object), records["entity_id"].to_numpy(object)]),
         "source_id": np.concatenate([copies["source_id"].to_numpy(object), records["source_id"].to_numpy(object)]),
-        "changes": [{} for _ in range(len(copies))] + changes,
+        "changes": none + changes, "before": none + befores, "held_back": none + holds,
     }, columns=PLAN_COLUMNS)
+
+
+def _apply_policy(policy: Any, differs: np.ndarray, clears: np.ndarray,
+                  tool_has: np.ndarray) -> tuple[np.ndarray, pd.Series]:
+    """Which wanted changes a field's policy lets through, and the policy that held back each other one."""
+    write, clear = (policy.write, policy.clear) if policy is not None else ("own", "allow")
+    wanted = differs | clears
+    if write == "never":
+        send = np.zeros(len(differs), bool)
+    elif write == "fill_if_empty":  # only where the tool holds nothing: a clear always meets a held value
+        send = differs & ~tool_has
+    else:
+        send = differs | (clears & (clear == "allow"))
+    reason = np.where(clears & (write == "own"), CLEAR_NEVER, write)
+    return send, pd.Series(np.where(wanted & ~send, reason, None), dtype=object)
+
+
+def _values_where(values: pd.DataFrame, keys: list[dict]) -> list[dict]:
+    """Per row, ``values`` of the fields that row's dict in ``keys`` names (None where missing)."""
+    columns = {name: values[name].to_numpy(dtype=object) for name in values.columns}
+    return [{name: (None if pd.isna(v := columns[name][row]) else v) for name in change}
+            for row, change in enumerate(keys)]
 
 
 def _joined(records: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -131,13 +176,16 @@ def _changes_per_row(wanted: pd.DataFrame) -> list[dict]:
     return changes
 
 
-def to_tool_record(changes: dict, golden_row: pd.Series, writable: dict[str, list[str]]) -> dict:
-    """The tool-shaped record carrying ``changes``: nested paths (``properties.email``) become nested dicts."""
+def to_tool_record(changes: dict, held: pd.Series | dict, writable: dict[str, list[str]]) -> dict:
+    """The tool-shaped record carrying ``changes`` (``CLEAR`` empties a field): nested paths (``properties.email``)
+    become nested dicts, and a path composed of several fields takes the others from what the tool ``held``, so a
+    part a policy held back is written as the tool has it. An emptied path is None; each connector sends it the
+    way its API empties a field."""
     record: dict = {}
     for path, canonical in writable.items():
         if not any(f in changes for f in canonical):
             continue
-        parts = [_text(golden_row.get(f)) for f in canonical]
+        parts = [_text(changes[f] if f in changes else held.get(f)) for f in canonical]
         value = " ".join(p for p in parts if p) or None
         node = record
         *parents, leaf = path.split(".")

@@ -13,6 +13,7 @@ from sync_pipelines.stack import Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 WRITE_BATCH = 500
+LEDGER = "writeback_ledger"
 
 
 @dataclass
@@ -48,18 +49,35 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
     # only the golden records the tool holds a record of, and only the columns written
     golden = warehouse.read_where_in(golden_table, "entity_id", crosswalk["entity_id"], ["entity_id", *fields])
     ledger = None
-    if warehouse.has_table("writeback_ledger"):
-        ledger = (warehouse.read_where_in("writeback_ledger", "tool", [dest.tool]) if entity_ids is None else
-                  warehouse.read_where_in("writeback_ledger", "source_id", current["_source_id"]))
+    if warehouse.has_table(LEDGER):
+        ledger = (warehouse.read_where_in(LEDGER, "tool", [dest.tool]) if entity_ids is None else
+                  warehouse.read_where_in(LEDGER, "source_id", current["_source_id"]))
         ledger = ledger[(ledger["tool"] == dest.tool) & (ledger["stream"] == dest.stream)]
     golden = golden.set_index("entity_id")
     composed = [canonical for canonical in writable.values() if len(canonical) > 1]
-    return plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed), golden
+    return plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed,
+                       policies=dest.fields,
+                       cleared=_golden_clears(warehouse, dest.entity, golden, crosswalk, current, fields)), golden
+
+
+def _golden_clears(warehouse: Warehouse, entity: str, golden: pd.DataFrame, crosswalk: pd.DataFrame,
+                   current: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
+    """The (entity, field) pairs a source cleared: an empty golden value whose provenance names the record that
+    emptied it. An empty value without provenance is a gap (no tool ever had it) and is never sent as a clear.
+    Only entities whose golden record is empty where this tool holds a value can need one: only theirs are read."""
+    held = crosswalk[["entity_id", "_source_id"]].merge(current[["_source_id", *fields]], on="_source_id")
+    held = held[golden.index.get_indexer(held["entity_id"]) >= 0]
+    gaps = golden.reindex(held["entity_id"])[fields].isna().to_numpy() & held[fields].notna().to_numpy()
+    candidates = held.loc[gaps.any(axis=1), "entity_id"].unique()
+    provenance = warehouse.read_where_in(table("provenance", entity), "entity_id", candidates,
+                                         ["entity_id", "field", "value"])
+    return provenance.loc[provenance["value"].isna(), ["entity_id", "field"]]
 
 
 def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
-               now: datetime | None = None) -> WriteBack:
-    """Send only the planned changes, in batches, and log each successful write in the ledger as it lands.
+               now: datetime | None = None, run_id: str | None = None) -> WriteBack:
+    """Send only the planned changes, in batches, and log each successful write in the ledger as it lands, with
+    the value it overwrote and the run that wrote it (what ``revert`` restores).
 
     Plans only the entities the golden step rebuilt since this destination's last complete write-back (all of
     them on the first run, after a full rebuild or once the stream's mapping changed): an entity the golden step
@@ -78,22 +96,42 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
                         updates=int((plan["action"] == "update").sum()),
                         duplicates=int((plan["action"] == "duplicate").sum()), planned_entities=len(golden))
     todo = plan[plan["action"] == "update"].reset_index(drop=True)
-    writable = writable_fields(stream)
-    sources = golden.loc[todo["entity_id"], sorted({f for fs in writable.values() for f in fs})].to_dict("records")
-    # one ledger row per field sent, carrying the change time of the value it copies (its provenance)
-    sent = pd.DataFrame([(i, field_name, value) for i, change in enumerate(todo["changes"])
-                         for field_name, value in change.items()], columns=["position", "field", "value"])
+    # one ledger row per field sent, with what it overwrote and the change time of the value it copies
+    sent = pd.DataFrame([(i, field_name, value or None, before.get(field_name))
+                         for i, (change, before) in enumerate(zip(todo["changes"], todo["before"]))
+                         for field_name, value in change.items()], columns=["position", "field", "value", "before"])
     sent = sent.assign(source_id=todo["source_id"].to_numpy()[sent["position"]],
                        entity_id=todo["entity_id"].to_numpy()[sent["position"]])
     provenance = warehouse.read_where_in(table("provenance", dest.entity), "entity_id", todo["entity_id"],
                                          ["entity_id", "field", "changed_at"])
     sent = sent.merge(provenance, on=["entity_id", "field"], how="left").rename(
         columns={"changed_at": "origin_changed_at"})
+    outcome.written, outcome.failed, outcome.errors = send_changes(
+        stack, warehouse, connector, dest, todo, now, run_id,
+        lambda positions, written_at: sent[sent["position"].isin(positions)].assign(
+            origin_changed_at=lambda f: pd.to_datetime(f["origin_changed_at"], utc=True).fillna(written_at)))
+    if not outcome.failed:
+        with warehouse.transaction() as conn:
+            warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
+    return outcome
+
+
+def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destination, todo: pd.DataFrame, now: datetime | None,
+                 run_id: str | None, ledger_rows) -> tuple[int, int, list[str]]:
+    """Send each ``todo`` row's ``changes`` (records the tool holds, by id) in batches, and log in the ledger,
+    batch by batch as it lands, the rows ``ledger_rows(positions, written_at)`` gives for the records written:
+    the writes, errors and how many were refused."""
+    stream = stack.tools[dest.tool].streams[dest.stream]
+    writable = writable_fields(stream)
+    fields = sorted({f for fs in writable.values() for f in fs})
+    held = warehouse.read_where_in(landing_table_name(dest.tool, dest.stream), "_source_id", todo["source_id"],
+                                   ["_source_id", *fields]).drop_duplicates("_source_id").set_index("_source_id")
+    written, errors = 0, []
     for start in range(0, len(todo), WRITE_BATCH):
         batch = todo.iloc[start:start + WRITE_BATCH]
-        records = [{stream.primary_key: source_id, **to_tool_record(change, source, writable)}
-                   for source_id, change, source in zip(batch["source_id"], batch["changes"],
-                                                        sources[start:start + WRITE_BATCH])]
+        rows = held.reindex(batch["source_id"]).to_dict("records")
+        records = [{stream.primary_key: source_id, **to_tool_record(change, row, writable)}
+                   for source_id, change, row in zip(batch["source_id"], batch["changes"], rows)]
         results = connector.write(dest.stream, records, mode="update", key=stream.primary_key)
         written_at = now or datetime.now(timezone.utc)
         landed = []
@@ -101,18 +139,14 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
             if res.get("ok"):
                 landed.append(position)
             else:
-                outcome.errors.append(f"{source_id}: {res.get('error')}")
-        outcome.written += len(landed)
-        outcome.failed += len(batch) - len(landed)
-        ledger = sent[sent["position"].isin(landed)]
-        warehouse.append("writeback_ledger", index=("source_id",), frame=pd.DataFrame({
+                errors.append(f"{source_id}: {res.get('error')}")
+        written += len(landed)
+        ledger = ledger_rows(landed, written_at)
+        warehouse.append(LEDGER, index=("source_id",), frame=pd.DataFrame({
             "tool": dest.tool, "stream": dest.stream, "source_id": ledger["source_id"],
-            "entity_id": ledger["entity_id"], "field": ledger["field"], "value": ledger["value"],
-            "origin_changed_at": pd.to_datetime(ledger["origin_changed_at"], utc=True).fillna(written_at),
-            "written_at": written_at}))
-    if not outcome.failed:
-        with warehouse.transaction() as conn:
-            warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
-    return outcome
+            "entity_id": ledger["entity_id"], "field": ledger["field"], "value": ledger["value"].astype(object),
+            "before": ledger["before"].astype(object), "origin_changed_at": ledger["origin_changed_at"],
+            "written_at": written_at, "run_id": run_id}))
+    return written, len(todo) - written, errors
 
 

@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from sync_pipelines.core.plan import plan_writes, to_tool_record, writable_fields
+from sync_pipelines.core.plan import CLEAR, plan_writes, to_tool_record, writable_fields
 from sync_pipelines.stack import load_stack
 
 STACK = load_stack()
@@ -62,3 +62,37 @@ def test_writable_fields_invert_the_mapping_and_records_nest_and_join_names():
     assert to_tool_record({"last_name": "Lovelace"}, golden_row, zendesk) == {"name": "Ada Lovelace"}
     hubspot = writable_fields(STACK.tools["hubspot"].streams["contacts"])
     assert to_tool_record({"email": "ada@x.io"}, golden_row, hubspot) == {"properties": {"email": "ada@x.io"}}
+
+
+class Policy:
+    def __init__(self, write="own", clear="allow"):
+        self.write, self.clear = write, clear
+
+
+def test_policies_hold_back_what_a_destination_keeps_and_say_which_held_it():
+    golden = pd.DataFrame({"email": ["new@x.io", "b@x.io"], "phone": ["+14155550109", "+14155550102"]},
+                          index=pd.Index(["ent_a", "ent_b"], name="entity_id"))
+    held = current(phone=["+14155550101", None, None])
+    plan = plan_writes(golden, CROSSWALK, held, ["email", "phone"], "hubspot",
+                       policies={"email": Policy("never"), "phone": Policy("fill_if_empty")}).set_index("source_id")
+    assert plan.loc["1", "changes"] == {} and plan.loc["1", "held_back"] == {"email": "never", "phone": "fill_if_empty"}
+    assert plan.loc["3", "changes"] == {"phone": "+14155550102"}  # the tool held no phone: filled
+    assert plan.loc["3", "before"] == {"phone": None} and plan.loc["3", "held_back"] == {}
+
+
+def test_a_golden_clear_empties_the_tool_under_clear_allow_only_and_a_gap_never_does():
+    golden = pd.DataFrame({"email": ["a@x.io", "b@x.io"], "phone": [None, None]},
+                          index=pd.Index(["ent_a", "ent_b"], name="entity_id"))
+    held = current(email=["a@x.io", "a@x.io", "b@x.io"], phone=["+14155550101", None, "+14155550102"])
+    cleared = pd.DataFrame({"entity_id": ["ent_a"], "field": ["phone"]})  # ent_b merely lacks a phone
+    plan = plan_writes(golden, CROSSWALK, held, ["email", "phone"], "hubspot", cleared=cleared).set_index("source_id")
+    assert plan.loc["1", "changes"] == {"phone": CLEAR} and plan.loc["1", "before"] == {"phone": "+14155550101"}
+    assert plan.loc["3", "action"] == "unchanged"
+    kept = plan_writes(golden, CROSSWALK, held, ["email", "phone"], "hubspot", cleared=cleared,
+                       policies={"phone": Policy(clear="never")}).set_index("source_id")
+    assert kept.loc["1", "changes"] == {} and kept.loc["1", "held_back"] == {"phone": "clear never"}
+    ledger = pd.DataFrame([{"source_id": "1", "field": "phone", "value": None, "written_at": T2}])
+    again = plan_writes(golden, CROSSWALK, held, ["email", "phone"], "hubspot", cleared=cleared, ledger=ledger)
+    assert again.set_index("source_id").loc["1", "action"] == "unchanged"  # cleared, not re-read yet
+    assert to_tool_record({"phone": CLEAR}, {"phone": "+14155550101"},
+                          writable_fields(STACK.tools["hubspot"].streams["contacts"])) == {"properties": {"phone": None}}

@@ -244,3 +244,6 @@ def sync(partition: str | None) -> None:
     console.print(others)
     _exit_if_failed(result)
     console.print(f"[green]nightly_sync succeeded[/green] for partition {partition} (run {result.run_id})")
+
+
+main.add_command(__import__("sync_pipelines.commands.revert", fromlist=["revert"]).revert)

@@ -8,8 +8,41 @@ from sync_pipelines.automation import (
     failure_alert_sensor, freshness, integration_schedules, nightly_schedule, webhook_sensor,
 )
 from sync_pipelines.executors import executor_from_env
+from sync_pipelines.pipeline.revert import RevertError, revert
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Stack, load_stack
+
+
+class RevertConfig(dg.Config):
+    """Which run to undo; a dry run unless ``apply``."""
+
+    run_id: str
+    apply: bool = False
+
+
+@dg.op(description="Undo one run's write-backs: the values it overwrote go back into the tools (with apply), except "
+                   "fields changed again since, which are listed as conflicts; records its actions created are "
+                   "listed, not removed. The revert's own writes are logged under this run's id: it can be reverted.")
+def revert_run(context: dg.OpExecutionContext, config: RevertConfig, sync: SyncResource) -> dg.Output:
+    known = context.instance.get_run_by_id(config.run_id)
+    try:
+        outcome = revert(sync.stack, sync.warehouse, sync.connector, config.run_id, apply=config.apply,
+                         revert_run_id=context.run_id, run_status=None if known is None else known.status.value)
+    except RevertError as exc:
+        raise dg.Failure(str(exc)) from None
+    for row in outcome.conflicts.itertuples():
+        context.log.warning(f"conflict, left as it is: {row.tool} {row.stream} {row.source_id} {row.field} "
+                            "changed again since the run")
+    if outcome.failed:
+        raise dg.Failure(f"{outcome.failed} restores failed; first: {outcome.errors[0]}")
+    return dg.Output(None, metadata={
+        "applied": config.apply, "restores": len(outcome.restores), "written": outcome.written,
+        "conflicts": len(outcome.conflicts), "created_by_the_run_not_undone": len(outcome.created)})
+
+
+@dg.job(name="revert", description="Undo a run: set ops.revert_run.config.run_id (and apply: true to write).")
+def revert_job():
+    revert_run()
 
 
 def build_definitions(stack: Stack) -> dg.Definitions:
@@ -24,7 +57,7 @@ def build_definitions(stack: Stack) -> dg.Definitions:
     return dg.Definitions(
         assets=[*extraction, *build_core_assets(stack)],
         asset_checks=freshness_checks,
-        jobs=[nightly_sync],
+        jobs=[nightly_sync, revert_job],
         schedules=[nightly_schedule(stack, nightly_sync), *integration_schedules(stack, nightly_sync)],
         sensors=[webhook_sensor(stack, nightly_sync), failure_alert_sensor(stack), freshness_sensor],
         resources={"sync": SyncResource(stack_path=dg.EnvVar("SYNC_STACK").get_value())},

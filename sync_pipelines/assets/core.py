@@ -180,9 +180,10 @@ def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
         kinds={tool.kind},
         pool=f"{action.create.tool}_api",
     )
-    def _action(sync: SyncResource) -> dg.MaterializeResult:
+    def _action(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
         try:
-            outcome = run_action(sync.stack, sync.warehouse, sync.connector(action.create.tool), action)
+            outcome = run_action(sync.stack, sync.warehouse, sync.connector(action.create.tool), action,
+                                 run_id=context.run_id)
         except ConnectorError as exc:
             raise dg.Failure(str(exc)) from None
         return dg.MaterializeResult(metadata={

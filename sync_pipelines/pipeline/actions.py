@@ -83,8 +83,9 @@ def _asana_task(stack, warehouse, connector, tool: str, action: Action, record: 
 ACTION_PAYLOADS = {("stripe", "invoices"): _stripe_invoice, ("asana", "tasks"): _asana_task}
 
 
-def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) -> ActionRun:
-    """Create the dependent record for every record that newly reached ``when.becomes``, exactly once.
+def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action, run_id: str | None = None) -> ActionRun:
+    """Create the dependent record for every record that newly reached ``when.becomes``, exactly once; its ledger
+    row names the run that created it (``revert`` lists a run's creates).
 
     The first run records a baseline (records already in that state are history, not transitions); later runs
     look only at records extracted since. Before any create, each record's intent is committed to
@@ -141,7 +142,8 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action) ->
             with warehouse.transaction() as conn:
                 warehouse.insert(conn, "action_ledger", index=("_source_id",), frame=pd.DataFrame([{
                     "action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,
-                    "created_id": created_id, "created_at": datetime.now(timezone.utc)}]))
+                    "created_id": created_id, "created_stream": target.stream, "created_at": datetime.now(timezone.utc),
+                    "run_id": run_id}]))
                 warehouse.delete_where_in(conn, "action_pending", "_source_id", [source_id], _source=source,
                                           action=action.name)
     with warehouse.transaction() as conn:

@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from sync_pipelines.connectors.errors import ApiError, ConnectorError
 from sync_pipelines.connectors.http import (
-    Auth, ErrorCodeReader, HttpClient, ReadLimits, Redactor, RetryPolicy, Stats, no_error_code,
+    Auth, ErrorCodeReader, HttpClient, ReadLimits, Redactor, RetryPolicy, Stats, dig, no_error_code,
 )
 
 COMMON_OPTIONS = frozenset({"name", "credential_env", "rate_limit", "endpoint_limits", "timeout", "page_size",
@@ -151,6 +151,23 @@ class Connector:
 
     def fields_for(self, stream: str) -> list[str] | None:
         return self.options.fields.get(stream)
+
+    def list_ids(self, stream: str, key: str) -> list:
+        """The id (the value at ``key``, a dotted path; None where a record has none) of every record the tool holds
+        in ``stream`` now: a deletion scan's listing."""
+        self._check_stream(stream, self.streams, "list")
+        return self._list_ids(stream, key)
+
+    def _list_ids(self, stream: str, key: str) -> list:
+        """By default the stream read whole, asking only for ``key`` where the API takes a field list (Asana's
+        opt_fields, Salesforce's SELECT, HubSpot's properties); records the API sends as deleted are listed too,
+        which deletes nothing: their marker did."""
+        asked = self.options.fields
+        self.options.fields = {**asked, stream: [key]}
+        try:
+            return [dig(record, key) for record in self._read(stream, None)]
+        finally:
+            self.options.fields = asked
 
     def find_created(self, stream: str, key: str) -> str | None:
         """The id of the record a create under idempotency ``key`` made, None when there is none: how a create a

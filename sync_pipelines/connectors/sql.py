@@ -72,6 +72,13 @@ class SqlConnector(Connector):
                 self.stats.pages += 1
                 yield from (dict(row) for row in partition)
 
+    def _list_ids(self, stream: str, key: str) -> list:
+        """``SELECT key FROM table``: the ids alone."""
+        table = self.table(stream)
+        self.stats.requests += 1
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(self.column(table, key))).scalars().all()
+
     @staticmethod
     def _bound(column: sa.Column, since: datetime) -> Any:
         """`since` in the column's own terms: naive UTC for zone-less DateTime, ISO text for strings."""

@@ -88,6 +88,16 @@ def test_sql_reads_with_a_cursor_column(database):
         list(warehouse.read("nope"))
 
 
+def test_csv_and_sql_list_the_ids_of_their_rows(folder, database):
+    """A deletion scan's listing: the export's id column, and SELECT of the key column alone."""
+    assert connect("csv", str(folder), name="legacy_erp").list_ids("customers", "customer_no") == ["C1", "C2", "C3"]
+    assert connect("csv", str(folder)).list_ids("customers", "no_such_column") == [None, None, None]
+    table = connect("sql", database, name="erp_db")
+    assert sorted(table.list_ids("customers", "customer_no")) == ["C1", "C2"] and table.stats.requests == 1
+    with pytest.raises(ConnectorError, match="has no column 'nope'"):
+        table.list_ids("customers", "nope")
+
+
 def test_sql_write_upserts_by_key_and_reports_bad_records(database):
     warehouse = connect("sql", database)
     results = warehouse.write("customers", [

@@ -1,5 +1,5 @@
-"""Asana API 1.0: workspaces, projects, tasks with offset pagination and modified_since, task create/update, and
-custom external data (a task's `external` gid stands for its gid as `external:<gid>`)."""
+"""Asana API 1.0: workspaces, projects, tasks with offset pagination and modified_since, task create/update/delete,
+and custom external data (a task's `external` gid stands for its gid as `external:<gid>`)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class Asana(Vendor):
             ("POST", f"{API}/tasks", self.create_task, True),
             ("GET", f"{API}/tasks/{{gid}}", self.get_task, True),
             ("PUT", f"{API}/tasks/{{gid}}", self.update_task, True),
+            ("DELETE", f"{API}/tasks/{{gid}}", self.delete_task, True),
         ]
 
     def error_body(self, status: int, code: str, message: str, **extra: Any) -> Any:
@@ -156,6 +157,13 @@ class Asana(Vendor):
         if "external" in changes:
             self.index_external(row, old, changes["external"])
         return json_response({"data": self.task(table, row, list(TASK_FIELDS) + ["modified_at", "external"])})
+
+    def delete_task(self, call: Call) -> Response:
+        """The task goes to the trash: no list or lookup shows it any more (and Asana sends no marker of it); the
+        answer is an empty data record."""
+        table = self.table("tasks")
+        self.state.write(table, self.live_row(table, call.params["gid"]), {}, deleted=True)
+        return json_response({"data": {}})
 
     def index_external(self, row: int, old: dict | None, new: dict | None) -> None:
         """Keep `external:<gid>` resolving to the task that holds that external gid now."""

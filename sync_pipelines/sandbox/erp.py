@@ -8,6 +8,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from .data import World
 
 CSV_COLUMNS = ("customer_no", "contact_name", "email_address", "phone", "company", "modified")
@@ -19,7 +21,7 @@ def write_csv(world: World, csv_dir: Path) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for row in range(len(table)):
+    for row in np.flatnonzero(~table.deleted).tolist():  # a record deleted in the ERP drops out of its export
         fields = table.fields(row)
         modified = datetime.fromtimestamp(int(table.modified[row]) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         writer.writerow([*("" if fields.get(c) is None else fields[c] for c in CSV_COLUMNS[:-1]), modified])

@@ -273,3 +273,30 @@ def test_stripe_incremental_read_includes_changes_in_the_cursors_own_second(sand
     since = datetime.fromtimestamp(changed["updated"], timezone.utc)
     assert customer["id"] in [c["id"] for c in stripe.read("customers", since=since)]
 
+
+
+def test_asana_lists_task_gids_alone_and_a_deleted_task_drops_out(sandbox):
+    """A deletion scan's listing asks for the gid only, and a task deleted (DELETE /tasks/{gid}, as Asana's API
+    does) is listed no more; the listing is what the scan compares with the landed tasks."""
+    urls = []
+    session = requests.Session()
+    session.hooks["response"].append(lambda response, *args, **kwargs: urls.append(response.request.url))
+    asana = open_tool(sandbox, "asana", session=session)
+    project = next(iter(asana.read("tasks")))["projects"][0]["gid"]
+    gid = asana.write("tasks", [{"name": "Short-lived", "projects": [project]}])[0]["id"]
+    urls.clear()
+    assert set(asana.list_ids("tasks", "gid")) == truth_ids(sandbox, "asana", "tasks", live_only=True) and gid
+    assert all("opt_fields=gid&" in url or url.endswith("opt_fields=gid") for url in urls if "/tasks" in url)
+    response = requests.delete(f"{sandbox.base_url('asana')}/api/1.0/tasks/{gid}",
+                               headers={"Authorization": f"Bearer {CREDENTIALS['asana']['access_token']}"})
+    assert (response.status_code, response.json()) == (200, {"data": {}})
+    assert gid not in asana.list_ids("tasks", "gid")
+    assert requests.delete(f"{sandbox.base_url('asana')}/api/1.0/tasks/{gid}", headers={
+        "Authorization": f"Bearer {CREDENTIALS['asana']['access_token']}"}).status_code == 404
+
+
+def test_stripe_lists_ids_without_deleted_objects(sandbox):
+    """Stripe's list endpoints leave deleted objects out: a customer deleted while the sync was off is found by
+    the scan even once its event is past the 30 days Stripe keeps."""
+    ids = open_tool(sandbox, "stripe").list_ids("customers", "id")
+    assert len(ids) == len(set(ids)) and set(ids) == truth_ids(sandbox, "stripe", "customers", live_only=True)

@@ -233,6 +233,30 @@ class Warehouse:
             batch = self.next_batch(conn, landing_table_name(tool, stream))
             return self._upsert(conn, self.landing[(tool, stream)], rows.assign(_landed_batch=batch))
 
+    def last_landing(self, tool: str, stream: str) -> int:
+        """The number of a stream's last committed landing (0 before any): rows landed later have a greater one."""
+        return self.watermark(f"sequence:{landing_table_name(tool, stream)}") or 0
+
+    def live_ids(self, tool: str, stream: str, up_to_landing: int) -> pd.Series:
+        """The source ids of a stream's rows not deleted, landed up to ``up_to_landing``."""
+        quote, mark = self.engine.dialect.identifier_preparer.quote, "%s" if self.dialect == "postgresql" else "?"
+        where = f"WHERE {quote('_deleted')} = {mark} AND {quote('_landed_batch')} <= {mark}"
+        return self._read(landing_table_name(tool, stream), [(where, (False, up_to_landing))],
+                          ["_source_id"])["_source_id"]
+
+    def mark_deleted(self, conn: Connection, tool: str, stream: str, ids: pd.Series, up_to_landing: int,
+                     at: datetime) -> int:
+        """Within a caller's transaction, flag the live rows of ``ids`` landed up to ``up_to_landing`` deleted, as
+        one landing (a row landed since is newer news of its record and stays): staging takes them in as it takes
+        in the deletions a tool sends."""
+        table = self.landing[(tool, stream)]
+        batch = self.next_batch(conn, table.name)
+        values = {"_deleted": True, "_landed_batch": batch, "_extracted_at": at, "_updated_at": at}
+        return sum(conn.execute(table.update().values(values).where(
+            table.c._source_id.in_(part.tolist()), table.c._deleted.is_(False),
+            table.c._landed_batch <= up_to_landing)).rowcount
+            for part in (ids.iloc[start:start + CHUNK_ROWS] for start in range(0, len(ids), CHUNK_ROWS)))
+
     def save_cursor(self, tool: str, stream: str, cursor: datetime) -> None:
         """Called only after the rows up to ``cursor`` are committed, so the cursor never passes unsaved data."""
         row = {"tool": tool, "stream": stream, "cursor": cursor, "updated_at": datetime.now(timezone.utc)}

@@ -1,4 +1,5 @@
-"""One extraction asset per tool stream: a group per tool, daily partitions for backfills, a pool per tool API."""
+"""One extraction asset per tool stream: a group per tool, daily partitions for backfills, a pool per tool API, and
+a deletion-scan check on the streams that declare a scan."""
 
 
 from datetime import datetime, timezone
@@ -6,12 +7,13 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from sync_pipelines.connectors import AuthError, ConnectorError
-from sync_pipelines.extract import Extraction, extract_stream
+from sync_pipelines.extract import Extraction, Scan, extract_stream
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Stack, Stream, Tool
 from sync_pipelines.warehouse import landing_table_name
 
 REPULL_TAG = "sync_pipelines/repull"  # "true": read the partitions' windows again, even behind the cursor
+SCAN_CHECK = "deletion_scan"
 
 
 def daily_partitions(stack: Stack) -> dg.DailyPartitionsDefinition:
@@ -59,8 +61,61 @@ def _metadata(result: Extraction) -> dict:
         "request_success_rate": dg.MetadataValue.float(
             1.0 - stats.get("errors", 0) / requests if requests else 1.0),
         **({"freshness_lag_seconds": dg.MetadataValue.float(lag)} if lag is not None else {}),
+        **(_scan_metadata(result.scan) if result.scan else {}),
         "dagster/row_count": result.rows_landed,
     }
+
+
+def _scan_metadata(scan: Scan) -> dict:
+    """This run's scan figures (zero when it was not due), so the UI plots what each scan listed and deleted."""
+    return {
+        "deletion_scan": ("refused" if scan.refused else "ran") if scan.ran else "not due",
+        "scan_ids_listed": scan.listed,
+        "scan_listed_without_id": scan.without_id,
+        "scan_ids_landed": scan.landed,
+        "scan_marked_deleted": scan.deleted,
+        "scan_skipped_not_due": int(not scan.ran),
+        "scan_next_due": str(scan.next_at),
+    }
+
+
+def _scan_check(scan: Scan, alert: str | None) -> dg.AssetCheckResult:
+    """Failed while the last scan was refused (until the next one is due), non-blocking: the refusal itself kept
+    the records, so the steps downstream go on with them."""
+    if scan.refused:
+        description = (f"the last scan ({scan.at}) was refused: the tool no longer listed {scan.unlisted} of "
+                       f"{scan.landed} live records, over the limit of {scan.max_share:.0%}; nothing was deleted"
+                       if scan.ran else f"the last scan ({scan.at}) was refused; next at {scan.next_at}")
+    else:
+        description = f"the last scan ({scan.at}) deleted what the tool no longer lists"
+    return dg.AssetCheckResult(
+        check_name=SCAN_CHECK, passed=not scan.refused, severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"last_scan": str(scan.at), "next_scan": str(scan.next_at), "unlisted": scan.unlisted,
+                  "landed": scan.landed, "max_share": dg.MetadataValue.float(scan.max_share),
+                  **({"alert": alert} if alert else {})})
+
+
+def _alert_refusal(context: dg.AssetExecutionContext, sync: SyncResource, stack: Stack, tool_name: str,
+                   stream_name: str, scan: Scan) -> str:
+    """Post a refused scan to the stack's Slack tool, once per refused scan; what became of it goes in the check's
+    metadata (a refusal fails no run, so the run-failure alert never sees it)."""
+    slack = next((name for name, tool in stack.tools.items() if tool.kind == "slack"), None)
+    if slack is None:
+        return "not sent: the stack has no slack tool"
+    text = (f":warning: deletion scan refused: {tool_name}/{stream_name} no longer lists {scan.unlisted} of its "
+            f"{scan.landed} live records (limit {scan.max_share:.0%}); nothing was deleted, next scan at "
+            f"{scan.next_at}")
+    try:
+        with sync.connector(slack) as connector:
+            [sent] = connector.write("messages", [{"text": text}])
+    except (ConnectorError, dg.Failure) as exc:
+        sent = {"ok": False, "error": str(exc)}
+    if sent["ok"]:
+        return "posted"
+    context.log.error(f"{tool_name}/{stream_name}: the alert of the refused deletion scan was not delivered: "
+                      f"{sent['error']}")
+    return f"not delivered: {sent['error']}"
 
 
 def build_extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg.AssetsDefinition:
@@ -79,6 +134,10 @@ def build_extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg
         partitions_def=daily_partitions(stack),
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=f"{tool_name}_api",
+        check_specs=[dg.AssetCheckSpec(
+            SCAN_CHECK, asset=extraction_key(tool_name, stream_name), blocking=False,
+            description=f"The deletion scan (every {stream.deletions.every}) was not refused: it would have deleted "
+                        f"at most {stream.deletions.max_share:.0%} of the live records.")] if stream.deletions else [],
     )
     def _extract(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
         window = context.partition_time_window
@@ -98,7 +157,17 @@ def build_extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg
             f"{tool_name}/{stream_name}: {result.mode} read since {result.since or 'the beginning'}: "
             f"{result.records_read} records, {result.rows_landed} landed, {result.rows_quarantined} quarantined"
         )
-        return dg.MaterializeResult(metadata=_metadata(result))
+        scan = result.scan
+        if scan is None:
+            return dg.MaterializeResult(metadata=_metadata(result))
+        if scan.ran:
+            context.log.info(f"{tool_name}/{stream_name}: deletion scan: {scan.listed} ids listed, {scan.landed} "
+                             f"live landed, {scan.unlisted} no longer listed, {scan.deleted} marked deleted"
+                             + (" (refused)" if scan.refused else ""))
+        alert = _alert_refusal(context, sync, stack, tool_name, stream_name, scan) if scan.ran and scan.refused \
+            else None
+        return dg.MaterializeResult(metadata=_metadata(result),
+                                    check_results=[_scan_check(scan, alert)])
 
     return _extract
 

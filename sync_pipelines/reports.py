@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 from dagster import DagsterEventType, DagsterRunStatus
 
+from sync_pipelines.pause import Pause, covers, pauses
 from sync_pipelines.stack import Integration, Stack, Stream
 
 #: Metadata of our assets that counts records moved: read by an extraction, written back, created by an action.
@@ -58,10 +59,7 @@ def belongs_to(stack: Stack, integration: Integration, key: dg.AssetKey) -> bool
     Narrowing by entity keeps a shared tool (Salesforce feeds several integrations) from crediting every
     integration with every Salesforce record; an asset the stack does not declare falls back to the tool alone.
     """
-    if len(key.path) < 2 or key.path[0] not in integration.tools:
-        return False
-    entities = asset_entities(stack, key)
-    return not integration.entities or entities is None or bool(entities & set(integration.entities))
+    return len(key.path) >= 2 and covers(integration, key.path[0], asset_entities(stack, key))
 
 
 # --- catalog ----------------------------------------------------------------------------------------------------
@@ -103,13 +101,15 @@ def _actions(stack: Stack, integration: Integration) -> list[str]:
     return lines
 
 
-def _integration_section(stack: Stack, rank: int, integration: Integration) -> str:
+def _integration_section(stack: Stack, rank: int, integration: Integration, paused: Pause | None) -> str:
     priority = integration.priority
     actions = _actions(stack, integration) or ["none"]
     parts = [
-        f"## {rank}. {integration.name} — score {priority.score}",
+        f"## {rank}. {integration.name} — score {priority.score}" + (" — PAUSED" if paused else ""),
         _cell(integration.purpose),
         "\n".join([
+            *([f"- **Paused:** {_cell(paused.describe())} (`sync-pipelines resume {integration.name}`)"]
+              if paused else []),
             f"- **Owner:** {_cell(integration.owner)}",
             f"- **Trigger:** {_trigger(integration)}",
             f"- **Priority:** {priority.score} = frequency {priority.frequency} × impact {priority.impact} × "
@@ -129,15 +129,18 @@ def _integration_section(stack: Stack, rank: int, integration: Integration) -> s
     return "\n\n".join(parts)
 
 
-def catalog_markdown(stack: Stack) -> str:
-    """Every integration of the stack, most valuable first, with how it runs and how its fields map."""
+def catalog_markdown(stack: Stack, paused: dict[str, Pause] | None = None) -> str:
+    """Every integration of the stack, most valuable first, with how it runs and how its fields map, and which are
+    paused (``paused``; by default as the stack's warehouse says)."""
+    paused = pauses(stack.warehouse.url) if paused is None else paused
     integrations = ranked(stack)
     header = [
         f"# Integration catalog: {_cell(stack.name)}",
         f"{len(integrations)} integrations over {len(stack.tools)} tools, sorted by priority score "
         "(frequency × impact × feasibility, each from 1 to 5).",
     ]
-    sections = [_integration_section(stack, rank, i) for rank, i in enumerate(integrations, start=1)]
+    sections = [_integration_section(stack, rank, i, paused.get(i.name))
+                for rank, i in enumerate(integrations, start=1)]
     return "\n\n".join(header + (sections or ["No integrations are declared in the stack file."])) + "\n"
 
 
@@ -199,7 +202,8 @@ def _run_facts(instance: dg.DagsterInstance, record: Any) -> _RunFacts:
 
 
 def _review_row(
-    stack: Stack, integration: Integration, runs: Iterable[_RunFacts], minutes_saved_per_record: float
+    stack: Stack, integration: Integration, runs: Iterable[_RunFacts], minutes_saved_per_record: float,
+    paused: Pause | None,
 ) -> dict[str, Any]:
     seen = [(run, outcome) for run in runs if (outcome := run.outcome_for(stack, integration))]
     count = len(seen)
@@ -207,8 +211,8 @@ def _review_row(
     failures = sum(status == "failure" for _, (status, _) in seen)
     records_moved = sum(moved for _, (_, moved) in seen)
     error_rate = failures / count if count else None
-    flags = []
-    if records_moved == 0:
+    flags = ["paused"] if paused else []
+    if records_moved == 0 and not paused:  # a paused integration moves nothing by design
         flags.append("retire")
     if error_rate is not None and error_rate > INVESTIGATE_ERROR_RATE:
         flags.append("investigate")
@@ -225,6 +229,7 @@ def _review_row(
         "hours_saved": records_moved * minutes_saved_per_record / 60,
         "last_success": max((run.finished_at for run in successes), default=None),
         "flags": flags,
+        "paused": paused.describe() if paused else None,
     }
 
 
@@ -253,7 +258,9 @@ class Review:
             "those assets did not materialize.",
             f"Assumption: each record moved (read + written back + created by an action) saves "
             f"{self.minutes_saved_per_record:g} minutes of manual work. Flags: `retire` when nothing moved in the "
-            f"period, `investigate` when more than {INVESTIGATE_ERROR_RATE:.0%} of runs failed.",
+            f"period, `investigate` when more than {INVESTIGATE_ERROR_RATE:.0%} of runs failed, `paused` while "
+            "it is paused (its schedules, webhook runs, write-backs and actions do nothing).",
+            *(f"Paused: {_cell(row['paused'])}." for row in self.rows if row["paused"]),
         ]
         table = [
             "| integration | owner | score | runs | successful | success rate | error rate | records moved | "
@@ -276,8 +283,10 @@ def review(
     days: int = 90,
     now: datetime | None = None,
     minutes_saved_per_record: float = 0.5,
+    paused: dict[str, Pause] | None = None,
 ) -> Review:
-    """Runs, success and error rates, records moved and hours saved per integration over the last ``days`` days."""
+    """Runs, success and error rates, records moved and hours saved per integration over the last ``days`` days,
+    and which are paused (``paused``; by default as the stack's warehouse says)."""
     if not isinstance(days, int) or isinstance(days, bool) or days <= 0:
         raise ValueError(f"review: days must be a positive whole number of days, got {days!r}")
     if minutes_saved_per_record < 0:
@@ -291,5 +300,6 @@ def review(
         filters=dg.RunsFilter(statuses=FINISHED, created_after=since, created_before=now)
     )
     runs = [_run_facts(instance, record) for record in records]
-    rows = [_review_row(stack, i, runs, minutes_saved_per_record) for i in ranked(stack)]
+    paused = pauses(stack.warehouse.url) if paused is None else paused
+    rows = [_review_row(stack, i, runs, minutes_saved_per_record, paused.get(i.name)) for i in ranked(stack)]
     return Review(stack.name, since, now, minutes_saved_per_record, rows)

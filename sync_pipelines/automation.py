@@ -4,7 +4,7 @@ runs, run-failure alerts to Slack, and freshness checks per extraction."""
 import hashlib
 import os
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -12,8 +12,11 @@ import dagster as dg
 from sync_pipelines.assets.extract import extraction_key
 from sync_pipelines.connectors import connect
 from sync_pipelines.connectors.errors import ConnectorError
+from sync_pipelines.echo import echoes
+from sync_pipelines.pause import covers, pauses
 from sync_pipelines.stack import Integration, Stack
-from sync_pipelines.webhooks import mark_processed, read_inbox
+from sync_pipelines.warehouse import Warehouse
+from sync_pipelines.webhooks import SCHEMES, mark_processed, read_inbox
 
 WEBSERVER_URL_ENV = "DAGSTER_WEBSERVER_URL"
 FRESHNESS_HOURS = 26  # a nightly sync plus slack: an extraction older than this missed its night
@@ -21,6 +24,9 @@ FRESHNESS_HOURS = 26  # a nightly sync plus slack: an extraction older than this
 # per-post timeout they stay within the 60 s Dagster gives a sensor tick.
 ALERT_ATTEMPTS, ALERT_BACKOFF_S, ALERT_TIMEOUT_S = 3, 2.0, 10.0
 ALERTED_TAG = "sync_pipelines/failure_alert"  # set on a failed run once its alert is posted
+# Events this young that would start a run wait a tick: a tool announces our write-back while its batch is still
+# being sent, before the ledger says what we wrote (a person's edit waits as long, well within the minute).
+ECHO_SETTLE = timedelta(seconds=5)
 
 
 def _today(stack: Stack) -> str:
@@ -31,7 +37,11 @@ def nightly_schedule(stack: Stack, job: dg.JobDefinition) -> dg.ScheduleDefiniti
     @dg.schedule(job=job, cron_schedule=stack.nightly.cron, execution_timezone=stack.timezone,
                  default_status=dg.DefaultScheduleStatus.RUNNING, name="nightly_sync_schedule",
                  description=f"Every integration at {stack.nightly.cron} ({stack.timezone}).")
-    def _nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    def _nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        """Runs while any integration is not paused: a paused one's write-backs and actions hold themselves."""
+        held = pauses(stack.warehouse.url)
+        if stack.integrations and all(i.name in held for i in stack.integrations):
+            return dg.SkipReason("every integration is paused: " + "; ".join(p.describe() for p in held.values()))
         day = context.scheduled_execution_time.astimezone(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
         return dg.RunRequest(run_key=f"nightly-{day}", partition_key=day)
 
@@ -53,7 +63,10 @@ def integration_schedules(stack: Stack, job: dg.JobDefinition) -> list[dg.Schedu
         if not cron or cron == stack.nightly.cron:
             continue
 
-        def _evaluate(context: dg.ScheduleEvaluationContext, integration=integration) -> dg.RunRequest:
+        def _evaluate(context: dg.ScheduleEvaluationContext,
+                      integration=integration) -> dg.RunRequest | dg.SkipReason:
+            if held := pauses(stack.warehouse.url).get(integration.name):
+                return dg.SkipReason(held.describe())
             day = context.scheduled_execution_time.astimezone(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
             keys = integration_selection(stack, integration).resolve(context.repository_def.asset_graph)
             return dg.RunRequest(run_key=f"{integration.name}-{context.scheduled_execution_time.isoformat()}",
@@ -77,13 +90,26 @@ def webhook_sensor(stack: Stack, job: dg.JobDefinition) -> dg.SensorDefinition:
     def _inbox(context: dg.SensorEvaluationContext):
         """Reads every unprocessed event, not those past an id: PostgreSQL takes ids at INSERT and commits out of
         order, so an event can land below an id already read. The cursor holds the ids of the last tick's request;
-        Dagster stores it only once that request is submitted, so they are marked processed one tick later."""
-        mark_processed(stack.warehouse.url, [int(i) for i in (context.cursor or "").split(",") if i])
-        events = read_inbox(stack.warehouse.url)
+        Dagster stores it only once that request is submitted, so they are marked processed one tick later. Events
+        that are the echo of our own write-backs, or concern only paused integrations, start no run: they are
+        marked processed at once, with why."""
+        url = stack.warehouse.url
+        mark_processed(url, [int(i) for i in (context.cursor or "").split(",") if i])
+        events = read_inbox(url)
+        skipped = _skipped_events(stack, events)
+        for why, ids in skipped.items():
+            mark_processed(url, ids, skipped=why)
+        held = {i for ids in skipped.values() for i in ids}
+        events = [e for e in events if e["id"] not in held]
+        if events and all(datetime.now(timezone.utc) - e["received_at"] < ECHO_SETTLE for e in events):
+            context.update_cursor("")
+            return dg.SkipReason(f"{len(events)} webhook event(s) received in the last {ECHO_SETTLE.seconds} s "
+                                 "wait a tick, in case they are the echo of a write-back still being sent")
         batch = ",".join(str(e["id"]) for e in events)
         context.update_cursor(batch)
         if not events:
-            return dg.SkipReason("no unprocessed webhook events")
+            return dg.SkipReason("; ".join(f"{len(ids)} webhook event(s): {why}" for why, ids in skipped.items())
+                                 or "no unprocessed webhook events")
         vendors = {e["tool"] for e in events}
         tools = sorted(name for name, tool in stack.tools.items() if tool.kind in vendors)
         keys = [extraction_key(t, s) for t in tools for s in stack.tools[t].streams]
@@ -96,6 +122,29 @@ def webhook_sensor(stack: Stack, job: dg.JobDefinition) -> dg.SensorDefinition:
                              tags={"sync_pipelines/trigger": "webhook", "sync_pipelines/events": str(len(events))})
 
     return _inbox
+
+
+def _skipped_events(stack: Stack, events: list[dict]) -> dict[str, list[int]]:
+    """Why events start no run → their ids: our own write-backs' echo, or only paused integrations concerned (an
+    event of a stream no integration covers still runs)."""
+    if not events:
+        return {}
+    held = pauses(stack.warehouse.url)
+    paused: dict[str, list[int]] = {}
+    for event in events:
+        scheme = SCHEMES.get(event["tool"])
+        stream = scheme.streams.get(event["object_type"]) if scheme else None
+        concerned = {i.name for name, tool in stack.tools.items() if tool.kind == event["tool"] and stream in tool.streams
+                     for i in stack.integrations if covers(i, name, {tool.streams[stream].entity})}
+        if concerned and concerned <= set(held):
+            paused.setdefault(f"paused: {', '.join(sorted(concerned))}", []).append(event["id"])
+    waiting = [e for e in events if e["id"] not in {i for ids in paused.values() for i in ids}]
+    warehouse = Warehouse(stack, stack.warehouse.url)
+    try:
+        ours = sorted(echoes(stack, warehouse, waiting))
+    finally:
+        warehouse.engine.dispose()
+    return {**({"the echo of our own write-back": ours} if ours else {}), **paused}
 
 
 def _integrations_of(stack: Stack, step_keys: list[str]) -> list[str]:

@@ -51,6 +51,7 @@ inbox = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("skipped", sa.Text, nullable=True),  # why a processed event started no run (our own echo, a pause)
     sa.UniqueConstraint("tool", "event_id", name="uq_webhook_inbox_tool_event"),
 )
 
@@ -268,23 +269,61 @@ def _zendesk_events(body: Any) -> list[InboxEvent]:
                        _text(object_id or detail.get("id"), "subject / detail.id"), body)]
 
 
+# --- what an event says changed, as a fragment of the record the tool's API returns (None: it carries no values) ---
+
+def _hubspot_changed(payload: Any) -> dict | None:
+    """A `propertyChange` carries the one property's new value (empty when cleared); creations, deletions and
+    restores carry none."""
+    if not str(payload.get("subscriptionType", "")).endswith(".propertyChange") or "propertyName" not in payload:
+        return None
+    return {"properties": {str(payload["propertyName"]): payload.get("propertyValue")}}
+
+
+def _stripe_changed(payload: Any) -> dict | None:
+    """The whole object as it is now; `previous_attributes`, when sent, names the fields that changed."""
+    obj = payload["data"]["object"]
+    previous = payload["data"].get("previous_attributes")
+    return {key: obj.get(key) for key in previous} if isinstance(previous, dict) else obj
+
+
+def _zendesk_changed(payload: Any) -> dict | None:
+    """A name change carries the new name; an identity change the new email or phone (it is the email when it
+    equals `detail.email`, the user's current one). Other events name no field with its value."""
+    kind = str(payload.get("type", "")).removeprefix("zen:event-type:")
+    event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
+    if "current" not in event or isinstance(event["current"], (dict, list)):
+        return None
+    current, detail = event["current"], payload.get("detail") or {}
+    if kind == "user.name_changed":
+        return {"name": current}
+    if kind == "user.identity_changed":
+        return {"email" if current == detail.get("email") else "phone": current}
+    return None
+
+
 @dataclass(frozen=True)
 class WebhookScheme:
-    """How one vendor signs its webhooks and shapes their bodies."""
+    """How one vendor signs its webhooks, shapes their bodies, names the API streams of their objects and carries
+    the changed values (so that the echo of our own write-back can be told from a real edit)."""
 
     tool: str
     headers: tuple[str, ...]  # the signature headers, checked present before the body is read
     sign: Callable[[str, str, str, bytes, float], dict[str, str]]
     verify: Callable[[str, str, str, Mapping[str, str], bytes, float], None]
     events: Callable[[Any], list[InboxEvent]]
+    streams: Mapping[str, str]  # an event's object type -> the API stream that lists such objects
+    changed: Callable[[Any], dict | None]
 
 
 SCHEMES = {scheme.tool: scheme for scheme in (
     WebhookScheme("hubspot", ("X-HubSpot-Signature-v3", "X-HubSpot-Request-Timestamp"),
-                  _sign_hubspot, _verify_hubspot, _hubspot_events),
-    WebhookScheme("stripe", ("Stripe-Signature",), _sign_stripe, _verify_stripe, _stripe_events),
+                  _sign_hubspot, _verify_hubspot, _hubspot_events,
+                  {"contact": "contacts", "company": "companies", "deal": "deals"}, _hubspot_changed),
+    WebhookScheme("stripe", ("Stripe-Signature",), _sign_stripe, _verify_stripe, _stripe_events,
+                  {"customer": "customers", "invoice": "invoices"}, _stripe_changed),
     WebhookScheme("zendesk", ("X-Zendesk-Webhook-Signature", "X-Zendesk-Webhook-Signature-Timestamp"),
-                  _sign_zendesk, _verify_zendesk, _zendesk_events),
+                  _sign_zendesk, _verify_zendesk, _zendesk_events,
+                  {"user": "users", "ticket": "tickets"}, _zendesk_changed),
 )}
 
 
@@ -321,11 +360,19 @@ def _engine(engine_or_url: Engine | str) -> Iterator[Engine]:
     owned = not isinstance(engine_or_url, Engine)
     engine = _make_engine(engine_or_url) if owned else engine_or_url
     try:
-        inbox.create(engine, checkfirst=True)
+        _create_inbox(engine)
         yield engine
     finally:
         if owned:
             engine.dispose()
+
+
+def _create_inbox(engine: Engine) -> None:
+    """The inbox table, with the `skipped` column added to one an earlier version created."""
+    inbox.create(engine, checkfirst=True)
+    if "skipped" not in {column["name"] for column in sa.inspect(engine).get_columns(INBOX_TABLE)}:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {INBOX_TABLE} ADD COLUMN skipped TEXT")
 
 
 def _insert_ignoring_duplicates(engine: Engine, rows: list[dict[str, Any]]) -> int:
@@ -361,8 +408,10 @@ def read_inbox(engine_or_url: Engine | str, after_id: int = 0, limit: int = 1000
     return rows
 
 
-def mark_processed(engine_or_url: Engine | str, ids: list[int] | tuple[int, ...] | set[int]) -> int:
-    """Stamp `processed_at` on these inbox rows (those not stamped yet); returns how many were stamped."""
+def mark_processed(engine_or_url: Engine | str, ids: list[int] | tuple[int, ...] | set[int],
+                   skipped: str | None = None) -> int:
+    """Stamp `processed_at` on these inbox rows (those not stamped yet), with why they start no run when they do
+    not (`skipped`); returns how many were stamped."""
     ids = sorted({int(i) for i in ids})
     now = datetime.now(timezone.utc)
     stamped = 0
@@ -370,7 +419,7 @@ def mark_processed(engine_or_url: Engine | str, ids: list[int] | tuple[int, ...]
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
             stamped += conn.execute(inbox.update().where(inbox.c.id.in_(chunk), inbox.c.processed_at.is_(None))
-                                    .values(processed_at=now)).rowcount
+                                    .values(processed_at=now, skipped=skipped)).rowcount
     return stamped
 
 
@@ -407,7 +456,7 @@ def build_webhook_app(warehouse_url: str, secrets: dict[str, str],
     if empty:
         raise ValueError(f"webhook secret for {', '.join(sorted(empty))} is empty")
     engine = _make_engine(warehouse_url)
-    inbox.create(engine, checkfirst=True)
+    _create_inbox(engine)
 
     def receiver(scheme: WebhookScheme):
         async def endpoint(request: Request) -> JSONResponse:

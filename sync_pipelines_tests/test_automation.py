@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import dagster as dg
@@ -32,7 +32,7 @@ def sensor(warehouse_url, monkeypatch) -> Iterator[tuple[dg.Definitions, dg.Sens
 
 def event(tool: str, event_id: str) -> dict[str, Any]:
     return {"tool": tool, "event_id": event_id, "object_type": "customer", "object_id": "1",
-            "received_at": datetime.now(timezone.utc), "payload": json.dumps({})}
+            "received_at": datetime.now(timezone.utc) - timedelta(minutes=1), "payload": json.dumps({})}
 
 
 def tick(sensor, cursor: str | None) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:

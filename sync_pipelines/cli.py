@@ -246,4 +246,5 @@ def sync(partition: str | None) -> None:
     console.print(f"[green]nightly_sync succeeded[/green] for partition {partition} (run {result.run_id})")
 
 
+__import__("sync_pipelines.commands.pause", fromlist=["register"]).register(main)  # pause, resume
 main.add_command(__import__("sync_pipelines.commands.revert", fromlist=["revert"]).revert)

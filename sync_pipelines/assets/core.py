@@ -9,6 +9,8 @@ from sync_pipelines.pipeline import (
     build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table,
     write_back,
 )
+from sync_pipelines.pause import holding, pauses
+from sync_pipelines.reports import asset_entities
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Action, Destination, Stack
 
@@ -129,6 +131,18 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     return _golden
 
 
+def _paused(context: dg.AssetExecutionContext, sync: SyncResource, key: dg.AssetKey,
+            counted: str) -> dg.MaterializeResult | None:
+    """While an integration this step belongs to is paused, nothing is written, and the materialization says why
+    (its watermark stays, so the first run after resume writes what was held back)."""
+    held = holding(sync.stack, pauses(sync.warehouse.engine), key.path[0], asset_entities(sync.stack, key))
+    if not held:
+        return None
+    why = "; ".join(p.describe() for p in held)
+    context.log.warning(f"{key.to_user_string()} wrote nothing: {why}")
+    return dg.MaterializeResult(metadata={counted: 0, "paused": why})
+
+
 def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinition:
     tool = stack.tools[dest.tool]
 
@@ -145,6 +159,8 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
         pool=f"{dest.tool}_api",
     )
     def _writeback(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
+        if held := _paused(context, sync, writeback_key(dest), "written"):
+            return held
         try:
             outcome = write_back(sync.stack, sync.warehouse, sync.connector(dest.tool), dest, run_id=context.run_id)
         except ConnectorError as exc:
@@ -181,6 +197,8 @@ def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
         pool=f"{action.create.tool}_api",
     )
     def _action(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
+        if held := _paused(context, sync, dg.AssetKey([action.create.tool, action.name]), "created"):
+            return held
         try:
             outcome = run_action(sync.stack, sync.warehouse, sync.connector(action.create.tool), action,
                                  run_id=context.run_id)

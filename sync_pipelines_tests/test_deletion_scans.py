@@ -76,6 +76,24 @@ def test_a_scan_seeing_half_the_ids_is_refused_and_deletes_nothing(warehouse):
     assert again.scan.ran and not again.scan.refused
 
 
+def test_a_task_landed_while_the_listing_runs_is_not_taken_for_a_deleted_one(warehouse):
+    """Another run may land a task created after the listing started (a webhook run): the listing cannot hold it,
+    and it must stay live."""
+    tasks = ScriptedTasks(10)
+    extract_stream(STACK, warehouse, tasks, "asana", "tasks", now=T0)
+    newcomer = ScriptedTasks(11)
+    newcomer.tasks = {"1210": newcomer.tasks["1210"]}
+    listing = tasks.list_ids
+
+    def list_while_another_run_lands(stream, key):
+        extract_stream(STACK, warehouse, newcomer, "asana", "tasks", now=T0)  # its scan is not due
+        return listing(stream, key)
+
+    tasks.list_ids = list_while_another_run_lands
+    scan = extract_stream(STACK, warehouse, tasks, "asana", "tasks", now=T0 + timedelta(days=1)).scan
+    assert (scan.landed, scan.deleted) == (10, 0) and not landed(warehouse).loc["1210", "_deleted"]
+
+
 def _make_due(sync, *streams):
     """As if a day had passed since each stream's last scan."""
     with sync.warehouse.transaction() as conn:

@@ -119,8 +119,8 @@ def test_a_task_removed_from_asana_and_a_row_removed_from_the_csv_are_deleted_wi
     erp_staged = (warehouse.read_table("staged_contacts")["_source"] == "legacy_erp").sum()
     task = next(r["id"] for r in box.truth("records", tool="asana", stream="tasks")
                 if not r["deleted"] and not r["invalid"])
-    customer = next(r["id"] for r in box.truth("records", tool="legacy_erp", stream="customers")
-                    if not r["deleted"] and not r["invalid"])
+    provenance = warehouse.read_table("provenance_contacts")
+    customer = provenance.loc[provenance["tool"] == "legacy_erp", "source_id"].iloc[0]  # a golden record's source
     response = requests.delete(f"{box.base_url('asana')}/api/1.0/tasks/{task}",
                                headers={"Authorization": "Bearer sandbox-asana-token"}, timeout=10)
     assert response.status_code == 200 and response.json() == {"data": {}}
@@ -139,6 +139,8 @@ def test_a_task_removed_from_asana_and_a_row_removed_from_the_csv_are_deleted_wi
     staged = warehouse.read_table("staged_contacts")  # tasks have no golden records: their landing is the end
     assert str(customer) not in set(staged.loc[staged["_source"] == "legacy_erp", "_source_id"])
     assert (staged["_source"] == "legacy_erp").sum() == erp_staged - 1
+    provenance = warehouse.read_table("provenance_contacts")
+    assert str(customer) not in set(provenance.loc[provenance["tool"] == "legacy_erp", "source_id"])
 
     # a listing that misses half the tasks (an API returning one project of two) is refused: 0 deletions, the
     # check fails, and Slack hears of it

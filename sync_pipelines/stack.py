@@ -661,6 +661,10 @@ def _check_references(stack: Stack, file: Path) -> None:
                     raise StackError(file, f"{path}[{j}]", f"field {field!r} is already in {grouped[field]}; "
                                                           "allowed: each field in one group at most")
                 grouped[field] = path
+            group_rules = {field: rules.fields.get(field, rules.default_rule) for field in group}
+            if len(set(group_rules.values())) > 1:
+                raise StackError(file, path, f"found rules {group_rules}; allowed: one rule for all the fields of "
+                                             "a group, since they survive together from one record")
     for entity, quality in stack.quality.items():
         need(entity, entities, f"quality.{entity}", "entity")
         for i, spec in enumerate(quality.expectations):

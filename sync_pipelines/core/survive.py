@@ -8,6 +8,12 @@ Everything is vectorised: per field one ``argsort`` of a packed (entity, rule or
 values, then the first row of each entity wins. Loops run over fields and tools only, never over records or
 entities. Outputs do not depend on input order: ties left by the rule are broken by source id, then value.
 
+A clear is a fact, not a gap: a record whose field state (see :func:`derive_field_change_times`) says its tool
+emptied the field at a time takes part like a value, and wins as one under its rule (the golden value is then
+empty); a record that never held the field (or whose tool does not map it) is a gap and takes no part. Fields of a
+group (``groups``: a name's parts, an address) survive together: each comes from the one record that wins the
+group, so two tools that split a name differently never mix.
+
 Conflicts compare values as text after ``strip`` and ``casefold``: the stack's field mappings already lower-case
 what is case-insensitive (emails, stages), so a difference in case alone (``McDonald``/``Mcdonald``) is cosmetic,
 not a disagreement about the fact, and would only drown the real conflicts. The winner's exact spelling still wins.
@@ -50,6 +56,7 @@ class SurvivorshipRules:
     priority: tuple[str, ...] = ()
     default_rule: str = SOURCE_OF_TRUTH
     fields: Mapping[str, str] = field(default_factory=dict)
+    groups: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def coerce(cls, rules: Any) -> SurvivorshipRules:
@@ -69,12 +76,18 @@ class SurvivorshipRules:
             priority=tuple(str(tool) for tool in priority),
             default_rule=_rule_name(read("default_rule", SOURCE_OF_TRUTH)),
             fields={str(name): _rule_name(rule) for name, rule in dict(read("fields", {})).items()},
+            groups=tuple(tuple(str(name) for name in group) for group in read("groups", ())),
         )
         for where, rule in [("default_rule", parsed.default_rule)] + [
             (f"fields.{name}", rule) for name, rule in parsed.fields.items()
         ]:
             if rule not in RULE_TYPES:
                 raise ValueError(f"survivorship {where}: unknown rule {rule!r}; known rules: {', '.join(RULE_TYPES)}")
+        for i, group in enumerate(parsed.groups):
+            rules = {name: parsed.rule_for(name) for name in group}
+            if len(set(rules.values())) > 1:
+                raise ValueError(f"survivorship groups[{i}]: its fields survive together, so they need one rule; "
+                                 f"found {rules}")
         return parsed
 
     def rule_for(self, field_name: str) -> str:
@@ -119,6 +132,9 @@ def survivorship(
     used); it is either aligned with ``records.index`` or keyed by ``_source``/``_source_id`` columns (the state
     from :func:`derive_field_change_times`), with columns named ``<field>`` or ``<field>__changed_at``.
     Deleted records (``_deleted``) take no part; an entity with only deleted records has no golden row.
+    An empty value with a known change time in ``field_times`` is a clear (see the module's docstring). A golden
+    field left empty by a decision (a clear won, or its group's winner holds nothing there) has a provenance row
+    with a null value, which write-back sends as a clear; the conflicts show it as null too (a gap has no row).
     Provenance and conflict values are text so one audit table can hold every field's type; golden columns keep
     their dtype. Both tables list fields in the records' column order, each by entity id; conflicts within an
     entity come closest contender first. ``decided_at`` (default: now) stamps the conflicts.
@@ -129,18 +145,27 @@ def survivorship(
     stamp = _utc_timestamp(decided_at, "decided_at") if decided_at is not None else pd.Timestamp.now(tz="UTC")
 
     updated = _utc_micros(records["_updated_at"], "records._updated_at")
-    times = _field_times(records, field_times, fields, updated)
+    times, known = _field_times(records, field_times, fields, updated)
     members = _Members.build(records, _aligned_clusters(records, clusters), updated, parsed)
     # the record times stay one array, so the fields without times of their own share one ranking per rule
     member_times = {name: members.updated if when is updated else when[members.rows] for name, when in times.items()}
+    values = {name: _FieldValues.of(records[name].take(members.rows),
+                                    None if known[name] is None else known[name][members.rows]) for name in fields}
+    grouped = {name: group for group in parsed.groups for name in group}
+    outcomes: dict[str, _Outcome] = {}
+    for name in fields:
+        if name in outcomes:
+            continue
+        group = grouped.get(name, (name,))
+        outcomes.update(members.decide([values[f] for f in group], [member_times[f] for f in group],
+                                       parsed.rule_for(name), group))
 
     golden = pd.DataFrame(index=members.entity_index)
     newest_win = np.full(len(members.entity_index), _NO_TIME, dtype=np.int64)
     provenance_parts: list[pd.DataFrame] = []
     conflict_parts: list[pd.DataFrame] = []
     for name in fields:
-        rule = parsed.rule_for(name)
-        outcome = members.decide(_FieldValues.of(records[name].take(members.rows)), member_times[name], rule)
+        rule, outcome = parsed.rule_for(name), outcomes[name]
         golden[name] = members.golden_column(outcome)
         provenance_parts.append(members.provenance(outcome, name, rule))
         conflict_parts.append(members.conflicts(outcome, name, rule, stamp))
@@ -160,7 +185,7 @@ def _check_columns(records: pd.DataFrame, fields: list[str], rules: Survivorship
     missing = [c for c in REQUIRED_COLUMNS if c not in records.columns]
     if missing:
         raise ValueError(f"records lack required column(s) {', '.join(missing)}")
-    unknown = sorted(set(rules.fields) - set(fields))
+    unknown = sorted((set(rules.fields) | {name for group in rules.groups for name in group}) - set(fields))
     if unknown:
         raise ValueError(
             f"survivorship rules name field(s) {', '.join(map(repr, unknown))} that the records do not have; "
@@ -227,11 +252,13 @@ def _utc_micros(values: pd.Series, where: str) -> np.ndarray:
 
 def _field_times(
     records: pd.DataFrame, field_times: pd.DataFrame | None, fields: list[str], updated: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Per-field change time of every record as int64 micros, falling back to ``updated`` where unknown."""
-    times = {name: updated for name in fields}
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    """Per-field change time of every record as int64 micros, falling back to ``updated`` where unknown, and where
+    it is known (None: nowhere), which makes an empty value a clear."""
+    times: dict[str, np.ndarray] = {name: updated for name in fields}
+    known_at: dict[str, np.ndarray | None] = {name: None for name in fields}
     if field_times is None:
-        return times
+        return times, known_at
     suffixed = any(str(c).endswith(CHANGED_AT_SUFFIX) for c in field_times.columns)
     column_of = {name: name + CHANGED_AT_SUFFIX if suffixed else name for name in fields}
     known = {name: column for name, column in column_of.items() if column in field_times.columns}
@@ -247,8 +274,9 @@ def _field_times(
     for name, column in known.items():
         aligned = pd.Series(field_times[column].array.take(state_row, allow_fill=True))
         changed = _utc_micros(aligned, f"field_times.{column}")
-        times[name] = np.where(changed == _NO_TIME, updated, changed)
-    return times
+        known_at[name] = changed != _NO_TIME
+        times[name] = np.where(known_at[name], changed, updated)
+    return times, known_at
 
 
 def _joint_key_codes(records: pd.DataFrame, state: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -294,14 +322,24 @@ class _FieldValues:
 
     column: pd.Series
     empty: np.ndarray  # None, NaN and "" (see `_empty_mask`)
+    eligible: np.ndarray  # a value or a clear: what takes part in the decision
 
     @classmethod
-    def of(cls, column: pd.Series) -> _FieldValues:
-        return cls(column, _empty_mask(column))
+    def of(cls, column: pd.Series, known: np.ndarray | None = None) -> _FieldValues:
+        """``known``: where the field's change time is known, so an empty value there is a clear."""
+        empty = _empty_mask(column)
+        return cls(column, empty, ~empty if known is None else ~empty | known)
 
     def differ(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
         """Which of ``rows`` hold a value that differs from the one in ``others`` beyond case and surrounding
-        whitespace (see the module's docstring)."""
+        whitespace (see the module's docstring); an empty value differs from any other value, not from another
+        empty one."""
+        unequal = self.empty[rows] != self.empty[others]
+        both = np.flatnonzero(~self.empty[rows] & ~self.empty[others])
+        unequal[both] = self._values_differ(rows[both], others[both])
+        return unequal
+
+    def _values_differ(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
         if isinstance(self.column.dtype, pd.StringDtype):
             unequal = np.asarray(self.text(rows) != self.text(others), dtype=bool)
         else:
@@ -311,10 +349,15 @@ class _FieldValues:
         return unequal
 
     def text(self, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
-        """The values of ``rows`` as text: a text column's own values, any other's through ``str``."""
+        """The values of ``rows`` as text: a text column's own values, any other's through ``str``; empty as null."""
         if isinstance(self.column.dtype, pd.StringDtype):
-            return self.column.array.take(rows).astype("str")
-        return _as_text(self._objects[rows])
+            texts = self.column.array.take(rows).astype("str")
+        else:
+            texts = _as_text(self._objects[rows])
+        empty = self.empty[rows]
+        if empty.any():
+            texts[empty] = None
+        return texts
 
     @functools.cached_property
     def _objects(self) -> np.ndarray:
@@ -385,10 +428,17 @@ class _Members:
         np.maximum.at(newest, self.entity_codes, self.updated)
         return newest
 
-    def decide(self, values: _FieldValues, times: np.ndarray, rule: str) -> _Outcome:
-        """Rank each entity's non-empty values by the rule; the first wins, differing others are conflicts."""
-        ranked = self._ranked(times, rule)
-        ranked = self._break_ties(ranked[~values.empty[ranked]], times, values)
+    def decide(self, values: list[_FieldValues], times: list[np.ndarray], rule: str,
+               names: Sequence[str]) -> dict[str, _Outcome]:
+        """Rank each entity's records holding a value or a clear of the fields ``names`` (one field, or a group
+        surviving together) by the rule; the first wins every field of them, the others differing on a field are
+        its conflicts. A record holding any field of a group takes part in it (a partial name in the source of
+        truth is still the truth's name), its time the newest change among those fields."""
+        eligible = np.logical_or.reduce([v.eligible for v in values])
+        when = times[0] if len(times) == 1 else np.maximum.reduce(
+            [np.where(v.eligible, t, _NO_TIME) for v, t in zip(values, times)])
+        ranked = self._ranked(when, rule)
+        ranked = self._break_ties(ranked[eligible[ranked]], when, values[0])
         ranked_entity = self.entity_codes[ranked]
         first = np.ones(len(ranked), dtype=bool)
         first[1:] = ranked_entity[1:] != ranked_entity[:-1]
@@ -396,9 +446,13 @@ class _Members:
         winner_of = np.full(len(self.entity_index), -1, dtype=np.int64)
         winner_of[winner_entities] = winners
 
-        losers = ranked[~first]
-        losers = losers[values.differ(losers, winner_of[self.entity_codes[losers]])]
-        return _Outcome(winner_of, winner_entities, winners, losers, values, times)
+        outcomes = {}
+        for name, field_values, field_times in zip(names, values, times):
+            losers = ranked[~first]
+            losers = losers[field_values.eligible[losers]]
+            losers = losers[field_values.differ(losers, winner_of[self.entity_codes[losers]])]
+            outcomes[name] = _Outcome(winner_of, winner_entities, winners, losers, field_values, field_times)
+        return outcomes
 
     def _ranked(self, times: np.ndarray, rule: str) -> np.ndarray:
         """Members in the rule's order, ties not yet broken. A field's non-empty values keep this order, so the
@@ -452,9 +506,11 @@ class _Members:
         return reordered
 
     def golden_column(self, outcome: _Outcome) -> pd.Series:
-        """Each entity's winning value (missing where none), with the fill and dtype a reindex would give."""
+        """Each entity's winning value (missing where none or empty), with the fill and dtype a reindex would give."""
         column = outcome.values.column
-        won = pd.api.extensions.take(column.array, outcome.winner_of, allow_fill=True)
+        winner_of = outcome.winner_of.copy()
+        winner_of[outcome.winner_entities[outcome.values.empty[outcome.winner_rows]]] = -1
+        won = pd.api.extensions.take(column.array, winner_of, allow_fill=True)
         # an object column stays one, though it may hold only text (which a new Series would take for "str")
         return pd.Series(won, index=self.entity_index, dtype=column.dtype if column.dtype == object else None)
 
@@ -519,7 +575,9 @@ def derive_field_change_times(
 
     ``<field>`` is the value last seen, ``<field>__changed_at`` (UTC) when it last changed: kept from the previous
     state while the value is unchanged, the record's ``_updated_at`` (``extracted_at`` when that is unknown) when the
-    value changed or the record is new. ``_seen_at`` is the last extraction that returned the record. Records absent
+    value changed or the record is new. An empty value has a time only where it replaced a value (a clear, a fact
+    survivorship weighs); one the record never held otherwise (new, or empty since it was first seen) has none: a
+    gap. ``_seen_at`` is the last extraction that returned the record. Records absent
     from ``current`` (incremental runs return only changed records) keep their previous row. Values are compared
     as text, so a value that round-tripped through the warehouse as text still counts as unchanged.
     Store the result and pass it as ``field_times`` to :func:`survivorship` (it joins on the key columns).
@@ -558,7 +616,9 @@ def derive_field_change_times(
         changed_before = pd.Series(previous[changed].array.take(previous_row, allow_fill=True))
         same = changed_before.notna().to_numpy().copy()  # only a value with a known change time can keep it
         same[same] = _same_text(now.loc[same, name], pd.Series(previous[name].array.take(previous_row[same])))
-        now[changed] = changed_before.where(same, updated)
+        before_empty = _empty_mask(pd.Series(previous[name].array.take(previous_row, allow_fill=True)))
+        gap = _empty_mask(now[name]) & before_empty & changed_before.isna().to_numpy()
+        now[changed] = changed_before.where(same, updated).mask(gap)
     now["_seen_at"] = pd.Series(seen_at, index=now.index, dtype=UTC_DTYPE)
 
     if previous.empty:
@@ -567,6 +627,16 @@ def derive_field_change_times(
     untouched[previous_row[previous_row >= 0]] = False
     state = pd.concat([previous.loc[untouched, layout], now[layout]], ignore_index=True)
     return state.take(_key_order(state)).reset_index(drop=True)
+
+
+def without_clears(state: pd.DataFrame, fields: Sequence[str]) -> pd.DataFrame:
+    """A state stored before clears were recorded gave every empty value a change time, replaced value or not: as
+    no clear can be told from a gap there, all its empty values become gaps (none empties a golden field)."""
+    state = state.copy()
+    for name in fields:
+        if name in state.columns and name + CHANGED_AT_SUFFIX in state.columns:
+            state.loc[_empty_mask(state[name]), name + CHANGED_AT_SUFFIX] = pd.NaT
+    return state
 
 
 def _same_as_previous(frame: pd.DataFrame) -> np.ndarray:

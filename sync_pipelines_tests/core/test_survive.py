@@ -12,6 +12,7 @@ from sync_pipelines.core.survive import (
     SurvivorshipRules,
     derive_field_change_times,
     survivorship,
+    without_clears,
 )
 
 FIELDS = ["email", "first_name", "last_name", "phone", "company_name", "job_title", "lifecycle_stage"]
@@ -432,3 +433,103 @@ def test_derive_stamps_extraction_time_when_record_time_is_unknown():
     rows["_updated_at"] = pd.Series([pd.NaT], dtype="datetime64[us, UTC]")
     state = derive_field_change_times(None, rows, STATE_FIELDS, extracted_at=utc("2026-09-03"))
     assert state.loc[0, "email__changed_at"] == utc("2026-09-03")
+
+
+def test_derive_times_a_clear_but_not_a_gap():
+    first = derive_field_change_times(
+        None, staged(("zendesk", "1", "a@x.com", "+1555", "2026-09-01"), ("zendesk", "2", "b@x.com", None,
+                                                                           "2026-09-02")),
+        STATE_FIELDS, extracted_at=utc("2026-09-03"))
+    assert first["phone__changed_at"].isna().tolist() == [False, True]  # never held a phone: a gap, no time
+    second = derive_field_change_times(
+        first, staged(("zendesk", "1", "a@x.com", "", "2026-09-10"), ("zendesk", "2", "b@x.com", None,
+                                                                       "2026-09-11")),
+        STATE_FIELDS, extracted_at=utc("2026-09-12")).set_index("_source_id")
+    assert second.loc["1", "phone__changed_at"] == utc("2026-09-10")  # emptied where it held one: a clear
+    assert pd.isna(second.loc["2", "phone__changed_at"])  # still a gap
+    third = derive_field_change_times(second.reset_index(), staged(("zendesk", "1", "a@x.com", None, "2026-09-20")),
+                                      STATE_FIELDS, extracted_at=utc("2026-09-21")).set_index("_source_id")
+    assert third.loc["1", "phone__changed_at"] == utc("2026-09-10")  # the clear keeps its time while it stands
+    assert without_clears(second.reset_index(), STATE_FIELDS)["phone__changed_at"].isna().all()
+
+
+def clear_case(rules=RULES, cleared_at="2026-09-10"):
+    """Salesforce cleared the job title (its state times the clear), HubSpot still holds it, Zendesk never had it."""
+    records, clusters = make(
+        {"tool": "salesforce", "id": "s1", "entity": "p1", "at": "2026-09-10", "first_name": "Ann"},
+        {"tool": "hubspot", "id": "h1", "entity": "p1", "at": "2026-09-05", "first_name": "Ann", "job_title": "CEO"},
+        {"tool": "zendesk", "id": "z1", "entity": "p1", "at": "2026-09-06", "first_name": "Ann"},
+    )
+    times = pd.DataFrame({"job_title": [utc(cleared_at), utc("2026-09-05"), pd.NaT]}, index=records.index)
+    return run(records, clusters, rules, field_times=times)
+
+
+def test_a_clear_in_the_source_of_truth_empties_the_golden_field_and_is_audited():
+    result = clear_case()
+    golden = result.golden.loc["p1"]
+    assert pd.isna(golden["job_title"])
+    origin = provenance_of(result, "p1", "job_title")
+    assert pd.isna(origin["value"]) and origin["tool"] == "salesforce" and origin["changed_at"] == utc("2026-09-10")
+    lost = result.conflicts[result.conflicts.field == "job_title"].iloc[0]
+    assert pd.isna(lost["winner_value"]) and lost["loser_tool"] == "hubspot" and lost["loser_value"] == "CEO"
+
+
+def test_a_clear_wins_under_last_write_wins_only_when_it_is_the_newest_change():
+    lww = {**RULES, "fields": {**RULES["fields"], "job_title": "last_write_wins"}}
+    assert pd.isna(clear_case(lww).golden.loc["p1", "job_title"])
+    older = clear_case(lww, cleared_at="2026-09-01")
+    assert older.golden.loc["p1", "job_title"] == "CEO"
+    lost = older.conflicts[older.conflicts.field == "job_title"].iloc[0]
+    assert lost["winner_value"] == "CEO" and pd.isna(lost["loser_value"]) and lost["loser_tool"] == "salesforce"
+
+
+def test_a_gap_changes_nothing():
+    records, clusters = make(
+        {"tool": "salesforce", "id": "s1", "entity": "p1", "at": "2026-09-10", "first_name": "Ann"},
+        {"tool": "hubspot", "id": "h1", "entity": "p1", "at": "2026-09-05", "job_title": "CEO"},
+    )
+    times = pd.DataFrame({"job_title": [pd.NaT, utc("2026-09-05")]}, index=records.index)
+    result = run(records, clusters, field_times=times)
+    assert result.golden.loc["p1", "job_title"] == "CEO"
+    assert provenance_of(result, "p1", "job_title")["tool"] == "hubspot"
+    assert result.conflicts[result.conflicts.field == "job_title"].empty
+
+
+NAME_GROUP = {**RULES, "groups": [["first_name", "last_name"]]}
+
+
+def test_a_group_comes_from_one_record_never_mixed():
+    records, clusters = make(
+        {"tool": "salesforce", "id": "s1", "entity": "p1", "at": "2026-09-01", "last_name": "Rebecca Williams"},
+        {"tool": "hubspot", "id": "h1", "entity": "p1", "at": "2026-09-05", "first_name": "Rebecca",
+         "last_name": "Williams"},
+        {"tool": "hubspot", "id": "h2", "entity": "p2", "at": "2026-09-05", "first_name": "Bo", "last_name": "Li"},
+    )
+    mixed = run(records, clusters).golden.loc["p1"]
+    assert (mixed["first_name"], mixed["last_name"]) == ("Rebecca", "Rebecca Williams")  # field by field
+    result = run(records, clusters, NAME_GROUP)
+    golden = result.golden
+    assert pd.isna(golden.loc["p1", "first_name"]) and golden.loc["p1", "last_name"] == "Rebecca Williams"
+    assert (golden.loc["p2", "first_name"], golden.loc["p2", "last_name"]) == ("Bo", "Li")
+    emptied = provenance_of(result, "p1", "first_name")  # a null value: write-back empties it too, or a tool mixes
+    assert emptied["tool"] == "salesforce" and pd.isna(emptied["value"])
+    lost = result.conflicts[result.conflicts.entity_id == "p1"].set_index("field")
+    assert lost.loc["first_name", "loser_value"] == "Rebecca" and pd.isna(lost.loc["first_name", "winner_value"])
+    assert lost.loc["last_name", "loser_value"] == "Williams"
+
+
+def test_a_record_holding_none_of_a_group_takes_no_part_in_it():
+    records, clusters = make(
+        {"tool": "salesforce", "id": "s1", "entity": "p1", "at": "2026-09-01", "email": "a@x.com"},
+        {"tool": "hubspot", "id": "h1", "entity": "p1", "at": "2026-09-05", "first_name": "Ann", "last_name": "Lee"},
+    )
+    golden = run(records, clusters, NAME_GROUP).golden.loc["p1"]
+    assert (golden["first_name"], golden["last_name"]) == ("Ann", "Lee")
+
+
+def test_a_group_needs_one_rule_and_known_fields():
+    with pytest.raises(ValueError, match=r"groups\[0\].*one rule"):
+        SurvivorshipRules.coerce({**RULES, "groups": [["first_name", "email"]]})
+    records, clusters = make({"tool": "hubspot", "id": "h1", "entity": "p1", "at": "2026-09-05"})
+    with pytest.raises(ValueError, match="'street'"):
+        run(records, clusters, {**RULES, "groups": [["first_name", "street"]]})

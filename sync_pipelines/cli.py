@@ -247,4 +247,5 @@ def sync(partition: str | None) -> None:
 
 
 __import__("sync_pipelines.commands.pause", fromlist=["register"]).register(main)  # pause, resume
+main.add_command(__import__("sync_pipelines.commands.conflicts", fromlist=["conflicts"]).conflicts)
 main.add_command(__import__("sync_pipelines.commands.revert", fromlist=["revert"]).revert)

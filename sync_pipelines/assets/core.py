@@ -4,6 +4,7 @@ import dagster as dg
 
 from sync_pipelines.assets.extract import extraction_key
 from sync_pipelines.connectors import ConnectorError
+from sync_pipelines.core.changes import shown
 from sync_pipelines.core.quality import to_metadata
 from sync_pipelines.pipeline import (
     build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table,
@@ -88,9 +89,26 @@ def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     return _staged
 
 
+CONCURRENT_SAMPLES = 10
+
+
+def _concurrent_metadata(edits) -> dict:
+    """How many fields two tools changed differently since the last run, and a sample as a Markdown table: a
+    steward's list (the rule decided each; the table ``concurrent_edits`` and `sync-pipelines conflicts` keep all)."""
+    cases = edits[["entity_id", "field"]].drop_duplicates()
+    lines = ["| entity | field | tool | record | value | changed at | kept |", "|---|---|---|---|---|---|---|"]
+    for row in edits.merge(cases.head(CONCURRENT_SAMPLES)).itertuples():
+        cells = [row.entity_id, row.field, row.tool, row.source_id, shown(row.value), row.changed_at,
+                 f"{row.decided_tool}: {shown(row.decided_value)}"]
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    return {"concurrent_edits": len(cases), "edits": len(edits),
+            "samples": dg.MetadataValue.md("\n".join(lines) if len(cases) else "none")}
+
+
 def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     key = golden_key(entity)
     check = f"golden_{entity}_quality"
+    concurrent = f"golden_{entity}_concurrent_edits"
 
     @dg.asset(
         key=key,
@@ -104,10 +122,18 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
         ),
         owners=[CORE_OWNER],
         kinds={"pandas", "great_expectations"},
-        check_specs=[dg.AssetCheckSpec(
-            check, asset=key, blocking=True,
-            description="Golden failure rate within the stack's limit and record volume within the ratio of recent runs",
-        )],
+        check_specs=[
+            dg.AssetCheckSpec(
+                check, asset=key, blocking=True,
+                description="Golden failure rate within the stack's limit and record volume within the ratio of recent "
+                            "runs",
+            ),
+            dg.AssetCheckSpec(
+                concurrent, asset=key,
+                description="Fields two tools changed to different values since the last run: decided by their rule, "
+                            "listed for a steward (a warning; nothing is held back)",
+            ),
+        ],
     )
     def _golden(sync: SyncResource):
         golden = build_golden(sync.stack, sync.warehouse, entity)
@@ -127,6 +153,8 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
                 "failure_rate": dg.MetadataValue.float(verdict.failure_rate),  # over all golden records
             },
         )
+        yield dg.AssetCheckResult(check_name=concurrent, passed=golden.concurrent.empty,
+                                  severity=dg.AssetCheckSeverity.WARN, metadata=_concurrent_metadata(golden.concurrent))
 
     return _golden
 

@@ -75,3 +75,37 @@ def changed_fields(identity_changed: pd.Series, field: str) -> np.ndarray:
     """Which of ``changed_records``' ``identity_changed`` values name ``field`` (or every field)."""
     names = identity_changed.fillna("").astype(str)
     return names.str.contains(rf"(?:^|,)(?:{re.escape(ALL_FIELDS)}|{re.escape(field)})(?:,|$)").to_numpy()
+
+
+CONCURRENT_COLUMNS = ["entity_id", "field", "rule", "decided_tool", "decided_value", "tool", "source_id", "value",
+                      "changed_at", "decided_at"]
+
+
+def concurrent_edits(conflicts: pd.DataFrame, since) -> pd.DataFrame:
+    """The edits a steward should see: per entity and field, the values two or more tools changed to, differently,
+    after ``since`` (the last sync; None: a first run, where every value is new, so none). Their rule decided them
+    as any conflict; this lists each such edit (one row per tool record) beside the value that won.
+
+    ``conflicts`` is survivorship's audit: an edit that lost is a loser there, one that won is the winner. Values
+    compare as survivorship compares them (text, stripped and casefolded, a clear as empty)."""
+    if since is None or conflicts.empty:
+        return pd.DataFrame(columns=CONCURRENT_COLUMNS)
+    decided = {"winner_tool": "decided_tool", "winner_value": "decided_value"}
+    sides = [conflicts.rename(columns={f"{side}_{name}": name for name in ("tool", "source_id", "value",
+                                                                           "changed_at")})
+             for side in ("winner", "loser")]
+    sides[0] = sides[0].assign(decided_tool=sides[0]["tool"], decided_value=sides[0]["value"])
+    sides[1] = sides[1].rename(columns=decided)
+    edits = pd.concat([side[CONCURRENT_COLUMNS] for side in sides], ignore_index=True)
+    edits = edits[pd.to_datetime(edits["changed_at"], utc=True) > pd.Timestamp(since)]
+    edits = edits.drop_duplicates(["entity_id", "field", "tool", "source_id"], ignore_index=True)
+    compared = edits["value"].astype("str").str.strip().str.casefold().fillna("")
+    per_case = edits.assign(_value=compared).groupby(["entity_id", "field"])
+    concurrent = (per_case["tool"].transform("nunique") > 1) & (per_case["_value"].transform("nunique") > 1)
+    return edits[concurrent.to_numpy()].sort_values(["entity_id", "field", "tool", "source_id"],
+                                                    ignore_index=True)
+
+
+def shown(value) -> str:
+    """A value as a steward reads it in a list of edits: a clear (null) says so."""
+    return "(cleared)" if value is None or value != value else str(value)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from sync_pipelines.core.changes import KEYS, changed_fields
+from sync_pipelines.core.changes import CONCURRENT_COLUMNS, KEYS, changed_fields, concurrent_edits
 from sync_pipelines.core.quality import QualityReport, validate, volume_check
-from sync_pipelines.core.survive import derive_field_change_times, survivorship
+from sync_pipelines.core.survive import derive_field_change_times, survivorship, without_clears
 from sync_pipelines.pipeline.common import METADATA, identity_fields, stack_fingerprint, table
 from sync_pipelines.resolve import block_neighbors, build_crosswalk, resolve_entities
 from sync_pipelines.stack import Stack
@@ -21,6 +21,10 @@ from sync_pipelines.warehouse import Warehouse
 # (finding what they reach would cost more than the rebuild), or what they reach passes the second.
 FULL_REBUILD_CHANGES = 0.1
 FULL_REBUILD_SHARE = 0.3
+# The layout of the golden tables and field state: a change rebuilds everything once. 2: clears are times in the
+# field state (older states are read as all gaps).
+LAYOUT = 2
+CONCURRENT_TABLE = "concurrent_edits"  # every entity's, for a steward: `sync-pipelines conflicts`
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Golden:
     changed_ids: list[str] | None = None  # entities rebuilt by an incremental run; None after a full rebuild
     resolved: int = 0  # records resolved and survived by this run
     reason: str = ""  # why this run rebuilt everything, or what it rebuilt
+    # fields two tools changed differently since the last run (changes.concurrent_edits)
+    concurrent: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONCURRENT_COLUMNS))
 
 
 def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields: list[str]) -> pd.DataFrame:
@@ -49,7 +55,10 @@ def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields
         merged = state[["_source", "_source_id", fname]].merge(
             origin, left_on=["_source", "_source_id"], right_on=["tool", "source_id"], how="left"
         )
-        ours = (merged["value"].notna() & (merged[fname].astype("str") == merged["value"].astype("str"))).to_numpy()
+        held, written = merged[fname].astype("str").replace("", None), merged["value"].astype("str").replace("", None)
+        # a clear we wrote is ours too: the tool holds nothing where we sent nothing
+        ours = (merged["written_at"].notna() & ((held == written).fillna(False) | (held.isna() & written.isna()))
+                ).to_numpy()
         column = f"{fname}__changed_at"
         state.loc[ours, column] = pd.to_datetime(merged.loc[ours, "origin_changed_at"], utc=True).to_numpy()
     return state
@@ -60,11 +69,14 @@ def _golden_tables(entity: str) -> dict[str, str]:
 
 
 def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFrame, crosswalk: pd.DataFrame | None,
-             field_state: pd.DataFrame | None, now: datetime):
+             field_state: pd.DataFrame | None, now: datetime, older_layout: bool):
     """Resolve ``records`` into entities and survive one golden record each: the work of full and incremental
-    runs alike, on all staged records or on the part a change can reach."""
+    runs alike, on all staged records or on the part a change can reach. A field state of an ``older_layout``
+    cannot tell clears from gaps: its empty values are all taken for gaps."""
     fields = list(stack.entities[entity].fields)
     clusters = resolve_entities(records, stack.identity[entity], crosswalk=crosswalk)
+    if older_layout and field_state is not None:
+        field_state = without_clears(field_state, fields)
     state = derive_field_change_times(field_state, records, fields, extracted_at=now)
     ledger = None
     if warehouse.has_table("writeback_ledger"):
@@ -87,8 +99,10 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     now = now or datetime.now(timezone.utc)
     tables = _golden_tables(entity)
     staged_table, log_table, name = table("staged", entity), table("staged_changes", entity), f"golden_{entity}"
-    fingerprint = stack_fingerprint(list(stack.entities[entity].fields), stack.identity[entity], stack.survivorship[entity])
+    fingerprint = stack_fingerprint(LAYOUT, list(stack.entities[entity].fields), stack.identity[entity],
+                                    stack.survivorship[entity])
     mark = warehouse.watermark(name)
+    older_layout = mark is not None and mark.get("layout") != LAYOUT
     valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(tables["golden"])
     log = warehouse.read_log(log_table, mark["batch"] if valid else 0)
     last_batch = int(log["batch"].max()) if log is not None and len(log) else (mark or {}).get("batch", 0)
@@ -105,7 +119,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     if not full:
         records = warehouse.read_keys(staged_table, scope.keys)
         clusters, state, result = _survive(stack, warehouse, entity, records, scope.crosswalk,
-                                           warehouse.read_keys(tables["field_state"], scope.keys), now)
+                                           warehouse.read_keys(tables["field_state"], scope.keys), now, older_layout)
         fresh = set(clusters) - scope.entity_ids
         # a new id equal to one outside the scope (a hash of a record that left that entity) would merge two
         # entities' rows: rebuild everything instead (rare)
@@ -115,9 +129,10 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         records = warehouse.read_table(staged_table)
         clusters, state, result = _survive(stack, warehouse, entity, records,
                                            warehouse.read_if_exists(tables["crosswalk"]),
-                                           warehouse.read_if_exists(tables["field_state"]), now)
+                                           warehouse.read_if_exists(tables["field_state"]), now, older_layout)
     golden = result.golden.reset_index()
     crosswalk = build_crosswalk(records, clusters)
+    concurrent = concurrent_edits(result.conflicts, (mark or {}).get("decided_at"))
     with warehouse.transaction() as conn:
         if full:
             changed_ids = None
@@ -138,14 +153,16 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
             logged = pd.DataFrame({"entity_id": changed_ids}).assign(
                 removed=lambda f: ~f["entity_id"].isin(golden["entity_id"]))
         warehouse.insert(conn, table("conflicts", entity), result.conflicts)
+        warehouse.insert(conn, CONCURRENT_TABLE, concurrent.assign(entity=entity), index=("entity",))
         warehouse.insert(conn, table("golden_changes", entity),
                          logged.assign(batch=warehouse.next_batch(conn, table("golden_changes", entity)),
                                        changed_at=now))
-        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
+        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch, "layout": LAYOUT,
+                                              "decided_at": now.isoformat()})
         warehouse.prune_log(conn, log_table, last_batch)  # the golden step is its only reader
     return Golden(entity, staged_rows, warehouse.count(tables["golden"]), len(result.conflicts),
                   clusters.attrs.get("resolution", {}).get("merged_ids", {}), changed_ids=changed_ids,
-                  resolved=len(records), reason=reason)
+                  resolved=len(records), reason=reason, concurrent=concurrent)
 
 
 def _rebuild_reason(mark: dict | None, valid: bool, log: pd.DataFrame | None, staged_rows: int) -> str | None:

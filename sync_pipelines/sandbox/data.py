@@ -106,6 +106,7 @@ class World:
     companies: Companies
     tables: dict[str, Table] = field(default_factory=dict)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
+    split_names: list[dict[str, Any]] = field(default_factory=list)  # Salesforce contacts with the whole name last
 
     def table(self, tool: str, stream: str) -> Table | None:
         return self.tables.get(f"{tool}/{stream}")
@@ -259,6 +260,7 @@ def build_world(seed: int = 42, scale: float = 1.0, anchor: datetime | None = No
                   _companies(seed, n_companies))
     _build_contacts(world)
     _plant_conflicts(world)
+    _plant_split_names(world)
     _build_business(world)
     return world
 
@@ -269,6 +271,8 @@ def _build_contacts(world: World) -> None:
     def salesforce(t: Table, row: int) -> dict[str, Any]:
         v = person_values(world, t, row)
         account = world.tables["salesforce/Account"].id(v["company_index"]) if "company_index" in v else None
+        if t.codes["split_name"][row] == 1:
+            v["first"], v["last"] = None, N.whole_name(v["first"], v["last"])
         return {"FirstName": v["first"], "LastName": v["last"], "Email": v["email"], "Phone": v["phone"],
                 "Title": None if v["extra_missing"] else v["title"], "AccountId": account, "External_Id__c": None}
 
@@ -280,12 +284,12 @@ def _build_contacts(world: World) -> None:
 
     def full_name(t: Table, row: int) -> dict[str, Any]:
         v = person_values(world, t, row)
-        return {"name": f"{v['first']} {v['last']}", "email": v["email"], "phone": v["phone"]}
+        return {"name": N.whole_name(v["first"], v["last"]), "email": v["email"], "phone": v["phone"]}
 
     def erp(t: Table, row: int) -> dict[str, Any]:
         v = person_values(world, t, row)
         customer_no = None if t.invalid[row] == MISSING_ID else t.id(row)
-        return {"customer_no": customer_no, "contact_name": f"{v['first']} {v['last']}",
+        return {"customer_no": customer_no, "contact_name": N.whole_name(v["first"], v["last"]),
                 "email_address": v["email"], "phone": v["phone"],
                 "company": None if v["extra_missing"] else v["company"]}
 
@@ -355,6 +359,24 @@ def _plant_conflicts(world: World) -> None:
                 value, older = world.people.phone(p, True), world.people.phone(p)
             world.conflicts.append({"person": person_key(p), "field": canonical, "tool": t.tool, "value": value,
                                     "older_tool": "salesforce", "older_value": older})
+
+
+def _plant_split_names(world: World) -> None:
+    """Some Salesforce users type the whole name into LastName (FirstName is optional there, LastName is not),
+    while HubSpot holds it split: field by field, that would make the golden "Rebecca" "Rebecca Williams". Planted
+    on people HubSpot also holds and no conflict was planted on, with an email, so they still resolve."""
+    rng = _rng(world.seed, "split_names")
+    sf, hs = world.tables["salesforce/Contact"], world.tables["hubspot/contacts"]
+    sf.codes["split_name"] = np.zeros(len(sf), np.int8)
+    in_hubspot = np.zeros(len(world.people), bool)
+    in_hubspot[hs.person[(hs.person >= 0) & ~hs.deleted]] = True
+    planted = {c["person"] for c in world.conflicts}
+    candidates = np.flatnonzero((sf.person >= 0) & ~sf.deleted & (sf.invalid == 0) & sf.present["email"])
+    candidates = candidates[in_hubspot[sf.person[candidates]]]
+    candidates = [row for row in candidates.tolist() if person_key(int(sf.person[row])) not in planted]
+    for row in [row for row, draw in zip(candidates, rng.random(len(candidates))) if draw < 0.04]:
+        sf.codes["split_name"][row] = 1
+        world.split_names.append({"person": person_key(int(sf.person[row])), "tool": sf.tool, "id": sf.id(row)})
 
 
 def person_key(p: int) -> str:

@@ -91,6 +91,11 @@ def typo(word: str, position_seed: int) -> str:
     return word[:i] + word[i + 1] + word[i] + word[i + 2:]
 
 
+def whole_name(first: str, last: str) -> str:
+    """A name as one text, first name first, as people type it into a single field."""
+    return f"{first} {last}"
+
+
 def format_phone(e164: str, style: int) -> str:
     """Render a +1 number the way different tools' users type it."""
     area, exchange, line = e164[2:5], e164[5:8], e164[8:]

@@ -12,6 +12,7 @@ from .data import World, person_key
 from .table import INVALID_REASONS, Table
 
 CANONICAL_FIELDS = ("email", "first_name", "last_name", "phone", "company_name", "job_title", "lifecycle_stage")
+NAME_FIELDS = ("first_name", "last_name")  # a group in stacks/sandbox.yaml: they survive together
 
 
 def _split_name(name: Any) -> tuple[str | None, str | None]:
@@ -120,7 +121,8 @@ def summary(world: World) -> dict[str, Any]:
         people_with_records[table.person[table.person >= 0]] = True
     return {"seed": world.seed, "scale": world.scale, "people": int(people_with_records.sum()),
             "anchor_ms": world.anchor_ms,
-            "streams": {key: table.counts() for key, table in world.tables.items()}}
+            "streams": {key: table.counts() for key, table in world.tables.items()},
+            "split_names": world.split_names}
 
 
 def records(table: Table) -> list[dict[str, Any]]:
@@ -165,4 +167,16 @@ def people(world: World) -> dict[str, dict[str, Any]]:
                 table, extract = sources[key >> 40]
                 rendered[key] = extract(table.fields(key & ((1 << 40) - 1)))
             result.setdefault(person_key(p), {})[field] = canonical_value(field, rendered[key].get(field))
+    _names_from_the_source_of_truth(world, result)
     return {person: {field: values.get(field) for field in CANONICAL_FIELDS} for person, values in sorted(result.items())}
+
+
+def _names_from_the_source_of_truth(world: World, result: dict[str, dict[str, Any]]) -> None:
+    """A planted split name is the golden name whole, as its live Salesforce record holds it (the source of truth
+    of the name group wins both parts, one empty), not the newest value of each part."""
+    table, extract = world.tables["salesforce/Contact"], CONTACT_MAPPINGS["salesforce/Contact"]
+    usable = (table.person >= 0) & ~table.deleted & (table.invalid == 0) & (table.codes["split_name"] == 1)
+    for row in np.flatnonzero(usable).tolist():
+        values = extract(table.fields(row))
+        result[person_key(int(table.person[row]))].update(
+            {name: canonical_value(name, values.get(name)) for name in NAME_FIELDS})

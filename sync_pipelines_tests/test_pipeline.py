@@ -144,7 +144,7 @@ def killed_after_creates(patch: pytest.MonkeyPatch, count: int) -> None:
     call (the ledger) ran."""
     original = pipeline.run_action
 
-    def run_action(stack, warehouse, connector, action):
+    def run_action(stack, warehouse, connector, action, **options):
         write, made = connector.write, []
 
         def write_then_die(stream, records, *args, **kwargs):
@@ -156,7 +156,7 @@ def killed_after_creates(patch: pytest.MonkeyPatch, count: int) -> None:
             return results
 
         connector.write = write_then_die
-        return original(stack, warehouse, connector, action)
+        return original(stack, warehouse, connector, action, **options)
 
     patch.setattr("sync_pipelines.assets.core.run_action", run_action)
 

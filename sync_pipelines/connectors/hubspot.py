@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
+from sync_pipelines.connectors.deletes import delete_each
 from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest, dig
 
 API = "/crm/v3"
@@ -129,6 +130,11 @@ class HubSpotConnector(ApiConnector):
             for index, outcome in zip(indexes, sent):
                 results[index] = outcome
         return results
+
+    def delete(self, stream: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Archive records by id (DELETE /crm/v3/objects/{stream}/{id}): HubSpot keeps them, listed as archived."""
+        self._check_stream(stream, self.write_streams, "delete")
+        return delete_each(self, ids, lambda record_id: f"{API}/objects/{stream}/{record_id}")
 
     def _send_batch(self, stream: str, mode: str, id_property: str | None, batch: list[dict]) -> list[dict[str, Any]]:
         """Map results back by record id or id-property value: HubSpot does not keep input order, and lowers emails."""

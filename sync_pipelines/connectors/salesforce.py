@@ -8,6 +8,7 @@ from typing import Any, Iterator
 from urllib.parse import quote
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
+from sync_pipelines.connectors.deletes import delete_each
 from sync_pipelines.connectors.errors import ConnectorError
 from sync_pipelines.connectors.http import Auth, NextUrlPaginator, PageRequest
 
@@ -82,6 +83,11 @@ class SalesforceConnector(ApiConnector):
             for index, outcome in zip(indexes, sent):
                 results[index] = outcome
         return results
+
+    def delete(self, stream: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Delete records by Id (DELETE /sobjects/{stream}/{id}): they go to the recycle bin, IsDeleted."""
+        self._api_name(stream, "stream")
+        return delete_each(self, ids, lambda record_id: f"{API}/sobjects/{quote(stream, safe='')}/{record_id}")
 
     def _upsert(self, stream: str, external_id: str, batch: list[dict]) -> list[dict[str, Any]]:
         # Record ids travel in the body, never in the path; the path's names are API names, quoted all the same.

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Iterator
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
+from sync_pipelines.connectors.deletes import delete_each
 from sync_pipelines.connectors.errors import ConnectorError, ResponseError
 from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest
 
@@ -71,6 +72,11 @@ class ZendeskConnector(ApiConnector):
             for index, outcome in zip(indexes, self._write_batch(batch, lambda b: self._run_job(method, path, b))):
                 results[index] = outcome
         return results
+
+    def delete(self, stream: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Delete users by id (DELETE /api/v2/users/{id}.json): Zendesk soft-deletes them (active false)."""
+        self._check_stream(stream, self.write_streams, "delete")
+        return delete_each(self, ids, lambda record_id: f"{API}/users/{record_id}.json")
 
     def _run_job(self, method: str, action: str, batch: list[dict]) -> list[dict[str, Any]]:
         body = self.http.request(method, f"{API}/users/{action}.json", json={"users": batch})

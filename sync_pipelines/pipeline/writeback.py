@@ -27,6 +27,11 @@ class WriteBack:
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     planned_entities: int = 0  # golden records compared with the tool's records: the changed ones, or all
+    archived: int = 0  # records of deleted golden records deleted in the tool (on_delete: archive)
+
+
+class DeleteCapExceeded(RuntimeError):
+    """More records to delete than the destination's max_deletes_per_run: nothing was deleted or written."""
 
 
 def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
@@ -47,7 +52,9 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
         crosswalk = crosswalk[crosswalk["_source"] == dest.tool]
         current = warehouse.read_where_in(landing, "_source_id", crosswalk["_source_id"], held)
     # only the golden records the tool holds a record of, and only the columns written
-    golden = warehouse.read_where_in(golden_table, "entity_id", crosswalk["entity_id"], ["entity_id", *fields])
+    deleted = ["_deleted"] if dest.on_delete == "archive" else []  # the golden step marks a deleted record
+    golden = warehouse.read_where_in(golden_table, "entity_id", crosswalk["entity_id"],
+                                     ["entity_id", *fields, *deleted])
     ledger = None
     if warehouse.has_table(LEDGER):
         ledger = (warehouse.read_where_in(LEDGER, "tool", [dest.tool]) if entity_ids is None else
@@ -95,7 +102,9 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     outcome = WriteBack(dest.tool, dest.stream, unchanged=int((plan["action"] == "unchanged").sum()),
                         updates=int((plan["action"] == "update").sum()),
                         duplicates=int((plan["action"] == "duplicate").sum()), planned_entities=len(golden))
-    todo = plan[plan["action"] == "update"].reset_index(drop=True)
+    doomed = _to_delete(plan, golden, dest)
+    kept = pd.Index(doomed, dtype=object).get_indexer(plan["source_id"]) < 0
+    todo = plan[(plan["action"] == "update").to_numpy() & kept].reset_index(drop=True)
     # one ledger row per field sent, with what it overwrote and the change time of the value it copies
     sent = pd.DataFrame([(i, field_name, value or None, before.get(field_name))
                          for i, (change, before) in enumerate(zip(todo["changes"], todo["before"]))
@@ -110,10 +119,32 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
         stack, warehouse, connector, dest, todo, now, run_id,
         lambda positions, written_at: sent[sent["position"].isin(positions)].assign(
             origin_changed_at=lambda f: pd.to_datetime(f["origin_changed_at"], utc=True).fillna(written_at)))
+    if doomed:
+        for res in connector.delete(dest.stream, doomed):
+            if res["ok"]:
+                outcome.archived += 1
+            else:
+                outcome.failed += 1
+                outcome.errors.append(f"{res['id']}: {res['error']}")
     if not outcome.failed:
         with warehouse.transaction() as conn:
             warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
     return outcome
+
+
+def _to_delete(plan: pd.DataFrame, golden: pd.DataFrame, dest: Destination) -> list[str]:
+    """The tool's records of golden records the golden step deleted, under ``on_delete: archive``; more than
+    ``max_deletes_per_run`` of them is refused before anything is written (a bad deletion must not spread)."""
+    if dest.on_delete != "archive":
+        return []
+    gone = golden["_deleted"].reindex(plan["entity_id"]).fillna(False).astype(bool).to_numpy()
+    doomed = plan.loc[gone, "source_id"].tolist()
+    if len(doomed) > dest.max_deletes_per_run:
+        raise DeleteCapExceeded(
+            f"{dest.tool} {dest.stream}: {len(doomed)} records of deleted golden {dest.entity} to delete, more than "
+            f"max_deletes_per_run ({dest.max_deletes_per_run}) of destinations[{dest.tool}]: nothing was deleted or "
+            "written; check the deletions, then raise the cap in the stack file if they are right")
+    return doomed
 
 
 def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destination, todo: pd.DataFrame, now: datetime | None,

@@ -51,6 +51,7 @@ class HubSpot(Vendor):
             ("POST", f"{API}/objects/{{object}}/batch/upsert", self.batch_upsert, True),
             ("POST", f"{API}/objects/{{object}}/batch/update", self.batch_update, True),
             ("GET", f"{API}/objects/{{object}}/{{id}}", self.get_object, True),
+            ("DELETE", f"{API}/objects/{{object}}/{{id}}", self.archive, True),
             ("GET", f"{API}/properties/{{object}}", self.properties, True),
         ]
 
@@ -133,6 +134,16 @@ class HubSpot(Vendor):
         if row is None or bool(table.deleted[row]) != archived:
             raise ApiError(404, "OBJECT_NOT_FOUND", "Object not found. objectId are usually numeric.")
         return json_response(self.record(table, row, self._wanted(obj, call.query.get("properties"))))
+
+    def archive(self, call: Call) -> Response:
+        """Archive the record (listed again with archived=true); 204 with no body, also for one archived already."""
+        table = self._object(call.params["object"])
+        row = table.row_of(call.params["id"])
+        if row is None:
+            raise ApiError(404, "OBJECT_NOT_FOUND", "Object not found. objectId are usually numeric.")
+        if not table.deleted[row]:
+            self.state.write(table, row, {}, deleted=True)
+        return Response(status_code=204)
 
     def search(self, call: Call) -> Response:
         obj = call.params["object"]

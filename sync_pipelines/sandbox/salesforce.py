@@ -58,6 +58,7 @@ class Salesforce(Vendor):
             ("GET", f"{API}/queryAll/{{locator}}", self.more, True),
             ("GET", f"{API}/sobjects/{{object}}/describe", self.describe, True),
             ("GET", f"{API}/sobjects/{{object}}/{{id}}", self.get_record, True),
+            ("DELETE", f"{API}/sobjects/{{object}}/{{id}}", self.delete_record, True),
             ("PATCH", f"{API}/composite/sobjects/{{object}}/{{field}}", self.upsert, True),
         ]
 
@@ -201,6 +202,16 @@ class Salesforce(Vendor):
         if row is None or table.deleted[row]:
             raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
         return json_response(self.record(table, row, self.field_names(obj)))
+
+    def delete_record(self, call: Call) -> Response:
+        """Move the record to the recycle bin (IsDeleted, still listed by queryAll); 204 with no body."""
+        table = self._object(call.params["object"])
+        row = table.row_of(call.params["id"])
+        if row is None or table.deleted[row]:
+            raise ApiError(404, "ENTITY_IS_DELETED" if row is not None else "NOT_FOUND",
+                           "entity is deleted" if row is not None else "The requested resource does not exist")
+        self.state.write(table, row, {}, deleted=True)
+        return Response(status_code=204)
 
     def upsert(self, call: Call) -> Response:
         obj, key_field = call.params["object"], call.params["field"]

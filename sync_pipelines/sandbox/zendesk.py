@@ -37,6 +37,7 @@ class Zendesk(Vendor):
             ("PUT", f"{API}/users/update_many.json", self.update_many, False),
             ("GET", f"{API}/job_statuses/{{id}}.json", self.job_status, False),
             ("GET", f"{API}/users/{{id}}.json", self.get_user, False),
+            ("DELETE", f"{API}/users/{{id}}.json", self.delete_user, False),
         ]
 
     def error_body(self, status: int, code: str, message: str, **extra: Any) -> Any:
@@ -113,6 +114,15 @@ class Zendesk(Vendor):
         row = table.row_of(call.params["id"])
         if row is None:
             raise ApiError(404, "RecordNotFound", "Not found")
+        return json_response({"user": self.record(call, table, row)})
+
+    def delete_user(self, call: Call) -> Response:
+        """Soft-delete the user (active false in the export from then on) and answer it, as Zendesk does."""
+        table = self.table("users")
+        row = table.row_of(call.params["id"])
+        if row is None or table.deleted[row]:
+            raise ApiError(404, "RecordNotFound", "Not found")
+        self.state.write(table, row, {}, deleted=True)
         return json_response({"user": self.record(call, table, row)})
 
     def create_or_update_many(self, call: Call) -> Response:

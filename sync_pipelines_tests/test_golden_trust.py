@@ -34,6 +34,8 @@ def test_planted_split_names_survive_whole_from_the_source_of_truth(sync_on_each
     expected = [(people[p]["first_name"], people[p]["last_name"]) for p in names]
     got = [(None if pd.isna(n["first_name"]) else n["first_name"], n["last_name"]) for n in names.values()]
     assert len(cases) >= 10 and got == expected  # 100% of planted cases
+    # each resolved with its HubSpot record, split the other way: field by field they would have mixed
+    assert all("hubspot" in set(_members(sync, _entity_of(sync, c["tool"], c["id"]))["_source"]) for c in cases)
     mixed = sum(1 for first, last in got if first and last and last.startswith(first + " "))
     assert mixed == 0
 

@@ -221,9 +221,19 @@ class Warehouse:
 
     def _derived_table(self, conn: Connection, name: str, frame: pd.DataFrame) -> sa.Table:
         """A derived table as it is in the database, created first with the column types pandas infers from
-        ``frame`` (as ``DataFrame.to_sql`` would) when it does not exist yet."""
+        ``frame`` (as ``DataFrame.to_sql`` would) when it does not exist yet; a column an earlier version did not
+        write (a ledger's ``before``) is added, empty in the rows it holds, so an upgrade needs no manual step."""
         if not sa.inspect(conn).has_table(name):
             conn.exec_driver_sql(pd.io.sql.get_schema(frame, name, con=conn))
+        table = sa.Table(name, sa.MetaData(), autoload_with=conn)
+        missing = [column for column in frame.columns if column not in table.c]
+        if not missing:
+            return table
+        quote = conn.dialect.identifier_preparer.quote
+        inferred = pd.io.sql.SQLTable(name, pd.io.sql.SQLDatabase(conn), frame=frame[missing], index=False).table
+        for column in inferred.columns:
+            conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ADD COLUMN {quote(column.name)} "
+                                 f"{column.type.compile(conn.dialect)}")
         return sa.Table(name, sa.MetaData(), autoload_with=conn)
 
     def land(self, tool: str, stream: str, rows: pd.DataFrame) -> int:

@@ -397,3 +397,14 @@ def test_a_column_mixing_types_is_stored_as_text(warehouse):
     warehouse.append("mixed_values", frame)
     stored = warehouse.read_table("mixed_values")
     assert stored["value"].tolist()[:2] == ["a@b.co", "250"] and stored["value"].isna().tolist()[3]
+
+
+def test_an_audit_table_an_earlier_version_made_gains_the_columns_written_now(warehouse):
+    """A ledger made before a column existed (``before``, ``run_id``) keeps its rows and takes the new ones."""
+    warehouse.append("writeback_ledger", pd.DataFrame({"tool": ["hubspot"], "value": ["a@b.co"]}))
+    later = pd.DataFrame({"tool": ["hubspot"], "value": ["c@d.co"], "before": ["a@b.co"], "run_id": ["r1"],
+                          "written_at": pd.to_datetime(["2026-12-01T00:00:00Z"], utc=True)})
+    warehouse.append("writeback_ledger", later)
+    stored = warehouse.read_table("writeback_ledger").sort_values("value", ignore_index=True)
+    assert stored["before"].isna().tolist() == [True, False] and stored.loc[1, "run_id"] == "r1"
+    assert stored.loc[1, "written_at"] == pd.Timestamp("2026-12-01T00:00:00Z")

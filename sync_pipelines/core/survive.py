@@ -616,8 +616,9 @@ def derive_field_change_times(
         changed_before = pd.Series(previous[changed].array.take(previous_row, allow_fill=True))
         same = changed_before.notna().to_numpy().copy()  # only a value with a known change time can keep it
         same[same] = _same_text(now.loc[same, name], pd.Series(previous[name].array.take(previous_row[same])))
-        before_empty = _empty_mask(pd.Series(previous[name].array.take(previous_row, allow_fill=True)))
-        gap = _empty_mask(now[name]) & before_empty & changed_before.isna().to_numpy()
+        gap = _empty_mask(now[name]) & changed_before.isna().to_numpy()  # no previous row: a new record's gap
+        held = np.flatnonzero(gap & (previous_row >= 0))
+        gap[held] = _empty_mask(pd.Series(previous[name].array.take(previous_row[held])))
         now[changed] = changed_before.where(same, updated).mask(gap)
     now["_seen_at"] = pd.Series(seen_at, index=now.index, dtype=UTC_DTYPE)
 

@@ -12,6 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sync_pipelines.commands.conflicts import conflicts
+from sync_pipelines.commands.pause import pause, resume
+from sync_pipelines.commands.revert import revert
 from sync_pipelines.stack import StackError, load_stack
 
 console = Console(width=120)
@@ -246,6 +249,5 @@ def sync(partition: str | None) -> None:
     console.print(f"[green]nightly_sync succeeded[/green] for partition {partition} (run {result.run_id})")
 
 
-__import__("sync_pipelines.commands.pause", fromlist=["register"]).register(main)  # pause, resume
-main.add_command(__import__("sync_pipelines.commands.conflicts", fromlist=["conflicts"]).conflicts)
-main.add_command(__import__("sync_pipelines.commands.revert", fromlist=["revert"]).revert)
+for command in (conflicts, pause, resume, revert):
+    main.add_command(command)

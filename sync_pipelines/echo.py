@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from sync_pipelines.core.normalize import get_path, map_records
-from sync_pipelines.core.plan import _text, writable_fields
+from sync_pipelines.core.plan import tool_text, writable_fields
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 from sync_pipelines.webhooks import SCHEMES
@@ -118,4 +118,4 @@ def _landed(warehouse: Warehouse, tool: str, stream: str, ids: list[str],
 def _joined(values: Mapping[str, Any] | pd.Series, group: Iterable[str]) -> str | None:
     """A tool value as the canonical fields composing it read, joined (a full name of first and last), compared as
     text like write-back compares: a name split differently on reading is the same name."""
-    return " ".join(part for f in group if (part := _text(values.get(f)))) or None
+    return " ".join(part for f in group if (part := tool_text(values.get(f)))) or None

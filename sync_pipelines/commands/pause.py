@@ -64,9 +64,3 @@ def resume(integration: str) -> None:
         return
     console.print(f"[green]resumed {integration}[/green] ({ended.describe()}); the next run writes what was held "
                   "back")
-
-
-def register(group: click.Group) -> None:
-    """Add ``pause`` and ``resume`` to the CLI."""
-    group.add_command(pause)
-    group.add_command(resume)

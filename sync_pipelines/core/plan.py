@@ -43,14 +43,15 @@ def writable_fields(stream: Stream) -> dict[str, list[str]]:
     return writable
 
 
-def _text(value) -> str | None:
+def tool_text(value) -> str | None:
+    """A value as the tool would show it, None when empty or missing: how write-back and echo detection compare."""
     if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
         return None
     return str(value)
 
 
 def _texts(values: pd.Series) -> pd.Series:
-    """``_text`` of a whole column, vectorised: what the tool would show, None when empty or missing."""
+    """``tool_text`` of a whole column, vectorised: what the tool would show, None when empty or missing."""
     text = values.astype("string")
     return text.astype(object).where(text.notna() & (text != ""), None)
 
@@ -185,7 +186,7 @@ def to_tool_record(changes: dict, held: pd.Series | dict, writable: dict[str, li
     for path, canonical in writable.items():
         if not any(f in changes for f in canonical):
             continue
-        parts = [_text(changes[f] if f in changes else held.get(f)) for f in canonical]
+        parts = [tool_text(changes[f] if f in changes else held.get(f)) for f in canonical]
         value = " ".join(p for p in parts if p) or None
         node = record
         *parents, leaf = path.split(".")

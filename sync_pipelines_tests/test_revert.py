@@ -63,3 +63,20 @@ def test_revert_round_trip_restores_every_tool_and_leaves_a_field_edited_since(s
     assert "run no-such-run is unknown" in failure.step_failure_data.error.message
     dry_run = job.execute_in_process(run_config={"ops": {"revert_run": {"config": {"run_id": result.run_id}}}})
     assert dry_run.success and sync.warehouse.count("revert_log") == 1  # a dry run writes nothing
+
+
+def test_revert_deletes_the_draft_invoice_an_action_created_in_that_run(sync):
+    assert sync.run()[0].success  # the actions' baseline
+    deals = sync.warehouse.read_table("stg_salesforce_opportunity")
+    deal = deals[(deals["stage"] != "closed_won") & ~deals["_deleted"]].iloc[0]
+    sync.box.mutate("salesforce", "Opportunity", deal["_source_id"], {"StageName": "Closed Won"})
+    result, _ = sync.run()
+    assert result.success
+
+    dry = revert(sync.stack, sync.warehouse, SyncResource().connector, result.run_id)
+    [created] = dry.created
+    assert created["tool"] == "stripe" and created["undo"].startswith("on --apply")
+    undone = revert(sync.stack, sync.warehouse, SyncResource().connector, result.run_id, apply=True)
+    assert [c["undo"] for c in undone.created] == ["deleted (it was a draft)"]
+    invoices = {r["id"]: r for r in sync.box.truth("records", tool="stripe", stream="invoices")}
+    assert invoices[created["id"]]["deleted"]

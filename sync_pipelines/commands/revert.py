@@ -27,7 +27,8 @@ def _run_status(run_id: str) -> str | None:
 @click.option("--apply", is_flag=True, help="Write the overwritten values back (default: only print them).")
 def revert(run_id: str, apply: bool) -> None:
     """Undo RUN_ID's write-backs: print the values it overwrote; with --apply write them back, except fields
-    changed again since (conflicts, never overwritten). Records its actions created are listed, not removed."""
+    changed again since (conflicts, never overwritten). Records its actions created are voided or deleted where
+    the tool allows it (with --apply), the others listed as not undone."""
     import dagster as dg
     from rich.table import Table
 

@@ -169,6 +169,12 @@ class Connector:
         finally:
             self.options.fields = asked
 
+    def undo_create(self, stream: str, record_id: str) -> str:
+        """Undo a record an action created, where the tool allows it, saying what became of it; a tool that offers
+        no safe way keeps it (it may already be in use) and says so."""
+        return (f"not undone: {self.kind} {stream} are kept (one may already be in use); delete it in the tool if "
+                "unwanted")
+
     def find_created(self, stream: str, key: str) -> str | None:
         """The id of the record a create under idempotency ``key`` made, None when there is none: how a create a
         crash interrupted is told from one that never reached the tool. A target that cannot tell refuses, so that

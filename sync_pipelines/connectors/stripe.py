@@ -104,6 +104,20 @@ class StripeConnector(ApiConnector):
         body = self.http.request("POST", path, data=form_encode(fields), headers={"Idempotency-Key": key})
         return result(True, body.get("id"), object_id is None)
 
+    def undo_create(self, stream: str, record_id: str) -> str:
+        """A draft invoice is deleted and an open one voided, as Stripe allows; a paid one cannot be undone."""
+        if stream != "invoices":
+            return super().undo_create(stream, record_id)
+        path = f"{API}/invoices/{quote(str(record_id), safe='')}"
+        status = self.http.request("GET", path).get("status")
+        if status == "draft":
+            self.http.request("DELETE", path)
+            return "deleted (it was a draft)"
+        if status in ("open", "uncollectible"):
+            self.http.request("POST", f"{path}/void", headers={"Idempotency-Key": f"void:{record_id}"})
+            return "voided"
+        return f"not undone: the invoice is {status}; refund or credit it in Stripe"
+
     def find_created(self, stream: str, key: str) -> None:
         """Nothing to look up: a create sent again with its Idempotency-Key is answered with the record the first one
         made (for the 24 hours Stripe keeps keys), so the caller can simply send it again."""

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from sync_pipelines.connectors.errors import ConnectorError
 from sync_pipelines.core.normalize import map_records
 from sync_pipelines.core.plan import CLEAR, writable_fields
 from sync_pipelines.pipeline.writeback import LEDGER, send_changes
@@ -21,8 +22,9 @@ from sync_pipelines.warehouse import Warehouse
 
 REVERT_LOG = "revert_log"
 ACTION_LEDGER = "action_ledger"
-# A created record may already be in use (an invoice sent, a task worked on): a revert lists it, never removes it.
-NOT_UNDONE = "not undone: a revert never removes a created record; void or delete it in the tool if unwanted"
+# What a dry run says of a created record: --apply asks its tool to undo it (``Connector.undo_create``), which
+# voids or deletes it only where that is safe and says plainly what it could not undo.
+ON_APPLY = "on --apply: voided or deleted where the tool allows it, else listed as not undone"
 
 
 class RevertError(ValueError):
@@ -64,7 +66,7 @@ def revert(stack: Stack, warehouse: Warehouse, connectors, run_id: str, apply: b
     columns = ["tool", "stream", "source_id", "entity_id", "field", "restore", "written", "written_at"]
     outcome = Revert(run_id, apply, _concat(restores, columns), _concat(conflicts, [*columns, "now"]))
     outcome.created = [{"tool": row.created_tool, "stream": row.created_stream, "id": row.created_id,
-                        "undo": NOT_UNDONE} for row in created.itertuples()]
+                        "undo": ON_APPLY} for row in created.itertuples()]
     if apply:
         _apply(stack, warehouse, connectors, outcome, revert_run_id)
     return outcome
@@ -130,6 +132,12 @@ def _apply(stack: Stack, warehouse: Warehouse, connectors, outcome: Revert, reve
         outcome.written += written
         outcome.failed += failed
         outcome.errors += errors
+    for record in outcome.created:
+        try:
+            record["undo"] = connectors(record["tool"]).undo_create(record["stream"], record["id"])
+        except ConnectorError as exc:
+            record["undo"] = f"not undone: {exc}"
+            outcome.errors.append(f"{record['tool']} {record['stream']} {record['id']}: {exc}")
     warehouse.append(REVERT_LOG, pd.DataFrame([{
         "revert_run_id": revert_run_id, "reverted_run_id": outcome.run_id, "reverted_at": datetime.now(timezone.utc),
         "restored": outcome.written, "failed": outcome.failed, "conflicts": len(outcome.conflicts),

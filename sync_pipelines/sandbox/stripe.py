@@ -80,6 +80,8 @@ class Stripe(Vendor):
             ("POST", f"{API}/customers/{{id}}", self.idempotent(self.update_customer), True),
             ("DELETE", f"{API}/customers/{{id}}", self.delete_customer, True),
             ("POST", f"{API}/invoices", self.idempotent(self.create_invoice), True),
+            ("DELETE", f"{API}/invoices/{{id}}", self.delete_draft_invoice, True),
+            ("POST", f"{API}/invoices/{{id}}/void", self.idempotent(self.void_invoice), True),
             ("POST", f"{API}/invoiceitems", self.idempotent(self.create_invoice_item), True),
         ]
 
@@ -255,6 +257,24 @@ class Stripe(Vendor):
                   "description": params.get("description")}
         invoice = self.state.write(invoices, None, fields)
         return json_response(self.obj(invoices, invoice))
+
+    def delete_draft_invoice(self, call: Call) -> Response:
+        """Stripe deletes only draft invoices: a finalized one must be voided."""
+        table, row = self._live(call, "invoices")
+        if table.fields(row).get("status") != "draft":
+            raise ApiError(400, "invoice_not_editable",
+                           f"You can only delete draft invoices. This invoice is {table.fields(row).get('status')}.")
+        self.state.write(table, row, {}, deleted=True)
+        return json_response({"id": table.id(row), "object": "invoice", "deleted": True})
+
+    def void_invoice(self, call: Call) -> Response:
+        """Only an open (finalized, unpaid) or uncollectible invoice can be voided; its status becomes void."""
+        table, row = self._live(call, "invoices")
+        status = table.fields(row).get("status")
+        if status not in ("open", "uncollectible"):
+            raise ApiError(400, "invoice_not_editable", f"You can only void open invoices. This invoice is {status}.")
+        self.state.write(table, row, {"status": "void"})
+        return json_response(self.obj(table, row))
 
     def create_invoice_item(self, call: Call) -> Response:
         """Adds `amount` to a draft invoice, the way invoice items make up an invoice's total."""

@@ -288,3 +288,16 @@ def test_asana_walks_workspaces_and_projects_and_dedupes_tasks(fake_api, sleeps)
     first_task_page = next(s for s in fake_api.seen if s.path.endswith("/tasks"))
     assert first_task_page.query["modified_since"] == ["2026-09-01T00:00:00Z"]
     assert "assignee.email" in first_task_page.query["opt_fields"][0]
+
+
+@pytest.mark.parametrize("status, calls, said", [
+    ("draft", ["GET", "DELETE"], "deleted (it was a draft)"),
+    ("open", ["GET", "POST"], "voided"),
+    ("paid", ["GET"], "not undone: the invoice is paid; refund or credit it in Stripe"),
+])
+def test_stripe_undoes_an_invoice_only_the_way_its_status_allows(fake_api, sleeps, status, calls, said):
+    fake_api.script = lambda seen: Reply(200, {"id": "in_1", "object": "invoice", "status": status})
+    stripe = connect("stripe", fake_api.url, "sk_test_x", sleep=sleeps)
+    assert stripe.undo_create("invoices", "in_1") == said
+    assert [seen.method for seen in fake_api.seen] == calls
+    assert connect("asana", fake_api.url, "tok", sleep=sleeps).undo_create("tasks", "1").startswith("not undone")

@@ -110,6 +110,16 @@ def _as_text(series: pd.Series) -> pd.Series:
     return _without_nul(column)
 
 
+def _storable_strings(values: pd.Series) -> pd.Series:
+    """Source values with their text cleaned as ``_as_text`` cleans it (no NUL, no unpaired surrogate), the others
+    (numbers, None) as they came: for a transform that parses them itself, such as ``phone_e164`` or ``utc``."""
+    cleaned = values.tolist()
+    for i, value in enumerate(cleaned):
+        if type(value) is str and ("\x00" in value or not value.isascii() and not _is_utf8(value)):
+            cleaned[i] = _without_surrogates(value).replace("\x00", "")
+    return pd.Series(cleaned, index=values.index, dtype="object")
+
+
 def _is_utf8(text: str) -> bool:
     """Whether ``text`` can be UTF-8, as every database stores text: only a surrogate cannot."""
     try:
@@ -254,8 +264,12 @@ def map_records(
                     f"field {mapping.to!r} (from {mapping.source!r}): expected {field_type}, got {wrong}")
         raw = pd.Series([None if v is _MISSING or isinstance(v, (dict, list)) else v for v in values], dtype="object")
         value = raw
-        for name in mapping.transforms:
-            value = TRANSFORMS[name](_as_text(value) if name in _TEXT_TRANSFORMS else value)
+        for position, name in enumerate(mapping.transforms):
+            if name in _TEXT_TRANSFORMS:
+                value = _as_text(value)
+            elif position == 0:  # a parsing transform takes values as they came, but never text no database holds
+                value = _storable_strings(value)
+            value = TRANSFORMS[name](value)
         columns[mapping.to] = value
     frame = pd.DataFrame(index=range(len(records)))
     for field, spec in entity.fields.items():

@@ -231,3 +231,17 @@ def test_a_surrogate_in_an_id_quarantines_the_record_with_the_key_named_and_the_
     assert rejects["_source_id"].isna().all()
     assert [json.loads(raw)["id"] for raw in rejects["_raw"]] == ["2\ud800", "\U0001F600"]  # the escapes it came as
     assert rejects.loc[0, "first_name"] == "Bo\ufffdb"
+
+
+def test_text_no_database_holds_is_cleaned_before_a_parsing_transform_too():
+    """A mapping that starts with phone_e164 (no trim first) takes values as they came: a NUL must not reach the
+    warehouse (PostgreSQL refuses it), nor an unpaired surrogate make the stream fail."""
+    spec = STACK.tools["hubspot"].streams["contacts"]
+    phone_only = spec.model_copy(update={"fields": [
+        m.model_copy(update={"transforms": ["phone_e164"]}) if m.to == "phone" else m for m in spec.fields]})
+    records = [{"id": "1", "properties": {"phone": "(415) 555-0101\x00"}},
+               {"id": "2", "properties": {"phone": "bad\ud800phone"}}]
+    rows, rejects = map_records(records, tool="hubspot", stream_name="contacts", stream=phone_only,
+                                entity=STACK.entities["contacts"], extracted_at=NOW)
+    assert rejects.empty
+    assert rows["phone"].tolist() == ["+14155550101", "bad\ufffdphone"]

@@ -248,9 +248,6 @@ class FieldPolicy(_Model):
     clear: Literal["allow", "never"] = "allow"
 
 
-DEFAULT_POLICY = FieldPolicy()
-
-
 class Destination(_Model):
     tool: str
     entity: str
@@ -259,9 +256,6 @@ class Destination(_Model):
     fields: dict[str, FieldPolicy] = {}  # canonical field → its policy; a field not named is owned
     on_delete: Literal["ignore", "archive"] = "ignore"
     max_deletes_per_run: int = Field(default=25, ge=0)
-
-    def policy(self, field: str) -> FieldPolicy:
-        return self.fields.get(field, DEFAULT_POLICY)
 
 
 class ActionWhen(_Model):
@@ -661,6 +655,15 @@ def _check_references(stack: Stack, file: Path) -> None:
                     raise StackError(file, f"{path}[{j}]", f"field {field!r} is already in {grouped[field]}; "
                                                           "allowed: each field in one group at most")
                 grouped[field] = path
+            # a group's winner gives every field of the group: a field its stream does not map would be emptied
+            # in every tool, when a field a tool does not map is a gap that changes nothing
+            for tool_name, _, stream_name, stream in stack.streams():
+                mapped = {mapping.to for mapping in stream.fields} & set(group)
+                if stream.entity == entity and mapped and mapped != set(group):
+                    raise StackError(file, path, f"tools.{tool_name}.streams.{stream_name} maps "
+                                                 f"{', '.join(sorted(mapped))} but not "
+                                                 f"{', '.join(sorted(set(group) - mapped))}; allowed: groups whose "
+                                                 "fields each stream of the entity maps all or none of")
             group_rules = {field: rules.fields.get(field, rules.default_rule) for field in group}
             if len(set(group_rules.values())) > 1:
                 raise StackError(file, path, f"found rules {group_rules}; allowed: one rule for all the fields of "

@@ -90,6 +90,8 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
          "survivorship.contacts.groups[0][1]", "last_name"),
         (lambda r: r["survivorship"]["contacts"].update(groups=[["first_name", "last_name"], ["last_name", "phone"]]),
          "survivorship.contacts.groups[1][0]", "already in survivorship.contacts.groups[0]"),
+        (lambda r: r["survivorship"]["contacts"].update(groups=[["first_name", "job_title"]]),
+         "survivorship.contacts.groups[0]", "maps first_name but not job_title"),
         (lambda r: r["survivorship"]["contacts"].update(groups=[["phone", "phone"]]),
          "survivorship.contacts.groups[0]", "two or more different fields"),
         (lambda r: r["destinations"][1].update(fields={"company_source_id": {"write": "never"}}),

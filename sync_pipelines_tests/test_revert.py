@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 from click.testing import CliRunner
 
 from sync_pipelines.cli import main
@@ -80,3 +81,14 @@ def test_revert_deletes_the_draft_invoice_an_action_created_in_that_run(sync):
     assert [c["undo"] for c in undone.created] == ["deleted (it was a draft)"]
     invoices = {r["id"]: r for r in sync.box.truth("records", tool="stripe", stream="invoices")}
     assert invoices[created["id"]]["deleted"]
+
+
+def test_parts_of_a_value_a_tool_holds_whole_are_no_conflict_when_only_the_split_differs():
+    """Zendesk holds a name whole: "Mary Ann" + "Williams" written comes back as "Mary" + "Ann Williams"."""
+    from sync_pipelines.pipeline.revert import _changed_since
+
+    now = pd.DataFrame({"source_id": ["7", "7", "8", "8"], "field": ["first_name", "last_name"] * 2,
+                        "written": ["Mary Ann", "Williams", "Jo", "Smith"],
+                        "now": ["Mary", "Ann Williams", "Joanna", "Smith"]})
+    changed = _changed_since(now, {"name": ["first_name", "last_name"], "email": ["email"]})
+    assert changed.tolist() == [False, False, True, True]

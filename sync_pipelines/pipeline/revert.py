@@ -56,11 +56,21 @@ def revert(stack: Stack, warehouse: Warehouse, connectors, run_id: str, apply: b
     created = _rows_of(warehouse, ACTION_LEDGER, run_id)
     if run_status is None and ledger.empty and created.empty:
         raise RevertError(f"run {run_id} is unknown: no write-back or action of it is in the ledger")
-    ledger = ledger.sort_values("written_at").drop_duplicates(["tool", "stream", "source_id", "field"], keep="last")
+    unknown = sorted({(t, s) for t, s in zip(ledger["tool"], ledger["stream"])}
+                     - {(d.tool, d.stream) for d in stack.destinations})
+    if unknown:
+        raise RevertError(f"run {run_id} wrote to {', '.join(f'{t} {s}' for t, s in unknown)}, no destination of the "
+                          "stack any more: add it back to revert that run")
+    # a field the run wrote twice: restore what it held before the first write, compare with the last one
+    keys = ["tool", "stream", "source_id", "field"]
+    ledger = ledger.sort_values("written_at", kind="stable")
+    first = ledger.drop_duplicates(keys, keep="first").set_index(keys)["before"]
+    ledger = ledger.drop_duplicates(keys, keep="last")
+    ledger["before"] = first.reindex(pd.MultiIndex.from_frame(ledger[keys])).to_numpy()
     restores, conflicts = [], []
     for (tool, stream_name), rows in ledger.groupby(["tool", "stream"], sort=True):
         now = _held_now(stack, connectors(tool), tool, stream_name, rows)
-        changed = now["now"].notna() & (now["now"] != now["written"].fillna(""))
+        changed = _changed_since(now, writable_fields(stack.tools[tool].streams[stream_name]))
         conflicts.append(now[changed])
         restores.append(now[~changed].drop(columns="now"))
     columns = ["tool", "stream", "source_id", "entity_id", "field", "restore", "written", "written_at"]
@@ -101,6 +111,24 @@ def _held_now(stack: Stack, connector, tool: str, stream_name: str, rows: pd.Dat
     merged["restore"] = merged["restore"].astype(object).where(merged["restore"].notna(), None)
     merged["now"] = merged["now"].astype(object).where(merged["now"].notna(), None)
     return merged[["tool", "stream", "source_id", "entity_id", "field", "restore", "written", "written_at", "now"]]
+
+
+def _changed_since(now: pd.DataFrame, writable: dict[str, list[str]]) -> pd.Series:
+    """Which written fields the tool changed since the run. Parts of a value the tool holds whole (a full name)
+    compare joined, as write-back compares them: read back, the whole splits where it will ("Mary Ann" and
+    "Williams" come back as "Mary" and "Ann Williams"), which is no change."""
+    changed = now["now"].notna() & (now["now"] != now["written"].fillna(""))
+    for parts in (fields for fields in writable.values() if len(fields) > 1):
+        mine = now[now["field"].isin(parts)]
+        if mine.empty:
+            continue
+        written = mine["written"].fillna(mine["now"]).fillna("")
+        held = mine["now"].fillna(mine["written"]).fillna("")
+        joined = pd.DataFrame({"source_id": mine["source_id"], "written": written, "held": held}).groupby(
+            "source_id").agg(" ".join)
+        whole_same = joined["written"].str.split().str.join(" ") == joined["held"].str.split().str.join(" ")
+        changed[mine.index] = ~whole_same.reindex(mine["source_id"]).to_numpy()
+    return changed
 
 
 def _dig(record: dict, path: str):

@@ -69,7 +69,7 @@ def main() -> None:
 
         truth = truth_records(box, stack)
         people = box.truth("people")
-        golden = warehouse.read_table("golden_contacts").set_index("entity_id")
+        golden = warehouse.read_table("golden_contacts").query("not _deleted").set_index("entity_id")
         crosswalk = warehouse.read_table("crosswalk_contacts")
         print(f"golden contacts: {len(golden)}; distinct people in the ground truth: {len(people)}")
 

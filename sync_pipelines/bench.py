@@ -340,7 +340,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
                     s["total"] for s in truth["streams"].values())))
                 incremental = _run_job(job, instance, partition)
                 warehouse = Warehouse(stack, url)
-                golden = {e: warehouse.count(f"golden_{e}") for e in ("contacts",)}
+                golden = {e: warehouse.count(f"golden_{e}", _deleted=False) for e in ("contacts",)}
                 core = _time_core(stack, warehouse)
                 warehouse.engine.dispose()
         load = measure_load(load_rows, url) if load_rows else None

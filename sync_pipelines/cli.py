@@ -109,15 +109,16 @@ def bench(args: tuple[str, ...]) -> None:
 
 @main.command()
 def plan() -> None:
-    """Dry run: print, per destination tool, what the next write-back would update or leave alone, and the
+    """Dry run: print, per destination tool, what the next write-back would update, delete (a deleted golden
+    record's records under on_delete: archive) or leave alone, and the
     field policies that held changes back (field:policy and how many records)."""
     from sync_pipelines.pipeline import plan_destination
     from sync_pipelines.warehouse import Warehouse
 
     stack = _stack_or_exit(None)
     warehouse = Warehouse(stack, stack.warehouse.url)
-    table = Table("tool", "stream", "entity", "updates", "unchanged", "duplicates in tool", "fields changing",
-                  "held back")
+    table = Table("tool", "stream", "entity", "updates", "unchanged", "duplicates in tool", "deletes",
+                  "fields changing", "held back")
     for dest in stack.destinations:
         if warehouse.read_if_exists(f"golden_{dest.entity}") is None:
             console.print(f"[yellow]no golden {dest.entity} yet: run `sync-pipelines sync` first[/yellow]")
@@ -128,7 +129,8 @@ def plan() -> None:
         counts = planned["action"].value_counts()
         held = Counter(f"{f}:{policy}" for holds in planned["held_back"] for f, policy in holds.items())
         table.add_row(dest.tool, dest.stream, dest.entity, str(counts.get("update", 0)),
-                      str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), ", ".join(fields) or "—",
+                      str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), str(counts.get("delete", 0)),
+                      ", ".join(fields) or "—",
                       ", ".join(f"{hold} {n}" for hold, n in sorted(held.items())) or "—")
     console.print(table)
     console.print("dry run: nothing was written")

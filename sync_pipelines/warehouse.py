@@ -383,9 +383,13 @@ class Warehouse:
         with self.transaction() as conn:
             return self.insert(conn, table, frame, index)
 
-    def count(self, table: str) -> int:
+    def count(self, table: str, **equal: Any) -> int:
+        """The rows of ``table``, or of those whose columns equal ``equal``."""
+        query = sa.select(sa.func.count()).select_from(sa.table(table, *map(sa.column, equal)))
+        for name, value in equal.items():
+            query = query.where(sa.column(name) == value)
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
+            return conn.execute(query).scalar_one()
 
     # --- parts of tables, so that an incremental run costs what changed, not what exists -------------------
 

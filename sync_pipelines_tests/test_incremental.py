@@ -31,6 +31,15 @@ def _member_of_a_shared_entity(warehouse: Warehouse, tool: str, exclude: set[str
     return staged.merge(candidates[["_source", "_source_id", "entity_id"]]).iloc[0]
 
 
+def _entity_of_deletable_members(warehouse: Warehouse, exclude: set[str]) -> pd.DataFrame:
+    """The members of an entity of several records, all in tools the sandbox deletes on a mutate."""
+    crosswalk = warehouse.read_table("crosswalk_contacts")
+    mutable = crosswalk.groupby("entity_id")["_source"].agg(
+        lambda s: len(s) >= 2 and set(s) <= {"salesforce", "hubspot", "zendesk"})
+    entity_id = next(e for e in mutable.index[mutable] if e not in exclude)
+    return crosswalk[crosswalk["entity_id"] == entity_id]
+
+
 def _edit(box, tool: str, record: pd.Series, changes: dict) -> None:
     box.mutate(tool, {"salesforce": "Contact", "hubspot": "contacts", "zendesk": "users"}[tool],
                record["_source_id"] if tool == "salesforce" else int(record["_source_id"]), changes)
@@ -56,6 +65,10 @@ def test_an_incremental_golden_run_equals_a_full_rebuild_after_identity_edits(sy
     _edit(sync.box, "salesforce", moved, {"Email": other["email"], "Title": "Moved"})  # joins another entity
     _edit(sync.box, "zendesk", renamed, {"name": "Quentin Xylophone", "email": "q.xylophone@example.org"})
     _edit(sync.box, "hubspot", gone, {"deleted": True})
+    doomed = _entity_of_deletable_members(wh, {moved["entity_id"], other["entity_id"], renamed["entity_id"],
+                                               gone["entity_id"]})
+    for _, member in doomed.iterrows():  # every member: the golden record is deleted, not dropped
+        _edit(sync.box, member["_source"], member, {"deleted": True})
     _extract_only(sync)
     staging = pipeline.stage(sync.stack, wh, "contacts")
     assert not staging.full and 3 <= staging.changed < 100
@@ -78,9 +91,23 @@ def test_an_incremental_golden_run_equals_a_full_rebuild_after_identity_edits(sy
     assert _partition(incremental_xw) == _partition(full_xw)
     pd.testing.assert_frame_equal(_sorted(incremental_xw, ["_source", "_source_id"]),
                                   _sorted(full_xw, ["_source", "_source_id"]))
-    golden_columns = [c for c in wh.read_table("golden_contacts").columns if not c.startswith("_")]
+    golden_columns = [c for c in wh.read_table("golden_contacts").columns
+                      if not c.startswith("_") or c in ("_deleted", "_deleted_at")]
     pd.testing.assert_frame_equal(_sorted(wh.read_table("golden_contacts")[golden_columns], ["entity_id"]),
                                   _sorted(rebuilt_wh.read_table("golden_contacts")[golden_columns], ["entity_id"]))
+    provenance = ["entity_id", "field"]
+    pd.testing.assert_frame_equal(_sorted(wh.read_table("provenance_contacts"), provenance),
+                                  _sorted(rebuilt_wh.read_table("provenance_contacts"), provenance))
+    entity_id = doomed["entity_id"].iloc[0]
+    [deleted] = wh.read_where_in("golden_contacts", "entity_id", [entity_id]).to_dict("records")
+    landed = pd.concat([wh.read_where_in(f"stg_{tool}_{stream}", "_source_id", doomed["_source_id"])
+                        for tool, stream in (("salesforce", "Contact"), ("hubspot", "contacts"), ("zendesk", "users"))])
+    assert deleted["_deleted"] and deleted["_deleted_at"] == landed["_updated_at"].max()  # the last deletion
+    assert entity_id in golden.changed_ids and golden.deleted >= 1  # write-backs see it
+    kept = wh.read_where_in("provenance_contacts", "entity_id", [entity_id])
+    assert len(kept) and set(kept["source_id"]) <= set(doomed["_source_id"])  # kept with its provenance
+    assert set(wh.read_where_in("crosswalk_contacts", "entity_id", [entity_id])["_source_id"]) == set(
+        doomed["_source_id"])
     moved_entity = incremental_xw.set_index(["_source", "_source_id"]).loc[("salesforce", moved["_source_id"]),
                                                                            "entity_id"]
     assert moved_entity == other["entity_id"]  # the edited email took the record to the other person

@@ -138,7 +138,7 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     def _golden(sync: SyncResource):
         golden = build_golden(sync.stack, sync.warehouse, entity)
         yield dg.MaterializeResult(metadata={
-            "dagster/row_count": golden.entities, "source_records": golden.records,
+            "dagster/row_count": golden.entities, "deleted": golden.deleted, "source_records": golden.records,
             "records_resolved": golden.resolved, "full_rebuild": golden.changed_ids is None, "why": golden.reason,
             "entities_rebuilt": golden.entities if golden.changed_ids is None else len(golden.changed_ids),
             "conflicts_recorded": golden.conflicts, "entity_ids_merged": len(golden.merges),
@@ -201,6 +201,7 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
         return dg.MaterializeResult(metadata={
             "planned_updates": outcome.updates, "unchanged": outcome.unchanged, "written": outcome.written,
             "duplicates_in_tool": outcome.duplicates, "entities_compared": outcome.planned_entities,
+            "archived": outcome.archived,
         })
 
     return _writeback

@@ -12,18 +12,19 @@ import pandas as pd
 from sync_pipelines.core.changes import CONCURRENT_COLUMNS, KEYS, changed_fields, concurrent_edits
 from sync_pipelines.core.quality import QualityReport, validate, volume_check
 from sync_pipelines.core.survive import derive_field_change_times, survivorship, without_clears
-from sync_pipelines.pipeline.common import METADATA, identity_fields, stack_fingerprint, table
+from sync_pipelines.pipeline.common import METADATA, entity_streams, identity_fields, stack_fingerprint, table
 from sync_pipelines.resolve import block_neighbors, build_crosswalk, resolve_entities
 from sync_pipelines.stack import Stack
-from sync_pipelines.warehouse import Warehouse
+from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 # An incremental golden run rebuilds everything instead when the changes pass the first share of the staged records
 # (finding what they reach would cost more than the rebuild), or what they reach passes the second.
 FULL_REBUILD_CHANGES = 0.1
 FULL_REBUILD_SHARE = 0.3
 # The layout of the golden tables and field state: a change rebuilds everything once. 2: clears are times in the
-# field state (older states are read as all gaps).
-LAYOUT = 2
+# field state (older states are read as all gaps); 3: deleted golden records stay, marked _deleted.
+LAYOUT = 3
+CLEARS_LAYOUT = 2
 CONCURRENT_TABLE = "concurrent_edits"  # every entity's, for a steward: `sync-pipelines conflicts`
 
 
@@ -33,6 +34,7 @@ class Golden:
     records: int
     entities: int
     conflicts: int
+    deleted: int = 0  # golden records kept as deleted (every member deleted), not counted in ``entities``
     merges: dict[str, Any] = field(default_factory=dict)
     changed_ids: list[str] | None = None  # entities rebuilt by an incremental run; None after a full rebuild
     resolved: int = 0  # records resolved and survived by this run
@@ -102,7 +104,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     fingerprint = stack_fingerprint(LAYOUT, list(stack.entities[entity].fields), stack.identity[entity],
                                     stack.survivorship[entity])
     mark = warehouse.watermark(name)
-    older_layout = mark is not None and mark.get("layout") != LAYOUT
+    older_layout = mark is not None and (mark.get("layout") or 1) < CLEARS_LAYOUT
     valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(tables["golden"])
     log = warehouse.read_log(log_table, mark["batch"] if valid else 0)
     last_batch = int(log["batch"].max()) if log is not None and len(log) else (mark or {}).get("batch", 0)
@@ -110,7 +112,8 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     reason = _rebuild_reason(mark, valid, log, staged_rows)
     full = reason is not None
     if not full and log.empty:
-        return Golden(entity, staged_rows, warehouse.count(tables["golden"]), 0, changed_ids=[], reason="no change")
+        live, deleted = _counts(warehouse, tables["golden"])
+        return Golden(entity, staged_rows, live, 0, deleted=deleted, changed_ids=[], reason="no change")
     if not full:
         scope = _incremental_scope(stack, warehouse, entity, log)
         if len(scope.keys) > FULL_REBUILD_SHARE * staged_rows:  # reading by key would cost more than reading all
@@ -127,18 +130,26 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         reason = "a new entity id equals a stored one" if full else f"{len(log)} staged changes"
     if full:
         records = warehouse.read_table(staged_table)
-        clusters, state, result = _survive(stack, warehouse, entity, records,
-                                           warehouse.read_if_exists(tables["crosswalk"]),
+        stored = warehouse.read_if_exists(tables["crosswalk"])
+        clusters, state, result = _survive(stack, warehouse, entity, records, stored,
                                            warehouse.read_if_exists(tables["field_state"]), now, older_layout)
-    golden = result.golden.reset_index()
-    crosswalk = build_crosswalk(records, clusters)
+    else:
+        stored = scope.crosswalk
+    golden = result.golden.reset_index().assign(_deleted=False, _deleted_at=pd.NaT)
+    golden["_deleted_at"] = pd.to_datetime(golden["_deleted_at"], utc=True)
+    crosswalk, provenance = build_crosswalk(records, clusters), result.provenance
+    gone = _deleted_entities(stack, warehouse, entity, stored, set(golden["entity_id"]), now)
+    if gone is not None:  # kept, with the members and provenance they had
+        golden = pd.concat([golden, gone.golden[golden.columns]], ignore_index=True)
+        crosswalk = pd.concat([crosswalk, gone.crosswalk[crosswalk.columns]], ignore_index=True)
+        provenance = pd.concat([provenance, gone.provenance[provenance.columns]], ignore_index=True)
     concurrent = concurrent_edits(result.conflicts, (mark or {}).get("decided_at"))
     with warehouse.transaction() as conn:
         if full:
             changed_ids = None
             warehouse.replace_within(conn, tables["golden"], golden, index=("entity_id",))
             warehouse.replace_within(conn, tables["crosswalk"], crosswalk, index=("entity_id", "_source_id"))
-            warehouse.replace_within(conn, tables["provenance"], result.provenance, index=("entity_id",))
+            warehouse.replace_within(conn, tables["provenance"], provenance, index=("entity_id",))
             warehouse.replace_within(conn, tables["field_state"], state, index=("_source_id",))
             logged = pd.DataFrame({"entity_id": [None], "removed": [False]})  # one row saying: everything
         else:
@@ -148,7 +159,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
             warehouse.delete_keys(conn, tables["field_state"], scope.keys)
             warehouse.insert(conn, tables["golden"], golden)
             warehouse.insert(conn, tables["crosswalk"], crosswalk)
-            warehouse.insert(conn, tables["provenance"], result.provenance)
+            warehouse.insert(conn, tables["provenance"], provenance)
             warehouse.insert(conn, tables["field_state"], state)
             logged = pd.DataFrame({"entity_id": changed_ids}).assign(
                 removed=lambda f: ~f["entity_id"].isin(golden["entity_id"]))
@@ -160,9 +171,55 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch, "layout": LAYOUT,
                                               "decided_at": now.isoformat()})
         warehouse.prune_log(conn, log_table, last_batch)  # the golden step is its only reader
-    return Golden(entity, staged_rows, warehouse.count(tables["golden"]), len(result.conflicts),
+    live, deleted = _counts(warehouse, tables["golden"])
+    return Golden(entity, staged_rows, live, len(result.conflicts), deleted,
                   clusters.attrs.get("resolution", {}).get("merged_ids", {}), changed_ids=changed_ids,
                   resolved=len(records), reason=reason, concurrent=concurrent)
+
+
+def _counts(warehouse: Warehouse, golden_table: str) -> tuple[int, int]:
+    """Live and deleted golden records."""
+    deleted = warehouse.count(golden_table, _deleted=True)
+    return warehouse.count(golden_table) - deleted, deleted
+
+
+@dataclass
+class _Deleted:
+    golden: pd.DataFrame  # their last golden rows, marked deleted
+    crosswalk: pd.DataFrame  # their last members, so a member coming back brings the record back under its id
+    provenance: pd.DataFrame  # as it was when the record was last live
+
+
+def _deleted_entities(stack: Stack, warehouse: Warehouse, entity: str, crosswalk: pd.DataFrame | None,
+                      live_ids: set[str], now: datetime) -> _Deleted | None:
+    """The stored entities (those of ``crosswalk``) no longer live whose members are all deleted in their tools:
+    kept as deleted golden records, since the last member's deletion (``_deleted_at``: its time in the tool, else
+    ``now``; an entity deleted earlier keeps its own). An entity gone otherwise (merged, members quarantined) is not
+    a deletion. Only the entities that left are looked at, so this costs what was deleted. None: no deleted one."""
+    tables = _golden_tables(entity)
+    members = pd.DataFrame(columns=["entity_id", *KEYS]) if crosswalk is None else crosswalk
+    members = members[pd.Index(list(live_ids), dtype=object).get_indexer(members["entity_id"]) < 0]
+    landed = [warehouse.read_where_in(landing_table_name(tool, stream), "_source_id",
+                                      members.loc[members["_source"] == tool, "_source_id"],
+                                      ["_source_id", "_deleted", "_updated_at"]).assign(_source=tool)
+              for tool, stream in entity_streams(stack, entity) if (members["_source"] == tool).any()]
+    found = members[["entity_id", *KEYS]].merge(
+        pd.concat(landed, ignore_index=True) if landed else pd.DataFrame(columns=[*KEYS, "_deleted", "_updated_at"]),
+        on=KEYS, how="left")
+    # a member with no landed row (removed by hand) or a live one keeps its entity from counting as deleted
+    found["_deleted"] = found["_deleted"].eq(True)
+    per_entity = found.groupby("entity_id").agg(deleted=("_deleted", "all"), at=("_updated_at", "max"))
+    ids = per_entity.index[per_entity["deleted"].to_numpy(bool)]
+    if ids.empty:
+        return None
+    golden = warehouse.read_where_in(tables["golden"], "entity_id", ids)
+    if "_deleted" not in golden.columns:  # a golden table of an older layout: none was deleted yet
+        golden = golden.assign(_deleted=False, _deleted_at=pd.NaT)
+    when = pd.to_datetime(per_entity["at"].reindex(golden["entity_id"]), utc=True).fillna(now)
+    golden["_deleted_at"] = pd.to_datetime(golden["_deleted_at"], utc=True).where(
+        golden["_deleted"].eq(True), when.set_axis(golden.index))
+    return _Deleted(golden.assign(_deleted=True), members[members["entity_id"].isin(golden["entity_id"])],
+                    warehouse.read_where_in(tables["provenance"], "entity_id", golden["entity_id"]))
 
 
 def _rebuild_reason(mark: dict | None, valid: bool, log: pd.DataFrame | None, staged_rows: int) -> str | None:
@@ -221,11 +278,12 @@ def check_golden(stack: Stack, warehouse: Warehouse, entity: str, changed_ids: l
     """Failure rate of the golden records and volume against recent runs: a bad extraction must not reach tools.
 
     With ``changed_ids`` (an incremental run) only those golden records are validated again; the ids failing
-    are kept in ``golden_failures_<entity>``, so the rate is still over every golden record."""
+    are kept in ``golden_failures_<entity>``, so the rate is still over every live golden record."""
     rules = stack.quality[entity]
     golden_table, failures_table = table("golden", entity), table("golden_failures", entity)
     golden = warehouse.read_table(golden_table) if changed_ids is None else warehouse.read_where_in(
         golden_table, "entity_id", changed_ids)
+    golden = golden[~golden["_deleted"].astype(bool)]  # a deleted record reaches no tool: nothing to check
     expectations = [e for e in rules.expectations if e.get("column") in golden.columns]
     report = validate(golden, entity, expectations, source="golden")
     failing = golden.loc[report.row_failures.notna().to_numpy(), ["entity_id"]].assign(
@@ -236,7 +294,7 @@ def check_golden(stack: Stack, warehouse: Warehouse, entity: str, changed_ids: l
         else:
             warehouse.delete_where_in(conn, failures_table, "entity_id", changed_ids)
             warehouse.insert(conn, failures_table, failing)
-    golden_rows = warehouse.count(golden_table)
+    golden_rows = warehouse.count(golden_table, _deleted=False)
     failure_rate = warehouse.count(failures_table) / golden_rows if golden_rows else 0.0
     staged_rows = warehouse.count(table("staged", entity))
     history = warehouse.read_if_exists("volume_history")

@@ -52,9 +52,8 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
         crosswalk = crosswalk[crosswalk["_source"] == dest.tool]
         current = warehouse.read_where_in(landing, "_source_id", crosswalk["_source_id"], held)
     # only the golden records the tool holds a record of, and only the columns written
-    deleted = ["_deleted"] if dest.on_delete == "archive" else []  # the golden step marks a deleted record
     golden = warehouse.read_where_in(golden_table, "entity_id", crosswalk["entity_id"],
-                                     ["entity_id", *fields, *deleted])
+                                     ["entity_id", *fields, "_deleted"])
     ledger = None
     if warehouse.has_table(LEDGER):
         ledger = (warehouse.read_where_in(LEDGER, "tool", [dest.tool]) if entity_ids is None else
@@ -62,9 +61,17 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
         ledger = ledger[(ledger["tool"] == dest.tool) & (ledger["stream"] == dest.stream)]
     golden = golden.set_index("entity_id")
     composed = [canonical for canonical in writable.values() if len(canonical) > 1]
-    return plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed,
+    plan = plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed,
                        policies=dest.fields,
-                       cleared=_golden_clears(warehouse, dest.entity, golden, crosswalk, current, fields)), golden
+                       cleared=_golden_clears(warehouse, dest.entity, golden, crosswalk, current, fields))
+    # a deleted golden record is never written: its records the tool still holds are deleted under archive
+    gone = golden["_deleted"].astype(bool).reindex(plan["entity_id"]).to_numpy(bool)
+    if dest.on_delete != "archive":
+        return plan[~gone].reset_index(drop=True), golden
+    plan.loc[gone, "action"] = "delete"
+    for column in ("changes", "before", "held_back"):
+        plan.loc[gone, column] = pd.Series([{} for _ in range(int(gone.sum()))], index=plan.index[gone], dtype=object)
+    return plan, golden
 
 
 def _golden_clears(warehouse: Warehouse, entity: str, golden: pd.DataFrame, crosswalk: pd.DataFrame,
@@ -102,9 +109,8 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     outcome = WriteBack(dest.tool, dest.stream, unchanged=int((plan["action"] == "unchanged").sum()),
                         updates=int((plan["action"] == "update").sum()),
                         duplicates=int((plan["action"] == "duplicate").sum()), planned_entities=len(golden))
-    doomed = _to_delete(plan, golden, dest)
-    kept = pd.Index(doomed, dtype=object).get_indexer(plan["source_id"]) < 0
-    todo = plan[(plan["action"] == "update").to_numpy() & kept].reset_index(drop=True)
+    doomed = _to_delete(plan, dest)
+    todo = plan[plan["action"] == "update"].reset_index(drop=True)
     # one ledger row per field sent, with what it overwrote and the change time of the value it copies
     sent = pd.DataFrame([(i, field_name, value or None, before.get(field_name))
                          for i, (change, before) in enumerate(zip(todo["changes"], todo["before"]))
@@ -132,13 +138,11 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     return outcome
 
 
-def _to_delete(plan: pd.DataFrame, golden: pd.DataFrame, dest: Destination) -> list[str]:
-    """The tool's records of golden records the golden step deleted, under ``on_delete: archive``; more than
-    ``max_deletes_per_run`` of them is refused before anything is written (a bad deletion must not spread)."""
-    if dest.on_delete != "archive":
-        return []
-    gone = golden["_deleted"].reindex(plan["entity_id"]).fillna(False).astype(bool).to_numpy()
-    doomed = plan.loc[gone, "source_id"].tolist()
+def _to_delete(plan: pd.DataFrame, dest: Destination) -> list[str]:
+    """The tool's records of golden records the golden step deleted (planned ``delete`` under ``on_delete:
+    archive``); more than ``max_deletes_per_run`` of them is refused before anything is written (a bad deletion
+    must not spread)."""
+    doomed = plan.loc[plan["action"] == "delete", "source_id"].tolist()
     if len(doomed) > dest.max_deletes_per_run:
         raise DeleteCapExceeded(
             f"{dest.tool} {dest.stream}: {len(doomed)} records of deleted golden {dest.entity} to delete, more than "

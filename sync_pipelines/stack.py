@@ -699,6 +699,9 @@ def _check_references(stack: Stack, file: Path) -> None:
                 f"stream {dest.stream!r} of tool {dest.tool!r} feeds {streams[dest.stream].entity!r}, "
                 f"not {dest.entity!r}",
             )
+        if dest.on_delete == "archive" and not hasattr(writer, "delete"):
+            raise StackError(file, f"{base}.on_delete", f"found 'archive', but a {writer.kind} tool cannot delete "
+                                                        "records; allowed: ignore")
         written = {field for fields in writable_fields(streams[dest.stream]).values() for field in fields}
         for field in dest.fields:
             need(field, written, f"{base}.fields.{field}", f"field {dest.tool}.{dest.stream} maps and can write")

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from sync_pipelines.core.plan import plan_writes, to_tool_record, writable_fields
+from sync_pipelines.core.plan import CLEAR, plan_writes, to_tool_record, writable_fields
 from sync_pipelines.pipeline.common import stack_fingerprint, table
 from sync_pipelines.stack import Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
@@ -112,7 +112,7 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     doomed = _to_delete(plan, dest)
     todo = plan[plan["action"] == "update"].reset_index(drop=True)
     # one ledger row per field sent, with what it overwrote and the change time of the value it copies
-    sent = pd.DataFrame([(i, field_name, value or None, before.get(field_name))
+    sent = pd.DataFrame([(i, field_name, None if value == CLEAR else value, before.get(field_name))
                          for i, (change, before) in enumerate(zip(todo["changes"], todo["before"]))
                          for field_name, value in change.items()], columns=["position", "field", "value", "before"])
     sent = sent.assign(source_id=todo["source_id"].to_numpy()[sent["position"]],

@@ -143,13 +143,6 @@ def test_replace_with_an_empty_frame_leaves_an_empty_table(warehouse):
     assert warehouse.count("golden_empty") == 0
 
 
-def test_appending_a_column_the_table_lacks_names_it(warehouse):
-    warehouse.append("ledger_test", pd.DataFrame({"a": [1]}))
-    with pytest.raises(ValueError, match=r"'ledger_test' has no column\(s\) \['b'\]"):
-        warehouse.append("ledger_test", pd.DataFrame({"a": [2], "b": [3]}))
-    assert warehouse.count("ledger_test") == 1  # the failed append left nothing behind
-
-
 def test_a_failed_replace_keeps_the_old_content(warehouse, monkeypatch):
     warehouse.replace("golden_test", pd.DataFrame({"entity_id": ["kept"]}))
 

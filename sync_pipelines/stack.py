@@ -655,6 +655,10 @@ def _check_references(stack: Stack, file: Path) -> None:
                     raise StackError(file, f"{path}[{j}]", f"field {field!r} is already in {grouped[field]}; "
                                                           "allowed: each field in one group at most")
                 grouped[field] = path
+            group_rules = {field: rules.fields.get(field, rules.default_rule) for field in group}
+            if len(set(group_rules.values())) > 1:
+                raise StackError(file, path, f"found rules {group_rules}; allowed: one rule for all the fields of "
+                                             "a group, since they survive together from one record")
             # a group's winner gives every field of the group: a field its stream does not map would be emptied
             # in every tool, when a field a tool does not map is a gap that changes nothing
             for tool_name, _, stream_name, stream in stack.streams():
@@ -664,10 +668,6 @@ def _check_references(stack: Stack, file: Path) -> None:
                                                  f"{', '.join(sorted(mapped))} but not "
                                                  f"{', '.join(sorted(set(group) - mapped))}; allowed: groups whose "
                                                  "fields each stream of the entity maps all or none of")
-            group_rules = {field: rules.fields.get(field, rules.default_rule) for field in group}
-            if len(set(group_rules.values())) > 1:
-                raise StackError(file, path, f"found rules {group_rules}; allowed: one rule for all the fields of "
-                                             "a group, since they survive together from one record")
     for entity, quality in stack.quality.items():
         need(entity, entities, f"quality.{entity}", "entity")
         for i, spec in enumerate(quality.expectations):

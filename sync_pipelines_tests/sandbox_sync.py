@@ -26,7 +26,10 @@ class Sync:
         self.warehouse = Warehouse(self.stack, url)
 
     def run(self):
-        result = self.job.execute_in_process(partition_key=TODAY, raise_on_error=False)
+        # today as the run starts, not as the module was imported: a suite running past midnight would otherwise
+        # sync yesterday's window, which leaves out the edits a test just made
+        today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        result = self.job.execute_in_process(partition_key=today, raise_on_error=False)
         written = {e.asset_key.path[0]: e.materialization.metadata["written"].value
                    for e in result.get_asset_materialization_events() if "written" in e.materialization.metadata}
         return result, written

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from sync_pipelines.connectors.errors import ConnectorError
-from sync_pipelines.core.normalize import map_records
+from sync_pipelines.core.normalize import get_path, map_records
 from sync_pipelines.core.plan import CLEAR, writable_fields
 from sync_pipelines.pipeline.writeback import LEDGER, send_changes
 from sync_pipelines.stack import Stack
@@ -97,7 +97,7 @@ def _held_now(stack: Stack, connector, tool: str, stream_name: str, rows: pd.Dat
     since = pd.to_datetime(rows["written_at"], utc=True).min().to_pydatetime()
     wanted = set(rows["source_id"])
     raw = [record for record in connector.read(stream_name, since=since)
-           if str(_dig(record, stream.primary_key)) in wanted]
+           if str(get_path(record, stream.primary_key)) in wanted]
     held, _ = map_records(raw, tool=tool, stream_name=stream_name, stream=stream,
                           entity=stack.entities[stream.entity], extracted_at=datetime.now(timezone.utc))
     fields = sorted({f for canonical in writable_fields(stream).values() for f in canonical})
@@ -129,12 +129,6 @@ def _changed_since(now: pd.DataFrame, writable: dict[str, list[str]]) -> pd.Seri
         whole_same = joined["written"].str.split().str.join(" ") == joined["held"].str.split().str.join(" ")
         changed[mine.index] = ~whole_same.reindex(mine["source_id"]).to_numpy()
     return changed
-
-
-def _dig(record: dict, path: str):
-    for part in path.split("."):
-        record = record.get(part) if isinstance(record, dict) else None
-    return record
 
 
 def _apply(stack: Stack, warehouse: Warehouse, connectors, outcome: Revert, revert_run_id: str | None) -> None:

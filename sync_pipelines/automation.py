@@ -1,5 +1,5 @@
 """Schedules and sensors built from the stack file: the nightly batch, per-integration schedules, webhook-driven
-runs, run-failure alerts to Slack, and freshness checks per extraction."""
+runs and run-failure alerts to Slack (freshness is a policy on each extraction asset)."""
 
 import hashlib
 import os
@@ -19,7 +19,6 @@ from sync_pipelines.warehouse import Warehouse
 from sync_pipelines.webhooks import SCHEMES, mark_processed, read_inbox
 
 WEBSERVER_URL_ENV = "DAGSTER_WEBSERVER_URL"
-FRESHNESS_HOURS = 26  # a nightly sync plus slack: an extraction older than this missed its night
 # A failure alert gets this many posts per tick, waiting ALERT_BACKOFF_S, then twice that, between them; with the
 # per-post timeout they stay within the 60 s Dagster gives a sensor tick.
 ALERT_ATTEMPTS, ALERT_BACKOFF_S, ALERT_TIMEOUT_S = 3, 2.0, 10.0
@@ -205,14 +204,3 @@ def _post_alert(context: dg.RunFailureSensorContext, stack: Stack, slack: str, t
                f"{ALERT_ATTEMPTS} attempts, the next tick tries again; last error: {sent['error']}")
     context.log.error(message)
     raise AlertNotDelivered(message)
-
-
-def freshness(stack: Stack, extraction_assets: list[dg.AssetsDefinition]):
-    """A freshness check per extraction (no materialization for FRESHNESS_HOURS fails it) and the sensor that runs
-    them."""
-    checks = dg.build_last_update_freshness_checks(
-        assets=extraction_assets, lower_bound_delta=timedelta(hours=FRESHNESS_HOURS),
-    )
-    sensor = dg.build_sensor_for_freshness_checks(
-        freshness_checks=checks, default_status=dg.DefaultSensorStatus.RUNNING, name="freshness_checks_sensor")
-    return checks, sensor

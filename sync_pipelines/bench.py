@@ -92,8 +92,6 @@ def _stage_of(step_key: str, metadata: dict[str, Any]) -> tuple[str, int | None]
         return "golden", metadata.get("records_resolved")
     if "planned_updates" in metadata:  # golden records compared with the tool's
         return "write-back", metadata["entities_compared"]
-    if "freshness" in step_key:
-        return "checks", None
     return "other", None
 
 

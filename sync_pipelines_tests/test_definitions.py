@@ -26,6 +26,28 @@ def test_nightly_job_is_defined():
     assert defs.resolve_job_def("nightly_sync").partitions_def is not None
 
 
+def test_every_extraction_has_a_freshness_policy_of_a_night_plus_slack():
+    from datetime import timedelta
+
+    for tool, _, stream, _ in stack.streams():
+        policy = defs.resolve_asset_graph().get(dg.AssetKey([tool, stream])).freshness_policy
+        assert isinstance(policy, dg.FreshnessPolicy), (tool, stream, policy)
+        assert policy.fail_window.to_timedelta() == timedelta(hours=26), (tool, stream)
+
+
+def test_building_the_definitions_warns_about_no_beta_superseded_or_deprecated_api():
+    import warnings
+
+    from sync_pipelines.definitions import build_definitions
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_definitions(stack).resolve_asset_graph()
+    dagster_warnings = [w for w in caught if issubclass(w.category, (dg.BetaWarning, dg.PreviewWarning,
+                                                                     dg.SupersessionWarning, DeprecationWarning))]
+    assert not dagster_warnings, [f"{w.category.__name__}: {w.message}" for w in dagster_warnings]
+
+
 def test_an_action_the_project_cannot_perform_fails_when_the_stack_loads(tmp_path):
     import pytest
     import yaml

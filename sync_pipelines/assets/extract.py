@@ -1,8 +1,9 @@
-"""One extraction asset per tool stream: a group per tool, daily partitions for backfills, a pool per tool API, and
-a deletion-scan check on the streams that declare a scan."""
+"""One extraction asset per tool stream: a group per tool, daily partitions for backfills, a pool per tool API, a
+freshness policy, and a deletion-scan check on the streams that declare a scan."""
 
 
-from datetime import datetime, timezone
+import warnings
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
@@ -14,6 +15,7 @@ from sync_pipelines.warehouse import landing_table_name
 
 REPULL_TAG = "sync_pipelines/repull"  # "true": read the partitions' windows again, even behind the cursor
 SCAN_CHECK = "deletion_scan"
+FRESHNESS_HOURS = 26  # a nightly sync plus slack: an extraction older than this missed its night
 
 
 def daily_partitions(stack: Stack) -> dg.DailyPartitionsDefinition:
@@ -119,6 +121,14 @@ def _alert_refusal(context: dg.AssetExecutionContext, sync: SyncResource, stack:
 
 
 def build_extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg.AssetsDefinition:
+    # A backfill's whole range in one run (one read of its window, not one per day) needs the single-run backfill
+    # policy, which Dagster marks beta: a deliberate choice, so its warning is not repeated per asset at each start.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+        return _extraction_asset(stack, tool_name, stream_name)
+
+
+def _extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg.AssetsDefinition:
     tool = stack.tools[tool_name]
     stream = tool.streams[stream_name]
 
@@ -133,6 +143,7 @@ def build_extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg
                   "cursor_field": stream.cursor or "none"},
         partitions_def=daily_partitions(stack),
         backfill_policy=dg.BackfillPolicy.single_run(),
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=FRESHNESS_HOURS)),
         pool=f"{tool_name}_api",
         check_specs=[dg.AssetCheckSpec(
             SCAN_CHECK, asset=extraction_key(tool_name, stream_name), blocking=False,

@@ -1,9 +1,11 @@
 """The Dagster UI in headless Chromium (Debian's, never a downloaded browser): the global asset lineage and a failed
-quality check render, and their screenshots are saved to docs/screenshots/ for the README."""
+quality check render. Their screenshots go to a temporary folder, or, with SYNC_UPDATE_SCREENSHOTS=1, to
+docs/screenshots/ for the README (a test run leaves the work tree as it found it)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -27,7 +29,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--window-size=1920,1080")
-SCREENSHOTS = REPO / "docs" / "screenshots"
+README_SCREENSHOTS = REPO / "docs" / "screenshots"
 RENDER_TIMEOUT_S = 30
 # The UI keeps these preferences in local storage: a top-down graph fits a landscape screenshot, and a collapsed
 # navigation leaves the page to the content.
@@ -73,14 +75,22 @@ def _wait_for_text(browser: WebDriver, expected: set[str]) -> str:
                              f"it shows:\n{text[:2000]}") from None
 
 
-def _screenshot(browser: WebDriver, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / name
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("SYNC_UPDATE_SCREENSHOTS") == "1":
+        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return README_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _screenshot(browser: WebDriver, folder: Path, name: str) -> Path:
+    path = folder / name
     assert browser.save_screenshot(str(path)), f"could not save {path}"
     return path
 
 
-def test_the_global_asset_lineage_shows_every_group_and_the_golden_path(services: Services, browser: WebDriver):
+def test_the_global_asset_lineage_shows_every_group_and_the_golden_path(services: Services, browser: WebDriver,
+                                                                       screenshots: Path):
     nodes = services.dagster.query("{ assetNodes { groupName } }")["assetNodes"]
     groups = sorted({node["groupName"] for node in nodes})
     expanded = ",".join(f"global@global:{group}" for group in groups)  # the UI's own query parameter
@@ -93,11 +103,12 @@ def test_the_global_asset_lineage_shows_every_group_and_the_golden_path(services
     WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.5).until(expected_conditions.presence_of_element_located(
         (By.XPATH, "//*[contains(@style, '--minimal-bg') and contains(@style, 'green')]"
                    "[.//*[normalize-space()='golden_contacts']]")))
-    path = _screenshot(browser, "asset-graph.png")
-    print(f"\nasset graph: {len(groups)} groups expanded, saved {path.relative_to(REPO)} ({path.stat().st_size} bytes)")
+    path = _screenshot(browser, screenshots, "asset-graph.png")
+    print(f"\nasset graph: {len(groups)} groups expanded, saved {path} ({path.stat().st_size} bytes)")
 
 
-def test_the_staged_contacts_checks_tab_shows_the_failed_quality_checks(services: Services, browser: WebDriver):
+def test_the_staged_contacts_checks_tab_shows_the_failed_quality_checks(services: Services, browser: WebDriver,
+                                                                       screenshots: Path):
     checks = services.dagster.query("""
         { assetNodeOrError(assetKey: {path: ["staged_contacts"]}) {
             ... on AssetNode { assetChecksOrError { ... on AssetChecks { checks { name } } } } } }"""
@@ -107,6 +118,6 @@ def test_the_staged_contacts_checks_tab_shows_the_failed_quality_checks(services
     browser.get(f"{services.web_url}/assets/staged_contacts?view=checks")
     text = _wait_for_text(browser, {"staged_contacts", "Checks", *names, "Failed", "Evaluation result",
                                     "failure_rate"})
-    path = _screenshot(browser, "failed-check.png")
+    path = _screenshot(browser, screenshots, "failed-check.png")
     print(f"\nchecks tab: {len(names)} checks, {text.count('Failed')} 'Failed' labels, "
-          f"saved {path.relative_to(REPO)} ({path.stat().st_size} bytes)")
+          f"saved {path} ({path.stat().st_size} bytes)")

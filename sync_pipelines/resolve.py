@@ -13,9 +13,11 @@
 Matching. Two records are the same entity if ANY rule holds; a rule holds if ALL its conditions hold. A
 condition compares one field after casefolding, trimming and collapsing whitespace (missing or empty values
 never match): `exact`, or at least `threshold` (0..1, within 1e-6) by `jaro_winkler`, `levenshtein`
-(1 - edit distance / longer length) or `token_sort` (token-sort ratio / 100). A rule naming a field the
-records lack is a ValueError naming the rule and the field. Two records with the same ref are always one
-entity.
+(1 - edit distance / longer length) or `token_sort` (token-sort ratio / 100); `equal_or_missing` finds no pair
+itself but vetoes one whose two values are both present and differ (a name match between records of different
+domains; a rule needs another condition), and the chain guard takes any difference in it for a contradiction. A
+rule naming a field the records lack is a ValueError naming the rule and the field. Two records with the same ref
+are always one entity. A spec with no rules makes each record (each ref) its own entity.
 
 Blocking. A rule with fuzzy conditions only compares records that share a blocking key and all of the rule's
 exact fields. A key is a column, or `<field>_prefix` (first 3 characters), `<field>_soundex` (American

@@ -41,9 +41,9 @@ ENTITY_TABLE_KINDS = (
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
 Transform = Literal[
-    "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "phone_e164", "utc"
+    "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "phone_e164", "name_key", "utc"
 ]
-Method = Literal["exact", "jaro_winkler", "levenshtein", "token_sort"]
+Method = Literal["exact", "jaro_winkler", "levenshtein", "token_sort", "equal_or_missing"]
 RuleName = Literal["source_of_truth", "last_write_wins"]
 Score = Annotated[int, Field(ge=1, le=5)]
 
@@ -205,7 +205,7 @@ class ManualOverrides(_Model):
 
 
 class Identity(_Model):
-    rules: list[IdentityRule] = Field(min_length=1)
+    rules: list[IdentityRule]  # []: each record is its own entity (an entity only one tool holds)
     max_cluster_size: int = Field(default=12, ge=2)
     manual: ManualOverrides = ManualOverrides()
 
@@ -619,6 +619,10 @@ def _check_references(stack: Stack, file: Path) -> None:
         for i, rule in enumerate(identity.rules):
             for j, cond in enumerate(rule.conditions):
                 need(cond.field, fields, f"identity.{entity}.rules[{i}].conditions[{j}].field", "field")
+            if all(cond.method == "equal_or_missing" for cond in rule.conditions):
+                raise StackError(file, f"identity.{entity}.rules[{i}].conditions",
+                                 "found only equal_or_missing conditions, which find no pair; allowed: a rule with "
+                                 "at least one exact, jaro_winkler, levenshtein or token_sort condition")
             for j, key in enumerate(rule.blocking):
                 derived_from = [key[: -len(s)] for s in DERIVED_KEYS if key.endswith(s) and key[: -len(s)] in fields]
                 if key in fields and derived_from:  # the resolver reads the field and never derives the key

@@ -18,6 +18,7 @@ import orjson
 import pandas as pd
 import phonenumbers
 
+from sync_pipelines.core.legal_forms import name_key
 from sync_pipelines.stack import Entity, Stream
 
 
@@ -86,6 +87,7 @@ TRANSFORMS: dict[str, Callable[[pd.Series], pd.Series]] = {
     "rest_words": lambda s: s.str.extract(r"^\S+\s+(.+)$", expand=False),
     "domain": _domain,
     "phone_e164": lambda s: s.map(_phone_e164),
+    "name_key": name_key,
     "utc": lambda s: pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce"),
 }
 

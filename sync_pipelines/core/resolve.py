@@ -90,7 +90,10 @@ SCORERS: dict[str, _Scorer] = {
         fuzz.token_sort_ratio, 100.0, lambda a, b, apart: 100.0 * (1 - np.maximum(np.abs(a - b), apart) / (a + b))
     ),
 }
-METHODS = (EXACT, *SCORERS)
+# A condition that finds no pair itself: it holds unless both values are present and differ (a veto on a name match
+# when two records hold different domains), and any difference between them is a contradiction to the chain guard.
+EQUAL_OR_MISSING = "equal_or_missing"
+METHODS = (EXACT, *SCORERS, EQUAL_OR_MISSING)
 
 GIVEN_NAME_MARKERS = ("first_name", "given_name")
 # Interchangeable given names, one group per line (formal spellings and their common nicknames). Names
@@ -243,7 +246,11 @@ class Rule:
 
     @property
     def fuzzy(self) -> tuple[Condition, ...]:
-        return tuple(c for c in self.conditions if c.method != EXACT)
+        return tuple(c for c in self.conditions if c.method in SCORERS)
+
+    @property
+    def vetoes(self) -> tuple[Condition, ...]:
+        return tuple(c for c in self.conditions if c.method == EQUAL_OR_MISSING)
 
     def blocking_keys(self) -> tuple[str, ...]:
         """Declared keys; a fuzzy rule without keys or exact fields blocks on its first fuzzy field's prefix."""
@@ -307,15 +314,18 @@ def _parse_rule(raw: Any, position: int) -> Rule:
         if method not in METHODS:
             raise ValueError(f"identity rule {name!r}: unknown method {method!r} for {field!r} (use one of {METHODS})")
         threshold = _get(raw_condition, "threshold")
-        if method != EXACT:
+        if method in SCORERS:
             if threshold is None or not 0.0 <= float(threshold) <= 1.0:
                 raise ValueError(
                     f"identity rule {name!r}: {method} on {field!r} needs a threshold in [0, 1], got {threshold!r}"
                 )
             threshold = float(threshold)
-        conditions.append(Condition(str(field), method, threshold if method != EXACT else None))
+        conditions.append(Condition(str(field), method, threshold if method in SCORERS else None))
     if not conditions:
         raise ValueError(f"identity rule {name!r} has no conditions")
+    if all(c.method == EQUAL_OR_MISSING for c in conditions):
+        raise ValueError(f"identity rule {name!r} has only {EQUAL_OR_MISSING} conditions, which find no pair: "
+                         "add an exact or fuzzy one")
     return Rule(name, tuple(conditions), tuple(str(key) for key in (_get(raw, "blocking") or ())))
 
 
@@ -725,6 +735,14 @@ class _Resolver:
             right.append(pairs[1])
         return np.concatenate(left), np.concatenate(right)
 
+    def _unvetoed(self, rule: Rule, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs whose `EQUAL_OR_MISSING` fields are equal or missing on either side."""
+        keep = np.ones(len(left), dtype=bool)
+        for condition in rule.vetoes:
+            codes = self.compared[condition.field].codes
+            keep &= (codes[left] < 0) | (codes[right] < 0) | (codes[left] == codes[right])
+        return left[keep], right[keep]
+
     def _shared_value_pairs(self, rule: Rule, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every pair inside each group of equal values (a clique, not a star, so the chain guard sees
         direct matches). A value shared by more refs than one entity may hold (a team mailbox, a
@@ -758,7 +776,8 @@ class _Resolver:
         """
         same_ref = np.flatnonzero(self.ref_codes[1:] == self.ref_codes[:-1])
         lefts, rights, strengths = [same_ref], [same_ref + 1], [np.full(len(same_ref), -1, dtype=np.int64)]
-        linked = [self.rule_pairs(rule) for rule in self.spec.rules] + [self.crosswalk_pairs(previous_ids)]
+        linked = [self._unvetoed(rule, *self.rule_pairs(rule)) for rule in self.spec.rules]
+        linked.append(self.crosswalk_pairs(previous_ids))
         is_split = np.zeros(len(self.refs), dtype=bool)
         is_split[split_positions] = True
         for strength, (left, right) in enumerate(linked):
@@ -820,6 +839,9 @@ class _ChainGuard:
             _Check(Condition(field, method, threshold), given_names_compatible if is_given_name_field(field) else None)
             for (field, method), threshold in thresholds.items()
         ]
+        # any difference in a vetoing field contradicts: a Levenshtein similarity below 1
+        vetoing = dict.fromkeys(c.field for rule in rules.rules for c in rule.vetoes)
+        self.checks += [_Check(Condition(field, "levenshtein", 1.0), None) for field in vetoing]
         self.max_size = rules.max_cluster_size
         self.crosswalk_strength = rules.crosswalk_strength
         self.values = {check.condition.field: compared[check.condition.field].values for check in self.checks}

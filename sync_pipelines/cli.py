@@ -10,19 +10,47 @@ from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sync_pipelines.commands.conflicts import conflicts
 from sync_pipelines.commands.pause import pause, resume
 from sync_pipelines.commands.revert import revert
+from sync_pipelines.local import dagster_home, sandbox_defaults
 from sync_pipelines.stack import StackError, load_stack
 
-console = Console(width=120)
+# Messages are never hard-wrapped (a piped message stays one line); tables get a fixed width when piped.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
-@click.group()
-def main() -> None:
-    """Keep a company's tools in agreement."""
+class _Commands(click.Group):
+    """Every command's unexpected failure is one line (what failed, and that ``--debug`` shows where) with exit
+    status 2; ``--debug`` lets the traceback through. Usage errors keep click's own message and status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place a failure becomes a message
+            if ctx.params.get("debug"):
+                raise
+            command = ctx.invoked_subcommand or ctx.info_name
+            message = escape(" ".join(str(exc).split()))  # one line, whatever the exception's own layout
+            console.print(f"[red]{command} failed:[/red] {type(exc).__name__}: {message} (run with --debug for the "
+                          "traceback)", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=_Commands)
+@click.option("--debug", is_flag=True, help="Show the traceback of a failure.")
+def main(debug: bool) -> None:
+    """Keep a company's tools in agreement.
+
+    Runs go to the Dagster instance in $DAGSTER_HOME, else the current folder if it holds a dagster.yaml, else
+    .sync_pipelines/dagster; the bundled sandbox stack uses the sandbox's credentials wherever none are set."""
+    dagster_home()
+    sandbox_defaults()
 
 
 @main.command()
@@ -153,9 +181,6 @@ def review(days: int) -> None:
 
     from sync_pipelines.reports import review as build_review
 
-    if not os.environ.get("DAGSTER_HOME"):
-        console.print("[red]DAGSTER_HOME is not set: the review reads the run history of that instance[/red]")
-        sys.exit(2)
     with dg.DagsterInstance.get() as instance:
         click.echo(build_review(_stack_or_exit(None), instance, days=days).to_markdown())
 
@@ -167,7 +192,7 @@ def _run_nightly_sync(defs, tags: dict[str, str] | None = None, **options):
 
     from sync_pipelines.recovery import recover_dead_runs, runner_tags
 
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    instance = dg.DagsterInstance.get()
     for recovered in recover_dead_runs(instance):
         console.print(f"[yellow]recovered[/yellow] {recovered.describe()}")
     return defs.resolve_job_def("nightly_sync").execute_in_process(
@@ -181,7 +206,9 @@ def _exit_if_failed(result) -> None:
     for event in result.all_events:
         if event.is_step_failure:
             console.print(f"[red]{event.step_key} failed:[/red] {_root_cause(event.step_failure_data.error)}")
-    console.print(f"[red]run {result.run_id} failed[/red]: its logs are in the Dagster UI")
+    home = dagster_home()
+    console.print(f"[red]run {result.run_id} failed[/red]: its logs are in the Dagster instance at {home} (the UI "
+                  f"shows it when served with DAGSTER_HOME={home})")
     sys.exit(1)
 
 
@@ -216,7 +243,7 @@ def validate(path: str | None) -> None:
 @main.command()
 @click.option("--partition", help="Day to sync (YYYY-MM-DD); default: today in the stack's timezone.")
 def sync(partition: str | None) -> None:
-    """Run the nightly_sync job once, in this process, recorded in the Dagster instance ($DAGSTER_HOME)."""
+    """Run the nightly_sync job once, in this process, recorded in the Dagster instance (see --help)."""
     from sync_pipelines.definitions import build_definitions
 
     stack = _stack_or_exit(None)

@@ -6,6 +6,7 @@ from sync_pipelines.assets.core import build_core_assets
 from sync_pipelines.assets.extract import build_extraction_assets
 from sync_pipelines.automation import failure_alert_sensor, integration_schedules, nightly_schedule, webhook_sensor
 from sync_pipelines.executors import executor_from_env
+from sync_pipelines.local import sandbox_defaults
 from sync_pipelines.pipeline.revert import RevertError, revert
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Stack, load_stack
@@ -60,5 +61,6 @@ def build_definitions(stack: Stack) -> dg.Definitions:
     )
 
 
+sandbox_defaults()  # served in a new shell (`dg dev`), the bundled stack still finds the sandbox
 stack = load_stack()
 defs = build_definitions(stack)

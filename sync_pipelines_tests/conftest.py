@@ -13,6 +13,16 @@ from sync_pipelines_tests.sandbox_sync import synced_sandbox
 POSTGRES_URL = os.environ.get("SYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A command under test may fill in its process environment (the CLI sets DAGSTER_HOME and the sandbox's
+    defaults, as it does for a user): no test sees what another one set."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def warehouse_url(request, tmp_path):
     """A fresh, empty warehouse: an SQLite file, or a PostgreSQL schema dropped afterwards."""

@@ -1,10 +1,13 @@
 """The CLI as a user types it (click's runner, real stack files, a real Dagster instance)."""
 
+import os
+
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from sync_pipelines.cli import main
+from sync_pipelines.sandbox import sandbox_env
 from sync_pipelines.stack import DEFAULT_STACK
 
 
@@ -33,9 +36,15 @@ def test_plan_before_any_sync_says_what_to_do(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "sync-pipelines sync" in result.output
 
 
-def test_review_needs_an_instance_and_reads_its_history(tmp_path, monkeypatch):
+def test_review_without_dagster_home_reads_the_default_instance(tmp_path, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    assert CliRunner().invoke(main, ["review"]).exit_code == 2
+    monkeypatch.chdir(tmp_path)  # no dagster.yaml here: the fallback instance, created on first use
+    result = CliRunner().invoke(main, ["review"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ".sync_pipelines" / "dagster").is_dir()
+
+
+def test_review_reads_the_history_of_the_instance_in_dagster_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -57,6 +66,44 @@ def test_a_failed_step_prints_its_innermost_cause(tmp_path, monkeypatch, command
     (tmp_path / "stack.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("SYNC_STACK", str(tmp_path / "stack.yaml"))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 1
     assert "legacy_erp__customers failed: sqlite3.OperationalError: unable to open database file" in result.output
+    # the run is kept where the message says, not in a throwaway instance
+    home = tmp_path / ".sync_pipelines" / "dagster"
+    assert f"its logs are in the Dagster instance at {home}" in result.output
+    assert (home / "storage").is_dir() or any(home.iterdir())
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_2_and_the_traceback_only_with_debug(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNC_WAREHOUSE_URL", f"sqlite:///{tmp_path}")  # a folder: SQLite cannot open it
+    result = CliRunner().invoke(main, ["plan"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("plan failed: OperationalError:"), result.output
+    assert "Traceback" not in result.output and "--debug" in lines[0]
+    debug = CliRunner().invoke(main, ["--debug", "plan"])
+    assert debug.exit_code == 1 and debug.exception is not None  # the exception itself, for the traceback
+
+
+def test_the_bundled_stack_finds_the_sandbox_credentials_in_a_clean_environment(monkeypatch):
+    for key in sandbox_env("http://x", "."):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("SYNC_STACK", raising=False)
+    assert CliRunner().invoke(main, ["validate"]).exit_code == 0
+    assert os.environ["SALESFORCE_ACCESS_TOKEN"] == sandbox_env("http://x", ".")["SALESFORCE_ACCESS_TOKEN"]
+    assert os.environ["SANDBOX_URL"] == "http://127.0.0.1:8765"
+
+
+def test_a_set_credential_wins_and_another_stack_gets_no_sandbox_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("SALESFORCE_ACCESS_TOKEN", "mine")
+    monkeypatch.delenv("HUBSPOT_ACCESS_TOKEN", raising=False)
+    assert CliRunner().invoke(main, ["validate"]).exit_code == 0
+    assert os.environ["SALESFORCE_ACCESS_TOKEN"] == "mine" and os.environ["HUBSPOT_ACCESS_TOKEN"]
+    other = tmp_path / "stack.yaml"
+    other.write_text(DEFAULT_STACK.read_text())
+    monkeypatch.setenv("SYNC_STACK", str(other))
+    monkeypatch.delenv("HUBSPOT_ACCESS_TOKEN", raising=False)
+    assert CliRunner().invoke(main, ["validate"]).exit_code == 0
+    assert "HUBSPOT_ACCESS_TOKEN" not in os.environ

@@ -17,6 +17,8 @@ import numpy as np
 import orjson
 import pandas as pd
 import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sync_pipelines.core.legal_forms import name_key
 from sync_pipelines.stack import Entity, Stream
@@ -37,32 +39,77 @@ def raw_json(record: dict) -> str:
         return json.dumps(record, default=str, sort_keys=True)
 
 
-# A North American number as people type it: (415) 555-0100, 415.555.0100, +1 415 555 0100, +14155550100.
-_NANP = re.compile(r"(?:\+1[ .-]?)?\(?([2-9]\d{2})\)?[ .-]?(\d{3})[ .-]?(\d{4})")
+# A North American number as people type it: (415) 555-0100, 415.555.0100, +1 415 555 0100, 1-415-555-0100,
+# +14155550100. ASCII digits only: libphonenumber also reads other scripts' digits, and writes them as ASCII.
+_NANP_SHAPE = r"^(?:\+?1[ .-]?)?\(?([2-9][0-9]{2})\)?[ .-]?([0-9]{3})[ .-]?([0-9]{4})$"
+_NANP_DIGITS = 10
+# The PhoneNumberDesc fields libphonenumber's number type tries: a number is valid when it matches the general
+# description and one of these.
+_NUMBER_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
+                 "fixed_line", "mobile")
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _phone_e164(value: Any, region: str = "US") -> Any:
-    """E.164 when libphonenumber can parse a valid number; the trimmed input otherwise, so a check can flag it.
-
-    A plain North American number skips libphonenumber's parser, the larger half of the cost: its country code and
-    national number are known from the digits, and only their validity is asked. Cached: the same person's number
-    comes from several tools. A number valid for the US is valid: the US is the first region libphonenumber tries
-    for +1, so only other numbers need the full check across the +1 regions."""
+def _phone_e164(value: Any) -> Any:
+    """E.164 when libphonenumber can parse a valid number (read as from the US); the trimmed input otherwise, so a
+    check can flag it. Cached: the same person's number comes from several tools."""
     if not isinstance(value, str) or not value.strip():
         return None
-    if region == "US" and (plain := _NANP.fullmatch(value.strip())):
-        digits = "".join(plain.groups())
-        number = phonenumbers.PhoneNumber(country_code=1, national_number=int(digits))
-        valid = phonenumbers.is_valid_number_for_region(number, "US") or phonenumbers.is_valid_number(number)
-        return "+1" + digits if valid else value.strip()
     try:
-        number = phonenumbers.parse(value, region)
+        number = phonenumbers.parse(value, "US")
     except phonenumbers.NumberParseException:
         return value.strip()
     if not phonenumbers.is_valid_number(number):
         return value.strip()
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _matches_desc(desc: Any, length: int) -> str | None:
+    """The anchored pattern a national number of ``length`` digits must match to match ``desc``, as
+    libphonenumber's ``_is_number_matching_desc`` decides it; None when none can."""
+    if desc is None or (desc.possible_length and length not in desc.possible_length):
+        return None
+    return f"^(?:{desc.national_number_pattern})$" if desc.national_number_pattern else None
+
+
+@functools.cache
+def _us_validity_patterns() -> tuple[str, str] | None:
+    """The two patterns a ten-digit national number must both match to be valid for the US, from libphonenumber's
+    own metadata: its general description, and any of its number types. Arrow runs them on RE2, as C++
+    libphonenumber does, so the metadata is written for it. None when no ten-digit number can be valid."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region("US")
+    general = _matches_desc(metadata.general_desc, _NANP_DIGITS)
+    kinds = [p for name in _NUMBER_TYPES if (p := _matches_desc(getattr(metadata, name), _NANP_DIGITS))]
+    return (general, "|".join(kinds)) if general and kinds else None
+
+
+def _phones_e164(values: pd.Series) -> pd.Series:
+    """``_phone_e164`` over a column. A plain North American number is decided in Arrow, for the whole column at
+    once: its shape gives its country code and national number, and the US metadata's patterns its validity. A
+    number valid for the US is valid (the US is the first region libphonenumber tries for +1), and its E.164 form
+    is +1 and its digits; one that is not is checked across the other +1 regions without being parsed again. Every
+    other value goes through libphonenumber."""
+    out = values.tolist()
+    plain = [i for i, v in enumerate(out) if type(v) is str and v.isascii()]
+    patterns = _us_validity_patterns()
+    decided = [False] * len(out)
+    if plain and patterns:
+        texts = pa.array([out[i] for i in plain], type=pa.string())
+        shaped = pc.match_substring_regex(texts, _NANP_SHAPE)
+        digits = pc.replace_substring_regex(texts, _NANP_SHAPE, r"\1\2\3")
+        valid = pc.and_(pc.match_substring_regex(digits, patterns[0]), pc.match_substring_regex(digits, patterns[1]))
+        for i, number, is_shaped, is_valid in zip(plain, digits.to_pylist(), shaped.to_pylist(), valid.to_pylist()):
+            if is_shaped:
+                out[i] = "+1" + number if is_valid or _valid_nanp(number) else out[i]
+                decided[i] = True
+    return pd.Series([v if done else _phone_e164(v) for v, done in zip(out, decided)], index=values.index,
+                     dtype="object")
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _valid_nanp(digits: str) -> bool:
+    """Whether the +1 number of these ten digits is valid in any +1 region."""
+    return phonenumbers.is_valid_number(phonenumbers.PhoneNumber(country_code=1, national_number=int(digits)))
 
 
 def _domain(series: pd.Series) -> pd.Series:
@@ -86,7 +133,7 @@ TRANSFORMS: dict[str, Callable[[pd.Series], pd.Series]] = {
     "first_word": lambda s: s.str.extract(r"^(\S+)", expand=False),
     "rest_words": lambda s: s.str.extract(r"^\S+\s+(.+)$", expand=False),
     "domain": _domain,
-    "phone_e164": lambda s: s.map(_phone_e164),
+    "phone_e164": _phones_e164,
     "name_key": name_key,
     "utc": lambda s: pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce"),
 }

@@ -1,7 +1,9 @@
 import json
+import random
 from datetime import datetime, timezone
 
 import pandas as pd
+import phonenumbers
 
 from sync_pipelines.core.normalize import get_path, map_records, to_timestamp
 from sync_pipelines.stack import load_stack
@@ -115,30 +117,94 @@ def test_a_fraction_for_an_integer_field_is_quarantined_and_dates_keep_their_wri
         "006A": "2026-11-01", "006B": "2026-03-29", "006C": "2026-11-02"}
 
 
-def test_north_american_numbers_normalise_as_libphonenumber_parses_them():
-    """The shortcut for plain +1 numbers must agree with the full parse, valid or not, in every typed style."""
-    import phonenumbers
+def _libphonenumber_e164(value):
+    """libphonenumber's own answer, which phone_e164 promises: E.164 of a valid number read as from the US, the
+    trimmed text of any other, None for what is no text."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        number = phonenumbers.parse(value, "US")
+    except phonenumbers.NumberParseException:
+        return value.strip()
+    if not phonenumbers.is_valid_number(number):
+        return value.strip()
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
+
+# Ten digits each: the US, then +1 numbers valid only in Canada, the Bahamas, Jamaica, Puerto Rico and Guam, US
+# toll-free, premium and personal numbers, then +1 numbers valid nowhere: an unassigned area code, an N11 code, an
+# exchange starting with 1 or 0, and area codes of the British Virgin Islands, the Turks and Caicos, Dominica and
+# Trinidad that those regions' own patterns refuse.
+NANP_NUMBERS = ["4155550101", "2125550100", "6135550123", "6045550199", "2423570101", "8769271234", "7875550123",
+                "6715550123", "8005550199", "9005550199", "5005550199", "2000000000", "9995551234", "9115550101",
+                "4151550101", "4150550101", "2845550123", "6495550123", "7675550123", "8685550123"]
+NANP_STYLES = ["({a}) {e}-{l}", "{a}.{e}.{l}", "+1 {a} {e} {l}", "+1{a}{e}{l}", "{a}-{e}-{l}", "+1 ({a}) {e}-{l}",
+               "{a}{e}{l}", "1{a}{e}{l}", "1 {a} {e} {l}", "+1-{a}-{e}-{l}", "+1.{a}.{e}.{l}", "({a}){e}-{l}",
+               "({a} {e}-{l}", "{a}) {e}-{l}", "+1({a}){e}{l}", "{a} {e}{l}", "{a}{e} {l}", " {a} {e} {l} ",
+               "\t({a}) {e}-{l}\n", "{a}  {e}  {l}", "{a}\u00a0{e}\u00a0{l}", "{a}\t{e}\t{l}", "{a}/{e}/{l}",
+               "{a}_{e}_{l}", "[{a}] {e}-{l}", "{a}\u2013{e}\u2013{l}", "+1 {a} {e} {l}.", "{a}.{e}.{l},",
+               "++1 {a} {e} {l}", "+ 1 {a} {e} {l}", "tel:+1-{a}-{e}-{l}", "abc {a} {e} {l}", "{a} {e} {l} abc",
+               "{a}-{e}-{l} x123", "+1 {a} {e} {l} ext. 12", "({a}) {e}-{l} #4", "{a}.{e}.{l};ext=7",
+               "{a}{e}{l},,123", "+1 {a} {e} {l}0", "{a} {e} {l}1"]
+OTHER_NUMBERS = [
+    "+44 20 7946 0958", "020 7946 0958", "+44 (0)20 7946 0958", "011 44 20 7946 0958", "00 44 20 7946 0958",
+    "+33 1 42 68 53 00", "0033 1 42 68 53 00", "+49 30 901820", "+49 (0) 30 901820-0", "+91 98765 43210",
+    "+61 2 9374 4000", "+81 3-3224-9999", "+55 11 98765-4321", "+52 55 1234 5678", "+86 10 1234 5678",
+    "+44 20 7946 0958 ext 3", "+999 123", "+1 415 555 010", "+1 415 555 01011", "4155550101234", "555-0101",
+    "12345", "not a phone", "+", "()", "", "   ", "1-800-FLOWERS", "800-FLOWERS",
+    "(415) \u0665\u0665\u0665-\u0660\u0661\u0660\u0661", "\uff14\uff11\uff15\uff15\uff15\uff15\uff10\uff11\uff10\uff11",
+    "+\u0661 \u0664\u0661\u0665 \u0665\u0665\u0665 \u0660\u0661\u0660\u0661",
+    None, float("nan"), 4155550101, 4155550101.0, True]
+
+
+def test_phone_numbers_normalise_exactly_as_libphonenumber_parses_them():
+    """The column-wide shortcut for plain +1 numbers must agree with libphonenumber on every value: each +1 number
+    in every typed style, with extensions, punctuation and whitespace, other countries' national and international
+    formats, invalid numbers and values that are no text."""
     from sync_pipelines.core.normalize import TRANSFORMS
 
-    def parsed(text):
-        try:
-            number = phonenumbers.parse(text, "US")
-        except phonenumbers.NumberParseException:
-            return text.strip()
-        if not phonenumbers.is_valid_number(number):
-            return text.strip()
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    typed = [style.format(a=n[:3], e=n[3:6], l=n[6:]) for n in NANP_NUMBERS for style in NANP_STYLES]
+    corpus = typed + OTHER_NUMBERS
+    normalised = TRANSFORMS["phone_e164"](pd.Series(corpus, dtype="object"))
+    expected = [_libphonenumber_e164(value) for value in corpus]
+    assert [(value, got) for value, got, want in zip(corpus, normalised.tolist(), expected) if got != want] == []
+    # the corpus holds what each path decides: valid US numbers, +1 numbers valid only elsewhere, invalid ones
+    answers = dict(zip(corpus, expected))
+    assert answers["(415) 555-0101"] == "+14155550101" and answers["(613) 555-0123"] == "+16135550123"
+    assert answers["(284) 555-0123"] == "(284) 555-0123" and answers["+44 20 7946 0958"] == "+442079460958"
 
-    # US, Canada, the Bahamas (+1 242), a toll-free number, and ones no region accepts
-    numbers = ["4155550101", "6135550123", "2423570101", "8005550199", "2125550100", "2000000000", "9995551234"]
-    styles = ["({a}) {e}-{l}", "{a}.{e}.{l}", "+1 {a} {e} {l}", "+1{a}{e}{l}", "{a}-{e}-{l}", "+1 ({a}) {e}-{l}",
-              "{a}{e}{l}", "1{a}{e}{l}", " {a} {e} {l} "]
-    typed = [style.format(a=n[:3], e=n[3:6], l=n[6:]) for n in numbers for style in styles]
-    typed += ["+44 20 7946 0958", "020 7946 0958", "555-0101", "not a phone", "+1 415 555 0101 ext. 12"]
+
+def test_random_north_american_numbers_in_every_plain_shape_normalise_as_libphonenumber_parses_them():
+    """Every combination of the optional parts of a plain +1 number (the country code and its separator, the
+    parentheses, the separators), over numbers drawn from the whole ten-digit range: most are invalid somewhere."""
+    from sync_pipelines.core.normalize import TRANSFORMS
+
+    draw = random.Random(20261202)
+    prefixes, separators = ["", "+1", "+1 ", "+1-", "+1.", "1", "1 "], ["", " ", ".", "-", "  "]
+    typed = []
+    for _ in range(3000):
+        digits = str(draw.randrange(10**9, 10**10))
+        typed.append(f"{draw.choice(prefixes)}{draw.choice(['(', ''])}{digits[:3]}{draw.choice([')', ''])}"
+                     f"{draw.choice(separators)}{digits[3:6]}{draw.choice(separators)}{digits[6:]}")
     normalised = TRANSFORMS["phone_e164"](pd.Series(typed, dtype="object"))
-    assert normalised.tolist() == [parsed(text) for text in typed]
-    assert normalised[0] == "+14155550101" and normalised[len(styles)] == "+16135550123"
+    expected = [_libphonenumber_e164(value) for value in typed]
+    assert [(value, got) for value, got, want in zip(typed, normalised.tolist(), expected) if got != want] == []
+    assert 0 < sum(e.startswith("+") for e in expected) < len(typed)
+
+
+def test_plain_north_american_numbers_valid_in_the_us_are_decided_without_libphonenumber(monkeypatch):
+    """The shortcut must take the common shapes: a valid US number in them is never handed to the parser."""
+    from sync_pipelines.core import normalize
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"parsed by libphonenumber: {args}")
+
+    normalize._phone_e164.cache_clear()
+    monkeypatch.setattr(phonenumbers, "parse", refuse)
+    monkeypatch.setattr(phonenumbers, "is_valid_number", refuse)
+    typed = ["(415) 555-0101", "+1 212 555 0100", "617.555.0199", "+18005550199", "415-555-0101"]
+    assert normalize.TRANSFORMS["phone_e164"](pd.Series(typed)).tolist() == [
+        "+14155550101", "+12125550100", "+16175550199", "+18005550199", "+14155550101"]
 
 
 def test_nul_characters_are_stripped_before_any_transform_and_the_raw_payload_keeps_them_escaped():

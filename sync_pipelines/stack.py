@@ -17,7 +17,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 import yaml
 from dagster._utils.schedules import is_valid_cron_string
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+)
+
+from sync_pipelines.core.conditions import Condition
+from sync_pipelines.core.conditions import parse as parse_condition
 
 DEFAULT_STACK = Path(__file__).parent / "stacks" / "sandbox.yaml"
 # Far above any real stack (the sandbox: 12 KiB, 9 levels, 1,222 values), far below what takes seconds to load.
@@ -70,6 +75,7 @@ def _cron(value: str | None) -> str | None:
 class FieldSpec(_Model):
     type: FieldType = "string"
     description: str = ""
+    references: str | None = None  # the entity whose record this field holds the id of, in the record's own tool
 
 
 class Entity(_Model):
@@ -258,22 +264,113 @@ class Destination(_Model):
     max_deletes_per_run: int = Field(default=25, ge=0)
 
 
-class ActionWhen(_Model):
+class _ActionTrigger(_Model):
+    """What makes an action create a record, per record of ``entity`` (landed rows, so per tool record); ``filter``
+    (a condition as in quality's ``when``, over the record the templates see) holds some back; ``as`` names the
+    record in the templates."""
+
     entity: str
+    filter: str | None = None
+    record: str = Field(default="record", alias="as")
+
+    @field_validator("filter")
+    @classmethod
+    def _a_condition(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_condition(value)  # its ConditionError names the character
+        return value
+
+    @property
+    def condition(self) -> Condition | None:
+        return parse_condition(self.filter) if self.filter is not None else None
+
+    @property
+    def watched(self) -> str | None:
+        """The field whose value the action keeps per record (None: only that the record exists)."""
+        return getattr(self, "field", None)
+
+    def describe(self) -> str:
+        where = f" and `{self.filter}`" if self.filter else ""
+        return self._event() + where
+
+    def _event(self) -> str:
+        raise NotImplementedError
+
+
+class BecomesTrigger(_ActionTrigger):
+    """A field newly holds one value (the form ``{entity, field, becomes}`` of earlier stacks)."""
+
+    kind: Literal["becomes"] = "becomes"
     field: str
     becomes: str
+
+    def _event(self) -> str:
+        return f"a {self.entity} record's `{self.field}` becomes `{self.becomes}`"
+
+
+class ChangesTrigger(_ActionTrigger):
+    """A field of a known record takes any other value (an empty one too)."""
+
+    kind: Literal["changes"]
+    field: str
+
+    def _event(self) -> str:
+        return f"a {self.entity} record's `{self.field}` changes"
+
+
+class NewRecordTrigger(_ActionTrigger):
+    """A record appears that the action had not seen."""
+
+    kind: Literal["new_record"]
+
+    def _event(self) -> str:
+        return f"a new {self.entity} record appears"
+
+
+def _trigger_kind(value: Any) -> str | None:
+    """``kind``, or ``becomes`` for a trigger written without one."""
+    return value.get("kind", "becomes") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+ActionTrigger = Annotated[
+    Union[Annotated[BecomesTrigger, Tag("becomes")], Annotated[ChangesTrigger, Tag("changes")],
+          Annotated[NewRecordTrigger, Tag("new_record")]],
+    Discriminator(_trigger_kind),
+]
+
+
+class LinkedRecord(_Model):
+    """A target field holding the id of the record of ``stream`` (in the target's tool) linked to the context
+    record ``linked_to``: that record itself in the tool, or one whose ``through`` field references it; created from
+    ``fields`` (templates over the context and ``as``, the first record of the stream's entity linked to it, or
+    nothing) when the tool holds none."""
+
+    stream: str
+    linked_to: str
+    through: str | None = None
+    record: str = Field(default="linked", alias="as")
+    fields: dict[str, Any] = {}
 
 
 class ActionCreate(_Model):
     tool: str
     stream: str
-    fields: dict[str, Any] = {}  # fixed values for the created record, e.g. the project a task goes to
+    fields: dict[str, Any] = {}  # field templates (text) and fixed values, e.g. the project a task goes to
+    links: dict[str, LinkedRecord] = {}  # target field -> the linked record whose id it takes
 
 
 class Action(_Model):
     name: str
-    when: ActionWhen
+    when: ActionTrigger
+    # context name -> the reference field it follows: `field` of the triggering record, or `name.field` of an
+    # earlier related record
+    related: dict[str, str] = {}
     create: ActionCreate
+
+    def followed(self) -> list[tuple[str, str, str]]:
+        """Each related record: its name, the record it is reached from and that record's reference field."""
+        return [(name, owner or self.when.record, reference)
+                for name, path in self.related.items() for owner, _, reference in [path.rpartition(".")]]
 
 
 class Nightly(_Model):
@@ -576,7 +673,6 @@ def _check_references(stack: Stack, file: Path) -> None:
     from sync_pipelines.core.plan import writable_fields
     from sync_pipelines.core.quality import ExpectationError, checked_expectation
     from sync_pipelines.core.resolve import DERIVED_KEYS
-    from sync_pipelines.pipeline import ACTION_PAYLOADS
 
     entities, tools = set(stack.entities), set(stack.tools)
 
@@ -709,17 +805,95 @@ def _check_references(stack: Stack, file: Path) -> None:
         written = {field for fields in writable_fields(streams[dest.stream]).values() for field in fields}
         for field in dest.fields:
             need(field, written, f"{base}.fields.{field}", f"field {dest.tool}.{dest.stream} maps and can write")
+    for e, entity in stack.entities.items():
+        for f, spec in entity.fields.items():
+            if spec.references is not None:
+                need(spec.references, entities, f"entities.{e}.fields.{f}.references", "entity")
     for i, action in enumerate(stack.actions):
-        need(action.when.entity, entities, f"actions[{i}].when.entity", "entity")
-        need(action.create.tool, tools, f"actions[{i}].create.tool", "tool")
-        kind = stack.tools[action.create.tool].kind
-        if (kind, action.create.stream) not in ACTION_PAYLOADS:
-            raise StackError(
-                file, f"actions[{i}].create.stream",
-                f"action {action.name!r} cannot create {action.create.stream!r} records in a {kind} tool; "
-                f"supported: {', '.join(f'{k}/{s}' for k, s in sorted(ACTION_PAYLOADS))}",
-            )
-        need(action.when.field, set(stack.entities[action.when.entity].fields), f"actions[{i}].when.field", "field")
+        _check_action(stack, file, action, f"actions[{i}]", need)
+
+
+ACTION_CONTEXT = {"action": ("name",), "source": ("tool", "stream", "id")}  # besides the records, in every context
+
+
+def _check_action(stack: Stack, file: Path, action: Action, base: str, need) -> None:
+    """An action's trigger, related records, target, links and templates: every name it uses exists, and every
+    template reads only what its context will hold."""
+    from sync_pipelines.connectors import CONNECTORS
+    from sync_pipelines.core.conditions import columns
+    from sync_pipelines.core.templates import TemplateProblem, Variable, check_fields
+
+    when, create = action.when, action.create
+    need(when.entity, set(stack.entities), f"{base}.when.entity", "entity")
+    fields = stack.entities[when.entity].fields
+    if when.watched is not None:
+        need(when.watched, set(fields), f"{base}.when.field", f"field of entity {when.entity!r}")
+    for column in columns(when.condition) if when.condition is not None else ():
+        need(column, set(fields), f"{base}.when.filter", f"field of entity {when.entity!r} in the filter")
+    records = {when.record: when.entity}  # context name -> entity
+    names = [(when.record, f"{base}.when.as"), *((n, f"{base}.related.{n}") for n in action.related)]
+    for i, (name, at) in enumerate(names):
+        taken = {*ACTION_CONTEXT, *(n for n, _ in names[:i])}
+        if not NAME.fullmatch(name) or name in taken:
+            raise StackError(file, at, f"found {name!r}; allowed: a name ({NAME.pattern}) other than "
+                                       f"{_allowed(taken)}")
+    for name, owner, field in action.followed():
+        at = f"{base}.related.{name}"
+        need(owner, set(records), at, "record to follow a reference from (the trigger's or an earlier related one)")
+        spec = stack.entities[records[owner]].fields.get(field)
+        if spec is None or spec.references is None:
+            references = {f for f, s in stack.entities[records[owner]].fields.items() if s.references}
+            raise StackError(file, at, f"{field!r} is no reference field of {records[owner]}; allowed: "
+                                       + (_allowed(references) if references else
+                                          "none (declare one: <field>: {references: <entity>})"))
+        records[name] = spec.references
+
+    need(create.tool, set(stack.tools), f"{base}.create.tool", "tool")
+    tool, writer = stack.tools[create.tool], CONNECTORS[stack.tools[create.tool].kind]
+
+    def writable(stream: str, at: str, declared_only: bool) -> None:
+        """A stream the tool's connector can write: declared in the stack (with its entity in the write scope), or,
+        for the target, one the tool can only write (a Slack message)."""
+        can_write = set(writer.write_streams) if writer.write_streams is not None else set(tool.streams)
+        write_only = set() if declared_only else can_write - set(tool.streams)
+        need(stream, (can_write & set(tool.streams)) | write_only, at,
+             f"stream of tool {create.tool!r} to create {'a linked record' if declared_only else 'records'} in")
+        if stream in tool.streams and tool.streams[stream].entity not in tool.scopes.write and not declared_only:
+            raise StackError(file, at, f"tool {create.tool!r} is not allowed to write "
+                                       f"{tool.streams[stream].entity!r}; its write scope is: "
+                                       f"{_allowed(tool.scopes.write)}")
+
+    writable(create.stream, f"{base}.create.stream", declared_only=False)
+    variables = {name: Variable(attributes, name) for name, attributes in ACTION_CONTEXT.items()}
+    variables.update({name: Variable(tuple(stack.entities[e].fields), e) for name, e in records.items()})
+    for field, link in create.links.items():
+        at = f"{base}.create.links.{field}"
+        if field in create.fields:
+            raise StackError(file, at, f"field {field!r} is also in create.fields; allowed: one value per field")
+        writable(link.stream, f"{at}.stream", declared_only=True)
+        need(link.linked_to, set(records), f"{at}.linked_to", "record of this action's context")
+        linked, target = records[link.linked_to], tool.streams[link.stream].entity
+        referencing = sorted(f for f, s in stack.entities[target].fields.items() if s.references == linked)
+        if link.through is not None:
+            need(link.through, set(referencing), f"{at}.through", f"field of {target} that references {linked}")
+        elif target != linked and len(referencing) != 1:
+            raise StackError(file, f"{at}.through", f"{target} has {len(referencing)} fields that reference "
+                                                    f"{linked} ({_allowed(set(referencing))}); allowed: name one"
+                             if referencing else f"no field of {target} references {linked}, so no {link.stream} "
+                                                 "record can be linked to it; allowed: a record of "
+                                                 f"{target} or one a field of {target} references")
+        if link.record in variables:
+            raise StackError(file, f"{at}.as", f"found {link.record!r}, which the context already holds; allowed: "
+                                               "another name")
+        try:
+            check_fields(link.fields, {**variables, link.record: Variable(tuple(stack.entities[target].fields),
+                                                                          target)}, f"{at}.fields")
+        except TemplateProblem as problem:
+            raise StackError(file, problem.path, problem.problem) from None
+    try:
+        check_fields(create.fields, variables, f"{base}.create.fields")
+    except TemplateProblem as problem:
+        raise StackError(file, problem.path, problem.problem) from None
 
 
 def _keys_at(loc: tuple) -> list[str]:

@@ -138,7 +138,7 @@ def test_syncs_killed_at_every_moment_are_recovered_by_the_next_sync_and_converg
     created = {pool: ACTIONS[pool][-1] for pool in ACTIONS}
     for pool in ACTIONS:  # a slow target, so that the kill lands between two creates
         home.box.set_faults({pool.removesuffix("_api"): {"latency_ms": 300}})
-    actions = {f"{a.create.tool}_api": a for a in home.stack.actions}
+    actions = {f"{a.create.tool}_api": a for a in home.stack.actions if f"{a.create.tool}_api" in ACTIONS}
     movers, runs, output = {}, [], ""
     for pool in sorted(ACTIONS):
         movers[pool] = _start_transitions(home, pool)

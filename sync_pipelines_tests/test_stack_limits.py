@@ -176,7 +176,7 @@ def _again(kind: str, i: int, **changes):
          "builds Dagster asset key 'stripe/invoices' like tools.stripe.streams.invoices; allowed: one asset per key"),
         (_again("destinations", 1), "destinations[3]",
          "builds Dagster asset key 'hubspot/contacts_writeback' like destinations[1]"),
-        (_again("actions", 1, name="invoice_for_closed_won"), "actions[2].name",
+        (_again("actions", 1, name="invoice_for_closed_won"), "actions[3].name",
          "found name 'invoice_for_closed_won' again (first at actions[0].name); allowed: one of actions per name"),
         (_again("integrations", 0), "integrations[4].name",
          "found name 'crm_contacts_everywhere' again (first at integrations[0].name)"),

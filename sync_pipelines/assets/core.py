@@ -7,7 +7,7 @@ from sync_pipelines.connectors import ConnectorError
 from sync_pipelines.core.changes import shown
 from sync_pipelines.core.quality import to_metadata
 from sync_pipelines.pipeline import (
-    build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table,
+    action_entities, build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table,
     write_back,
 )
 from sync_pipelines.pause import holding, pauses
@@ -209,17 +209,17 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
 
 def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
     tool = stack.tools[action.create.tool]
-    when = action.when
+    read = action_entities(stack, action)
 
     @dg.asset(
         key=dg.AssetKey([action.create.tool, action.name]),
         group_name=action.create.tool,
-        deps=[*(extraction_key(t, s) for t, s in entity_streams(stack, when.entity)),
+        deps=[*(extraction_key(t, s) for e in sorted(read) for t, s in entity_streams(stack, e)),
               *(golden_key(e) for e in resolved_entities(stack))],
         description=(
-            f"When a {when.entity[:-1]}'s `{when.field}` becomes `{when.becomes}`, creates a "
-            f"`{action.create.stream}` record in {action.create.tool}, exactly once per record (ledger "
-            "`action_ledger` plus an idempotency key). The first run records a baseline and creates nothing."
+            f"When {action.when.describe()}, creates a `{action.create.stream}` record in {action.create.tool} "
+            "from the stack's field templates, exactly once per record (ledger `action_ledger` plus an idempotency "
+            "key). The first run records a baseline and creates nothing."
         ),
         owners=[tool.owner],
         kinds={tool.kind},
@@ -235,7 +235,8 @@ def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
             raise dg.Failure(str(exc)) from None
         return dg.MaterializeResult(metadata={
             "baseline_run": outcome.baseline, "transitions": outcome.transitions, "created": outcome.created,
-            "already_done": outcome.already_done, "created_ids": ", ".join(outcome.created_ids) or "none",
+            "held_back_by_filter": outcome.held_back, "already_done": outcome.already_done,
+            "created_ids": ", ".join(outcome.created_ids) or "none",
         })
 
     return _action

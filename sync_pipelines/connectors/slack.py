@@ -25,6 +25,9 @@ class SlackConnector(ApiConnector):
         return [self._write_batch([record], self._post)[0] for record in records]
 
     def _post(self, batch: list[dict]) -> list[dict[str, Any]]:
-        """A message is posted once: a failed post is retried only when Slack surely dropped it (429)."""
-        self.http.request("POST", self.credentials["webhook_url"], json=batch[0], idempotent=False, expect_json=False)
+        """A message is posted once: a failed post is retried only when Slack surely dropped it (429). An incoming
+        webhook takes no idempotency key, and keeps no message to find: an action's key is not sent, and a post a
+        crash left unrecorded is refused by `find_created`, never sent again."""
+        message = {k: v for k, v in batch[0].items() if k != "idempotency_key"}
+        self.http.request("POST", self.credentials["webhook_url"], json=message, idempotent=False, expect_json=False)
         return [result(True, None, True)]

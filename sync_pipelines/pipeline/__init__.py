@@ -4,12 +4,12 @@ stage → golden → golden check → write-back: read tables, call the pure cor
 has exactly one writer among these functions.
 """
 
-from sync_pipelines.pipeline.actions import ACTION_PAYLOADS, ActionRun, run_action
+from sync_pipelines.pipeline.actions import ActionRun, action_entities, run_action
 from sync_pipelines.pipeline.common import METADATA, entity_streams, resolved_entities, table
 from sync_pipelines.pipeline.golden import Golden, GoldenCheck, build_golden, check_golden
 from sync_pipelines.pipeline.staging import Staging, stage
 from sync_pipelines.pipeline.writeback import WriteBack, plan_destination, write_back
 
-__all__ = ["ACTION_PAYLOADS", "METADATA", "ActionRun", "Golden", "GoldenCheck", "Staging", "WriteBack", "build_golden",
+__all__ = ["METADATA", "ActionRun", "action_entities", "Golden", "GoldenCheck", "Staging", "WriteBack", "build_golden",
            "check_golden", "entity_streams", "plan_destination", "resolved_entities", "run_action", "stage", "table",
            "write_back"]

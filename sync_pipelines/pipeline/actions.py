@@ -1,15 +1,24 @@
-"""Derived actions: a dependent record created once per transition of a watched field."""
+"""Derived actions: a record created in a tool once per record that meets the action's trigger, its fields rendered
+from the stack's templates over the triggering record and the records its reference fields lead to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from sync_pipelines.pipeline.common import entity_streams, landed_after, stack_fingerprint, table
-from sync_pipelines.stack import Action, Stack
-from sync_pipelines.warehouse import Warehouse
+from sync_pipelines.core.conditions import evaluate
+from sync_pipelines.core.templates import TemplateProblem, render_fields
+from sync_pipelines.pipeline.common import (
+    entity_streams, landed_after, resolved_entities, stack_fingerprint, table,
+)
+from sync_pipelines.stack import Action, LinkedRecord, Stack
+from sync_pipelines.warehouse import Warehouse, landing_table_name
+
+Key = tuple[str, str]  # (tool, the tool's own id)
 
 
 @dataclass
@@ -17,9 +26,206 @@ class ActionRun:
     action: str
     baseline: bool = False
     transitions: int = 0
+    held_back: int = 0  # met the trigger but not its filter
     created: int = 0
     already_done: int = 0  # in the ledger, or made by a run that crashed before recording it
     created_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A record of a template's context: its fields (None: not found), the tool records it stands for, the tool each
+    field's value came from (a reference is an id in that tool) and what it is (a golden id, or ``tool:id``)."""
+
+    fields: dict[str, Any] | None
+    members: tuple[Key, ...] = ()
+    tools: dict[str, str] = field(default_factory=dict)
+    identity: str | None = None
+
+
+def _plain(value: Any) -> Any:
+    """A warehouse value as templates and JSON take it: None for a gap, Python scalars, ISO text for times."""
+    if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+        return None
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class _Context:
+    """Finds the records a template reads, golden where the entity is resolved, else landed, and the tool records
+    linked to them; each looked up once per run."""
+
+    def __init__(self, stack: Stack, warehouse: Warehouse):
+        self.stack, self.warehouse = stack, warehouse
+        self.resolved = set(resolved_entities(stack))
+        self.found: dict[tuple[str, str, str], _Record] = {}
+
+    def _golden_table(self, entity: str) -> bool:
+        return entity in self.resolved and self.warehouse.has_table(table("crosswalk", entity)) and \
+            self.warehouse.has_table(table("golden", entity))
+
+    def golden(self, entity: str, keys: pd.DataFrame) -> dict[Key, _Record]:
+        """The golden records of the tool records ``keys`` (``_source``, ``_source_id``) that have a live one."""
+        if not self._golden_table(entity) or keys.empty:
+            return {}
+        links = self.warehouse.read_keys(table("crosswalk", entity), keys)
+        ids = links["entity_id"].unique()
+        members = self.warehouse.read_where_in(table("crosswalk", entity), "entity_id", ids)
+        golden = self.warehouse.read_where_in(table("golden", entity), "entity_id", ids)
+        if "_deleted" in golden:
+            golden = golden[~golden["_deleted"].astype(bool)]
+        golden = golden.set_index("entity_id")
+        provenance = self.warehouse.read_where_in(table("provenance", entity), "entity_id", golden.index,
+                                                  ["entity_id", "field", "tool"])
+        tools: dict[str, dict[str, str]] = {}
+        for entity_id, name, tool in provenance.itertuples(index=False, name=None):
+            tools.setdefault(entity_id, {})[name] = tool
+        grouped = {entity_id: tuple(zip(part["_source"], part["_source_id"].astype(str)))
+                   for entity_id, part in members.groupby("entity_id")}
+        fields = self.stack.entities[entity].fields
+        records = {}
+        for entity_id in golden.index:
+            row = golden.loc[entity_id]
+            records[entity_id] = _Record({f: _plain(row[f]) if f in golden.columns else None for f in fields},
+                                         grouped.get(entity_id, ()), tools.get(entity_id, {}), str(entity_id))
+        return {(source, str(source_id)): records[entity_id]
+                for source, source_id, entity_id in links[["_source", "_source_id", "entity_id"]].itertuples(
+                    index=False, name=None) if entity_id in records}
+
+    def landed(self, entity: str, row: pd.Series | dict) -> _Record:
+        tool, source_id = row["_source"], str(row["_source_id"])
+        fields = self.stack.entities[entity].fields
+        return _Record({f: _plain(row.get(f)) for f in fields}, ((tool, source_id),), dict.fromkeys(fields, tool),
+                       f"{tool}:{source_id}")
+
+    def referenced(self, entity: str, tool: str | None, value: Any) -> _Record:
+        """The record of ``entity`` whose id in ``tool`` is ``value``: its golden record through the crosswalk, else
+        its live landed row in that tool; a record not found still stands for that id."""
+        if tool is None or value is None:
+            return _Record(None)
+        key = (entity, tool, str(value))
+        if key not in self.found:
+            wanted = pd.DataFrame({"_source": [tool], "_source_id": [str(value)]})
+            found = self.golden(entity, wanted).get((tool, str(value)))
+            if found is None:
+                rows = self._landed_where(entity, "_source_id", [str(value)], tools={tool})
+                found = self.landed(entity, rows.iloc[0]) if len(rows) else _Record(
+                    None, ((tool, str(value)),), {}, f"{tool}:{value}")
+            self.found[key] = found
+        return self.found[key]
+
+    def _landed_where(self, entity: str, column: str, values: list, tools: set[str] | None = None,
+                      streams: set[Key] | None = None) -> pd.DataFrame:
+        """Live landed rows of ``entity`` (in ``tools``, or the (tool, stream)s ``streams``) whose ``column`` is one
+        of ``values``."""
+        parts = []
+        for tool, stream in entity_streams(self.stack, entity):
+            if (tools is None or tool in tools) and (streams is None or (tool, stream) in streams) and \
+                    column in {c.name for c in self.warehouse.landing[(tool, stream)].columns}:
+                rows = self.warehouse.read_where_in(landing_table_name(tool, stream), column, values)
+                parts.append(rows[~rows["_deleted"].astype(bool)])
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["_source", "_source_id"])
+
+    def linked(self, tool: str, link: LinkedRecord, to: _Record, to_entity: str) -> tuple[list[str], dict | None]:
+        """The ids of the records of ``tool``'s ``link.stream`` linked to ``to`` (the tool's own records of it, or
+        those referencing it), and the first record of the stream's entity linked to it (its fields, or None)."""
+        entity = self.stack.tools[tool].streams[link.stream].entity
+        through = link.through or (None if entity == to_entity else next(
+            f for f, spec in self.stack.entities[entity].fields.items() if spec.references == to_entity))
+        if not to.members:
+            return [], None
+        if through is None:  # a record of the stream's own entity: its members in the tool
+            return sorted(i for t, i in to.members if t == tool), to.fields
+        pairs = set(to.members)
+        values = sorted({i for _, i in to.members})
+        if self._golden_table(entity):
+            staged = self.warehouse.read_where_in(table("staged", entity), through, values,
+                                                  ["_source", "_source_id", through])
+            staged = staged[[(s, str(v)) in pairs for s, v in zip(staged["_source"], staged[through])]]
+            golden = self.golden(entity, staged)
+            members = sorted({m for record in golden.values() for m in record.members})
+            first = min(golden.values(), key=lambda record: record.identity, default=None)
+            return sorted(i for t, i in members if t == tool), first.fields if first else None
+        rows = self._landed_where(entity, through, values)
+        rows = rows[[(s, str(v)) in pairs for s, v in zip(rows["_source"], rows[through])]].sort_values(
+            ["_source", "_source_id"])
+        ids = rows.loc[(rows["_source"] == tool) & (rows["_source_stream"] == link.stream), "_source_id"]
+        return sorted(ids.astype(str)), self.landed(entity, rows.iloc[0]).fields if len(rows) else None
+
+
+def context_entities(stack: Stack, action: Action) -> dict[str, str]:
+    """Each record name of the action's context -> its entity (the stack loader checked every reference)."""
+    entities = {action.when.record: action.when.entity}
+    for name, owner, reference in action.followed():
+        entities[name] = stack.entities[entities[owner]].fields[reference].references
+    return entities
+
+
+def action_entities(stack: Stack, action: Action) -> set[str]:
+    """The entities an action reads: its trigger's, its related records' and its linked records'."""
+    linked = {stack.tools[action.create.tool].streams[link.stream].entity for link in action.create.links.values()}
+    return set(context_entities(stack, action).values()) | linked
+
+
+class _Creator:
+    """Builds and sends an action's records, with what each one's templates read."""
+
+    def __init__(self, stack: Stack, warehouse: Warehouse, connector, action: Action):
+        self.stack, self.connector, self.action = stack, connector, action
+        self.lookup = _Context(stack, warehouse)
+        self.entities = context_entities(stack, action)
+        self.made: dict[str, str] = {}  # linked records created in this run, by idempotency key
+
+    def records(self, rows: pd.DataFrame) -> dict[Key, _Record]:
+        """The triggering record of each landed row: its golden record, else the row itself."""
+        entity = self.action.when.entity
+        golden = self.lookup.golden(entity, rows[["_source", "_source_id"]])
+        return {(row["_source"], str(row["_source_id"])): golden.get((row["_source"], str(row["_source_id"])))
+                or self.lookup.landed(entity, row) for _, row in rows.iterrows()}
+
+    def context(self, row: pd.Series, record: _Record) -> tuple[dict[str, Any], dict[str, _Record]]:
+        found = {self.action.when.record: record}
+        for name, owner, reference in self.action.followed():
+            holder = found[owner]
+            value = holder.fields.get(reference) if holder.fields else None
+            found[name] = self.lookup.referenced(self.entities[name], holder.tools.get(reference), value)
+        context = {"action": {"name": self.action.name},
+                   "source": {"tool": row["_source"], "stream": row["_source_stream"], "id": str(row["_source_id"])},
+                   **{name: found[name].fields for name in found}}
+        return context, found
+
+    def payload(self, row: pd.Series, record: _Record, key: str) -> dict[str, Any]:
+        context, found = self.context(row, record)
+        target = self.action.create
+        links = {name: self._link_id(name, link, context, found, row) for name, link in target.links.items()}
+        return {**links, **self._render(target.fields, context, "create.fields", row), "idempotency_key": key}
+
+    def _render(self, fields: Any, context: dict, path: str, row: pd.Series) -> Any:
+        try:
+            return render_fields(fields, context, path)
+        except TemplateProblem as problem:
+            raise RuntimeError(f"{self.action.name}: for {row['_source']} {row['_source_id']}: at {problem.path}: "
+                               f"{problem.problem}") from None
+
+    def _link_id(self, name: str, link: LinkedRecord, context: dict, found: dict[str, _Record],
+                 row: pd.Series) -> str:
+        """The id of the linked record, created (once: its idempotency key names what it is linked to) when the
+        tool holds none."""
+        tool, to = self.action.create.tool, found[link.linked_to]
+        ids, first = self.lookup.linked(tool, link, to, self.entities[link.linked_to])
+        if ids:
+            return ids[0]
+        of = to.identity or f"{row['_source']}:{row['_source_id']}"  # no record to link to: the triggering one
+        key = f"{self.action.name}:{link.stream}:{of}"
+        if key not in self.made:
+            fields = self._render(link.fields, {**context, link.record: first}, f"create.links.{name}.fields", row)
+            [result] = self.connector.write(link.stream, [{**fields, "idempotency_key": key}])
+            if not result["ok"]:
+                raise RuntimeError(f"{self.action.name}: {tool} refused the {link.stream} record for {name} of "
+                                   f"{row['_source']} {row['_source_id']}: {result['error']}")
+            self.made[key] = result["id"]
+        return self.made[key]
 
 
 def _entity_rows_after(stack: Stack, warehouse: Warehouse, entity: str, seen: dict[str, int] | None,
@@ -35,57 +241,20 @@ def _entity_rows_after(stack: Stack, warehouse: Warehouse, entity: str, seen: di
     return rows[~rows["_deleted"].astype(bool)], last
 
 
-def _stripe_customer_for(stack: Stack, warehouse: Warehouse, connector, tool: str, deal: pd.Series,
-                         action: Action) -> str:
-    """The invoicing customer of a deal's account: an existing one linked through the golden contacts, else one
-    created from the account's golden contact with an idempotency key, so a rerun never creates a second."""
-    members = warehouse.read_where_in(table("staged", "contacts"), "company_source_id", [deal["company_source_id"]])
-    entities = warehouse.read_keys(table("crosswalk", "contacts"), members)["entity_id"]
-    crosswalk = warehouse.read_where_in(table("crosswalk", "contacts"), "entity_id", entities)
-    linked = crosswalk[crosswalk["_source"] == tool]
-    if len(linked):
-        return str(linked["_source_id"].min())
-    golden = warehouse.read_where_in(table("golden", "contacts"), "entity_id", entities).set_index("entity_id")
-    known = sorted(golden.index)
-    person = golden.loc[known[0]] if known else None
-    customer = {
-        "name": f"{person['first_name']} {person['last_name']}" if person is not None else str(deal["name"]),
-        "email": person["email"] if person is not None else None,
-        "metadata": {"crm_account_id": deal["company_source_id"]},
-        "idempotency_key": f"{action.name}:customer:{deal['company_source_id']}",
-    }
-    [created] = connector.write("customers", [{k: v for k, v in customer.items() if v is not None}])
-    if not created["ok"]:
-        raise RuntimeError(f"{tool}: could not create a customer for account {deal['company_source_id']}: "
-                           f"{created['error']}")
-    return created["id"]
-
-
-def _stripe_invoice(stack, warehouse, connector, tool: str, action: Action, deal: pd.Series) -> dict:
-    customer = _stripe_customer_for(stack, warehouse, connector, tool, deal, action)
-    return {
-        "customer": customer,
-        "description": f"{deal['name']}",
-        "collection_method": "send_invoice",
-        "days_until_due": 30,
-        "metadata": {"deal_id": deal["_source_id"], "deal_source": deal["_source"], "sync_action": action.name},
-    }
-
-
-def _asana_task(stack, warehouse, connector, tool: str, action: Action, record: pd.Series) -> dict:
-    who = " ".join(str(record.get(f)) for f in ("first_name", "last_name") if pd.notna(record.get(f)))
-    return {"name": f"Onboard {who or record['_source_id']}",
-            "notes": f"Created by sync_pipelines ({action.name}) for {record['_source']} {record['_source_id']}"
-                     + (f", {record['email']}" if pd.notna(record.get("email")) else "")}
-
-
-# What to create, per target tool kind and stream: only the payload is special, the exactly-once logic is shared.
-ACTION_PAYLOADS = {("stripe", "invoices"): _stripe_invoice, ("asana", "tasks"): _asana_task}
+def _reached(action: Action, before: pd.DataFrame) -> pd.Series:
+    """Which records (``value`` now, ``value_before`` and ``seen`` from the last run) meet the trigger."""
+    when = action.when
+    if when.kind == "becomes":
+        return (before["value"] == when.becomes) & (before["value_before"] != when.becomes)
+    if when.kind == "changes":
+        gap = "\x00"  # no field value holds it: two gaps are no change
+        return before["seen"] & (before["value"].fillna(gap) != before["value_before"].fillna(gap))
+    return ~before["seen"]
 
 
 def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action, run_id: str | None = None) -> ActionRun:
-    """Create the dependent record for every record that newly reached ``when.becomes``, exactly once; its ledger
-    row names the run that created it (``revert`` lists a run's creates).
+    """Create the target record for every record that newly met the trigger (and its filter), exactly once; its
+    ledger row names the run that created it (``revert`` lists a run's creates).
 
     The first run records a baseline (records already in that state are history, not transitions); later runs
     look only at records extracted since. Before any create, each record's intent is committed to
@@ -95,50 +264,57 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action, ru
     is asked for the record made under that key (``find_created``), and only when there is none is it sent again.
     """
     when, target = action.when, action.create
-    payload_for = ACTION_PAYLOADS[(stack.tools[target.tool].kind, target.stream)]
-    name, fingerprint = f"action_{action.name}", stack_fingerprint(when, target)
+    # what the kept state means: the templates, the filter and the target can change without a new baseline
+    name, fingerprint = f"action_{action.name}", stack_fingerprint(when.kind, when.entity, when.watched)
     mark = warehouse.watermark(name)
     baseline = mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table("action_state")
     # a baseline only records each record's state; a later run builds payloads from whole records
-    rows, landed = _entity_rows_after(stack, warehouse, when.entity, None if baseline else mark["landed_batch"],
-                                      [when.field] if baseline else None)
+    wanted = ([when.watched] if when.watched else []) if baseline else None
+    rows, landed = _entity_rows_after(stack, warehouse, when.entity, None if baseline else mark["landed_batch"], wanted)
     outcome = ActionRun(action.name, baseline=baseline)
-    current = rows.assign(action=action.name, value=rows[when.field].astype("str"))[
+    current = rows.assign(action=action.name, value=rows[when.watched].astype("str") if when.watched else "")[
         ["action", "_source", "_source_id", "value"]]
     if not baseline:
         known = warehouse.read_keys("action_state", current)
         before = current.merge(known[known["action"] == action.name], on=["action", "_source", "_source_id"],
-                               how="left", suffixes=("", "_before"))
-        reached = (before["value"] == when.becomes) & (before["value_before"] != when.becomes)
-        keys = before.loc[reached, ["_source", "_source_id"]]
+                               how="left", suffixes=("", "_before"), indicator="seen")
+        before["seen"] = before["seen"] == "both"
+        keys = before.loc[_reached(action, before).to_numpy(dtype=bool), ["_source", "_source_id"]]
         ledger, intents_left = (_action_rows(warehouse, action, keys, t) for t in ("action_ledger", "action_pending"))
         done = set(zip(ledger["_source"], ledger["_source_id"]))
         pending = dict(zip(zip(intents_left["_source"], intents_left["_source_id"]), intents_left["idempotency_key"]))
         outcome.transitions = len(keys)
         todo = [k for k in keys.itertuples(index=False, name=None) if k not in done]
         outcome.already_done = len(keys) - len(todo)
+        indexed = rows.set_index(["_source", "_source_id"], drop=False)
+        creator = _Creator(stack, warehouse, connector, action)
+        records = creator.records(indexed.loc[todo].reset_index(drop=True)) if todo else {}
+        if when.condition is not None:  # an intent left by a crash was decided then: it is completed
+            decided = [k for k in todo if k not in pending]
+            frame = pd.DataFrame([records[k].fields for k in decided],
+                                 columns=list(stack.entities[when.entity].fields)).convert_dtypes()
+            meets = dict(zip(decided, evaluate(when.condition, frame))) if decided else {}
+            outcome.held_back = sum(not meets[k] for k in decided)
+            todo = [k for k in todo if k in pending or meets[k]]
         intents = {k: pending.get(k, f"{action.name}:{k[0]}:{k[1]}") for k in todo}
         warehouse.append("action_pending", index=("_source_id",), frame=pd.DataFrame([
             {"action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,
              "idempotency_key": intents[(source, source_id)], "pending_since": datetime.now(timezone.utc)}
             for source, source_id in todo if (source, source_id) not in pending]))
-        indexed = rows.set_index(["_source", "_source_id"])
         for (source, source_id), key in intents.items():
             created_id = connector.find_created(target.stream, key) if (source, source_id) in pending else None
             if created_id is not None:  # made before a crash, never recorded
                 outcome.already_done += 1
             else:
-                record = indexed.loc[(source, source_id)].copy()
-                record["_source"], record["_source_id"] = source, source_id
-                payload = {**payload_for(stack, warehouse, connector, target.tool, action, record), **target.fields,
-                           "idempotency_key": key}
+                row = indexed.loc[(source, source_id)]
+                payload = creator.payload(row, records[(source, str(source_id))], key)
                 [result] = connector.write(target.stream, [payload])
                 if not result["ok"]:
                     raise RuntimeError(f"{action.name}: {target.tool} refused the {target.stream} record for "
                                        f"{source} {source_id}: {result['error']}")
                 created_id = result["id"]
                 outcome.created += 1
-                outcome.created_ids.append(created_id)
+                outcome.created_ids.append(str(created_id))
             with warehouse.transaction() as conn:
                 warehouse.insert(conn, "action_ledger", index=("_source_id",), frame=pd.DataFrame([{
                     "action": action.name, "_source": source, "_source_id": source_id, "created_tool": target.tool,

@@ -224,13 +224,24 @@ def get_path(record: dict, path: str, absent: Any = None) -> Any:
     return value
 
 
-def _values_at(records: list, path: str, absent: Any = None) -> list:
-    """``get_path`` over every record, one level at a time across the list (much cheaper than record by record)."""
+def _values_at(records: list, path: str, walked: dict[str, list], absent: Any = None) -> list:
+    """``get_path`` over every record, one level at a time across the list (much cheaper than record by record).
+    ``walked`` keeps the parents already read for these records (``properties`` for ``properties.email``), so the
+    fields under one parent read it once."""
+    *parents, leaf = path.split(".")
     values = records
-    for part in path.split("."):
-        values = [v if v is None or v is absent else v.get(part, absent) if isinstance(v, dict) else absent
-                  for v in values]
-    return values
+    for depth, part in enumerate(parents):
+        prefix = ".".join(parents[:depth + 1])
+        if prefix not in walked:
+            walked[prefix] = _level(values, part, _MISSING)
+        values = walked[prefix]
+    return _level(values, leaf, absent)
+
+
+def _level(values: list, part: str, absent: Any) -> list:
+    """Each value's ``part``: ``absent`` where it has no such key or is no object (or was absent), None where it is
+    None."""
+    return [v if v is None or v is absent else v.get(part, absent) if isinstance(v, dict) else absent for v in values]
 
 
 def _type_mismatch(value: Any, field_type: str) -> str | None:
@@ -298,11 +309,12 @@ def map_records(
     over the stored value; ``rows.attrs["absent_fields"]`` names them.
     """
     records = list(records)
+    walked: dict[str, list] = {}
     columns: dict[str, pd.Series] = {}
     absent: list[str] = []
     mismatch: dict[int, list[str]] = {}
     for mapping in stream.fields:
-        values = _values_at(records, mapping.source, _MISSING)
+        values = _values_at(records, mapping.source, walked, _MISSING)
         if records and all(v is _MISSING for v in values):
             absent.append(mapping.to)
             continue
@@ -330,15 +342,15 @@ def map_records(
             for i in np.flatnonzero((numbers % 1 != 0) & numbers.notna()).tolist():
                 mismatch.setdefault(i, []).append(f"field {field!r}: expected integer, got {column[i]!r}")
         frame[field] = _coerce(column, spec.type)
-    ids = pd.Series(_values_at(records, stream.primary_key), dtype="object")
+    ids = pd.Series(_values_at(records, stream.primary_key, walked), dtype="object")
     frame["_source"] = tool
     frame["_source_stream"] = stream_name
     frame["_source_id"], unpaired = _ids_as_text(ids)  # one holding a surrogate is quarantined below, unaltered
-    cursor = pd.Series(_values_at(records, stream.cursor), dtype="object") if stream.cursor else None
+    cursor = pd.Series(_values_at(records, stream.cursor, walked), dtype="object") if stream.cursor else None
     frame["_updated_at"] = to_timestamp(cursor) if cursor is not None else pd.Timestamp(extracted_at)
     frame["_extracted_at"] = pd.Timestamp(extracted_at)
     if stream.deleted_field:
-        flags = pd.Series(_values_at(records, stream.deleted_field), dtype="object")
+        flags = pd.Series(_values_at(records, stream.deleted_field, walked), dtype="object")
         frame["_deleted"] = flags.map(lambda v: v == stream.deleted_value or str(v).lower() == str(stream.deleted_value).lower())
     else:
         frame["_deleted"] = False

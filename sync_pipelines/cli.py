@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections import Counter
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sync_pipelines.commands.conflicts import conflicts
@@ -195,8 +197,47 @@ def _run_nightly_sync(defs, tags: dict[str, str] | None = None, **options):
     instance = dg.DagsterInstance.get()
     for recovered in recover_dead_runs(instance):
         console.print(f"[yellow]recovered[/yellow] {recovered.describe()}")
-    return defs.resolve_job_def("nightly_sync").execute_in_process(
-        instance=instance, raise_on_error=False, tags={**(tags or {}), **runner_tags()}, **options)
+    run_id = str(uuid.uuid4())
+    with _StepProgress(instance, run_id):
+        return defs.resolve_job_def("nightly_sync").execute_in_process(
+            instance=instance, raise_on_error=False, run_id=run_id, tags={**(tags or {}), **runner_tags()},
+            **options)
+
+
+class _StepProgress:
+    """A live line on the terminal while a run goes: steps finished, failed and skipped, and those running. Only
+    on a terminal (piped output keeps just the summary); the run's own logs stay in its instance."""
+
+    def __init__(self, instance, run_id: str) -> None:
+        self.running: list[str] = []
+        self.counts = Counter()
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
+        self.task = self.progress.add_task("starting the run")
+        instance.add_event_listener(run_id, self)
+
+    def __call__(self, entry) -> None:
+        event = entry.dagster_event
+        if event is None or not entry.step_key:
+            return
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.running.append(entry.step_key)
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+            self.counts[kind] += 1
+            if entry.step_key in self.running:
+                self.running.remove(entry.step_key)
+        done = ", ".join(f"{n} {label}" for label, n in (("done", self.counts["STEP_SUCCESS"]),
+                         ("failed", self.counts["STEP_FAILURE"]), ("skipped", self.counts["STEP_SKIPPED"])) if n)
+        self.progress.update(self.task, description=f"steps {done or 'none done yet'}; running "
+                                                    f"{', '.join(self.running) or '—'}")
+
+    def __enter__(self) -> _StepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.progress.stop()
 
 
 def _exit_if_failed(result) -> None:
@@ -250,7 +291,7 @@ def sync(partition: str | None) -> None:
     defs = build_definitions(stack)
     partition = partition or datetime.now(ZoneInfo(stack.timezone)).strftime("%Y-%m-%d")
     result = _run_nightly_sync(defs, partition_key=partition,
-                               run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+                               run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     table = Table("asset", "mode", "read", "landed", "quarantined", "requests", "429s", "retries")
     others = Table("asset", "outcome")
     for event in result.get_asset_materialization_events():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sync_pipelines.resolve import pairwise_precision_recall
+from sync_pipelines.sandbox.scoring import score, truth_records
 
 
 def load_env(tmp: Path, url: str, warehouse_url: str) -> None:
@@ -40,13 +40,13 @@ def run(job) -> dict:
             "failed_steps": failures}
 
 
-def truth_records(box, stack) -> pd.DataFrame:
-    frames = []
-    for tool, _, stream, spec in stack.streams():
-        if spec.entity == "contacts":
-            rows = pd.DataFrame(box.truth("records", tool=tool, stream=stream))
-            frames.append(rows.assign(_source=tool, _source_stream=stream, _source_id=rows["id"].astype(str)))
-    return pd.concat(frames, ignore_index=True)
+def print_scores(box, stack, warehouse, entity: str, label: str, planted: list) -> None:
+    resolved, conflicts = score(box, stack, warehouse, entity, label, planted)
+    print(f"{entity}: pairwise precision {resolved.precision:.4f}, recall {resolved.recall:.4f} over "
+          f"{resolved.records} valid live records ({resolved.unresolved} not in the crosswalk)")
+    per_rule = ", ".join(f"{rule} {conflicts.resolved.get(rule, 0)}/{count}"
+                         for rule, count in sorted(conflicts.planted.items()))
+    print(f"{entity}: planted conflicts resolved as the rules say: {per_rule or 'none planted'}")
 
 
 def main() -> None:
@@ -67,28 +67,15 @@ def main() -> None:
         first = run(job)
         print(f"run 1 (full sync): {first}")
 
-        truth = truth_records(box, stack)
-        people = box.truth("people")
-        golden = warehouse.read_table("golden_contacts").query("not _deleted").set_index("entity_id")
-        crosswalk = warehouse.read_table("crosswalk_contacts")
-        print(f"golden contacts: {len(golden)}; distinct people in the ground truth: {len(people)}")
-
-        valid = truth[truth["person"].notna() & truth["invalid"].isna() & ~truth["deleted"].astype(bool)]
-        joined = valid.merge(crosswalk, on=["_source", "_source_id"], how="left")
-        unresolved = int(joined["entity_id"].isna().sum())
-        joined["entity_id"] = joined["entity_id"].fillna("missing:" + joined["_source"] + ":" + joined["_source_id"])
-        precision, recall = pairwise_precision_recall(joined["entity_id"], joined["person"])
-        print(f"pairwise precision {precision:.4f}, recall {recall:.4f} over {len(joined)} valid live records "
-              f"({unresolved} not in the crosswalk)")
-
-        person_entity = joined.groupby("person")["entity_id"].agg(lambda s: s.mode().iloc[0])
-        conflicts = box.truth("conflicts")
-        resolved = sum(
-            1 for c in conflicts
-            if c["person"] in person_entity and person_entity[c["person"]] in golden.index
-            and str(golden.at[person_entity[c["person"]], c["field"]]) == c["value"]
-        )
-        print(f"planted conflicts resolved as the rules say: {resolved}/{len(conflicts)}")
+        truth = truth_records(box, stack, "contacts")
+        golden = warehouse.read_table("golden_contacts").query("not _deleted")
+        print(f"golden contacts: {len(golden)}; distinct people in the ground truth: {len(box.truth('people'))}")
+        print_scores(box, stack, warehouse, "contacts", "person", box.truth("conflicts"))
+        companies = truth_records(box, stack, "companies")
+        print(f"golden companies: {int((~warehouse.read_table('golden_companies')['_deleted']).sum())}; distinct "
+              f"companies in the ground truth: {companies['company'].nunique()} "
+              f"({len(box.truth()['company_traps'])} of them traps)")
+        print_scores(box, stack, warehouse, "companies", "company", box.truth("company_conflicts"))
 
         invalid = truth[truth["invalid"].notna()]
         quarantine = warehouse.read_table("quarantine")

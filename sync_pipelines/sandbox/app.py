@@ -200,6 +200,7 @@ def _control_routes(state: SandboxState) -> list[Route]:
         Route("/truth/records", control(truth_records)),
         Route("/truth/people", control(lambda r, b: state.truth_people())),
         Route("/truth/conflicts", control(lambda r, b: state.world.conflicts)),
+        Route("/truth/company_conflicts", control(lambda r, b: state.world.company_conflicts)),
         Route("/faults", control(lambda r, b: state.faults.as_dict()), methods=["GET"]),
         Route("/faults", control(set_faults), methods=["POST"]),
         Route("/stats", control(lambda r, b: state.stats.as_dict())),

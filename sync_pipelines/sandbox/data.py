@@ -84,10 +84,18 @@ class Companies:
     def __len__(self) -> int:
         return len(self.first)
 
-    def name(self, c: int) -> str:
+    def base(self, c: int) -> str:
+        """The name without its suffix ("Blue Harbor", "Blue Harbor 2")."""
         combos = len(N.COMPANY_FIRST) * len(N.COMPANY_SECOND)
         base = f"{N.COMPANY_FIRST[self.first[c]]} {N.COMPANY_SECOND[self.second[c]]}"
-        return base + ("" if c < combos else f" {c // combos + 1}") + f" {N.COMPANY_SUFFIX[self.suffix[c]]}"
+        return base + ("" if c < combos else f" {c // combos + 1}")
+
+    def suffix_of(self, c: int) -> str:
+        return N.COMPANY_SUFFIX[self.suffix[c]]
+
+    def name(self, c: int, style: int = 0) -> str:
+        """The name as registered, or written in another of `names.COMPANY_NAME_STYLES`."""
+        return N.company_name(self.base(c), self.suffix_of(c), style)
 
     def domain(self, c: int) -> str:
         combos = len(N.COMPANY_FIRST) * len(N.COMPANY_SECOND)
@@ -107,6 +115,9 @@ class World:
     tables: dict[str, Table] = field(default_factory=dict)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     split_names: list[dict[str, Any]] = field(default_factory=list)  # Salesforce contacts with the whole name last
+    # company fields whose golden value a stated rule decides between two tools' different values
+    company_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    company_traps: list[dict[str, Any]] = field(default_factory=list)  # other companies that look like one
 
     def table(self, tool: str, stream: str) -> Table | None:
         return self.tables.get(f"{tool}/{stream}")
@@ -357,8 +368,9 @@ def _plant_conflicts(world: World) -> None:
                 value, older = world.people.email(p, world.companies, True), world.people.email(p, world.companies)
             else:
                 value, older = world.people.phone(p, True), world.people.phone(p)
-            world.conflicts.append({"person": person_key(p), "field": canonical, "tool": t.tool, "value": value,
-                                    "older_tool": "salesforce", "older_value": older})
+            world.conflicts.append({"person": person_key(p), "field": canonical, "rule": "last_write_wins",
+                                    "tool": t.tool, "value": value, "older_tool": "salesforce",
+                                    "older_value": older})
 
 
 def _plant_split_names(world: World) -> None:
@@ -397,7 +409,8 @@ def _account_table(world: World) -> None:
 
     # Account rows are the companies in order (not sorted by creation) so a contact's AccountId is its company row.
     table = Table("salesforce", "Account", IdScheme("salesforce", "001"), rng.permutation(created),
-                  modified, np.full(n, -1), render, deleted=rng.random(n) < 0.02, codes={"website": website_style})
+                  modified, np.full(n, -1), render, deleted=rng.random(n) < 0.02,
+                  codes={"website": website_style, "company": np.arange(n, dtype=np.int32)})
     table.modified = np.maximum(table.modified, table.created)
     world.tables[table.key] = table
 
@@ -428,19 +441,7 @@ def _build_business(world: World) -> None:
                           np.full(n, -1), opportunity, deleted=rng.random(n) < 0.02, codes=opp_codes)
     world.tables[opportunities.key] = opportunities
 
-    rng = _rng(seed, "hubspot/companies")
-    members = np.flatnonzero(rng.random(len(companies)) < 0.8)
-    created, modified = _times(rng, len(members), world.anchor_ms)
-
-    def hubspot_company(t: Table, row: int) -> dict[str, Any]:
-        c = int(t.codes["company"][row])
-        return {"name": companies.name(c), "domain": companies.domain(c),
-                "industry": N.INDUSTRIES[companies.industry[c]]}
-
-    hs_companies = Table("hubspot", "companies", IdScheme("string_int", offset=5001), created, modified,
-                         np.full(len(members), -1), hubspot_company, deleted=rng.random(len(members)) < 0.02,
-                         codes={"company": rng.permutation(members).astype(np.int32)})
-    world.tables[hs_companies.key] = hs_companies
+    _hubspot_companies(world)
 
     users = world.tables["zendesk/users"]
     rng = _rng(seed, "zendesk/tickets")
@@ -512,6 +513,113 @@ def _build_business(world: World) -> None:
     invoices = Table("stripe", "invoices", IdScheme("stripe", "in"), created, modified, np.full(n, -1), invoice,
                      codes=invoice_codes)
     world.tables[invoices.key] = invoices
+
+
+HUBSPOT_COMPANY_KINDS = ("member", "duplicate", "namesake", "lookalike")
+MEMBER, DUPLICATE, NAMESAKE, LOOKALIKE = range(len(HUBSPOT_COMPANY_KINDS))
+HUBSPOT_DOMAIN_STYLES = ("plain", "www", "url", "empty")
+EMPTY_DOMAIN = HUBSPOT_DOMAIN_STYLES.index("empty")
+COMPANY_STREAMS = ("salesforce/Account", "hubspot/companies")
+
+
+def company_key(c: int) -> str:
+    return f"C{c:06d}"
+
+
+def company_label(table: Table, row: int) -> str | None:
+    """The real company a record of `COMPANY_STREAMS` describes (a trap is a company of its own, named after the
+    one it resembles); None for a record written through the API since."""
+    if row >= table.n_base:
+        return None
+    kind = int(table.codes["kind"][row]) if "kind" in table.codes else MEMBER
+    label = company_key(int(table.codes["company"][row]))
+    return label if kind in (MEMBER, DUPLICATE) else f"{label}-{HUBSPOT_COMPANY_KINDS[kind]}"
+
+
+def _hubspot_companies(world: World) -> None:
+    """HubSpot's companies: 80% of the companies, their names and domains written as marketers type them, 5% of
+    them twice, an industry edited later than Salesforce's for some, and traps: other companies with a similar
+    name (a namesake abroad with another legal form, a look-alike one letter apart) and a domain of their own."""
+    companies, accounts = world.companies, world.tables["salesforce/Account"]
+    rng = _rng(world.seed, "hubspot/companies")
+    members = rng.permutation(np.flatnonzero(rng.random(len(companies)) < 0.8)).astype(np.int32)
+    duplicated = members[rng.random(len(members)) < 0.05]
+    has_dup = np.isin(members, duplicated)
+    member_domains = np.where(has_dup, 0, _pick(rng, len(members), (70, 15, 5, 10)))
+    # traps go with companies whose every record holds a domain: a record without one could belong to either
+    no_empty = np.ones(len(companies), bool)
+    no_empty[members[member_domains == EMPTY_DOMAIN]] = False
+    no_empty[duplicated] = False
+    eligible = rng.permutation(np.flatnonzero(no_empty & ~accounts.deleted[: len(companies)]))
+    n_traps = min(max(1, int(round(len(companies) * 0.03))), len(eligible) // 2)
+    namesakes, lookalikes = eligible[:n_traps], eligible[n_traps: 2 * n_traps]
+    company = np.concatenate([members, duplicated, namesakes, lookalikes]).astype(np.int32)
+    kind = np.repeat(np.arange(4, dtype=np.int8), [len(members), len(duplicated), n_traps, n_traps])
+    n = len(company)
+    created, modified = _times(rng, n, world.anchor_ms)
+    codes = {
+        "company": company, "kind": kind,
+        "name_style": np.where(kind == MEMBER, _pick(rng, n, (55, 15, 15, 15)),
+                               np.where(kind == DUPLICATE, 1 + _pick(rng, n, (1, 1, 1)), 0)).astype(np.int8),
+        "domain_style": np.where(kind == MEMBER, np.r_[member_domains, np.zeros(n - len(members))],
+                                 np.where(kind == DUPLICATE, EMPTY_DOMAIN * _pick(rng, n, (40, 60)), 0)).astype(np.int8),
+        "industry": np.where(kind <= DUPLICATE, companies.industry[company],
+                             rng.integers(0, len(N.INDUSTRIES), n)).astype(np.int8),
+        "trap_form": rng.integers(0, len(N.NAMESAKE_FORMS), n).astype(np.int8),
+    }
+    deleted = (rng.random(n) < 0.02) & (kind <= DUPLICATE)
+
+    def render(t: Table, row: int) -> dict[str, Any]:
+        c, row_kind = int(t.codes["company"][row]), int(t.codes["kind"][row])
+        domain = companies.domain(c)
+        if row_kind == NAMESAKE:
+            form, country = N.NAMESAKE_FORMS[int(t.codes["trap_form"][row])]
+            name, domain = f"{companies.base(c)} {form}", domain.removesuffix(".com") + "." + country
+        elif row_kind == LOOKALIKE:
+            base = N.typo(companies.base(c), 2 * row + 1)  # an odd seed doubles a letter: never the same name
+            name, domain = f"{base} {companies.suffix_of(c)}", base.lower().replace(" ", "") + ".com"
+        else:
+            name = companies.name(c, int(t.codes["name_style"][row]))
+            domain = (domain, f"www.{domain}", f"https://www.{domain}/", None)[int(t.codes["domain_style"][row])]
+        return {"name": name, "domain": domain, "industry": N.INDUSTRIES[int(t.codes["industry"][row])]}
+
+    table = Table("hubspot", "companies", IdScheme("string_int", offset=5001), created, modified, np.full(n, -1),
+                  render, deleted=deleted, codes=codes)
+    world.tables[table.key] = table
+    _plant_company_conflicts(world, table, rng)
+    world.company_traps = [{"company": company_label(table, row), "tool": table.tool, "id": table.id(row),
+                            "resembles": company_key(int(company[row])), "kind": HUBSPOT_COMPANY_KINDS[kind[row]]}
+                           for row in np.flatnonzero(kind > DUPLICATE).tolist()]
+
+
+def _plant_company_conflicts(world: World, hubspot: Table, rng: np.random.Generator) -> None:
+    """A name written otherwise in HubSpot (Salesforce, the source of truth, wins) and, for 8% of the companies
+    both hold once, an industry edited in HubSpot after Salesforce's last change (the later edit wins)."""
+    accounts, companies = world.tables["salesforce/Account"], world.companies
+    kind, company = hubspot.codes["kind"], hubspot.codes["company"]
+    live = (kind <= DUPLICATE) & ~hubspot.deleted & ~accounts.deleted[company]
+    once = np.bincount(company[kind <= DUPLICATE], minlength=len(companies)) == 1
+    edited = np.flatnonzero(live & once[company] & (kind == MEMBER) & (rng.random(len(hubspot)) < 0.08))
+    shift = rng.integers(1, len(N.INDUSTRIES), len(edited))
+    hubspot.codes["industry"][edited] = (hubspot.codes["industry"][edited] + shift) % len(N.INDUSTRIES)
+    newest = np.maximum(accounts.modified[company[edited]], hubspot.modified[edited])
+    hubspot.modified[edited] = np.minimum(newest + rng.integers(HOUR_MS, 2 * DAY_MS, len(edited)),
+                                          world.anchor_ms - 60_000)
+    named = set()
+    for row in np.flatnonzero(live).tolist():
+        c = int(company[row])
+        values = hubspot.fields(row)
+        if c not in named and values["name"] != companies.name(c):
+            named.add(c)
+            world.company_conflicts.append({"company": company_key(c), "field": "name", "rule": "source_of_truth",
+                                            "tool": "salesforce", "value": companies.name(c),
+                                            "other_tool": "hubspot", "other_value": values["name"]})
+    for row in edited.tolist():
+        c = int(company[row])
+        world.company_conflicts.append({"company": company_key(c), "field": "industry", "rule": "last_write_wins",
+                                        "tool": "hubspot", "value": hubspot.fields(row)["industry"],
+                                        "other_tool": "salesforce",
+                                        "other_value": N.INDUSTRIES[int(companies.industry[c])]})
 
 
 def team_member(index: int) -> dict[str, str]:

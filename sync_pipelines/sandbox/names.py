@@ -49,6 +49,11 @@ COMPANY_SECOND = (
     "Light", "Stream", "Labs", "Systems", "Logic", "Cloud", "Data", "Craft", "Motion", "Grid", "Sense", "Shift",
 )
 COMPANY_SUFFIX = ("Inc", "LLC", "Ltd", "Group", "Co", "Partners", "Corp", "Holdings")
+LEGAL_FORMS = frozenset({"Inc", "LLC", "Ltd", "Co", "Corp"})  # the suffixes above that are a legal form
+# A namesake abroad: the same name with another legal form, under its country's domain (a planted trap).
+NAMESAKE_FORMS = (("GmbH", "de"), ("Ltd", "co.uk"), ("S.A.", "es"), ("AG", "ch"), ("Pty Ltd", "com.au"))
+# How a company's name is written: as registered, "Acme, Inc.", "ACME INC", or without its legal form.
+COMPANY_NAME_STYLES = ("registered", "punctuated", "upper", "no_legal_form")
 
 INDUSTRIES = (
     "Technology", "Finance", "Healthcare", "Retail", "Manufacturing", "Education", "Media", "Energy",
@@ -94,6 +99,17 @@ def typo(word: str, position_seed: int) -> str:
 def whole_name(first: str, last: str) -> str:
     """A name as one text, first name first, as people type it into a single field."""
     return f"{first} {last}"
+
+
+def company_name(base: str, suffix: str, style: int) -> str:
+    """A company's name written in one of `COMPANY_NAME_STYLES`; a suffix that is no legal form is always kept
+    as it is ("Blue Harbor Group" is never "Blue Harbor")."""
+    registered, written = f"{base} {suffix}", COMPANY_NAME_STYLES[style]
+    if written == "upper":
+        return registered.upper()
+    if suffix not in LEGAL_FORMS or written == "registered":
+        return registered
+    return f"{base}, {suffix}." if written == "punctuated" else base
 
 
 def format_phone(e164: str, style: int) -> str:

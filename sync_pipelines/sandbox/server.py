@@ -37,7 +37,8 @@ class SandboxClient:
         return f"{self.url}/{tool}"
 
     def truth(self, part: str = "", **params: str) -> Any:
-        """`truth()`, `truth("people")`, `truth("conflicts")`, `truth("records", tool=..., stream=...)`."""
+        """`truth()`, `truth("people")`, `truth("conflicts")`, `truth("company_conflicts")`,
+        `truth("records", tool=..., stream=...)`."""
         path = "/_sandbox/truth" + (f"/{part}" if part else "")
         return self._control("GET", path, params=params)
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import phonenumbers
 
-from .data import World, person_key
+from .data import COMPANY_STREAMS, World, company_label, person_key
 from .table import INVALID_REASONS, Table
 
 CANONICAL_FIELDS = ("email", "first_name", "last_name", "phone", "company_name", "job_title", "lifecycle_stage")
@@ -122,16 +122,22 @@ def summary(world: World) -> dict[str, Any]:
     return {"seed": world.seed, "scale": world.scale, "people": int(people_with_records.sum()),
             "anchor_ms": world.anchor_ms,
             "streams": {key: table.counts() for key, table in world.tables.items()},
-            "split_names": world.split_names}
+            "split_names": world.split_names, "company_traps": world.company_traps}
 
 
 def records(table: Table) -> list[dict[str, Any]]:
-    """One entry per record: id as the tool shows it, person, deleted flag and invalid reason."""
+    """One entry per record: id as the tool shows it, person, deleted flag and invalid reason; for a company
+    record, also the company it describes (`data.company_label`)."""
     ids = [None if table.tool == "legacy_erp" and reason == "missing_id" else table.id(row)
            for row, reason in enumerate(INVALID_REASONS[i] for i in table.invalid.tolist())]
-    return [{"id": ids[row], "person": None if p < 0 else person_key(p), "deleted": d,
-             "invalid": INVALID_REASONS[i] or None}
-            for row, (p, d, i) in enumerate(zip(table.person.tolist(), table.deleted.tolist(), table.invalid.tolist()))]
+    entries = [{"id": ids[row], "person": None if p < 0 else person_key(p), "deleted": d,
+                "invalid": INVALID_REASONS[i] or None}
+               for row, (p, d, i) in enumerate(zip(table.person.tolist(), table.deleted.tolist(),
+                                                   table.invalid.tolist()))]
+    if table.key in COMPANY_STREAMS:
+        for row, entry in enumerate(entries):
+            entry["company"] = company_label(table, row)
+    return entries
 
 
 def people(world: World) -> dict[str, dict[str, Any]]:

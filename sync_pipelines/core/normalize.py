@@ -117,11 +117,30 @@ def _domain(series: pd.Series) -> pd.Series:
     return series.str.extract(r"^(?:[a-z]+://)?(?:www\.)?([^/]+)", expand=False)
 
 
+# The characters str.split() takes for whitespace among the ASCII ones, spelled out for RE2 (Arrow's regex engine).
+_ASCII_WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
+# An ASCII text that trimming changes: whitespace at an end, two in a row, or any but a space.
+_UNTRIMMED = (rf"^[{_ASCII_WHITESPACE}]|[{_ASCII_WHITESPACE}]$|[{_ASCII_WHITESPACE}]{{2}}"
+              rf"|[{_ASCII_WHITESPACE.replace(' ', '')}]")
+
+
 def _trim(series: pd.Series) -> pd.Series:
-    """Ends stripped and inner runs of whitespace made one space, in one pass: ``str.split()`` and the regex ``\\s``
-    know the same whitespace characters."""
-    return pd.Series([" ".join(v.split()) if isinstance(v, str) else v for v in series.tolist()], index=series.index,
-                     dtype=series.dtype)
+    """Ends stripped and inner runs of whitespace made one space, as ``" ".join(text.split())`` does. On a text
+    column Arrow finds the values that this changes, or that are not ASCII (whose whitespace is Unicode's), and only
+    those go through Python: most values are clean, and leaving them in Arrow saves making Python strings of them."""
+    if str(series.dtype) != "str":
+        return pd.Series(_trimmed(series.tolist()), index=series.index, dtype=series.dtype)
+    texts = pa.array(series)
+    changed = pc.fill_null(pc.or_(pc.invert(pc.string_is_ascii(texts)),
+                                  pc.match_substring_regex(texts, _UNTRIMMED)), False)
+    if not pc.any(changed).as_py():
+        return series
+    trimmed = pa.array(_trimmed(texts.filter(changed).to_pylist()), type=texts.type)
+    return pd.Series(pc.replace_with_mask(texts, changed, trimmed), index=series.index, dtype=series.dtype)
+
+
+def _trimmed(values: list) -> list:
+    return [" ".join(v.split()) if isinstance(v, str) else v for v in values]
 
 
 TRANSFORMS: dict[str, Callable[[pd.Series], pd.Series]] = {

@@ -311,3 +311,19 @@ def test_text_no_database_holds_is_cleaned_before_a_parsing_transform_too():
                                 entity=STACK.entities["contacts"], extracted_at=NOW)
     assert rejects.empty
     assert rows["phone"].tolist() == ["+14155550101", "bad\ufffdphone"]
+
+
+def test_trim_of_a_text_column_equals_python_splitting_each_value_on_whitespace():
+    """Arrow picks the values trim changes; it must pick every one Python's str.split() would change, ASCII
+    whitespace of every kind and Unicode whitespace alike."""
+    from sync_pipelines.core.normalize import TRANSFORMS
+
+    draw = random.Random(20261202)
+    alphabet = ["a", "B", " ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000",
+                "é", "\x1b", "\x7f", "-"]
+    texts = ["".join(draw.choice(alphabet) for _ in range(draw.randrange(7))) for _ in range(20000)]
+    column = pd.Series(texts + [None, "", "Ada Lovelace"], dtype="str")
+    trimmed = TRANSFORMS["trim"](column)
+    assert trimmed.dtype == column.dtype
+    assert trimmed.tolist()[:-3] == [" ".join(text.split()) for text in texts]
+    assert pd.isna(trimmed.iloc[-3]) and trimmed.tolist()[-2:] == ["", "Ada Lovelace"]

@@ -118,17 +118,10 @@ def test_a_fraction_for_an_integer_field_is_quarantined_and_dates_keep_their_wri
 
 
 def _libphonenumber_e164(value):
-    """libphonenumber's own answer, which phone_e164 promises: E.164 of a valid number read as from the US, the
-    trimmed text of any other, None for what is no text."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        number = phonenumbers.parse(value, "US")
-    except phonenumbers.NumberParseException:
-        return value.strip()
-    if not phonenumbers.is_valid_number(number):
-        return value.strip()
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    """libphonenumber's own answer, uncached: the one-value path, which only parses, validates and formats."""
+    from sync_pipelines.core.normalize import _phone_e164
+
+    return _phone_e164.__wrapped__(value)
 
 
 # Ten digits each: the US, then +1 numbers valid only in Canada, the Bahamas, Jamaica, Puerto Rico and Guam, US

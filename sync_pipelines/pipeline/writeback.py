@@ -158,15 +158,12 @@ def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destinatio
     the writes, errors and how many were refused."""
     stream = stack.tools[dest.tool].streams[dest.stream]
     writable = writable_fields(stream)
-    fields = sorted({f for fs in writable.values() for f in fs})
-    held = warehouse.read_where_in(landing_table_name(dest.tool, dest.stream), "_source_id", todo["source_id"],
-                                   ["_source_id", *fields]).drop_duplicates("_source_id").set_index("_source_id")
+    held = _parts_held(warehouse, dest, todo, writable)
     written, errors = 0, []
     for start in range(0, len(todo), WRITE_BATCH):
         batch = todo.iloc[start:start + WRITE_BATCH]
-        rows = held.reindex(batch["source_id"]).to_dict("records")
-        records = [{stream.primary_key: source_id, **to_tool_record(change, row, writable)}
-                   for source_id, change, row in zip(batch["source_id"], batch["changes"], rows)]
+        records = [{stream.primary_key: source_id, **to_tool_record(change, held.get(source_id, {}), writable)}
+                   for source_id, change in zip(batch["source_id"], batch["changes"])]
         results = connector.write(dest.stream, records, mode="update", key=stream.primary_key)
         written_at = now or datetime.now(timezone.utc)
         landed = []
@@ -185,3 +182,17 @@ def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destinatio
     return written, len(todo) - written, errors
 
 
+def _parts_held(warehouse: Warehouse, dest: Destination, todo: pd.DataFrame,
+                writable: dict[str, list[str]]) -> dict[str, dict]:
+    """Source id → what the tool holds of the fields of a composed path, for the ``todo`` rows that change only some
+    of its parts (a last name without the first): ``to_tool_record`` takes the other parts from it. Only those
+    records are read; every other change carries all it writes."""
+    composed = [canonical for canonical in writable.values() if len(canonical) > 1]
+    partial = [source_id for source_id, change in zip(todo["source_id"], todo["changes"])
+               if any(0 < sum(f in change for f in canonical) < len(canonical) for canonical in composed)]
+    if not partial:
+        return {}
+    fields = sorted({f for canonical in composed for f in canonical})
+    rows = warehouse.read_where_in(landing_table_name(dest.tool, dest.stream), "_source_id", partial,
+                                   ["_source_id", *fields])
+    return rows.drop_duplicates("_source_id").set_index("_source_id").to_dict("index")

@@ -40,7 +40,7 @@ MAX_TABLE_NAME = 63
 # The tables the pipeline keeps per entity: ``pipeline.table(kind, entity)`` refuses any other kind.
 ENTITY_TABLE_KINDS = (
     "staged", "staged_changes", "golden", "golden_changes", "golden_failures", "crosswalk", "provenance",
-    "conflicts", "field_state",
+    "conflicts", "field_state", "references",
 )
 
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]

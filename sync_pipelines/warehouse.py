@@ -482,6 +482,10 @@ class Warehouse:
         self.save_watermark(conn, name, batch)
         return batch
 
+    def last_batch(self, sequence: str) -> int:
+        """The latest number ``next_batch`` gave out for ``sequence`` (0: none yet)."""
+        return int(self.watermark(f"sequence:{sequence}") or 0)
+
     def prune_log(self, conn: Connection, log: str, up_to_batch: int) -> None:
         """Within a caller's transaction, drop a change log's batches its reader has taken in."""
         if sa.inspect(conn).has_table(log):

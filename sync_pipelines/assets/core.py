@@ -11,6 +11,7 @@ from sync_pipelines.pipeline import (
     write_back,
 )
 from sync_pipelines.pause import holding, pauses
+from sync_pipelines.pipeline.references import link_references, reference_fields
 from sync_pipelines.reports import asset_entities
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Action, Destination, Stack
@@ -159,6 +160,53 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     return _golden
 
 
+def references_key(entity: str) -> dg.AssetKey:
+    return dg.AssetKey(f"references_{entity}")
+
+
+def build_references_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
+    referenced = reference_fields(stack, entity)
+    key, check = references_key(entity), f"references_{entity}_resolve"
+
+    @dg.asset(
+        key=key,
+        group_name="core",
+        deps=[golden_key(e) for e in sorted({entity, *referenced.values()})],
+        description=(
+            f"Where each golden {entity} record points (`{table('references', entity)}`): "
+            + ", ".join(f"`{f}` → the golden {e} record" for f, e in referenced.items())
+            + ", found through the referenced entity's crosswalk from the tool the value came from (another member's "
+              "value when that tool holds no such record)."
+        ),
+        owners=[CORE_OWNER],
+        kinds={"pandas"},
+        check_specs=[dg.AssetCheckSpec(
+            check, asset=key, description="Every reference a golden record holds leads to a golden record, or to a "
+                                          "record deleted in its tool or held in quarantine (a warning: a dangling "
+                                          "one names the tool and id it could not find)")],
+    )
+    def _references(sync: SyncResource):
+        links = link_references(sync.stack, sync.warehouse, entity)
+        shares = {f"{f}_resolved": dg.MetadataValue.float(links.resolved[f] / links.holding[f] if links.holding[f]
+                                                          else 1.0) for f in referenced}
+        yield dg.MaterializeResult(metadata={
+            "rebuilt": links.rebuilt, **{f"{f}_held": links.holding[f] for f in referenced}, **shares})
+        samples = links.unresolved_samples
+        # a reference to a record deleted in its tool or held in quarantine is explained; any other is dangling
+        dangling = sum(n for why, n in links.unresolved_because.items()
+                       if not why.startswith("deleted in") and why != "held in quarantine")
+        yield dg.AssetCheckResult(
+            check_name=check, passed=dangling == 0, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"dangling": dangling, **{f"unresolved: {why}": n for why, n in links.unresolved_because.items()},
+                      "samples": dg.MetadataValue.md(
+                "| entity_id | field | tool | id | why |\n|---|---|---|---|---|\n" + "\n".join(
+                    f"| {r.entity_id} | {r.field} | {r.tool} | {r.source_id} | {r.unresolved_because} |"
+                    for r in samples.itertuples())
+                if len(samples) else "none")})
+
+    return _references
+
+
 def _paused(context: dg.AssetExecutionContext, sync: SyncResource, key: dg.AssetKey,
             counted: str) -> dg.MaterializeResult | None:
     """While an integration this step belongs to is paused, nothing is written, and the materialization says why
@@ -250,3 +298,5 @@ def build_core_assets(stack: Stack) -> list[dg.AssetsDefinition]:
     assets += [build_action_asset(stack, action) for action in stack.actions]
     return assets
 
+        if reference_fields(stack, entity):
+            assets.append(build_references_asset(stack, entity))

@@ -320,3 +320,18 @@ def test_trim_of_a_text_column_equals_python_splitting_each_value_on_whitespace(
     assert trimmed.dtype == column.dtype
     assert trimmed.tolist()[:-3] == [" ".join(text.split()) for text in texts]
     assert pd.isna(trimmed.iloc[-3]) and trimmed.tolist()[-2:] == ["", "Ada Lovelace"]
+
+
+def test_fields_under_one_parent_read_it_alike_whether_it_is_missing_null_or_no_object():
+    """The fields and the cursor under ``properties`` share one reading of it: a record without it, or with text
+    there, sends none of them; one whose parent is null sends them as null, so they are not absent."""
+    stamp = "2026-11-01T00:00:00Z"
+    records = [{"id": "1", "properties": {"email": "a@b.co", "lastmodifieddate": stamp}}, {"id": "2"},
+               {"id": "3", "properties": "text"}]
+    rows, rejects = _map("hubspot", "contacts", records)
+    assert rejects.empty and "first_name" in rows.attrs["absent_fields"] and "email" not in rows.attrs["absent_fields"]
+    emails = rows.set_index("_source_id")["email"]
+    assert emails["1"] == "a@b.co" and emails[["2", "3"]].isna().all()
+    assert rows.set_index("_source_id")["_updated_at"].isna().to_dict() == {"1": False, "2": True, "3": True}
+    rows, _ = _map("hubspot", "contacts", records + [{"id": "4", "properties": None}])
+    assert "first_name" not in rows.attrs["absent_fields"] and rows["first_name"].isna().all()

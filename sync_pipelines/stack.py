@@ -896,19 +896,40 @@ def _check_action(stack: Stack, file: Path, action: Action, base: str, need) -> 
         raise StackError(file, problem.path, problem.problem) from None
 
 
-def _keys_at(loc: tuple) -> list[str]:
-    """The keys a mapping at ``loc`` may hold, found by walking the models' annotations."""
+def _walk(loc: tuple) -> tuple[list, Any]:
+    """``loc`` without the tags of tagged unions (which the file does not write), and the annotation it reaches."""
     node: Any = Stack
+    kept = []
     for part in loc:
+        if part in _tagged_members(node):  # an action trigger's kind: its model
+            node = _tagged_members(node)[part]
+            continue
+        kept.append(part)
         if isinstance(node, type) and issubclass(node, BaseModel):
             node = node.model_fields[part].annotation if part in node.model_fields else None
         else:  # dict[str, X] or list[X]: this part is a key or an index
             node = get_args(node)[-1] if get_args(node) else None
-        while get_origin(node) is Union or type(node).__name__ == "UnionType":
+        while (get_origin(node) is Union or type(node).__name__ == "UnionType") and not _tagged_members(node):
             node = next(a for a in get_args(node) if a is not type(None))
+    return kept, node
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys a mapping at ``loc`` may hold, found by walking the models' annotations."""
+    node = _walk(loc)[1]
     if not (isinstance(node, type) and issubclass(node, BaseModel)):
         return []
     return [spec.alias or name for name, spec in node.model_fields.items()]  # as written in YAML: `from`
+
+
+def _tagged_members(node: Any) -> dict[str, type]:
+    """The models of a tagged union (``Annotated[Union[Annotated[Model, Tag(t)], ...], Discriminator]``) by tag."""
+    if get_origin(node) is Annotated:
+        node = get_args(node)[0]
+    if get_origin(node) is not Union:
+        return {}
+    return {meta.tag: get_args(member)[0] for member in get_args(node) if get_origin(member) is Annotated
+            for meta in get_args(member)[1:] if isinstance(meta, Tag)}
 
 
 def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError:
@@ -917,18 +938,17 @@ def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError
     key (its value may be one).
     """
     first = error.errors()[0]
-    loc = [p for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")  # a key may be "2024"
-    found: Any = raw
-    for part in first["loc"]:
+    loc, found = _walk(tuple(p for p in first["loc"] if not str(p).startswith(("function-", "literal["))))[0], raw
+    for part in loc:
         try:
             found = found[int(part)] if isinstance(found, list) else found[part]
         except (KeyError, IndexError, TypeError, ValueError):
             found = None
             break
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")  # a key may be "2024"
     detail = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
     if first["type"] == "extra_forbidden":
-        detail = f"unknown key; allowed: {_allowed(_keys_at(first['loc'][:-1]))}"
+        detail = f"unknown key; allowed: {_allowed(_keys_at(tuple(first['loc'][:-1])))}"
     elif first["type"] == "literal_error":
         detail = f"allowed: {first['ctx']['expected']}"
     hidden = first["type"] in ("missing", "extra_forbidden") or first["loc"][:1] in (("tools",), ("warehouse",))

@@ -276,8 +276,13 @@ def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
     def _action(context: dg.AssetExecutionContext, sync: SyncResource) -> dg.MaterializeResult:
         if held := _paused(context, sync, dg.AssetKey([action.create.tool, action.name]), "created"):
             return held
+        # the stack as it is now: an edited template or filter applies without rebuilding the definitions
+        current = {a.name: a for a in sync.stack.actions}.get(action.name)
+        if current is None or current.create.tool != action.create.tool:
+            raise dg.Failure(f"action {action.name!r} creating in {action.create.tool} is no longer in the stack "
+                             "file: reload the code location")
         try:
-            outcome = run_action(sync.stack, sync.warehouse, sync.connector(action.create.tool), action,
+            outcome = run_action(sync.stack, sync.warehouse, sync.connector(action.create.tool), current,
                                  run_id=context.run_id)
         except ConnectorError as exc:
             raise dg.Failure(str(exc)) from None
@@ -294,9 +299,9 @@ def build_core_assets(stack: Stack) -> list[dg.AssetsDefinition]:
     assets = []
     for entity in resolved_entities(stack):
         assets += [build_staged_asset(stack, entity), build_golden_asset(stack, entity)]
+        if reference_fields(stack, entity):
+            assets.append(build_references_asset(stack, entity))
     assets += [build_writeback_asset(stack, dest) for dest in stack.destinations]
     assets += [build_action_asset(stack, action) for action in stack.actions]
     return assets
 
-        if reference_fields(stack, entity):
-            assets.append(build_references_asset(stack, entity))

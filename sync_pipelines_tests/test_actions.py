@@ -253,3 +253,33 @@ def test_a_won_deal_of_a_company_with_no_stripe_customer_gets_one_created_once(s
     first = sync.warehouse.read_table("golden_contacts").set_index("entity_id").loc[sorted(people)[0]]
     name = " ".join(part for part in (first["first_name"], first["last_name"]) if isinstance(part, str) and part)
     assert customer["name"] == name and customer.get("email") == (first["email"] if pd.notna(first["email"]) else None)
+
+
+def test_a_changed_field_and_a_new_record_trigger_once_each(sync, tmp_path, monkeypatch):
+    """The other two trigger kinds, declared in the stack only: a ticket's status changes (to any value), and a
+    ticket appears that the action had not seen."""
+    def more_actions(raw: dict) -> None:
+        message = {"tool": "slack", "stream": "messages"}
+        raw["actions"] += [
+            {"name": "status_changed", "when": {"kind": "changes", "entity": "tickets", "field": "status"},
+             "create": {**message, "fields": {"text": "{{ source.id }} is now {{ record.status }}"}}},
+            {"name": "new_ticket", "when": {"kind": "new_record", "entity": "tickets", "as": "ticket"},
+             "create": {**message, "fields": {"text": "new {{ source.id }}: {{ ticket.subject }}"}}},
+        ]
+
+    monkeypatch.setenv("SYNC_STACK", str(_stack_file(tmp_path, more_actions)))
+    synced = Sync(sync.box, sync.url)
+    assert synced.run()[0].success  # baseline: every ticket is known, none has changed
+    messages = synced.box.state.vendors["slack"].messages
+    before = len(messages)
+    tickets = synced.warehouse.read_table("stg_zendesk_tickets")
+    live = tickets[~tickets["_deleted"] & (tickets["status"] != "pending")].sort_values("_source_id")
+    changed = live.iloc[0]
+    synced.box.mutate("zendesk", "tickets", int(changed["_source_id"]), {"subject": "Still broken"})  # no trigger
+    synced.box.mutate("zendesk", "tickets", int(live.iloc[1]["_source_id"]), {"status": "pending"})
+    new = live.iloc[[2]].assign(_source_id="990001", subject="A ticket nobody had seen")
+    synced.warehouse.land("zendesk", "tickets", new.drop(columns=["_landed_batch"]))
+    for _ in range(2):
+        assert synced.run()[0].success
+    assert sorted(m["text"] for m in messages[before:]) == sorted([
+        f"{live.iloc[1]['_source_id']} is now pending", "new 990001: A ticket nobody had seen"])

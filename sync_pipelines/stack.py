@@ -21,8 +21,7 @@ from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
 )
 
-from sync_pipelines.core.conditions import Condition
-from sync_pipelines.core.conditions import parse as parse_condition
+from sync_pipelines.core import conditions as condition_language
 
 DEFAULT_STACK = Path(__file__).parent / "stacks" / "sandbox.yaml"
 # Far above any real stack (the sandbox: 12 KiB, 9 levels, 1,222 values), far below what takes seconds to load.
@@ -277,12 +276,12 @@ class _ActionTrigger(_Model):
     @classmethod
     def _a_condition(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_condition(value)  # its ConditionError names the character
+            condition_language.parse(value)  # its ConditionError names the character
         return value
 
     @property
-    def condition(self) -> Condition | None:
-        return parse_condition(self.filter) if self.filter is not None else None
+    def condition(self) -> condition_language.Condition | None:
+        return condition_language.parse(self.filter) if self.filter is not None else None
 
     @property
     def watched(self) -> str | None:

@@ -3,47 +3,35 @@ file, checked at load, rendered in a sandbox, exactly once against the sandbox."
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import yaml
 
 from sync_pipelines import pipeline
 from sync_pipelines.connectors import ConnectorError
-from sync_pipelines.core.templates import TemplateProblem, Variable, check, render_fields
+from sync_pipelines.core.templates import (
+    TemplateProblem,
+    Variable,
+    check,
+    render_fields,
+)
 from sync_pipelines.resources import SyncResource
-from sync_pipelines.stack import DEFAULT_STACK, StackError, load_stack
+from sync_pipelines.stack import load_stack
 from sync_pipelines_tests.sandbox_sync import Sync
+from sync_pipelines_tests.test_stack_env import _refused, _write
 
-RAW = yaml.safe_load(DEFAULT_STACK.read_text())
 INVOICE, TASK, ALERT = 0, 1, 2  # the sandbox stack's actions
-
-
-def _stack_file(tmp_path: Path, change) -> Path:
-    raw = copy.deepcopy(RAW)
-    change(raw)
-    path = tmp_path / "stack.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def _refused(tmp_path: Path, change) -> str:
-    with pytest.raises(StackError) as info:
-        load_stack(_stack_file(tmp_path, change))
-    return str(info.value).split(": at ", 1)[1]
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda r: r["actions"][INVOICE]["create"]["fields"].update(description="{{ deal.nme }}"),
      "actions[0].create.fields.description: 'deal.nme' is not a field of deals (did you mean name?)"),
     (lambda r: r["actions"][INVOICE]["create"]["fields"]["metadata"].update(deal_id="{{ dael.name }}"),
-     "actions[0].create.fields.metadata.deal_id: 'dael' is not a variable here (did you mean deal?); known: "
-     "action, company, deal, source"),
+     ("actions[0].create.fields.metadata.deal_id: 'dael' is not a variable here (did you mean deal?); known: "
+      "action, company, deal, source")),
     (lambda r: r["actions"][INVOICE]["create"]["links"]["customer"]["fields"].update(email="{{ contact.mail }}"),
-     "actions[0].create.links.customer.fields.email: 'contact.mail' is not a field of contacts (did you mean "
-     "email?)"),
+     ("actions[0].create.links.customer.fields.email: 'contact.mail' is not a field of contacts (did you mean "
+      "email?)")),
     (lambda r: r["actions"][INVOICE]["create"]["fields"].update(description="{{ company.nam }}"),
      "actions[0].create.fields.description: 'company.nam' is not a field of companies (did you mean name?)"),
     (lambda r: r["actions"][TASK]["create"]["fields"].update(projects=["{{ source.idd }}"]),
@@ -80,13 +68,13 @@ def _refused(tmp_path: Path, change) -> str:
 ])
 def test_a_mistake_in_an_action_is_refused_at_load_with_its_key_path(tmp_path, change, message):
     if message is None:
-        load_stack(_stack_file(tmp_path, change))
+        load_stack(_write(tmp_path, change))
         return
     assert _refused(tmp_path, change).startswith(message)
 
 
 def test_the_earlier_form_of_a_trigger_still_loads_and_means_becomes(tmp_path):
-    stack = load_stack(_stack_file(tmp_path, lambda r: r["actions"][TASK].update(
+    stack = load_stack(_write(tmp_path, lambda r: r["actions"][TASK].update(
         when={"entity": "contacts", "field": "lifecycle_stage", "becomes": "customer"},
         create={**r["actions"][TASK]["create"], "fields": {"name": "Onboard {{ record.email }}"}})))
     when = stack.actions[TASK].when
@@ -116,7 +104,7 @@ def test_templates_render_text_leave_out_empty_fields_and_keep_other_values():
 
 
 def test_an_edited_template_takes_effect_with_no_code_change(sync, tmp_path, monkeypatch):
-    path = _stack_file(tmp_path, lambda r: None)
+    path = _write(tmp_path, lambda r: None)
     monkeypatch.setenv("SYNC_STACK", str(path))
     synced = Sync(sync.box, sync.url)
     assert synced.run()[0].success  # baseline
@@ -250,7 +238,7 @@ def test_a_won_deal_of_a_company_with_no_stripe_customer_gets_one_created_once(s
     assert customer["metadata"] == {"crm_account_id": company}
     assert customer["idempotency_key"].startswith("invoice_for_closed_won:customers:")
     people = members[members["company_source_id"] == company]["entity_id"]
-    first = sync.warehouse.read_table("golden_contacts").set_index("entity_id").loc[sorted(people)[0]]
+    first = sync.warehouse.read_table("golden_contacts").set_index("entity_id").loc[min(people)]
     name = " ".join(part for part in (first["first_name"], first["last_name"]) if isinstance(part, str) and part)
     assert customer["name"] == name and customer.get("email") == (first["email"] if pd.notna(first["email"]) else None)
 
@@ -267,7 +255,7 @@ def test_a_changed_field_and_a_new_record_trigger_once_each(sync, tmp_path, monk
              "create": {**message, "fields": {"text": "new {{ source.id }}: {{ ticket.subject }}"}}},
         ]
 
-    monkeypatch.setenv("SYNC_STACK", str(_stack_file(tmp_path, more_actions)))
+    monkeypatch.setenv("SYNC_STACK", str(_write(tmp_path, more_actions)))
     synced = Sync(sync.box, sync.url)
     assert synced.run()[0].success  # baseline: every ticket is known, none has changed
     messages = synced.box.state.vendors["slack"].messages

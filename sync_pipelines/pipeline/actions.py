@@ -12,9 +12,7 @@ import pandas as pd
 
 from sync_pipelines.core.conditions import evaluate
 from sync_pipelines.core.templates import TemplateProblem, render_fields
-from sync_pipelines.pipeline.common import (
-    entity_streams, landed_after, resolved_entities, stack_fingerprint, table,
-)
+from sync_pipelines.pipeline.common import entity_streams, landed_after, resolved_entities, stack_fingerprint, table
 from sync_pipelines.stack import Action, LinkedRecord, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 

@@ -3,9 +3,16 @@ the sandbox stack resolves (issue 13, items 1 and 2). On SQLite and PostgreSQL; 
 
 from __future__ import annotations
 
+import sqlite3
+
+import pandas as pd
+
+from sync_pipelines import pipeline
+from sync_pipelines.assets.extract import extraction_key
 from sync_pipelines.pipeline.common import entity_streams, resolved_entities
 from sync_pipelines.sandbox.scoring import score, truth_records
-from sync_pipelines.warehouse import landing_table_name
+from sync_pipelines.warehouse import Warehouse, landing_table_name
+from sync_pipelines_tests.sandbox_sync import TODAY
 
 SINGLE_SOURCE = ("deals", "tickets", "tasks", "invoices")
 
@@ -70,3 +77,38 @@ def test_a_later_industry_edit_wins_and_a_domain_removed_keeps_the_company_whole
     assert golden.at[entity, "industry"] == "Aerospace"  # last_write_wins
     accounts = sync.warehouse.read_table(landing_table_name("salesforce", "Account")).set_index("_source_id")
     assert golden.at[entity, "name"] == accounts.at[account["_source_id"], "name"]  # source_of_truth
+
+
+def test_an_incremental_run_after_domain_edits_equals_a_full_rebuild(sync, tmp_path):
+    """A HubSpot company moved to another domain leaves its Account (the veto, and the guard on the crosswalk
+    link); one whose domain is cleared stays by its name key. The incremental run finds both, as a rebuild does."""
+    assert sync.run()[0].success
+    crosswalk = sync.warehouse.read_table("crosswalk_companies")
+    pairs = crosswalk.groupby("entity_id").filter(lambda g: sorted(g["_source"]) == ["hubspot", "salesforce"])
+    moved, cleared = (pairs[pairs["entity_id"] == e].set_index("_source")["_source_id"]
+                      for e in pairs["entity_id"].unique()[:2])
+    sync.box.mutate("hubspot", "companies", moved["hubspot"], {"domain": "elsewhere.example"})
+    sync.box.mutate("hubspot", "companies", cleared["hubspot"], {"domain": None})
+    keys = [extraction_key(tool, stream) for tool, _, stream, _ in sync.stack.streams()]
+    assert sync.job.execute_in_process(partition_key=TODAY, asset_selection=keys).success
+    assert not pipeline.stage(sync.stack, sync.warehouse, "companies").full
+
+    snapshot = tmp_path / "snapshot.db"
+    with sqlite3.connect(tmp_path / "warehouse.db") as source, sqlite3.connect(snapshot) as copy:
+        source.backup(copy)
+    incremental = pipeline.build_golden(sync.stack, sync.warehouse, "companies")
+    assert incremental.changed_ids and incremental.resolved < incremental.records
+    full_warehouse = Warehouse(sync.stack, f"sqlite:///{snapshot}")
+    with full_warehouse.transaction() as conn:
+        conn.exec_driver_sql("DELETE FROM sync_watermarks WHERE name = 'golden_companies'")
+    assert pipeline.build_golden(sync.stack, full_warehouse, "companies").changed_ids is None
+
+    final = sync.warehouse.read_table("crosswalk_companies")
+    entity_of = dict(zip(zip(final["_source"], final["_source_id"]), final["entity_id"]))
+    assert entity_of["hubspot", moved["hubspot"]] != entity_of["salesforce", moved["salesforce"]]
+    assert entity_of["hubspot", cleared["hubspot"]] == entity_of["salesforce", cleared["salesforce"]]
+    for name, by in (("crosswalk_companies", ["_source", "_source_id"]), ("golden_companies", ["entity_id"])):
+        got, expected = (w.read_table(name) for w in (sync.warehouse, full_warehouse))
+        columns = sorted(c for c in got.columns if not c.startswith("_") or c in (*by, "_deleted", "_deleted_at"))
+        pd.testing.assert_frame_equal(got.sort_values(by, ignore_index=True)[columns].astype("string"),
+                                      expected.sort_values(by, ignore_index=True)[columns].astype("string"))

@@ -169,9 +169,9 @@ def _as_text(series: pd.Series) -> pd.Series:
     A column already of text is one that came through here, or a transform's output of one."""
     if str(series.dtype) == "str":
         return series
-    texts = [None if v is None or v != v else str(v) for v in series]
-    try:
-        column = pd.Series(texts, index=series.index, dtype="str")
+    texts = [v if type(v) is str else None if v is None or v != v else str(v) for v in series.tolist()]
+    try:  # built by Arrow from the list, which pandas would check value by value first
+        column = pd.Series(pa.array(texts, type=pa.large_string()), index=series.index, dtype="str")
     except UnicodeEncodeError:  # Arrow encodes to UTF-8 as it builds the column: clean columns pay nothing more
         column = pd.Series([v if v is None or v.isascii() else _without_surrogates(v) for v in texts],
                            index=series.index, dtype="str")

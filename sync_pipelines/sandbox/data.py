@@ -576,7 +576,8 @@ def _hubspot_companies(world: World) -> None:
             form, country = N.NAMESAKE_FORMS[int(t.codes["trap_form"][row])]
             name, domain = f"{companies.base(c)} {form}", domain.removesuffix(".com") + "." + country
         elif row_kind == LOOKALIKE:
-            base = N.typo(companies.base(c), 2 * row + 1)  # an odd seed doubles a letter: never the same name
+            first, rest = companies.base(c).split(" ", 1)
+            base = f"{N.typo(first, 2 * row + 1)} {rest}"  # an odd seed doubles a letter: never the same word
             name, domain = f"{base} {companies.suffix_of(c)}", base.lower().replace(" ", "") + ".com"
         else:
             name = companies.name(c, int(t.codes["name_style"][row]))

@@ -195,9 +195,10 @@ def test_a_slack_post_a_crash_left_unrecorded_is_never_posted_twice(sync, monkey
         SyncResource().connector("slack").find_created("messages", "alert_for_urgent_ticket:zendesk:1")
 
 
-def test_a_won_deal_of_a_company_with_no_stripe_customer_gets_one_created_once(sync):
+def test_a_won_deal_of_a_company_with_no_stripe_customer_gets_one_created_once(sync_on_each_warehouse):
     """Find or create: no contact of the company is a Stripe customer, so one is created from its first golden
     contact under an idempotency key, and a second deal of the same company won in the same run reuses it."""
+    sync = sync_on_each_warehouse
     assert sync.run()[0].success
     deals = sync.warehouse.read_table("stg_salesforce_opportunity")
     deals = deals[~deals["_deleted"]]

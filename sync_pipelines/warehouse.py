@@ -396,9 +396,11 @@ class Warehouse:
     def has_table(self, table: str) -> bool:
         return sa.inspect(self.engine).has_table(table)
 
-    def read_where_in(self, table: str, column: str, values, columns: list[str] | None = None) -> pd.DataFrame:
-        """The rows whose ``column`` is one of ``values`` (one statement on PostgreSQL, chunks on SQLite)."""
-        queries = [(f"WHERE {where}", params) for where, params in self._matching(column, values)]
+    def read_where_in(self, table: str, column: str, values, columns: list[str] | None = None,
+                      **equal: str) -> pd.DataFrame:
+        """The rows whose ``column`` is one of ``values`` (and whose other columns equal ``equal``): one statement on
+        PostgreSQL, chunks on SQLite."""
+        queries = [(f"WHERE {where}", params) for where, params in self._matching(column, values, **equal)]
         frame = self._read(table, queries or [("WHERE 1 = 0", ())], columns)
         return frame.drop_duplicates(ignore_index=True) if len(queries) > 1 else frame
 
@@ -417,25 +419,25 @@ class Warehouse:
     def delete_where_in(self, conn: Connection, table: str, column: str, values, **equal: str) -> int:
         """Within a caller's transaction, delete the rows whose ``column`` is one of ``values`` (and whose other
         columns equal ``equal``); a table that does not exist yet has nothing to delete."""
-        queries = self._matching(column, values)
+        queries = self._matching(column, values, **equal)
         if not queries or not sa.inspect(conn).has_table(table):
             return 0
-        quote, mark = conn.dialect.identifier_preparer.quote, "%s" if self.dialect == "postgresql" else "?"
-        also = "".join(f" AND {quote(name)} = {mark}" for name in equal)
-        return sum(conn.exec_driver_sql(f"DELETE FROM {quote(table)} WHERE {where}{also}",
-                                        params + tuple(equal.values())).rowcount
+        quote = conn.dialect.identifier_preparer.quote
+        return sum(conn.exec_driver_sql(f"DELETE FROM {quote(table)} WHERE {where}", params).rowcount
                    for where, params in queries)
 
-    def _matching(self, column: str, values) -> list[tuple[str, tuple]]:
+    def _matching(self, column: str, values, **equal: str) -> list[tuple[str, tuple]]:
         """Conditions, with their driver parameters, that together match the rows whose ``column`` is one of
-        ``values`` (None and repeats ignored; none at all for no values). PostgreSQL takes any number of values as one
-        array parameter, so one statement scans or probes the table once; SQLite caps a statement's parameters,
-        so it gets chunks of them."""
+        ``values`` (None and repeats ignored; none at all for no values) and whose other columns equal ``equal``.
+        PostgreSQL takes any number of values as one array parameter, so one statement scans or probes the table
+        once; SQLite caps a statement's parameters, so it gets chunks of them."""
         values = pd.unique(pd.Series(list(values), dtype=object).dropna())
-        quoted = self.engine.dialect.identifier_preparer.quote(column)
+        preparer = self.engine.dialect.identifier_preparer
+        quoted, mark = preparer.quote(column), "%s" if self.dialect == "postgresql" else "?"
+        also = "".join(f" AND {preparer.quote(name)} = {mark}" for name in equal)
         if self.dialect == "postgresql":
-            return [(f"{quoted} = ANY(%s)", (values.tolist(),))] if len(values) else []
-        return [(f"{quoted} IN ({', '.join('?' * len(part))})", tuple(part.tolist()))
+            return [(f"{quoted} = ANY(%s){also}", (values.tolist(), *equal.values()))] if len(values) else []
+        return [(f"{quoted} IN ({', '.join('?' * len(part))}){also}", (*part.tolist(), *equal.values()))
                 for part in (values[start:start + CHUNK_ROWS] for start in range(0, len(values), CHUNK_ROWS))]
 
     def delete_keys(self, conn: Connection, table: str, keys: pd.DataFrame) -> int:

@@ -166,7 +166,7 @@ def test_loads_larger_than_one_chunk_arrive_whole(warehouse, monkeypatch):
 
 def test_keyed_reads_and_deletes_match_exactly_the_given_values(warehouse, monkeypatch):
     """Values spanning several SQLite statements (PostgreSQL takes them as one array), repeats and None among them;
-    a delete also holds to its extra column conditions."""
+    a read and a delete also hold to their extra column conditions."""
     monkeypatch.setattr(warehouse_module, "CHUNK_ROWS", 4)
     frame = pd.DataFrame({"entity_id": [f"e{i % 10}" for i in range(30)], "tool": ["a", "b", "c"] * 10,
                           "n": range(30)})
@@ -175,6 +175,8 @@ def test_keyed_reads_and_deletes_match_exactly_the_given_values(warehouse, monke
     read = warehouse.read_where_in("keyed_test", "entity_id", wanted)
     assert sorted(read["n"]) == sorted(frame.loc[frame["entity_id"].isin(wanted), "n"])
     assert warehouse.read_where_in("keyed_test", "entity_id", []).empty
+    of_c = warehouse.read_where_in("keyed_test", "entity_id", wanted, ["n"], tool="c")
+    assert sorted(of_c["n"]) == sorted(frame.loc[frame["entity_id"].isin(wanted) & (frame["tool"] == "c"), "n"])
     with warehouse.transaction() as conn:
         assert warehouse.delete_where_in(conn, "keyed_test", "entity_id", wanted, tool="b") == 5
         assert warehouse.delete_where_in(conn, "keyed_test", "entity_id", [None]) == 0

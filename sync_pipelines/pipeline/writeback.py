@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from sync_pipelines.core.plan import CLEAR, plan_writes, to_tool_record, writable_fields
@@ -117,14 +118,19 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
                          for field_name, value in change.items()], columns=["position", "field", "value", "before"])
     sent = sent.assign(source_id=todo["source_id"].to_numpy()[sent["position"]],
                        entity_id=todo["entity_id"].to_numpy()[sent["position"]])
-    provenance = warehouse.read_where_in(table("provenance", dest.entity), "entity_id", todo["entity_id"],
-                                         ["entity_id", "field", "changed_at"])
-    sent = sent.merge(provenance, on=["entity_id", "field"], how="left").rename(
+    sent = sent.merge(_origins(warehouse, dest.entity, sent), on=["entity_id", "field"], how="left").rename(
         columns={"changed_at": "origin_changed_at"})
+    by_position = sent["position"].to_numpy()
+
+    def ledger_rows(positions: list[int], written_at: datetime) -> pd.DataFrame:
+        # ``sent`` is in position order: a batch's rows are one slice of it
+        rows = sent.iloc[np.searchsorted(by_position, positions[0]):
+                         np.searchsorted(by_position, positions[-1], side="right")] if positions else sent.iloc[:0]
+        return rows[rows["position"].isin(positions)].assign(
+            origin_changed_at=lambda f: pd.to_datetime(f["origin_changed_at"], utc=True).fillna(written_at))
+
     outcome.written, outcome.failed, outcome.errors = send_changes(
-        stack, warehouse, connector, dest, todo, now, run_id,
-        lambda positions, written_at: sent[sent["position"].isin(positions)].assign(
-            origin_changed_at=lambda f: pd.to_datetime(f["origin_changed_at"], utc=True).fillna(written_at)))
+        stack, warehouse, connector, dest, todo, now, run_id, ledger_rows)
     if doomed:
         for res in connector.delete(dest.stream, doomed):
             if res["ok"]:
@@ -136,6 +142,15 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
         with warehouse.transaction() as conn:
             warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
     return outcome
+
+
+def _origins(warehouse: Warehouse, entity: str, sent: pd.DataFrame) -> pd.DataFrame:
+    """The provenance change time of each (entity, field) in ``sent``: only the fields sent of each entity are read,
+    not its whole provenance."""
+    provenance = table("provenance", entity)
+    parts = [warehouse.read_where_in(provenance, "entity_id", part["entity_id"], ["entity_id", "field", "changed_at"],
+                                     field=name) for name, part in sent.groupby("field", sort=True)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["entity_id", "field", "changed_at"])
 
 
 def _to_delete(plan: pd.DataFrame, dest: Destination) -> list[str]:

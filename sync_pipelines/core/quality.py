@@ -228,12 +228,22 @@ def validate(
     )
 
 
+def columns_read(name: str, expectations: Iterable[Any]) -> set[str]:
+    """The columns the expectations of entity ``name`` read, so a caller can load only those."""
+    return _read_by(_checked(name, expectations))
+
+
 def _columns_read(df: pd.DataFrame, checked: list[CheckedExpectation]) -> list[str]:
-    """The columns of ``df`` the expectations read: each one's column and those its ``when`` names."""
-    read = {item.column for item in checked} | {
+    """The columns of ``df`` the expectations read."""
+    read = _read_by(checked)
+    return [c for c in df.columns if c in read]
+
+
+def _read_by(checked: list[CheckedExpectation]) -> set[str]:
+    """Each expectation's column and those its ``when`` names."""
+    return {item.column for item in checked} | {
         column for item in checked if item.when for column in conditions.columns(item.when)
     }
-    return [c for c in df.columns if c in read]
 
 
 def split_quarantine(df: pd.DataFrame, report: QualityReport) -> tuple[pd.DataFrame, pd.DataFrame]:

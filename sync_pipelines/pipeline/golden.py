@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from sync_pipelines.core.changes import CONCURRENT_COLUMNS, KEYS, changed_fields, concurrent_edits
-from sync_pipelines.core.quality import QualityReport, validate, volume_check
+from sync_pipelines.core.quality import SOURCE_COLUMNS, QualityReport, columns_read, validate, volume_check
 from sync_pipelines.core.survive import derive_field_change_times, survivorship, without_clears
 from sync_pipelines.pipeline.common import METADATA, entity_streams, identity_fields, stack_fingerprint, table
 from sync_pipelines.resolve import block_neighbors, build_crosswalk, resolve_entities
@@ -138,7 +138,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     golden = result.golden.reset_index().assign(_deleted=False, _deleted_at=pd.NaT)
     golden["_deleted_at"] = pd.to_datetime(golden["_deleted_at"], utc=True)
     crosswalk, provenance = build_crosswalk(records, clusters), result.provenance
-    gone = _deleted_entities(stack, warehouse, entity, stored, set(golden["entity_id"]), now)
+    gone = _deleted_entities(stack, warehouse, entity, stored, set(golden["entity_id"].tolist()), now)
     if gone is not None:  # kept, with the members and provenance they had
         golden = pd.concat([golden, gone.golden[golden.columns]], ignore_index=True)
         crosswalk = pd.concat([crosswalk, gone.crosswalk[crosswalk.columns]], ignore_index=True)
@@ -153,7 +153,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
             warehouse.replace_within(conn, tables["field_state"], state, index=("_source_id",))
             logged = pd.DataFrame({"entity_id": [None], "removed": [False]})  # one row saying: everything
         else:
-            changed_ids = sorted(scope.entity_ids | set(golden["entity_id"]))
+            changed_ids = sorted(scope.entity_ids | set(golden["entity_id"].tolist()))
             for kind in ("golden", "crosswalk", "provenance"):
                 warehouse.delete_where_in(conn, tables[kind], "entity_id", scope.entity_ids)
             warehouse.delete_keys(conn, tables["field_state"], scope.keys)
@@ -281,10 +281,12 @@ def check_golden(stack: Stack, warehouse: Warehouse, entity: str, changed_ids: l
     are kept in ``golden_failures_<entity>``, so the rate is still over every live golden record."""
     rules = stack.quality[entity]
     golden_table, failures_table = table("golden", entity), table("golden_failures", entity)
-    golden = warehouse.read_table(golden_table) if changed_ids is None else warehouse.read_where_in(
-        golden_table, "entity_id", changed_ids)
+    stored = warehouse.read_where_in(golden_table, "entity_id", []).columns  # the columns alone: no row
+    expectations = [e for e in rules.expectations if e.get("column") in stored]
+    wanted = ["entity_id", "_deleted", *SOURCE_COLUMNS, *columns_read(entity, expectations)]
+    golden = warehouse.read_table(golden_table, wanted) if changed_ids is None else warehouse.read_where_in(
+        golden_table, "entity_id", changed_ids, wanted)
     golden = golden[~golden["_deleted"].astype(bool)]  # a deleted record reaches no tool: nothing to check
-    expectations = [e for e in rules.expectations if e.get("column") in golden.columns]
     report = validate(golden, entity, expectations, source="golden")
     failing = golden.loc[report.row_failures.notna().to_numpy(), ["entity_id"]].assign(
         reason=report.row_failures.dropna().to_numpy())

@@ -9,6 +9,7 @@ from sync_pipelines.core.quality import (
     ExpectationError,
     build_suite,
     checked_expectation,
+    columns_read,
     split_quarantine,
     to_metadata,
     validate,
@@ -433,6 +434,15 @@ def test_when_checks_only_matching_rows_so_a_contact_needs_an_email_or_a_phone()
     report = validate(frame, "contacts", [{"expect": "not_null", "column": "email", "when": "phone.isnull()"}])
     assert report.row_failures.notna().tolist() == [False, False, True]
     assert report.results[0].unexpected_count == 1
+
+
+def test_columns_read_names_each_expectation_s_column_and_those_its_when_reads():
+    expectations = [
+        {"expect": "not_null", "column": "email", "when": "phone.isnull() and stage == 'lead'"},
+        {"expect": "unique", "column": "_source_id"},
+    ]
+    assert columns_read("contacts", expectations) == {"email", "phone", "stage", "_source_id"}
+    assert columns_read("contacts", []) == set()
 
 
 def test_when_must_be_a_condition_string():

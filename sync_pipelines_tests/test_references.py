@@ -7,7 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import requests
 
-from sync_pipelines.pipeline.references import reference_fields
+from pandas.testing import assert_frame_equal
+
+from sync_pipelines.pipeline.references import _resolve, reference_fields
 from sync_pipelines.warehouse import landing_table_name
 
 
@@ -69,6 +71,18 @@ def test_a_contact_moved_to_another_account_points_at_that_company_after_the_nex
     expected = companies[(companies["_source"] == "salesforce") & (companies["_source_id"] == other)]["entity_id"]
     link = _references(sync, "contacts").set_index(["entity_id", "field"]).loc[(person, "company_source_id")]
     assert link["referenced_id"] == expected.iloc[0] and link["source_id"] == other
+    # the incremental run left the same table a full one builds
+    for entity in ("contacts", "deals", "tickets", "invoices"):
+        golden = sync.warehouse.read_table(f"golden_{entity}")
+        live = set(golden.loc[~golden["_deleted"].astype(bool), "entity_id"])
+        full = _resolve(sync.stack, sync.warehouse, entity, reference_fields(sync.stack, entity), live, full=True)
+        stored = _references(sync, entity)
+        order = ["entity_id", "field"]
+        def comparable(frame):
+            frame = frame.sort_values(order).reset_index(drop=True)[full.columns].astype(object)
+            return frame.where(frame.notna(), None)
+
+        assert_frame_equal(comparable(stored), comparable(full), check_dtype=False)
     # nothing changed since: the table is left as it is
     assert sync.run()[0].success
     events = [e for e in sync.run()[0].get_asset_materialization_events()

@@ -32,38 +32,99 @@ class References:
     unresolved_samples: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> References:
-    """Rebuild ``references_<entity>`` when this entity's golden records or those of an entity it references
-    changed since the last time (their ``golden_changes`` logs moved), in one transaction with its watermark.
+# An incremental run resolves again only the records a change can reach; past this share of the live golden
+# records it resolves them all (one join over the crosswalks costs less than reading that many by id).
+FULL_RELINK_SHARE = 0.3
 
-    Every live golden record is resolved again: a merge or split of the referenced entity moves references of
-    records that did not change themselves, and a join over the crosswalks costs less than finding those."""
+
+def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> References:
+    """Bring ``references_<entity>`` up to date with this entity's golden records and those it references, in one
+    transaction with its watermark.
+
+    The first run (and one after the reference fields or the tool priority changed) resolves every live golden
+    record; later runs only those whose own golden record changed since, those pointing at a referenced golden
+    record that changed (a merge or split there moves references of records that did not change), those whose
+    reference names a tool record of such a changed one, and those still unresolved; nothing when neither log moved."""
     referenced = reference_fields(stack, entity)
     name, out = f"references_{entity}", table("references", entity)
     involved = sorted({entity, *referenced.values()})
     batches = {e: warehouse.last_batch(table("golden_changes", e)) for e in involved}
     fingerprint = stack_fingerprint(referenced, stack.survivorship[entity].priority)
     mark = warehouse.watermark(name)
-    if mark is not None and mark == {"fingerprint": fingerprint, "batches": batches} and warehouse.has_table(out):
+    valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(out)
+    if valid and mark["batches"] == batches:
         return _summary(warehouse, entity, referenced, rebuilt=False)
-    fields = list(referenced)
     golden = warehouse.read_table(table("golden", entity), ["entity_id", "_deleted"])
-    live = golden.loc[~golden["_deleted"].astype(bool), "entity_id"]
+    live = set(golden.loc[~golden["_deleted"].astype(bool), "entity_id"])
+    scope = _scope(warehouse, entity, referenced, mark["batches"]) if valid else None
+    if scope is not None and len(scope) > FULL_RELINK_SHARE * max(len(live), 1):
+        scope = None
+    ids = live if scope is None else live & scope
+    links = _resolve(stack, warehouse, entity, referenced, ids, full=scope is None)
+    with warehouse.transaction() as conn:
+        if scope is None:
+            warehouse.replace_within(conn, out, links, index=("entity_id",))
+        else:
+            warehouse.delete_where_in(conn, out, "entity_id", scope)
+            warehouse.insert(conn, out, links)
+        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batches": batches})
+    return _summary(warehouse, entity, referenced, rebuilt=True)
+
+
+def _scope(warehouse: Warehouse, entity: str, referenced: dict[str, str], seen: dict[str, int]) -> set[str] | None:
+    """The golden ids of ``entity`` whose references a change since the batches ``seen`` can reach; None when a
+    log says everything changed (a full rebuild there)."""
+    def changed(of: str) -> set[str] | None:
+        log = warehouse.read_log(table("golden_changes", of), int(seen.get(of, 0)))
+        if log is None or log["entity_id"].isna().any():
+            return None
+        return set(log["entity_id"])
+
+    scope = changed(entity)
+    if scope is None:
+        return None
+    stored = warehouse.read_table(table("references", entity),
+                                  ["entity_id", "referenced_entity", "referenced_id", "tool", "source_id"])
+    scope |= set(stored.loc[stored["referenced_id"].isna(), "entity_id"])
+    for target in sorted(set(referenced.values())):
+        moved = changed(target)
+        if moved is None:
+            return None
+        mine = stored[stored["referenced_entity"] == target]
+        members = warehouse.read_where_in(table("crosswalk", target), "entity_id", moved, KEYS)
+        named = pd.MultiIndex.from_frame(members.rename(columns={"_source": "tool", "_source_id": "source_id"}))
+        scope |= set(mine.loc[mine["referenced_id"].isin(moved)
+                              | pd.MultiIndex.from_frame(mine[["tool", "source_id"]]).isin(named), "entity_id"])
+    return scope
+
+
+def _resolve(stack: Stack, warehouse: Warehouse, entity: str, referenced: dict[str, str], ids: set[str],
+             full: bool) -> pd.DataFrame:
+    """The references of the golden records ``ids`` (all live ones when ``full``: whole tables are read instead
+    of rows by id), with why each unresolved one is."""
+    fields = list(referenced)
     provenance = warehouse.read_where_in(table("provenance", entity), "field", fields,
-                                         ["entity_id", "field", "tool", "value"])
-    winners = provenance[provenance["entity_id"].isin(live)]
-    crosswalk = warehouse.read_table(table("crosswalk", entity), ["entity_id", *KEYS])
-    staged = warehouse.read_table(table("staged", entity), [*KEYS, *fields])
-    members = crosswalk[crosswalk["entity_id"].isin(live)].merge(staged, on=KEYS).melt(
+                                         ["entity_id", "field", "tool", "value"]) if full else \
+        warehouse.read_where_in(table("provenance", entity), "entity_id", ids,
+                                ["entity_id", "field", "tool", "value"])
+    winners = provenance[provenance["field"].isin(fields) & provenance["entity_id"].isin(ids)]
+    crosswalk = warehouse.read_table(table("crosswalk", entity), ["entity_id", *KEYS]) if full else \
+        warehouse.read_where_in(table("crosswalk", entity), "entity_id", ids, ["entity_id", *KEYS])
+    crosswalk = crosswalk[crosswalk["entity_id"].isin(ids)]
+    staged = warehouse.read_table(table("staged", entity), [*KEYS, *fields]) if full else \
+        warehouse.read_keys(table("staged", entity), crosswalk[KEYS], [*KEYS, *fields])
+    members = crosswalk.merge(staged, on=KEYS).melt(
         id_vars=["entity_id", *KEYS], value_vars=fields, var_name="field", value_name="value").rename(
         columns={"_source": "tool"})[VALUE_COLUMNS]
-    targets = {e: warehouse.read_table(table("crosswalk", e), ["entity_id", *KEYS]) for e in set(referenced.values())}
+    named = pd.concat([winners, members], ignore_index=True).dropna(subset=["value"])
+    targets = {}
+    for target in set(referenced.values()):
+        wanted = named[named["field"].map(referenced) == target]
+        keys = pd.DataFrame({"_source": wanted["tool"], "_source_id": wanted["value"].astype(str)})
+        targets[target] = warehouse.read_table(table("crosswalk", target), ["entity_id", *KEYS]) if full else \
+            warehouse.read_keys(table("crosswalk", target), keys, ["entity_id", *KEYS])
     links = resolve_references(winners, members, targets, referenced, stack.survivorship[entity].priority)
-    links["unresolved_because"] = _why_unresolved(stack, warehouse, links)
-    with warehouse.transaction() as conn:
-        warehouse.replace_within(conn, out, links, index=("entity_id",))
-        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batches": batches})
-    return _summary(warehouse, entity, referenced, rebuilt=True, links=links)
+    return links.assign(unresolved_because=_why_unresolved(stack, warehouse, links))
 
 
 def _why_unresolved(stack: Stack, warehouse: Warehouse, links: pd.DataFrame) -> pd.Series:
@@ -86,14 +147,13 @@ def _why_unresolved(stack: Stack, warehouse: Warehouse, links: pd.DataFrame) -> 
     return why
 
 
-def _summary(warehouse: Warehouse, entity: str, referenced: dict[str, str], rebuilt: bool,
-             links: pd.DataFrame | None = None) -> References:
-    links = warehouse.read_table(table("references", entity)) if links is None else links
-    unresolved = links[links["via"] == UNRESOLVED]
-    return References(entity, rebuilt=rebuilt,
-                      holding={f: int((links["field"] == f).sum()) for f in referenced},
-                      resolved={f: int(((links["field"] == f) & (links["via"] != UNRESOLVED)).sum())
-                                for f in referenced},
+def _summary(warehouse: Warehouse, entity: str, referenced: dict[str, str], rebuilt: bool) -> References:
+    """Counted in the warehouse, and only the unresolved rows read: a run costs what changed."""
+    out = table("references", entity)
+    unresolved = warehouse.read_where_in(out, "via", [UNRESOLVED])
+    holding = {f: warehouse.count(out, field=f) for f in referenced}
+    return References(entity, rebuilt=rebuilt, holding=holding,
+                      resolved={f: holding[f] - int((unresolved["field"] == f).sum()) for f in referenced},
                       unresolved_because={str(k): int(n) for k, n in
                                           unresolved["unresolved_because"].value_counts().items()},
                       unresolved_samples=unresolved.head(10))

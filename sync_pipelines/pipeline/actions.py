@@ -57,14 +57,15 @@ class _Context:
     def __init__(self, stack: Stack, warehouse: Warehouse):
         self.stack, self.warehouse = stack, warehouse
         self.resolved = set(resolved_entities(stack))
-        self.found: dict[tuple[str, str, str], _Record] = {}
+        self.found: dict[tuple[str, bool, Key], _Record] = {}
 
     def _golden_table(self, entity: str) -> bool:
         return entity in self.resolved and self.warehouse.has_table(table("crosswalk", entity)) and \
             self.warehouse.has_table(table("golden", entity))
 
-    def golden(self, entity: str, keys: pd.DataFrame) -> dict[Key, _Record]:
-        """The golden records of the tool records ``keys`` (``_source``, ``_source_id``) that have a live one."""
+    def golden(self, entity: str, keys: pd.DataFrame, sources: bool = True) -> dict[Key, _Record]:
+        """The golden records of the tool records ``keys`` (``_source``, ``_source_id``) that have a live one, with
+        the tool each field came from when ``sources`` (a reference is followed from them)."""
         if not self._golden_table(entity) or keys.empty:
             return {}
         links = self.warehouse.read_keys(table("crosswalk", entity), keys)
@@ -74,11 +75,12 @@ class _Context:
         if "_deleted" in golden:
             golden = golden[~golden["_deleted"].astype(bool)]
         golden = golden.set_index("entity_id")
-        provenance = self.warehouse.read_where_in(table("provenance", entity), "entity_id", golden.index,
-                                                  ["entity_id", "field", "tool"])
         tools: dict[str, dict[str, str]] = {}
-        for entity_id, name, tool in provenance.itertuples(index=False, name=None):
-            tools.setdefault(entity_id, {})[name] = tool
+        if sources:
+            provenance = self.warehouse.read_where_in(table("provenance", entity), "entity_id", golden.index,
+                                                      ["entity_id", "field", "tool"])
+            for entity_id, name, tool in provenance.itertuples(index=False, name=None):
+                tools.setdefault(entity_id, {})[name] = tool
         grouped = {entity_id: tuple(zip(part["_source"], part["_source_id"].astype(str)))
                    for entity_id, part in members.groupby("entity_id")}
         fields = self.stack.entities[entity].fields
@@ -97,21 +99,19 @@ class _Context:
         return _Record({f: _plain(row.get(f)) for f in fields}, ((tool, source_id),), dict.fromkeys(fields, tool),
                        f"{tool}:{source_id}")
 
-    def referenced(self, entity: str, tool: str | None, value: Any) -> _Record:
-        """The record of ``entity`` whose id in ``tool`` is ``value``: its golden record through the crosswalk, else
-        its live landed row in that tool; a record not found still stands for that id."""
-        if tool is None or value is None:
-            return _Record(None)
-        key = (entity, tool, str(value))
-        if key not in self.found:
-            wanted = pd.DataFrame({"_source": [tool], "_source_id": [str(value)]})
-            found = self.golden(entity, wanted).get((tool, str(value)))
-            if found is None:
-                rows = self._landed_where(entity, "_source_id", [str(value)], tools={tool})
-                found = self.landed(entity, rows.iloc[0]) if len(rows) else _Record(
-                    None, ((tool, str(value)),), {}, f"{tool}:{value}")
-            self.found[key] = found
-        return self.found[key]
+    def referenced(self, entity: str, wanted: set[Key], sources: bool) -> dict[Key, _Record]:
+        """The records of ``entity`` whose id in a tool is one of ``wanted`` (tool, id): golden through the
+        crosswalk, else the live landed row in that tool; a record not found still stands for its id."""
+        missing = {key for key in wanted if (entity, sources, key) not in self.found}
+        if missing:
+            golden = self.golden(entity, pd.DataFrame(sorted(missing), columns=["_source", "_source_id"]), sources)
+            for tool in {tool for tool, _ in missing - set(golden)}:
+                ids = sorted(i for t, i in missing - set(golden) if t == tool)
+                rows = self._landed_where(entity, "_source_id", ids, tools={tool})
+                golden.update({(tool, str(row["_source_id"])): self.landed(entity, row) for _, row in rows.iterrows()})
+            for key in missing:
+                self.found[(entity, sources, key)] = golden.get(key) or _Record(None, (key,), {}, ":".join(key))
+        return {key: self.found[(entity, sources, key)] for key in wanted}
 
     def _landed_where(self, entity: str, column: str, values: list, tools: set[str] | None = None,
                       streams: set[Key] | None = None) -> pd.DataFrame:
@@ -141,7 +141,7 @@ class _Context:
             staged = self.warehouse.read_where_in(table("staged", entity), through, values,
                                                   ["_source", "_source_id", through])
             staged = staged[[(s, str(v)) in pairs for s, v in zip(staged["_source"], staged[through])]]
-            golden = self.golden(entity, staged)
+            golden = self.golden(entity, staged, sources=False)
             members = sorted({m for record in golden.values() for m in record.members})
             first = min(golden.values(), key=lambda record: record.identity, default=None)
             return sorted(i for t, i in members if t == tool), first.fields if first else None
@@ -150,6 +150,12 @@ class _Context:
             ["_source", "_source_id"])
         ids = rows.loc[(rows["_source"] == tool) & (rows["_source_stream"] == link.stream), "_source_id"]
         return sorted(ids.astype(str)), self.landed(entity, rows.iloc[0]).fields if len(rows) else None
+
+
+def _reference(record: _Record, field: str) -> Key | None:
+    """The (tool, id) a record's reference field points at, None when it holds none."""
+    value, tool = (record.fields or {}).get(field), record.tools.get(field)
+    return None if value is None or tool is None else (tool, str(value))
 
 
 def context_entities(stack: Stack, action: Action) -> dict[str, str]:
@@ -175,26 +181,26 @@ class _Creator:
         self.entities = context_entities(stack, action)
         self.made: dict[str, str] = {}  # linked records created in this run, by idempotency key
 
-    def records(self, rows: pd.DataFrame) -> dict[Key, _Record]:
-        """The triggering record of each landed row: its golden record, else the row itself."""
-        entity = self.action.when.entity
-        golden = self.lookup.golden(entity, rows[["_source", "_source_id"]])
-        return {(row["_source"], str(row["_source_id"])): golden.get((row["_source"], str(row["_source_id"])))
-                or self.lookup.landed(entity, row) for _, row in rows.iterrows()}
-
-    def context(self, row: pd.Series, record: _Record) -> tuple[dict[str, Any], dict[str, _Record]]:
-        found = {self.action.when.record: record}
+    def records(self, rows: pd.DataFrame) -> dict[Key, dict[str, _Record]]:
+        """The context records of each landed row: its triggering record (its golden record, else the row itself),
+        then its related records level by level, each level looked up for every row at once."""
+        when, owners = self.action.when, {owner for _, owner, _ in self.action.followed()}
+        golden = self.lookup.golden(when.entity, rows[["_source", "_source_id"]], sources=when.record in owners)
+        found = {}
+        for _, row in rows.iterrows():
+            key = (row["_source"], str(row["_source_id"]))
+            found[key] = {when.record: golden.get(key) or self.lookup.landed(when.entity, row)}
         for name, owner, reference in self.action.followed():
-            holder = found[owner]
-            value = holder.fields.get(reference) if holder.fields else None
-            found[name] = self.lookup.referenced(self.entities[name], holder.tools.get(reference), value)
+            wanted = {key: _reference(records[owner], reference) for key, records in found.items()}
+            looked = self.lookup.referenced(self.entities[name], {w for w in wanted.values() if w}, name in owners)
+            for key, records in found.items():
+                records[name] = looked[wanted[key]] if wanted[key] else _Record(None)
+        return found
+
+    def payload(self, row: pd.Series, found: dict[str, _Record], key: str) -> dict[str, Any]:
         context = {"action": {"name": self.action.name},
                    "source": {"tool": row["_source"], "stream": row["_source_stream"], "id": str(row["_source_id"])},
-                   **{name: found[name].fields for name in found}}
-        return context, found
-
-    def payload(self, row: pd.Series, record: _Record, key: str) -> dict[str, Any]:
-        context, found = self.context(row, record)
+                   **{name: record.fields for name, record in found.items()}}
         target = self.action.create
         links = {name: self._link_id(name, link, context, found, row) for name, link in target.links.items()}
         return {**links, **self._render(target.fields, context, "create.fields", row), "idempotency_key": key}
@@ -289,7 +295,7 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action, ru
         records = creator.records(indexed.loc[todo].reset_index(drop=True)) if todo else {}
         if when.condition is not None:  # an intent left by a crash was decided then: it is completed
             decided = [k for k in todo if k not in pending]
-            frame = pd.DataFrame([records[k].fields for k in decided],
+            frame = pd.DataFrame([records[k][when.record].fields for k in decided],
                                  columns=list(stack.entities[when.entity].fields)).convert_dtypes()
             meets = dict(zip(decided, evaluate(when.condition, frame))) if decided else {}
             outcome.held_back = sum(not meets[k] for k in decided)

@@ -1,4 +1,9 @@
-"""The Dagster code location, built from the stack file (``$SYNC_STACK`` or the bundled sandbox stack)."""
+"""The Dagster code location: the defs folder (``sync_pipelines/defs``), whose ``SyncStack`` component names the stack
+file (``$SYNC_STACK`` or the bundled sandbox stack); ``build_definitions`` is what a stack becomes."""
+
+import importlib
+import warnings
+from pathlib import Path
 
 import dagster as dg
 
@@ -6,10 +11,9 @@ from sync_pipelines.assets.core import build_core_assets
 from sync_pipelines.assets.extract import build_extraction_assets
 from sync_pipelines.automation import failure_alert_sensor, integration_schedules, nightly_schedule, webhook_sensor
 from sync_pipelines.executors import executor_from_env
-from sync_pipelines.local import sandbox_defaults
 from sync_pipelines.pipeline.revert import RevertError, revert
 from sync_pipelines.resources import SyncResource
-from sync_pipelines.stack import Stack, load_stack
+from sync_pipelines.stack import Stack
 
 
 class RevertConfig(dg.Config):
@@ -44,7 +48,8 @@ def revert_job():
     revert_run()
 
 
-def build_definitions(stack: Stack) -> dg.Definitions:
+def build_definitions(stack: Stack, stack_path: Path | None = None) -> dg.Definitions:
+    """``stack_path``: the file ``stack`` was loaded from, which the steps load again; default ``$SYNC_STACK``."""
     extraction = build_extraction_assets(stack)
     nightly_sync = dg.define_asset_job(
         "nightly_sync",
@@ -56,11 +61,20 @@ def build_definitions(stack: Stack) -> dg.Definitions:
         jobs=[nightly_sync, revert_job],
         schedules=[nightly_schedule(stack, nightly_sync), *integration_schedules(stack, nightly_sync)],
         sensors=[webhook_sensor(stack, nightly_sync), failure_alert_sensor(stack)],
-        resources={"sync": SyncResource(stack_path=dg.EnvVar("SYNC_STACK").get_value())},
+        resources={"sync": SyncResource(
+            stack_path=str(stack_path) if stack_path else dg.EnvVar("SYNC_STACK").get_value())},
         executor=executor_from_env(),
     )
 
 
-sandbox_defaults()  # served in a new shell (`dg dev`), the bundled stack still finds the sandbox
-stack = load_stack()
-defs = build_definitions(stack)
+# The package's parent is the project folder of `dg` (its pyproject.toml) in a checkout, and site-packages, which
+# holds the bundled stack at the same relative path, in an installed package (there is no pyproject.toml to find).
+component_tree = dg.ComponentTree.from_module(importlib.import_module("sync_pipelines.defs"),
+                                              Path(__file__).resolve().parent.parent)
+with warnings.catch_warnings():
+    # The component loader itself calls Dagster's beta and preview APIs (a code reference on every asset and sensor):
+    # warnings about Dagster's internals, not about this project's use of Dagster, which stays warned about.
+    for category in (dg.BetaWarning, dg.PreviewWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"dagster\.")
+    defs = component_tree.build_defs()
+stack = defs.resources["sync"].stack

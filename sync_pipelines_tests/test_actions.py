@@ -137,7 +137,19 @@ def _urgent(sync: Sync, count: int, solved: int = 0) -> tuple[list[str], list[st
     return ids[:count], ids[count:]
 
 
-def test_an_urgent_ticket_posts_one_slack_message_and_the_filter_holds_solved_ones_back(sync):
+def _tickets_unresolved(raw: dict) -> None:
+    """Tickets without identity or survivorship rules: no golden tickets, so the action reads their landed rows."""
+    for section in ("identity", "survivorship", "quality"):
+        raw[section].pop("tickets")
+
+
+@pytest.mark.parametrize("tickets", ["golden", "landed"])
+def test_an_urgent_ticket_posts_one_slack_message_and_the_filter_holds_solved_ones_back(sync, tmp_path, monkeypatch,
+                                                                                         tickets):
+    if tickets == "landed":
+        monkeypatch.setenv("SYNC_STACK", str(_write(tmp_path, _tickets_unresolved)))
+        sync = Sync(sync.box, sync.url)
+        assert "tickets" not in pipeline.resolved_entities(sync.stack)
     assert sync.run()[0].success  # baseline
     messages = sync.box.state.vendors["slack"].messages
     before = len(messages)

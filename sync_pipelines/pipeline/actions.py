@@ -113,13 +113,11 @@ class _Context:
                 self.found[(entity, sources, key)] = golden.get(key) or _Record(None, (key,), {}, ":".join(key))
         return {key: self.found[(entity, sources, key)] for key in wanted}
 
-    def _landed_where(self, entity: str, column: str, values: list, tools: set[str] | None = None,
-                      streams: set[Key] | None = None) -> pd.DataFrame:
-        """Live landed rows of ``entity`` (in ``tools``, or the (tool, stream)s ``streams``) whose ``column`` is one
-        of ``values``."""
+    def _landed_where(self, entity: str, column: str, values: list, tools: set[str] | None = None) -> pd.DataFrame:
+        """Live landed rows of ``entity`` (in ``tools``, or all) whose ``column`` is one of ``values``."""
         parts = []
         for tool, stream in entity_streams(self.stack, entity):
-            if (tools is None or tool in tools) and (streams is None or (tool, stream) in streams) and \
+            if (tools is None or tool in tools) and \
                     column in {c.name for c in self.warehouse.landing[(tool, stream)].columns}:
                 rows = self.warehouse.read_where_in(landing_table_name(tool, stream), column, values)
                 parts.append(rows[~rows["_deleted"].astype(bool)])

@@ -1,6 +1,7 @@
 """The Dagster code location: the defs folder (``sync_pipelines/defs``), whose ``SyncStack`` component names the stack
 file (``$SYNC_STACK`` or the bundled sandbox stack); ``build_definitions`` is what a stack becomes."""
 
+import functools
 import importlib
 import warnings
 from pathlib import Path
@@ -67,14 +68,31 @@ def build_definitions(stack: Stack, stack_path: Path | None = None) -> dg.Defini
     )
 
 
-# The package's parent is the project folder of `dg` (its pyproject.toml) in a checkout, and site-packages, which
-# holds the bundled stack at the same relative path, in an installed package (there is no pyproject.toml to find).
-component_tree = dg.ComponentTree.from_module(importlib.import_module("sync_pipelines.defs"),
-                                              Path(__file__).resolve().parent.parent)
-with warnings.catch_warnings():
-    # The component loader itself calls Dagster's beta and preview APIs (a code reference on every asset and sensor):
-    # warnings about Dagster's internals, not about this project's use of Dagster, which stays warned about.
-    for category in (dg.BetaWarning, dg.PreviewWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"dagster\.")
-    defs = component_tree.build_defs()
-stack = defs.resources["sync"].stack
+@functools.cache
+def _code_location() -> dg.Definitions:
+    # The package's parent is the project folder of `dg` (its pyproject.toml) in a checkout, and site-packages, which
+    # holds the bundled stack at the same relative path, in an installed package (there is no pyproject.toml to find).
+    tree = dg.ComponentTree.from_module(importlib.import_module("sync_pipelines.defs"),
+                                        Path(__file__).resolve().parent.parent)
+    with warnings.catch_warnings():
+        # The component loader itself calls Dagster's beta and preview APIs (a code reference on every asset and
+        # sensor): warnings about Dagster's internals, not about this project's use of Dagster, still warned about.
+        for category in (dg.BetaWarning, dg.PreviewWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"dagster\.")
+        return tree.build_defs()
+
+
+@dg.definitions
+def code_location() -> dg.Definitions:
+    """What Dagster serves (`dg dev`, `dagster dev -w workspace.yaml`): the defs folder, built when Dagster loads this
+    module, not when the CLI imports ``build_definitions`` (a stack error then stays the CLI's own message)."""
+    return _code_location()
+
+
+def __getattr__(name: str):
+    """``defs`` (the code location) and ``stack`` (its stack), built on first use."""
+    if name == "defs":
+        return _code_location()
+    if name == "stack":
+        return _code_location().resources["sync"].stack
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

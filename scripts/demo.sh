@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up, starts the sandbox and the webhook receiver, runs the nightly_sync job once on the embedded defaults
-# (SQLite), then serves the Dagster UI (webserver + daemon) on http://127.0.0.1:${DAGSTER_PORT:-3000}.
+# (SQLite), then serves the Dagster UI (webserver + daemon, `dg dev`) on http://127.0.0.1:${DAGSTER_PORT:-3000}.
 # `--no-ui` stops after the job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +25,5 @@ done
 .venv/bin/sync-pipelines sync
 if [ "${1:-}" != "--no-ui" ]; then
   echo "Dagster UI: $DAGSTER_WEBSERVER_URL (Ctrl-C stops it, the sandbox and the webhook receiver)"
-  .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}"
+  .venv/bin/dg dev -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}"  # the project of pyproject.toml's [tool.dg]
 fi

@@ -93,8 +93,7 @@ def _actions(stack: Stack, integration: Integration) -> list[str]:
         if belongs_to(stack, integration, dg.AssetKey([dest.tool, f"{dest.entity}_writeback"]))
     ]
     lines += [
-        f"`{action.name}`: when a {action.when.entity} record's `{action.when.field}` becomes "
-        f"`{action.when.becomes}`, create {action.create.tool} `{action.create.stream}`"
+        f"`{action.name}`: when {action.when.describe()}, create {action.create.tool} `{action.create.stream}`"
         for action in stack.actions
         if belongs_to(stack, integration, dg.AssetKey([action.create.tool, action.name]))
     ]

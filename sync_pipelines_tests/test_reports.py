@@ -240,3 +240,16 @@ def test_review_refuses_bad_arguments_by_name(history, kwargs, message):
     stack, instance, _ = history
     with pytest.raises(ValueError, match=message):
         review(stack, instance, **kwargs)
+
+
+def test_the_catalog_describes_every_kind_of_action_trigger(tmp_path):
+    raw = yaml.safe_load(DEFAULT_STACK.read_text())
+    raw["actions"][0]["when"] = {"kind": "changes", "entity": "deals", "field": "amount", "as": "deal",
+                                 "filter": "amount > 1000"}
+    raw["actions"][1]["when"] = {"kind": "new_record", "entity": "contacts", "as": "contact"}
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    markdown = catalog_markdown(load_stack(path))
+    assert "`invoice_for_closed_won`: when a deals record's `amount` changes and `amount > 1000`, create stripe " \
+           "`invoices`" in markdown
+    assert "`onboarding_task_for_new_customer`: when a new contacts record appears, create asana `tasks`" in markdown

@@ -20,8 +20,9 @@ class SyncStack(dg.Component, dg.Resolvable, dg.Model):
     sensors. One per code location: a second one is refused, naming both stack files and what they share."""
 
     stack_file: str = Field(
+        min_length=1,
         description="The stack file, relative to the project folder or absolute; e.g. "
-                    "\"{{ env('SYNC_STACK', 'sync_pipelines/stacks/sandbox.yaml') }}\".")
+                    "\"{{ env.SYNC_STACK or 'sync_pipelines/stacks/sandbox.yaml' }}\".")
 
     def stack_path(self, project_root: Path) -> Path:
         return (project_root / self.stack_file).resolve()

@@ -123,9 +123,11 @@ def plan_writes(
         wanted[name] = value.where(send & differs, None).where(~(send & clears), CLEAR)
         before[name] = have.where(send)
         held_back[name] = blocked
-    changes = _changes_per_row(pd.DataFrame(wanted, index=records.index))
-    befores = _values_where(pd.DataFrame(before, index=records.index), changes)
-    holds = _changes_per_row(pd.DataFrame(held_back, index=records.index))
+    changed = {name: column.notna().to_numpy(bool) for name, column in wanted.items()}
+    changes = _per_row(wanted, changed, len(records))
+    befores = _per_row(before, changed, len(records))
+    holds = _per_row(held_back, {name: column.notna().to_numpy(bool) for name, column in held_back.items()},
+                     len(records))
     copies = held[duplicate]
     none = [{} for _ in range(len(copies))]
     return pd.DataFrame({
@@ -152,29 +154,26 @@ def _apply_policy(policy: Any, differs: np.ndarray, clears: np.ndarray,
     return send, pd.Series(np.where(wanted & ~send, reason, None), dtype=object)
 
 
-def _values_where(values: pd.DataFrame, keys: list[dict]) -> list[dict]:
-    """Per row, ``values`` of the fields that row's dict in ``keys`` names (None where missing)."""
-    columns = {name: values[name].to_numpy(dtype=object) for name in values.columns}
-    return [{name: (None if pd.isna(v := columns[name][row]) else v) for name in change}
-            for row, change in enumerate(keys)]
-
-
 def _joined(records: pd.DataFrame, columns: list[str]) -> pd.Series:
     """The values of ``columns`` joined by a space, empty ones left out, as ``to_tool_record`` writes them."""
-    rows = zip(*(_texts(records[column]).tolist() for column in columns))
-    return pd.Series([" ".join(part for part in row if part) or None for row in rows], index=records.index,
-                     dtype=object)
+    joined = None
+    for column in columns:
+        part = _texts(records[column]).astype("string")
+        joined = part if joined is None else joined.where(part.isna(), (joined + " " + part).fillna(part))
+    return joined.astype(object).where(joined.notna(), None)
 
 
-def _changes_per_row(wanted: pd.DataFrame) -> list[dict]:
-    """Each row's non-missing values as a dict (keys in column order): a Python step per value present only."""
-    changes: list[dict] = [{} for _ in range(len(wanted))]
-    for name in wanted.columns:
-        column = wanted[name]
-        present = np.flatnonzero(column.notna().to_numpy())
-        for row, value in zip(present.tolist(), column.to_numpy(dtype=object)[present].tolist()):
-            changes[row][str(name)] = value
-    return changes
+def _per_row(columns: Mapping[str, pd.Series], present: Mapping[str, np.ndarray], rows: int) -> list[dict]:
+    """Per row, a dict of each column's value where ``present`` marks it (keys in column order, None for a missing
+    value): a Python step per value kept only."""
+    values_by_row: list[dict] = [{} for _ in range(rows)]
+    for name, column in columns.items():
+        kept = np.flatnonzero(present[name])
+        values = column.to_numpy(dtype=object)[kept]
+        values[pd.isna(values)] = None
+        for row, value in zip(kept.tolist(), values.tolist()):
+            values_by_row[row][name] = value
+    return values_by_row
 
 
 def to_tool_record(changes: dict, held: pd.Series | dict, writable: dict[str, list[str]]) -> dict:
@@ -184,7 +183,7 @@ def to_tool_record(changes: dict, held: pd.Series | dict, writable: dict[str, li
     way its API empties a field."""
     record: dict = {}
     for path, canonical in writable.items():
-        if not any(f in changes for f in canonical):
+        if changes.keys().isdisjoint(canonical):
             continue
         parts = [tool_text(changes[f] if f in changes else held.get(f)) for f in canonical]
         value = " ".join(p for p in parts if p) or None

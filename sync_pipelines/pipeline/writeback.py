@@ -56,10 +56,12 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
     golden = warehouse.read_where_in(golden_table, "entity_id", crosswalk["entity_id"],
                                      ["entity_id", *fields, "_deleted"])
     ledger = None
-    if warehouse.has_table(LEDGER):
-        ledger = (warehouse.read_where_in(LEDGER, "tool", [dest.tool]) if entity_ids is None else
-                  warehouse.read_where_in(LEDGER, "source_id", current["_source_id"]))
-        ledger = ledger[(ledger["tool"] == dest.tool) & (ledger["stream"] == dest.stream)]
+    if warehouse.has_table(LEDGER):  # only the columns the plan compares
+        compared = ["source_id", "field", "value", "written_at"]
+        ledger = (warehouse.read_where_in(LEDGER, "tool", [dest.tool], compared, stream=dest.stream)
+                  if entity_ids is None else
+                  warehouse.read_where_in(LEDGER, "source_id", current["_source_id"], compared, tool=dest.tool,
+                                          stream=dest.stream))
     golden = golden.set_index("entity_id")
     composed = [canonical for canonical in writable.values() if len(canonical) > 1]
     plan = plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed,
@@ -177,12 +179,13 @@ def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destinatio
     written, errors = 0, []
     for start in range(0, len(todo), WRITE_BATCH):
         batch = todo.iloc[start:start + WRITE_BATCH]
+        source_ids = batch["source_id"].tolist()
         records = [{stream.primary_key: source_id, **to_tool_record(change, held.get(source_id, {}), writable)}
-                   for source_id, change in zip(batch["source_id"], batch["changes"])]
+                   for source_id, change in zip(source_ids, batch["changes"])]
         results = connector.write(dest.stream, records, mode="update", key=stream.primary_key)
         written_at = now or datetime.now(timezone.utc)
         landed = []
-        for position, source_id, res in zip(batch.index, batch["source_id"], results):
+        for position, source_id, res in zip(batch.index.tolist(), source_ids, results):
             if res.get("ok"):
                 landed.append(position)
             else:
@@ -202,9 +205,9 @@ def _parts_held(warehouse: Warehouse, dest: Destination, todo: pd.DataFrame,
     """Source id → what the tool holds of the fields of a composed path, for the ``todo`` rows that change only some
     of its parts (a last name without the first): ``to_tool_record`` takes the other parts from it. Only those
     records are read; every other change carries all it writes."""
-    composed = [canonical for canonical in writable.values() if len(canonical) > 1]
-    partial = [source_id for source_id, change in zip(todo["source_id"], todo["changes"])
-               if any(0 < sum(f in change for f in canonical) < len(canonical) for canonical in composed)]
+    composed = [set(canonical) for canonical in writable.values() if len(canonical) > 1]
+    partial = [source_id for source_id, change in zip(todo["source_id"].tolist(), todo["changes"])
+               if any(0 < len(canonical & change.keys()) < len(canonical) for canonical in composed)]
     if not partial:
         return {}
     fields = sorted({f for canonical in composed for f in canonical})

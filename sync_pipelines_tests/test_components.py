@@ -3,6 +3,7 @@
 import importlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,7 @@ from sync_pipelines.definitions import build_definitions
 from sync_pipelines.stack import DEFAULT_STACK, StackError, load_stack
 
 PROJECT = Path(__file__).resolve().parent.parent
+DG = Path(sys.executable).parent / "dg"  # the project's venv (.venv in a checkout)
 CLEAN_SHELL = {"HOME": str(Path.home()), "PATH": "/usr/bin:/bin"}
 
 
@@ -104,8 +106,8 @@ def test_a_second_stack_in_one_code_location_is_refused_naming_both_files_and_wh
 
 def _dg(*args: str) -> subprocess.CompletedProcess:
     """`dg` as a newcomer runs it: from the repository root, in a clean shell."""
-    return subprocess.run([str(PROJECT / ".venv" / "bin" / "dg"), *args], cwd=PROJECT, env=CLEAN_SHELL,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run([str(DG), *args], cwd=PROJECT, env=CLEAN_SHELL,
+                          capture_output=True, text=True, timeout=240, check=False)
 
 
 def test_dg_check_defs_passes_in_a_clean_shell():
@@ -128,4 +130,5 @@ def test_dg_list_defs_lists_what_the_code_location_serves():
 def test_dg_list_components_shows_sync_stack():
     listed = _dg("list", "components", "--json")
     assert listed.returncode == 0, listed.stderr
-    assert "sync_pipelines.components.SyncStack" in {component["key"] for component in json.loads(listed.stdout)["items"]}
+    listed_keys = {component["key"] for component in json.loads(listed.stdout)["items"]}
+    assert "sync_pipelines.components.SyncStack" in listed_keys

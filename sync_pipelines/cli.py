@@ -321,3 +321,7 @@ def sync(partition: str | None) -> None:
 
 for command in (conflicts, pause, resume, revert):
     main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

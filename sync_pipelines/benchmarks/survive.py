@@ -1,6 +1,6 @@
 """Benchmark survivorship on synthetic contacts: records per second and peak memory at 100k and 1M records.
 
-Run: ``python -m sync_pipelines.core.bench_survive [sizes...] [--pipeline] [--repeats N] [--no-tracemalloc]``.
+Run: ``python -m sync_pipelines.benchmarks.survive [sizes...] [--pipeline] [--repeats N] [--no-tracemalloc]``.
 Timing is the best of a few runs (the machine is shared); memory is measured in a separate run, because tracemalloc
 slows down code that allocates many strings. With ``--pipeline`` the inputs are as the golden step hands them over:
 text entity ids (as ``resolve_entities`` makes them) and field times derived from the records by

@@ -1,6 +1,6 @@
 """Benchmark entity resolution on synthetic contacts: time, peak memory, pairwise precision and recall.
 
-    python -m sync_pipelines.core.bench_resolve --records 100000 [--crosswalk]
+    python -m sync_pipelines.benchmarks.resolve --records 100000 [--crosswalk]
 
 Synthetic people get one record each, then ~30% more records are noisy copies of some of them from other
 tools (case and whitespace changes, nicknames, typos in last names, missing fields, a second email), and a

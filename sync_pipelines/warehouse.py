@@ -431,7 +431,9 @@ class Warehouse:
         ``values`` (None and repeats ignored; none at all for no values) and whose other columns equal ``equal``.
         PostgreSQL takes any number of values as one array parameter, so one statement scans or probes the table
         once; SQLite caps a statement's parameters, so it gets chunks of them."""
-        values = pd.unique(pd.Series(list(values), dtype=object).dropna())
+        # a pandas column as a list in one step: iterating Arrow-backed strings costs a Python step per value
+        listed = values.tolist() if isinstance(values, (pd.Series, pd.Index)) else list(values)
+        values = pd.unique(pd.Series(listed, dtype=object).dropna())
         preparer = self.engine.dialect.identifier_preparer
         quoted, mark = preparer.quote(column), "%s" if self.dialect == "postgresql" else "?"
         also = "".join(f" AND {preparer.quote(name)} = {mark}" for name in equal)

@@ -101,29 +101,33 @@ def _scope(warehouse: Warehouse, entity: str, referenced: dict[str, str], seen: 
 def _resolve(stack: Stack, warehouse: Warehouse, entity: str, referenced: dict[str, str], ids: set[str],
              full: bool) -> pd.DataFrame:
     """The references of the golden records ``ids`` (all live ones when ``full``: whole tables are read instead
-    of rows by id), with why each unresolved one is."""
+    of rows by id), with why each unresolved one is. Member records are read only for golden values that do not
+    resolve."""
     fields = list(referenced)
     provenance = warehouse.read_where_in(table("provenance", entity), "field", fields,
                                          ["entity_id", "field", "tool", "value"]) if full else \
         warehouse.read_where_in(table("provenance", entity), "entity_id", ids,
                                 ["entity_id", "field", "tool", "value"])
-    winners = provenance[provenance["field"].isin(fields) & provenance["entity_id"].isin(ids)]
-    crosswalk = warehouse.read_table(table("crosswalk", entity), ["entity_id", *KEYS]) if full else \
-        warehouse.read_where_in(table("crosswalk", entity), "entity_id", ids, ["entity_id", *KEYS])
-    crosswalk = crosswalk[crosswalk["entity_id"].isin(ids)]
-    staged = warehouse.read_table(table("staged", entity), [*KEYS, *fields]) if full else \
-        warehouse.read_keys(table("staged", entity), crosswalk[KEYS], [*KEYS, *fields])
-    members = crosswalk.merge(staged, on=KEYS).melt(
-        id_vars=["entity_id", *KEYS], value_vars=fields, var_name="field", value_name="value").rename(
-        columns={"_source": "tool"})[VALUE_COLUMNS]
-    named = pd.concat([winners, members], ignore_index=True).dropna(subset=["value"])
-    targets = {}
-    for target in set(referenced.values()):
-        wanted = named[named["field"].map(referenced) == target]
-        keys = pd.DataFrame({"_source": wanted["tool"], "_source_id": wanted["value"].astype(str)})
-        targets[target] = warehouse.read_table(table("crosswalk", target), ["entity_id", *KEYS]) if full else \
-            warehouse.read_keys(table("crosswalk", target), keys, ["entity_id", *KEYS])
-    links = resolve_references(winners, members, targets, referenced, stack.survivorship[entity].priority)
+    winners = provenance[provenance["field"].isin(fields) & provenance["entity_id"].isin(ids)
+                         & provenance["value"].notna()]
+    whole = {target: warehouse.read_table(table("crosswalk", target), ["entity_id", *KEYS])
+             for target in set(referenced.values())} if full else {}
+
+    def crosswalk_of(target: str, pairs: pd.DataFrame) -> pd.DataFrame:
+        if full:
+            return whole[target]
+        return warehouse.read_keys(table("crosswalk", target), pd.DataFrame(
+            {"_source": pairs["tool"], "_source_id": pairs["value"]}), ["entity_id", *KEYS])
+
+    def members_of(pairs: pd.DataFrame) -> pd.DataFrame:
+        crosswalk = warehouse.read_where_in(table("crosswalk", entity), "entity_id", pairs["entity_id"].unique(),
+                                            ["entity_id", *KEYS])
+        staged = warehouse.read_keys(table("staged", entity), crosswalk[KEYS], [*KEYS, *fields])
+        return crosswalk.merge(staged, on=KEYS).melt(
+            id_vars=["entity_id", *KEYS], value_vars=fields, var_name="field", value_name="value").rename(
+            columns={"_source": "tool"})[VALUE_COLUMNS]
+
+    links = resolve_references(winners, members_of, crosswalk_of, referenced, stack.survivorship[entity].priority)
     return links.assign(unresolved_because=_why_unresolved(stack, warehouse, links))
 
 

@@ -14,8 +14,16 @@ def _values(rows):
 
 
 def _resolve(winners, members, targets=None):
-    links = resolve_references(_values(winners), _values(members), {"companies": COMPANIES} if targets is None
-                               else targets, {"company_id": "companies"}, priority=["crm", "mkt"])
+    asked = []
+
+    def members_of(pairs):
+        asked.append(len(pairs))
+        return _values(members)
+
+    targets = {"companies": COMPANIES} if targets is None else targets
+    links = resolve_references(_values(winners), members_of, lambda entity, _: targets.get(entity),
+                               {"company_id": "companies"}, priority=["crm", "mkt"])
+    links.attrs["members_asked"] = asked
     return links.set_index("entity_id")
 
 
@@ -24,6 +32,7 @@ def test_the_golden_value_resolves_in_the_tool_it_came_from():
                      [("P1", "company_id", "mkt", "h1")])
     assert links.loc["P1", "referenced_id"] == "C2" and links.loc["P1", "via"] == VIA_GOLDEN
     assert links.loc["P2", "referenced_id"] == "C1" and links.loc["P2", "referenced_entity"] == "companies"
+    assert links.attrs["members_asked"] == []  # every golden value resolved: no member was read
 
 
 def test_an_id_is_never_looked_up_in_another_tool():
@@ -47,3 +56,8 @@ def test_an_empty_golden_value_points_nowhere_even_when_members_hold_one():
 
 def test_a_referenced_entity_without_a_crosswalk_resolves_nothing():
     assert _resolve([("P1", "company_id", "crm", "a1")], [], targets={}).empty
+
+
+def test_a_golden_value_no_member_can_rescue_leaves_one_unresolved_row_and_nothing_else():
+    links = _resolve([("P1", "company_id", "crm", "gone")], [("P1", "company_id", "mkt", "also-gone")])
+    assert len(links) == 1 and links.loc["P1", "via"] == UNRESOLVED and links.index.notna().all()

@@ -3,7 +3,7 @@
 What a tool holds is its landing table (already mapped to canonical fields), so the comparison is canonical to
 canonical; only the changed fields travel, mapped back through the stack's field mapping. A ledger of what was
 written makes a rerun before the next extraction a no-op instead of a second write. Only records a tool already
-holds are updated: creating records in a tool is left to declared actions, so no tool is flooded with contacts
+holds are updated: creating records in a tool is left to declared actions, so no tool is flooded with records
 it never had. Each destination's field policies decide what may be written over what its people filled.
 """
 

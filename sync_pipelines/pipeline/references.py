@@ -83,18 +83,21 @@ def _scope(warehouse: Warehouse, entity: str, referenced: dict[str, str], seen: 
     scope = changed(entity)
     if scope is None:
         return None
-    stored = warehouse.read_table(table("references", entity),
-                                  ["entity_id", "referenced_entity", "referenced_id", "tool", "source_id"])
-    scope |= set(stored.loc[stored["referenced_id"].isna(), "entity_id"])
+    out, wanted = table("references", entity), ["entity_id", "referenced_entity", "tool", "source_id"]
+    scope |= set(warehouse.read_where_in(out, "via", [UNRESOLVED], ["entity_id"])["entity_id"])
     for target in sorted(set(referenced.values())):
         moved = changed(target)
         if moved is None:
             return None
-        mine = stored[stored["referenced_entity"] == target]
+        if not moved:
+            continue
+        # only the stored references a change of the target can reach are read, never the whole table
+        pointing = warehouse.read_where_in(out, "referenced_id", moved, ["entity_id"])
         members = warehouse.read_where_in(table("crosswalk", target), "entity_id", moved, KEYS)
-        named = pd.MultiIndex.from_frame(members.rename(columns={"_source": "tool", "_source_id": "source_id"}))
-        scope |= set(mine.loc[mine["referenced_id"].isin(moved)
-                              | pd.MultiIndex.from_frame(mine[["tool", "source_id"]]).isin(named), "entity_id"])
+        named = warehouse.read_where_in(out, "source_id", members["_source_id"], wanted)
+        named = named[(named["referenced_entity"] == target) & pd.MultiIndex.from_frame(
+            named[["tool", "source_id"]]).isin(pd.MultiIndex.from_frame(members))]
+        scope |= set(pointing["entity_id"]) | set(named["entity_id"])
     return scope
 
 

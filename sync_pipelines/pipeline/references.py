@@ -139,17 +139,19 @@ def _why_unresolved(stack: Stack, warehouse: Warehouse, links: pd.DataFrame) -> 
     quarantine, or never landed (None for a resolved one). Only the few unresolved ids are read."""
     why = pd.Series(None, index=links.index, dtype=object)
     unresolved = links[links["via"] == UNRESOLVED]
-    quarantine = warehouse.read_if_exists("quarantine") if len(unresolved) else None
+    quarantined = warehouse.has_table("quarantine")
     for (entity, tool), part in unresolved.groupby(["referenced_entity", "tool"]):
         landed = pd.concat([warehouse.read_where_in(landing_table_name(t, stream), "_source_id", part["source_id"],
                                                     ["_source_id", "_deleted"])
                             for t, stream in entity_streams(stack, entity) if t == tool]
                            or [pd.DataFrame(columns=["_source_id", "_deleted"])], ignore_index=True)
         deleted = set(landed.loc[landed["_deleted"].astype(bool), "_source_id"])
-        held = set() if quarantine is None else set(
-            quarantine.loc[quarantine["_source"] == tool, "_source_id"].astype(str))
+        held = warehouse.read_where_in("quarantine", "_source_id", part["source_id"], ["_source", "_source_id"]) \
+            if quarantined else pd.DataFrame(columns=["_source", "_source_id"])
+        held = set(held.loc[held["_source"] == tool, "_source_id"].astype(str))
+        known = set(landed["_source_id"])
         why[part.index] = [f"deleted in {tool}" if i in deleted else "held in quarantine" if i in held
-                           else "not resolved yet" if i in set(landed["_source_id"]) else f"not in {tool}'s data"
+                           else "not resolved yet" if i in known else f"not in {tool}'s data"
                            for i in part["source_id"]]
     return why
 

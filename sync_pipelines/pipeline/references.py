@@ -54,12 +54,14 @@ def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> Referenc
     valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(out)
     if valid and mark["batches"] == batches:
         return _summary(warehouse, entity, referenced, rebuilt=False)
-    golden = warehouse.read_table(table("golden", entity), ["entity_id", "_deleted"])
-    live = set(golden.loc[~golden["_deleted"].astype(bool), "entity_id"])
+    golden_table = table("golden", entity)
     scope = _scope(warehouse, entity, referenced, mark["batches"]) if valid else None
-    if scope is not None and len(scope) > FULL_RELINK_SHARE * max(len(live), 1):
+    if scope is not None and len(scope) > FULL_RELINK_SHARE * max(warehouse.count(golden_table, _deleted=False), 1):
         scope = None
-    ids = live if scope is None else live & scope
+    # the live golden records to resolve: all of them, or those of the scope, read by id
+    golden = warehouse.read_table(golden_table, ["entity_id", "_deleted"]) if scope is None else \
+        warehouse.read_where_in(golden_table, "entity_id", scope, ["entity_id", "_deleted"])
+    ids = set(golden.loc[~golden["_deleted"].astype(bool), "entity_id"])
     links = _resolve(stack, warehouse, entity, referenced, ids, full=scope is None)
     with warehouse.transaction() as conn:
         if scope is None:

@@ -121,6 +121,7 @@ def _start_transitions(home: Home, pool: str) -> list[str]:
     return movers
 
 
+@pytest.mark.timeout(900)  # seven whole syncs through the CLI: on a slow or busy machine past the default
 def test_syncs_killed_at_every_moment_are_recovered_by_the_next_sync_and_converge(home):
     """kill -9 during an extraction, a write-back and each action, each time while the step holds its tool's slot;
     every next `sync-pipelines sync` recovers the run killed before it, unaided."""

@@ -139,15 +139,16 @@ def bench(args: tuple[str, ...]) -> None:
 
 @main.command()
 def plan() -> None:
-    """Dry run: print, per destination tool, what the next write-back would update, delete (a deleted golden
-    record's records under on_delete: archive) or leave alone, and the
-    field policies that held changes back (field:policy and how many records)."""
+    """Dry run: print, per destination tool, what the next write-back would update, create (mode upsert or create),
+    delete (a deleted golden record's records under on_delete: archive) or leave alone, and what held changes back:
+    field policies (field:policy and how many records), the filter, a create's empty key, and max_per_run."""
     from sync_pipelines.pipeline import plan_destination
+    from sync_pipelines.pipeline.writeback import CREATES_HELD_BACK
     from sync_pipelines.warehouse import Warehouse
 
     stack = _stack_or_exit(None)
     warehouse = Warehouse(stack, stack.warehouse.url)
-    table = Table("tool", "stream", "entity", "updates", "unchanged", "duplicates in tool", "deletes",
+    table = Table("tool", "stream", "entity", "updates", "creates", "unchanged", "duplicates in tool", "deletes",
                   "fields changing", "held back")
     for dest in stack.destinations:
         if warehouse.read_if_exists(f"golden_{dest.entity}") is None:
@@ -158,8 +159,12 @@ def plan() -> None:
         fields = sorted({f for changes in updates["changes"] for f in changes})
         counts = planned["action"].value_counts()
         held = Counter(f"{f}:{policy}" for holds in planned["held_back"] for f, policy in holds.items())
+        held.update({f"not created ({why})": n for why, n in planned.attrs.get(CREATES_HELD_BACK, {}).items()})
+        writes = int(counts.get("update", 0) + counts.get("create", 0))
+        if dest.max_per_run is not None and writes > dest.max_per_run:
+            held[f"all {writes}: over max_per_run {dest.max_per_run}"] = writes
         table.add_row(dest.tool, dest.stream, dest.entity, str(counts.get("update", 0)),
-                      str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), str(counts.get("delete", 0)),
+                      str(counts.get("create", 0)) if dest.creates else "—", str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), str(counts.get("delete", 0)),
                       ", ".join(fields) or "—",
                       ", ".join(f"{hold} {n}" for hold, n in sorted(held.items())) or "—")
     console.print(table)

@@ -254,13 +254,41 @@ class FieldPolicy(_Model):
 
 
 class Destination(_Model):
+    """Where golden records of ``entity`` are written. ``mode`` ``update`` changes only records the tool holds,
+    ``create`` only makes the ones it lacks, ``upsert`` does both; a create matches on ``key`` (a unique field of the
+    tool), so a create a crash interrupted is matched, not made twice. ``filter`` (a condition on the golden record)
+    decides which golden records may be created; ``max_per_run`` caps the records one run writes (over it nothing
+    is written)."""
+
     tool: str
     entity: str
     stream: str
     key: str
+    mode: Literal["update", "upsert", "create"] = "update"
+    filter: str | None = None
+    max_per_run: int | None = Field(default=None, ge=0)
     fields: dict[str, FieldPolicy] = {}  # canonical field → its policy; a field not named is owned
     on_delete: Literal["ignore", "archive"] = "ignore"
     max_deletes_per_run: int = Field(default=25, ge=0)
+
+    @field_validator("filter")
+    @classmethod
+    def _a_condition(cls, value: str | None) -> str | None:
+        if value is not None:
+            condition_language.parse(value)  # its ConditionError names the character
+        return value
+
+    @property
+    def condition(self) -> condition_language.Condition | None:
+        return condition_language.parse(self.filter) if self.filter is not None else None
+
+    @property
+    def creates(self) -> bool:
+        return self.mode != "update"
+
+    @property
+    def updates(self) -> bool:
+        return self.mode != "create"
 
 
 class _ActionTrigger(_Model):
@@ -671,6 +699,7 @@ def _check_references(stack: Stack, file: Path) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
     # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
     from sync_pipelines.connectors import CONNECTORS
+    from sync_pipelines.core.conditions import columns
     from sync_pipelines.core.plan import writable_fields
     from sync_pipelines.core.quality import ExpectationError, checked_expectation
     from sync_pipelines.core.resolve import DERIVED_KEYS
@@ -806,6 +835,12 @@ def _check_references(stack: Stack, file: Path) -> None:
         written = {field for fields in writable_fields(streams[dest.stream]).values() for field in fields}
         for field in dest.fields:
             need(field, written, f"{base}.fields.{field}", f"field {dest.tool}.{dest.stream} maps and can write")
+        for column in columns(dest.condition) if dest.condition is not None else ():
+            need(column, set(stack.entities[dest.entity].fields), f"{base}.filter",
+                 f"field of entity {dest.entity!r} in the filter")
+        if dest.creates and "upsert" not in writer.write_modes:
+            raise StackError(file, f"{base}.mode", f"found {dest.mode!r}, but a {writer.kind} tool cannot match a "
+                                                   f"record by a key to create it; allowed: update")
     for e, entity in stack.entities.items():
         for f, spec in entity.fields.items():
             if spec.references is not None:

@@ -49,9 +49,9 @@ def test_a_change_to_one_part_of_a_full_name_is_sent_with_the_part_the_tool_hold
                              "field": "name", "value": "x", "before": None, "origin_changed_at": written_at})
 
     connector = Recording(refused={"3"})
-    written, failed, errors = send_changes(stack, warehouse, connector, dest, todo, WRITTEN_AT, "run-1", ledger_rows)
+    written, failed, errors, created = send_changes(stack, warehouse, connector, dest, todo, WRITTEN_AT, "run-1", ledger_rows)
     assert connector.records == [{"id": "1", "name": "Ada Byron"},
                                  {"id": "2", "name": "Mary Shelley", "phone": "+14155550101"},
                                  {"id": "3", "email": "turing@x.io"}, {"id": "4", "name": "Grace"}]
-    assert (written, failed, errors, logged) == (3, 1, ["3: refused"], [0, 1, 3])
+    assert (written, failed, errors, logged, created) == (3, 1, ["3: refused"], [0, 1, 3], [])
     assert sorted(warehouse.read_table(LEDGER)["source_id"]) == ["1", "2", "4"]

@@ -12,6 +12,7 @@ from sync_pipelines.pipeline import (
 )
 from sync_pipelines.pause import holding, pauses
 from sync_pipelines.pipeline.references import link_references, reference_fields
+from sync_pipelines.pipeline.writeback import CapExceeded
 from sync_pipelines.reports import asset_entities
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Action, Destination, Stack
@@ -239,17 +240,20 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
             return held
         try:
             outcome = write_back(sync.stack, sync.warehouse, sync.connector(dest.tool), dest, run_id=context.run_id)
-        except ConnectorError as exc:
-            raise dg.Failure(str(exc)) from None
+        except (ConnectorError, CapExceeded) as exc:
+            raise dg.Failure(str(exc), metadata={"written": 0} if isinstance(exc, CapExceeded) else None) from None
         for error in outcome.errors[:20]:
             context.log.warning(f"{dest.tool}: write failed for {error}")
         if outcome.failed:
-            raise dg.Failure(f"{dest.tool}: {outcome.failed} of {outcome.updates} writes failed; "
+            raise dg.Failure(f"{dest.tool}: {outcome.failed} of {outcome.updates + outcome.creates} writes failed; "
                              f"first: {outcome.errors[0]}", metadata={"written": outcome.written})
         return dg.MaterializeResult(metadata={
             "planned_updates": outcome.updates, "unchanged": outcome.unchanged, "written": outcome.written,
             "duplicates_in_tool": outcome.duplicates, "entities_compared": outcome.planned_entities,
             "archived": outcome.archived,
+            **({"planned_creates": outcome.creates, "created_ids": ", ".join(outcome.created_ids[:50]) or "none",
+                **{f"not_created: {why}": n for why, n in outcome.creates_held_back.items()}}
+               if dest.creates else {}),
         })
 
     return _writeback

@@ -2,21 +2,24 @@
 
 What a tool holds is its landing table (already mapped to canonical fields), so the comparison is canonical to
 canonical; only the changed fields travel, mapped back through the stack's field mapping. A ledger of what was
-written makes a rerun before the next extraction a no-op instead of a second write. Only records a tool already
-holds are updated: creating records in a tool is left to declared actions, so no tool is flooded with records
-it never had. Each destination's field policies decide what may be written over what its people filled.
+written makes a rerun before the next extraction a no-op instead of a second write. A destination that may create
+gets the golden records it holds no record of, as far as its filter lets them through. Each destination's field
+policies decide what may be written over what its people filled.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from sync_pipelines.stack import Stream
+from sync_pipelines.core import conditions
+
+if TYPE_CHECKING:
+    from sync_pipelines.stack import Stream
 
 # Transforms whose output can be written back as the tool's value unchanged (they only clean the value).
 _CLEANING = {"trim", "lower", "upper", "title", "phone_e164", "utc", "domain"}
@@ -24,6 +27,8 @@ PLAN_COLUMNS = ["action", "entity_id", "source_id", "changes", "before", "held_b
 GOLDEN_SUFFIX = "__golden"  # the golden value of a field, beside the tool's, while a write-back is planned
 CLEAR = ""  # a change that empties the field: golden text is never empty (``_texts``), so it cannot be a value
 CLEAR_NEVER = "clear never"  # what held back a clear under ``clear: never``
+HELD_BY_FILTER = "filter"  # why a golden record the tool lacks was not created
+HELD_WITHOUT_KEY = "no key"  # a create the tool could not match on its key (the key's field is empty)
 
 
 def writable_fields(stream: Stream) -> dict[str, list[str]]:
@@ -137,6 +142,36 @@ def plan_writes(
         "source_id": np.concatenate([copies["source_id"].to_numpy(object), records["source_id"].to_numpy(object)]),
         "changes": none + changes, "before": none + befores, "held_back": none + holds,
     }, columns=PLAN_COLUMNS)
+
+
+def plan_creates(golden: pd.DataFrame, linked: pd.Index, fields: list[str], policies: Mapping[str, Any] | None = None,
+                 condition: conditions.Condition | None = None, key_field: str | None = None,
+                 ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One ``create`` row per live golden record (``golden`` indexed by entity id) the tool holds no record of
+    (``linked``: the entity ids it has one of), carrying every non-empty field its policy lets be written; and how
+    many were held back, by reason. ``condition`` (over the golden record) decides which may be created; a create
+    is matched on the tool's key, so a record whose ``key_field`` (the canonical field the key holds, None when the
+    key is ours: the entity id) is empty cannot be created safely and is held back."""
+    live = golden[~golden["_deleted"].astype(bool)] if "_deleted" in golden.columns else golden
+    candidates = live[linked.get_indexer(live.index) < 0]
+    held = {}
+    if condition is not None and len(candidates):
+        passing = conditions.evaluate(condition, candidates)
+        held[HELD_BY_FILTER] = int((~passing).sum())
+        candidates = candidates[passing]
+    if key_field is not None:
+        keyed = _texts(candidates[key_field]).notna().to_numpy(bool)
+        held[HELD_WITHOUT_KEY] = int((~keyed).sum())
+        candidates = candidates[keyed]
+    written = [name for name in fields if getattr((policies or {}).get(name), "write", "own") != "never"]
+    values = {name: _texts(candidates[name]) for name in written}
+    changes = _per_row(values, {name: column.notna().to_numpy(bool) for name, column in values.items()},
+                       len(candidates))
+    none = [{} for _ in range(len(candidates))]
+    plan = pd.DataFrame({"action": "create", "entity_id": candidates.index.to_numpy(object),
+                         "source_id": np.full(len(candidates), None, dtype=object), "changes": changes,
+                         "before": none, "held_back": [{} for _ in range(len(candidates))]}, columns=PLAN_COLUMNS)
+    return plan, {reason: n for reason, n in held.items() if n}
 
 
 def _apply_policy(policy: Any, differs: np.ndarray, clears: np.ndarray,

@@ -1,7 +1,9 @@
 """The sync steps after extraction, each a function of (stack, warehouse) that Dagster only wires together.
 
 stage → golden → golden check → write-back: read tables, call the pure core, write tables. Every table written here
-has exactly one writer among these functions.
+has exactly one writer among these functions, but for the crosswalk: a write-back that creates a record links it to
+its golden record at once (the tool matches a create on its key, so a link a concurrent rebuild drops is found
+again, never made twice).
 """
 
 from sync_pipelines.pipeline.actions import ActionRun, action_entities, run_action

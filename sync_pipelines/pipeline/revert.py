@@ -149,7 +149,7 @@ def _apply(stack: Stack, warehouse: Warehouse, connectors, outcome: Revert, reve
                                  "field": done["field"], "value": done["restore"], "before": done["written"],
                                  "origin_changed_at": pd.to_datetime(done["written_at"], utc=True)})
 
-        written, failed, errors = send_changes(stack, warehouse, connectors(tool), dest, todo, None, revert_run_id,
+        written, failed, errors, _ = send_changes(stack, warehouse, connectors(tool), dest, todo, None, revert_run_id,
                                                ledger_rows)
         outcome.written += written
         outcome.failed += failed

@@ -8,13 +8,15 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from sync_pipelines.core.plan import CLEAR, plan_writes, to_tool_record, writable_fields
+from sync_pipelines.core.conditions import columns
+from sync_pipelines.core.plan import CLEAR, plan_creates, plan_writes, to_tool_record, writable_fields
 from sync_pipelines.pipeline.common import stack_fingerprint, table
 from sync_pipelines.stack import Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 WRITE_BATCH = 500
 LEDGER = "writeback_ledger"
+CREATES_HELD_BACK = "creates_held_back"  # a plan's attrs: golden records the tool lacks and was not sent, by reason
 
 
 @dataclass
@@ -29,16 +31,28 @@ class WriteBack:
     errors: list[str] = field(default_factory=list)
     planned_entities: int = 0  # golden records compared with the tool's records: the changed ones, or all
     archived: int = 0  # records of deleted golden records deleted in the tool (on_delete: archive)
+    creates: int = 0  # golden records the tool lacks, planned to be created (mode upsert or create)
+    creates_held_back: dict[str, int] = field(default_factory=dict)  # golden records not created, by reason
+    created_ids: list[str] = field(default_factory=list)
 
 
-class DeleteCapExceeded(RuntimeError):
-    """More records to delete than the destination's max_deletes_per_run: nothing was deleted or written."""
+class CapExceeded(RuntimeError):
+    """A run would pass one of the destination's caps: nothing was deleted or written."""
+
+
+class DeleteCapExceeded(CapExceeded):
+    """More records to delete than the destination's max_deletes_per_run."""
+
+
+class WriteCapExceeded(CapExceeded):
+    """More records to create and update than the destination's max_per_run."""
 
 
 def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
                      entity_ids: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The plan for one destination (for the entities ``entity_ids``, or all) and the golden records it uses: those
-    linked to a record of the tool."""
+    linked to a record of the tool, and under ``upsert`` or ``create`` those it lacks (planned ``create``; the ones
+    held back are counted by reason in ``plan.attrs[CREATES_HELD_BACK]``)."""
     stream = stack.tools[dest.tool].streams[dest.stream]
     writable = writable_fields(stream)
     fields = sorted({f for canonical in writable.values() for f in canonical})
@@ -67,14 +81,55 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
     plan = plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed,
                        policies=dest.fields,
                        cleared=_golden_clears(warehouse, dest.entity, golden, crosswalk, current, fields))
+    if not dest.updates:  # create only: what the tool holds is left as it is
+        plan = plan.iloc[:0]
+    held_creates = {}
+    if dest.creates:
+        creates, lacking, held_creates = _plan_creates(warehouse, dest, crosswalk, fields, entity_ids,
+                                                       key_field(stream, dest))
+        if len(creates):
+            plan = pd.concat([plan, creates], ignore_index=True)
+            golden = pd.concat([golden, lacking.loc[creates["entity_id"], golden.columns]])
     # a deleted golden record is never written: its records the tool still holds are deleted under archive
     gone = golden["_deleted"].astype(bool).reindex(plan["entity_id"]).to_numpy(bool)
     if dest.on_delete != "archive":
-        return plan[~gone].reset_index(drop=True), golden
-    plan.loc[gone, "action"] = "delete"
-    for column in ("changes", "before", "held_back"):
-        plan.loc[gone, column] = pd.Series([{} for _ in range(int(gone.sum()))], index=plan.index[gone], dtype=object)
+        plan = plan[~gone].reset_index(drop=True)
+    else:
+        plan.loc[gone, "action"] = "delete"
+        for column in ("changes", "before", "held_back"):
+            plan.loc[gone, column] = pd.Series([{} for _ in range(int(gone.sum()))], index=plan.index[gone],
+                                               dtype=object)
+    plan.attrs[CREATES_HELD_BACK] = held_creates
     return plan, golden
+
+
+def key_field(stream, dest: Destination) -> str | None:
+    """The canonical field whose value a create is matched on (the field mapped from the tool's ``key``, directly
+    or as the last part of a nested path such as ``properties.email``); None when the stack maps no field to it:
+    the key is then ours to fill, with the golden record's id."""
+    for mapping in stream.fields:
+        if mapping.source == dest.key or mapping.source.endswith(f".{dest.key}"):
+            return mapping.to
+    return None
+
+
+def _plan_creates(warehouse: Warehouse, dest: Destination, crosswalk: pd.DataFrame, fields: list[str],
+                  entity_ids: set[str] | None, key: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The creates of a destination that may create, the golden records they use, and how many were held back by
+    reason: the golden records (``entity_ids``, or all) of which the tool holds no record. A record made by an
+    earlier run is in the crosswalk at once, so it is never planned again, even before the tool is re-read."""
+    golden_table = table("golden", dest.entity)
+    if entity_ids is None:
+        candidates = warehouse.read_table(golden_table, ["entity_id"])["entity_id"]
+    else:
+        candidates = pd.Series(sorted(entity_ids), dtype=object)
+    linked = pd.Index(crosswalk.loc[crosswalk["_source"] == dest.tool, "entity_id"].unique())
+    candidates = candidates[linked.get_indexer(candidates) < 0]
+    read = list(dict.fromkeys(["entity_id", *fields, *(columns(dest.condition) if dest.condition else ()),
+                               "_deleted"]))
+    lacking = warehouse.read_where_in(golden_table, "entity_id", candidates, read).set_index("entity_id")
+    creates, held = plan_creates(lacking, linked, fields, dest.fields, dest.condition, key)
+    return creates, lacking, held
 
 
 def _golden_clears(warehouse: Warehouse, entity: str, golden: pd.DataFrame, crosswalk: pd.DataFrame,
@@ -111,9 +166,13 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     plan, golden = plan_destination(stack, warehouse, dest, set(log["entity_id"]) if incremental else None)
     outcome = WriteBack(dest.tool, dest.stream, unchanged=int((plan["action"] == "unchanged").sum()),
                         updates=int((plan["action"] == "update").sum()),
+                        creates=int((plan["action"] == "create").sum()),
+                        creates_held_back=plan.attrs.get(CREATES_HELD_BACK, {}),
                         duplicates=int((plan["action"] == "duplicate").sum()), planned_entities=len(golden))
+    _check_write_cap(outcome, dest)
     doomed = _to_delete(plan, dest)
-    todo = plan[plan["action"] == "update"].reset_index(drop=True)
+    todo = plan[plan["action"].isin(["update", "create"])].sort_values("action", kind="stable",
+                                                                       ascending=False).reset_index(drop=True)
     # one ledger row per field sent, with what it overwrote and the change time of the value it copies
     sent = pd.DataFrame([(i, field_name, None if value == CLEAR else value, before.get(field_name))
                          for i, (change, before) in enumerate(zip(todo["changes"], todo["before"]))
@@ -131,7 +190,7 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
         return rows[rows["position"].isin(positions)].assign(
             origin_changed_at=lambda f: pd.to_datetime(f["origin_changed_at"], utc=True).fillna(written_at))
 
-    outcome.written, outcome.failed, outcome.errors = send_changes(
+    outcome.written, outcome.failed, outcome.errors, outcome.created_ids = send_changes(
         stack, warehouse, connector, dest, todo, now, run_id, ledger_rows)
     if doomed:
         for res in connector.delete(dest.stream, doomed):
@@ -155,6 +214,17 @@ def _origins(warehouse: Warehouse, entity: str, sent: pd.DataFrame) -> pd.DataFr
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["entity_id", "field", "changed_at"])
 
 
+def _check_write_cap(outcome: WriteBack, dest: Destination) -> None:
+    """More records to create and update than ``max_per_run`` is refused before anything is written: a filter that
+    lets a flood through must not reach the tool."""
+    planned = outcome.updates + outcome.creates
+    if dest.max_per_run is not None and planned > dest.max_per_run:
+        raise WriteCapExceeded(
+            f"{dest.tool} {dest.stream}: {outcome.creates} records to create and {outcome.updates} to update, more "
+            f"than max_per_run ({dest.max_per_run}) of destinations[{dest.tool}]: nothing was written; check the "
+            "plan (`sync-pipelines plan`), then narrow the filter or raise the cap in the stack file")
+
+
 def _to_delete(plan: pd.DataFrame, dest: Destination) -> list[str]:
     """The tool's records of golden records the golden step deleted (planned ``delete`` under ``on_delete:
     archive``); more than ``max_deletes_per_run`` of them is refused before anything is written (a bad deletion
@@ -169,35 +239,65 @@ def _to_delete(plan: pd.DataFrame, dest: Destination) -> list[str]:
 
 
 def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destination, todo: pd.DataFrame, now: datetime | None,
-                 run_id: str | None, ledger_rows) -> tuple[int, int, list[str]]:
-    """Send each ``todo`` row's ``changes`` (records the tool holds, by id) in batches, and log in the ledger,
-    batch by batch as it lands, the rows ``ledger_rows(positions, written_at)`` gives for the records written:
-    the writes, errors and how many were refused."""
+                 run_id: str | None, ledger_rows) -> tuple[int, int, list[str], list[str]]:
+    """Send each ``todo`` row's ``changes`` in batches: an ``update`` to the record the tool holds, by its id; a
+    ``create`` matched on the destination's key, so that a create a crash cut off before its ledger row is matched
+    again, not made twice. Each batch, as it lands, logs in the ledger the rows ``ledger_rows(positions,
+    written_at)`` gives for the records written, and enters every created record in the crosswalk in the same
+    commit. The writes, how many were refused, the errors and the ids of the records created."""
     stream = stack.tools[dest.tool].streams[dest.stream]
     writable = writable_fields(stream)
     held = _parts_held(warehouse, dest, todo, writable)
-    written, errors = 0, []
-    for start in range(0, len(todo), WRITE_BATCH):
-        batch = todo.iloc[start:start + WRITE_BATCH]
-        source_ids = batch["source_id"].tolist()
-        records = [{stream.primary_key: source_id, **to_tool_record(change, held.get(source_id, {}), writable)}
-                   for source_id, change in zip(source_ids, batch["changes"])]
-        results = connector.write(dest.stream, records, mode="update", key=stream.primary_key)
-        written_at = now or datetime.now(timezone.utc)
-        landed = []
-        for position, source_id, res in zip(batch.index.tolist(), source_ids, results):
-            if res.get("ok"):
-                landed.append(position)
+    key_is_ours = key_field(stream, dest) is None  # no field maps to the key: it holds the golden record's id
+    written, errors, created = 0, [], []
+    todo = todo if "action" in todo.columns else todo.assign(action="update")
+    for action, rows in todo.groupby("action", sort=False):
+        creating = action == "create"
+        for start in range(0, len(rows), WRITE_BATCH):
+            batch = rows.iloc[start:start + WRITE_BATCH]
+            if creating:
+                records = [{**to_tool_record(change, {}, writable), **({dest.key: entity_id} if key_is_ours else {})}
+                           for entity_id, change in zip(batch["entity_id"].tolist(), batch["changes"])]
+                results = connector.write(dest.stream, records, mode="upsert", key=dest.key)
             else:
-                errors.append(f"{source_id}: {res.get('error')}")
-        written += len(landed)
-        ledger = ledger_rows(landed, written_at)
-        warehouse.append(LEDGER, index=("source_id",), frame=pd.DataFrame({
-            "tool": dest.tool, "stream": dest.stream, "source_id": ledger["source_id"],
-            "entity_id": ledger["entity_id"], "field": ledger["field"], "value": ledger["value"].astype(object),
-            "before": ledger["before"].astype(object), "origin_changed_at": ledger["origin_changed_at"],
-            "written_at": written_at, "run_id": run_id}))
-    return written, len(todo) - written, errors
+                records = [{stream.primary_key: source_id, **to_tool_record(change, held.get(source_id, {}), writable)}
+                           for source_id, change in zip(batch["source_id"].tolist(), batch["changes"])]
+                results = connector.write(dest.stream, records, mode="update", key=stream.primary_key)
+            written_at = now or datetime.now(timezone.utc)
+            landed, made = [], {}
+            for position, entity_id, res in zip(batch.index.tolist(), batch["entity_id"].tolist(), results):
+                if res.get("ok") and (not creating or res.get("id")):
+                    landed.append(position)
+                    if creating:
+                        made[position] = res["id"]
+                else:
+                    errors.append(f"{'create for golden ' + entity_id if creating else batch.at[position, 'source_id']}"
+                                  f": {res.get('error') or 'the tool answered no id'}")
+            written += len(landed)
+            ledger = ledger_rows(landed, written_at)
+            if creating:
+                ledger = ledger.assign(source_id=ledger["position"].map(made))
+            with warehouse.transaction() as conn:
+                warehouse.insert(conn, LEDGER, index=("source_id",), frame=pd.DataFrame({
+                    "tool": dest.tool, "stream": dest.stream, "source_id": ledger["source_id"],
+                    "entity_id": ledger["entity_id"], "field": ledger["field"], "value": ledger["value"].astype(object),
+                    "before": ledger["before"].astype(object), "origin_changed_at": ledger["origin_changed_at"],
+                    "written_at": written_at, "run_id": run_id}))
+                if made:
+                    _enter_created(warehouse, conn, dest, batch.loc[list(made), "entity_id"], list(made.values()))
+            created += list(made.values())
+    return written, len(todo) - written, errors, created
+
+
+def _enter_created(warehouse: Warehouse, conn, dest: Destination, entity_ids: pd.Series, source_ids: list[str]) -> None:
+    """Link each created record to its golden record at once: the next plan sees it held, and the golden step keeps
+    it with that record when it is read back, instead of taking it for a new one. A record the tool matched on the
+    key that another golden record held moves to this one."""
+    rows = pd.DataFrame({"entity_id": entity_ids.to_numpy(object), "_source": dest.tool,
+                         "_source_id": pd.Series(source_ids, dtype=object).to_numpy(object)})
+    crosswalk = table("crosswalk", dest.entity)
+    warehouse.delete_keys(conn, crosswalk, rows[["_source", "_source_id"]])
+    warehouse.insert(conn, crosswalk, rows)
 
 
 def _parts_held(warehouse: Warehouse, dest: Destination, todo: pd.DataFrame,

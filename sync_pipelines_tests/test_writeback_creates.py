@@ -1,0 +1,132 @@
+"""Destination modes (issue 13, item 4): a destination that may create gets the golden records it lacks, exactly
+once, as far as its filter and its cap let them through."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sync_pipelines import pipeline
+from sync_pipelines.stack import DEFAULT_STACK, StackError, load_stack
+from sync_pipelines.pipeline.writeback import CREATES_HELD_BACK, WriteCapExceeded
+from sync_pipelines.resources import SyncResource
+
+NEW_LEAD = {"External_Id__c": "lead-new-1", "Email": "lena.okafor@newco.example", "FirstName": "Lena",
+            "LastName": "Okafor", "Phone": "+14155550199", "Title": "Founder"}
+
+
+def hubspot_records_of(sync, email: str) -> list[tuple[str, dict]]:
+    """The live HubSpot contacts holding ``email``, as (id, properties)."""
+    table = sync.box.state.world.table("hubspot", "contacts")
+    with sync.box.state.lock:
+        rows = [row for row in range(len(table)) if not table.deleted[row]]
+        return [(str(table.id(row)), fields) for row in rows
+                if (fields := table.fields(row)).get("email") == email]
+
+
+def new_lead_in_salesforce(sync) -> None:
+    connector = SyncResource().connector("salesforce")
+    [outcome] = connector.write("Contact", [NEW_LEAD], mode="upsert", key="External_Id__c")
+    assert outcome["ok"] and outcome["created"], outcome
+
+
+def hubspot_upsert(sync, **changes):
+    hubspot = next(d for d in sync.stack.destinations if d.tool == "hubspot")
+    return hubspot.model_copy(update={"mode": "upsert", "filter": f"email == '{NEW_LEAD['Email']}'", **changes})
+
+
+def test_a_lead_new_in_salesforce_reaches_hubspot_exactly_once_over_three_runs(sync_on_each_warehouse):
+    sync = sync_on_each_warehouse
+    assert sync.run()[0].success
+    new_lead_in_salesforce(sync)
+    assert sync.run()[0].success  # the lead is a golden contact now, with no HubSpot record
+    dest, connector = hubspot_upsert(sync), SyncResource().connector("hubspot")
+    plan, _ = pipeline.plan_destination(sync.stack, sync.warehouse, dest)
+    creates = plan[plan["action"] == "create"]
+    assert len(creates) == 1 and creates.iloc[0]["changes"]["email"] == NEW_LEAD["Email"]
+    assert plan.attrs[CREATES_HELD_BACK]["filter"] > 0  # every other golden contact HubSpot lacks
+    created = []
+    for _ in range(3):
+        created += pipeline.write_back(sync.stack, sync.warehouse, connector, dest).created_ids
+        assert sync.run()[0].success  # the nightly run reads the created record back
+    assert len(created) == 1
+    [(_, record)] = hubspot_records_of(sync, NEW_LEAD["Email"])
+    assert (record["firstname"], record["lastname"]) == ("Lena", "Okafor")
+    crosswalk = sync.warehouse.read_table("crosswalk_contacts")
+    entity = crosswalk.loc[(crosswalk["_source"] == "hubspot") & (crosswalk["_source_id"] == created[0]), "entity_id"]
+    members = crosswalk[crosswalk["entity_id"] == entity.iloc[0]]
+    assert set(members["_source"]) == {"salesforce", "hubspot"}  # read back into the same golden contact
+    ledger = sync.warehouse.read_table("writeback_ledger")
+    assert set(ledger.loc[ledger["source_id"] == created[0], "field"]) >= {"email", "first_name", "last_name"}
+
+
+def test_a_create_a_crash_cut_off_before_its_ledger_row_is_matched_not_made_again(sync_on_each_warehouse,
+                                                                                   monkeypatch):
+    sync = sync_on_each_warehouse
+    assert sync.run()[0].success
+    new_lead_in_salesforce(sync)
+    assert sync.run()[0].success
+    dest, connector = hubspot_upsert(sync), SyncResource().connector("hubspot")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the create reached HubSpot")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pipeline.writeback, "_enter_created", crash)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
+    assert len(hubspot_records_of(sync, NEW_LEAD["Email"])) == 1  # it reached the tool, unrecorded
+    rerun = pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
+    [(record_id, _)] = hubspot_records_of(sync, NEW_LEAD["Email"])
+    assert rerun.created_ids == [record_id]  # matched on the email: the same record, linked now
+    assert pipeline.write_back(sync.stack, sync.warehouse, connector, dest).creates == 0
+
+
+def test_a_run_over_max_per_run_writes_nothing_and_create_mode_leaves_held_records_alone(sync):
+    assert sync.run()[0].success
+    new_lead_in_salesforce(sync)
+    assert sync.run()[0].success
+    connector = SyncResource().connector("hubspot")
+    with pytest.raises(WriteCapExceeded, match=r"hubspot contacts: 1 records to create .* max_per_run \(0\)"):
+        pipeline.write_back(sync.stack, sync.warehouse, connector, hubspot_upsert(sync, max_per_run=0))
+    assert hubspot_records_of(sync, NEW_LEAD["Email"]) == []
+
+    hubspot = next(d for d in sync.stack.destinations if d.tool == "hubspot")
+    crosswalk = sync.warehouse.read_table("crosswalk_contacts")
+    linked = crosswalk.loc[crosswalk["_source"] == "hubspot", "entity_id"].iloc[0]
+    with sync.warehouse.engine.begin() as conn:  # a golden value that differs from what HubSpot holds
+        conn.exec_driver_sql("UPDATE golden_contacts SET job_title = 'Changed' WHERE entity_id = ?", (linked,))
+    update_only, _ = pipeline.plan_destination(sync.stack, sync.warehouse, hubspot)
+    assert linked in set(update_only.loc[update_only["action"] == "update", "entity_id"])
+    assert "create" not in set(update_only["action"])
+    create_only = hubspot_upsert(sync, mode="create")
+    plan, _ = pipeline.plan_destination(sync.stack, sync.warehouse, create_only)
+    assert set(plan["action"]) == {"create"}
+    outcome = pipeline.write_back(sync.stack, sync.warehouse, connector, create_only.model_copy(
+        update={"max_per_run": 1}))
+    assert (outcome.updates, len(outcome.created_ids)) == (0, 1)
+
+
+def _loaded(tmp_path, **destination):
+    raw = yaml.safe_load(DEFAULT_STACK.read_text())
+    raw["destinations"][1].update(destination)
+    file = tmp_path / "stack.yaml"
+    file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_stack(file)
+
+
+def test_destination_modes_are_checked_at_load(tmp_path):
+    dest = _loaded(tmp_path, mode="upsert", filter="lifecycle_stage in ['lead', 'customer']",
+                   max_per_run=500).destinations[1]
+    assert (dest.creates, dest.updates, dest.max_per_run) == (True, True, 500)
+    assert not _loaded(tmp_path).destinations[1].creates  # update, as before
+    for destination, path, problem in [
+        ({"mode": "insert"}, "destinations[1].mode", "'insert'"),
+        ({"mode": "create", "filter": "stage == 'lead'"}, "destinations[1].filter",
+         "unknown field of entity 'contacts' in the filter: 'stage'"),
+        ({"filter": "email ="}, "destinations[1].filter", ""),
+        ({"max_per_run": -1}, "destinations[1].max_per_run", ""),
+    ]:
+        with pytest.raises(StackError) as info:
+            _loaded(tmp_path, **destination)
+        assert info.value.path == path and problem in info.value.problem, (destination, str(info.value))

@@ -75,9 +75,23 @@ class _Problems:
         if (path, problem) not in self.found:
             self.found.append((path, problem))
 
-    def raise_any(self) -> None:
+    def raise_any(self, raw: Any) -> None:
+        """Raise them all, in the order the file (read as ``raw``) writes their key paths."""
         if self.found:
-            raise StackError(self.file, problems=self.found)
+            order = {_dotted(keys): i for i, keys in enumerate(_key_paths(raw))}
+
+            def place(path: str) -> int:  # a key path's place, or its nearest written parent's (a missing key)
+                while path not in order and path:
+                    path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+                return order.get(path, 0)
+
+            raise StackError(self.file, problems=sorted(self.found, key=lambda problem: place(problem[0])))
+
+
+def _key_paths(value: Any, keys: tuple = ()) -> list[tuple]:
+    """Every key path of ``value``, in the order its file writes them."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [keys, *(path for key, child in children for path in _key_paths(child, (*keys, key)))]
 
 
 def _did_you_mean(found: Any, allowed) -> str:
@@ -1195,5 +1209,5 @@ def load_stack(path: str | Path | None = None) -> Stack:
         _check_references(stack, found, refused)
         for path, problem in found.found:
             problems.add(_path_in_file(path, dropped_items), problem)
-    problems.raise_any()
+    problems.raise_any(raw)
     return stack

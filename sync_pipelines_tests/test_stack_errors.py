@@ -145,3 +145,26 @@ def test_each_cron_field_is_checked_against_its_range(cron, problem):
                                   "59 23 31 12 7", "0 0 * * 0", "0 6 1-15/2 * SUN", "@daily"])
 def test_valid_cron_forms_are_still_accepted(cron):
     assert Nightly(cron=cron).cron == cron
+
+
+def test_the_report_follows_the_order_of_the_file(tmp_path):
+    raw = yaml.safe_load(DEFAULT_STACK.read_text())
+    raw["survivorship"]["contacts"]["source_of_truth"] = "salesfroce"  # found after pydantic's checks
+    raw["tools"]["asana"]["kind"] = "asanna"
+    file = tmp_path / "stack.yaml"
+    file.write_text(yaml.safe_dump({"survivorship": raw.pop("survivorship"), **raw}, sort_keys=False))
+    with pytest.raises(StackError) as info:
+        load_stack(file)
+    assert [path for path, _ in info.value.problems] == ["survivorship.contacts.source_of_truth", "tools.asana.kind"]
+
+
+def test_the_readme_shows_the_real_report(tmp_path, monkeypatch):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    shown = readme.split("$ sync-pipelines validate stack.yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, lambda r: r["nightly"].update(cron="0 25 * * *"),
+           lambda r: r["tools"]["asana"].update(kind="asanna"),
+           lambda r: r["tools"]["hubspot"]["streams"]["contacts"]["fields"][1].update(to="firstname"),
+           lambda r: r["tools"]["salesforce"]["streams"]["Contact"]["fields"][0].update(transforms=["lowr"]),
+           lambda r: r["quality"]["contacts"]["expectations"].append({"expect": "not_nul", "column": "email"}))
+    assert CliRunner().invoke(main, ["validate", "stack.yaml"]).output == shown

@@ -1039,20 +1039,25 @@ def _check_action(stack: Stack, problems: _Problems, action: Action, base: str, 
 
 
 def _walk(loc: tuple) -> tuple[list, Any]:
-    """``loc`` without the tags of tagged unions (which the file does not write), and the annotation it reaches."""
+    """``loc`` without the tags of unions (which the file does not write), and the annotation it reaches."""
     node: Any = Stack
-    kept = []
+    kept, members = [], set()
     for part in loc:
         if part in _tagged_members(node):  # an action trigger's kind: its model
             node = _tagged_members(node)[part]
+            continue
+        if part in members:  # the member of `str | bool` pydantic tried: the value is the same
             continue
         kept.append(part)
         if isinstance(node, type) and issubclass(node, BaseModel):
             node = node.model_fields[part].annotation if part in node.model_fields else None
         else:  # dict[str, X] or list[X]: this part is a key or an index
             node = get_args(node)[-1] if get_args(node) else None
+        members = set()
         while (get_origin(node) is Union or type(node).__name__ == "UnionType") and not _tagged_members(node):
-            node = next(a for a in get_args(node) if a is not type(None))
+            options = [a for a in get_args(node) if a is not type(None)]
+            members = {getattr(a, "__name__", None) for a in options} if len(options) > 1 else set()
+            node = options[0]
     return kept, node
 
 
@@ -1098,11 +1103,32 @@ def _pydantic_problem(error: dict, raw: Any) -> tuple[str, str]:
     elif error["type"] == "literal_error":
         choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
         detail = f"allowed: {error['ctx']['expected']}{_did_you_mean(found, choices) if found else ''}"
-    a_name = error["type"] == "literal_error" and isinstance(found, str) and SHOWN_NAME.fullmatch(found)
+    elif error["type"] == "union_tag_invalid":  # the one tagged union: an action trigger, by its kind
+        loc, found = [*loc, "kind"], error["ctx"]["tag"]
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected_tags"])
+        detail = f"allowed: {error['ctx']['expected_tags']}{_did_you_mean(found, choices)}"
+    a_name = error["type"] in ("literal_error", "union_tag_invalid") and isinstance(found, str) and (
+        SHOWN_NAME.fullmatch(found))
     hidden = error["type"] in ("missing", "extra_forbidden") or (
         error["loc"][:1] in (("tools",), ("warehouse",)) and not a_name)
     shown = f"found {found!r}; " if found is not None and not hidden else ""
     return _dotted(loc), f"{shown}{detail}"
+
+
+class _Remains(Stack):
+    """What remains of a stack once its refused values are dropped: its name and first day may be gone too, since no
+    check across sections reads them."""
+
+    name: str = ""
+    start_date: str = ""
+
+
+def _pydantic_problems(error: ValidationError, raw: Any) -> list[tuple[str, str]]:
+    """Every error pydantic found, one per key path: a value no member of a union takes gets one line."""
+    found: dict[str, list[str]] = {}
+    for path, problem in (_pydantic_problem(item, raw) for item in error.errors()):
+        found.setdefault(path, []).append(problem)
+    return [(path, " or ".join(dict.fromkeys(problems))) for path, problems in found.items()]
 
 
 def _without_refused(raw: dict, errors: list[dict]) -> tuple[Stack | None, set[str], dict[str, list[int]]]:
@@ -1132,7 +1158,7 @@ def _without_refused(raw: dict, errors: list[dict]) -> tuple[Stack | None, set[s
         return [compact(v) for v in value if v is not removed] if isinstance(value, list) else value
 
     try:
-        stack = Stack.model_validate(compact(pruned))
+        stack = _Remains.model_validate(compact(pruned))
     except ValidationError:  # a required part refused, or one the dropped entries leave empty: nothing to check
         return None, set(), {}
     items: dict[str, list[int]] = {}
@@ -1199,7 +1225,7 @@ def load_stack(path: str | Path | None = None) -> Stack:
     try:
         stack, refused, dropped_items = Stack.model_validate(raw), set(), {}
     except ValidationError as exc:
-        for path, problem in map(_pydantic_problem, exc.errors(), [raw] * exc.error_count()):
+        for path, problem in _pydantic_problems(exc, raw):
             if not any(_within(path, at) or _within(at, path) for at in kept_as_written):
                 problems.add(path, problem)
         stack, refused, dropped_items = _without_refused(raw, exc.errors())

@@ -92,6 +92,7 @@ def test_a_single_problem_stays_one_line():
         (lambda r: r["identity"]["contacts"]["rules"][1].update(blocking=["phoen"]),
          "identity.contacts.rules[1].blocking[0]", "phone"),
         (lambda r: r["actions"][0]["create"].update(tool="strpe"), "actions[0].create.tool", "stripe"),
+        (lambda r: r["actions"][0]["when"].update(kind="chnges"), "actions[0].when.kind", "changes"),
     ],
 )
 def test_every_near_miss_gets_its_suggestion(tmp_path, mutate, path, suggestion):
@@ -107,6 +108,34 @@ def test_a_refused_list_item_leaves_the_others_their_place_in_the_file(tmp_path)
     with pytest.raises(StackError) as info:
         load_stack(file)
     assert [path for path, _ in info.value.problems] == ["destinations[0].tool", "destinations[2].stream"]
+
+
+def test_a_refused_first_day_or_union_value_is_one_line_and_hides_no_other_problem(tmp_path):
+    file = _write(tmp_path, lambda r: r.update(start_date="2026-13-01"),
+                  lambda r: r["tools"]["hubspot"]["streams"]["contacts"].update(deleted_value=[1]),
+                  lambda r: r["identity"]["contacts"]["rules"][0]["conditions"][0].update(field="emial"))
+    with pytest.raises(StackError) as info:
+        load_stack(file)
+    assert info.value.problems == [
+        ("start_date", "found '2026-13-01'; must be a day written YYYY-MM-DD, e.g. '2026-09-01'"),
+        ("tools.hubspot.streams.contacts.deleted_value",
+         "Input should be a valid string or Input should be a valid boolean"),
+        ("identity.contacts.rules[0].conditions[0].field",
+         "unknown field: 'emial'; allowed: company_name, company_source_id, email, first_name, job_title, last_name, "
+         "lifecycle_stage, phone; did you mean 'email'?"),
+    ]
+
+
+def test_a_refused_variable_and_the_other_mistakes_are_reported_together(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_RATE", raising=False)
+    file = _write(tmp_path, lambda r: r["tools"]["legacy_erp"].update(rate_limit={"requests": "${NO_SUCH_RATE}",
+                                                                                  "per_seconds": 1}),
+                  lambda r: r["actions"][1]["create"]["fields"].update(notes="${HOME}"),
+                  lambda r: r["nightly"].update(cron="0 2 * * 9"))
+    with pytest.raises(StackError) as info:
+        load_stack(file)
+    assert [path for path, _ in info.value.problems] == [
+        "nightly.cron", "tools.legacy_erp.rate_limit.requests", "actions[1].create.fields.notes"]
 
 
 def test_a_secret_pasted_as_a_tool_kind_is_not_echoed(tmp_path):

@@ -268,8 +268,12 @@ def _root_cause(error) -> str:
 def _stack_or_exit(path: str | None):
     try:
         return load_stack(path)
-    except StackError as exc:
-        console.print(f"[red]invalid stack file[/red] {exc}")
+    except StackError as exc:  # one line per problem, each naming the file, so an editor can jump to each
+        if len(exc.problems) > 1:
+            console.print(f"[red]invalid stack file[/red] {escape(exc.file)}: {len(exc.problems)} problems")
+        for line in str(exc).splitlines():
+            console.print(("" if len(exc.problems) > 1 else "[red]invalid stack file[/red] ") + escape(line),
+                          highlight=False)
         sys.exit(2)
 
 

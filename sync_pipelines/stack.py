@@ -6,6 +6,8 @@ what is allowed, instead of surfacing as a confusing error in the middle of a sy
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
 import re
 import sys
@@ -53,22 +55,108 @@ Score = Annotated[int, Field(ge=1, le=5)]
 
 
 class StackError(ValueError):
-    """A stack file that cannot be used; the message names the file, the key path and what is allowed."""
+    """A stack file that cannot be used: every problem found in it, one line each naming the file, the key path,
+    what was found and what is allowed, so one round of fixes suffices. ``path`` and ``problem`` are the first's."""
 
-    def __init__(self, file: str | Path, path: str, problem: str):
-        self.file, self.path, self.problem = str(file), path, problem
-        super().__init__(f"{file}: at {path or '<top>'}: {problem}")
+    def __init__(self, file: str | Path, path: str = "", problem: str = "",
+                 problems: list[tuple[str, str]] | None = None):
+        self.file, self.problems = str(file), problems or [(path, problem)]
+        self.path, self.problem = self.problems[0]
+        super().__init__("\n".join(f"{file}: at {at or '<top>'}: {what}" for at, what in self.problems))
+
+
+class _Problems:
+    """The problems found so far in one stack file: each check adds its own and goes on where it safely can."""
+
+    def __init__(self, file: Path):
+        self.file, self.found = file, []
+
+    def add(self, path: str, problem: str) -> None:
+        if (path, problem) not in self.found:
+            self.found.append((path, problem))
+
+    def raise_any(self, raw: Any) -> None:
+        """Raise them all, in the order the file (read as ``raw``) writes their key paths."""
+        if self.found:
+            order = {_dotted(keys): i for i, keys in enumerate(_key_paths(raw))}
+
+            def place(path: str) -> int:  # a key path's place, or its nearest written parent's (a missing key)
+                while path not in order and path:
+                    path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+                return order.get(path, 0)
+
+            raise StackError(self.file, problems=sorted(self.found, key=lambda problem: place(problem[0])))
+
+
+def _key_paths(value: Any, keys: tuple = ()) -> list[tuple]:
+    """Every key path of ``value``, in the order its file writes them."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [keys, *(path for key, child in children for path in _key_paths(child, (*keys, key)))]
+
+
+def _did_you_mean(found: Any, allowed) -> str:
+    """A suggestion for a near miss (a typo of one of ``allowed``), else nothing."""
+    close = difflib.get_close_matches(str(found), [str(a) for a in allowed], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+# Each field's range and the names the cron library Dagster uses accepts for its values.
+CRON_RANGES = (
+    ("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+CRON_ITEM = re.compile(r"(?P<base>\*|\?|(?P<first>\w+)(?:-(?P<last>\w+))?)(?:/(?P<step>\w+))?")
+FEBRUARY = ("2", "feb")
+
+
 def _cron(value: str | None) -> str | None:
-    """Dagster's own test for a schedule's cron, so a bad one fails at load rather than when definitions build."""
+    """Dagster's own test for a schedule's cron, so a bad one fails at load rather than when definitions build;
+    the error says which field is wrong and why."""
     if value is not None and not is_valid_cron_string(value):
-        raise ValueError("not a cron expression of 5 fields (minute hour day month weekday), e.g. '0 2 * * *'")
+        raise ValueError(_cron_problem(value))
     return value
+
+
+def _cron_problem(value: str) -> str:
+    """Why Dagster refuses ``value``: its fields checked one by one."""
+    fields = value.split()
+    if len(fields) != 5:
+        return f"{len(fields)} fields; allowed: 5 fields ({CRON_FIELDS}), e.g. '0 2 * * *', or @daily, @hourly..."
+    problems = [problem for field, limits in zip(fields, CRON_RANGES)
+                for problem in _cron_field_problems(field, *limits)]
+    if problems:
+        return "; ".join(problems)
+    if fields[3].lower() in FEBRUARY:
+        return f"day of month {fields[2]} never comes in February; allowed: 1-29 in month {fields[3]}"
+    return f"a schedule Dagster refuses; allowed: 5 fields ({CRON_FIELDS}), e.g. '0 2 * * *'"
+
+
+def _cron_field_problems(field: str, name: str, low: int, high: int, names: tuple[str, ...]) -> list[str]:
+    """What is wrong in one cron field: a list of values, ranges (``a-b``) and steps (``*/n``, ``a-b/n``)."""
+    problems = []
+    for item in field.split(","):
+        match = CRON_ITEM.fullmatch(item)
+        if match is None:
+            problems.append(f"{name} {item!r} is not a value, range (a-b), step (*/n) or list (a,b); allowed: "
+                            f"{low}-{high}{' or ' + names[0] + '-' + names[-1] if names else ''}")
+            continue
+        for value in filter(None, (match["first"], match["last"])):
+            if value.lower() in names:
+                continue
+            if not value.isdigit():
+                problems.append(f"{name} {value!r} is not a number; allowed: {low}-{high}"
+                                f"{' or ' + ', '.join(names) if names else ''}{_did_you_mean(value.lower(), names)}")
+            elif not low <= int(value) <= high:
+                problems.append(f"{name} {int(value)} is out of range {low}-{high}")
+        if match["step"] is not None and not (match["step"].isdigit() and int(match["step"]) > 0):
+            problems.append(f"{name} step {match['step']!r}; allowed: a whole number of 1 or more")
+    return problems
 
 
 class FieldSpec(_Model):
@@ -465,6 +553,13 @@ ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # in the UI, a mapping), so it is refused there.
 ENV_EXPANDED_AT = "warehouse.url and tools.<tool> connection settings (base_url, rate_limit)"
 WAREHOUSE_URL = ("warehouse", "url")
+# A value under tools shown in an error when a closed set refuses it: a short name, never a token or a URL.
+SHOWN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+
+
+def _dotted(keys) -> str:
+    """A key path as errors write it, e.g. tools.hubspot.streams.contacts.fields[1].to (a key may be "2024")."""
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
 
 
 def _expands_env(keys: tuple) -> bool:
@@ -502,37 +597,37 @@ def _credential_variables(raw: dict) -> dict[str, tuple[str, tuple | None]]:
     return secrets
 
 
-def _expand_env(value: Any, file: Path, secrets: dict[str, tuple[str, tuple | None]], keys: tuple = ()) -> Any:
+def _expand_env(value: Any, problems: _Problems, secrets: dict[str, tuple[str, tuple | None]],
+                keys: tuple = ()) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in the connection settings, so URLs can differ per environment.
 
     Refused at load, naming the key path and never a value: ``${...}`` anywhere else, and a variable holding a
     secret (``secrets``) anywhere but where it belongs (the warehouse's URL in warehouse.url, a credential nowhere). An unset ``${VAR}`` without a default is an error: an empty URL or path
-    would only fail later, far from here.
+    would only fail later, far from here. A refused value is kept as written, and its path added to ``problems``.
     """
-    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+    path = _dotted(keys)
     if isinstance(value, dict):
-        return {k: _expand_env(v, file, secrets, (*keys, k)) for k, v in value.items()}
+        return {k: _expand_env(v, problems, secrets, (*keys, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, file, secrets, (*keys, i)) for i, v in enumerate(value)]
+        return [_expand_env(v, problems, secrets, (*keys, i)) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
     for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", value):  # nested in a default too
         held, allowed_at = secrets.get(name, (None, None))
         if held and keys != allowed_at:
-            raise StackError(file, path, f"${{{name}}} holds {held}; allowed: no secret in the stack file, not even "
-                             f"by reference (a tool reads its credentials itself"
-                             f"{', the warehouse URL only in warehouse.url' if allowed_at else ''})")
+            problems.add(path, f"${{{name}}} holds {held}; allowed: no secret in the stack file, not even by "
+                               f"reference (a tool reads its credentials itself"
+                               f"{', the warehouse URL only in warehouse.url' if allowed_at else ''})")
+            return value
     if not _expands_env(keys):
-        raise StackError(file, path, f"found a ${{...}} reference; allowed: environment variables are expanded "
-                                     f"only in {ENV_EXPANDED_AT}")
-
-    def substitute(match: re.Match) -> str:
-        name, default = match.groups()
-        if name not in os.environ and default is None:
-            raise StackError(file, path, f"environment variable {name} is not set (or write ${{{name}:-default}})")
-        return os.environ.get(name) or default or ""
-
-    return ENV_REFERENCE.sub(substitute, value)
+        problems.add(path, f"found a ${{...}} reference; allowed: environment variables are expanded only in "
+                           f"{ENV_EXPANDED_AT}")
+        return value
+    unset = [m[1] for m in ENV_REFERENCE.finditer(value) if m[1] not in os.environ and m[2] is None]
+    if unset:
+        problems.add(path, f"environment variable {unset[0]} is not set (or write ${{{unset[0]}:-default}})")
+        return value
+    return ENV_REFERENCE.sub(lambda match: os.environ.get(match[1]) or match[2] or "", value)
 
 
 class _LoaderLimit(yaml.MarkedYAMLError):
@@ -609,7 +704,7 @@ def _allowed(values) -> str:
     return ", ".join(sorted(values)) or "(none declared)"
 
 
-def _check_names(stack: Stack, file: Path) -> None:
+def _check_names(stack: Stack, problems: _Problems) -> None:
     """Names the YAML accepts but Dagster or the warehouse would not, refused here rather than when a sync runs:
     two streams landing in one table (``stg_<tool>_<stream>``, lower-cased, which would overwrite each other), two
     entities sharing a table (``staged_changes_<x>`` is also entity ``changes_<x>``'s staged table), a field named
@@ -624,8 +719,8 @@ def _check_names(stack: Stack, file: Path) -> None:
     def check(found: str, path: str, pattern: re.Pattern = NAME, longest: int = MAX_NAME) -> None:
         if len(found) > longest or not pattern.fullmatch(found):
             reserved = " (a leading _ is kept for the pipeline's own columns: _source, _source_id...)"
-            raise StackError(file, path, f"found name {found!r}; allowed: names matching ^{pattern.pattern}$ of at "
-                                         f"most {longest} characters{reserved if found.startswith('_') else ''}")
+            problems.add(path, f"found name {found!r}; allowed: names matching ^{pattern.pattern}$ of at most "
+                               f"{longest} characters{reserved if found.startswith('_') else ''}")
 
     tables: dict[str, str] = {}  # every table derived from an entity name -> the entity's key path
     for e, entity in stack.entities.items():
@@ -633,19 +728,19 @@ def _check_names(stack: Stack, file: Path) -> None:
         for f in entity.fields:
             check(f, f"entities.{e}.fields.{f}")
             if f.endswith(suffixes):
-                raise StackError(file, f"entities.{e}.fields.{f}", f"found name {f!r}; allowed: field names not "
-                                 f"ending with {' or '.join(suffixes)} (the pipeline's own columns <field>"
-                                 f"{CHANGED_AT_SUFFIX} in field_state tables, <field>{GOLDEN_SUFFIX} in write-back)")
+                problems.add(f"entities.{e}.fields.{f}", f"found name {f!r}; allowed: field names not ending with "
+                             f"{' or '.join(suffixes)} (the pipeline's own columns <field>{CHANGED_AT_SUFFIX} in "
+                             f"field_state tables, <field>{GOLDEN_SUFFIX} in write-back)")
         for kind in ENTITY_TABLE_KINDS:
             name = entity_table(kind, e)
             if name in tables:
                 kinds = ", ".join(f"{k}_<entity>" for k in ENTITY_TABLE_KINDS)
-                raise StackError(file, f"entities.{e}", f"its table {name!r} is also a table of {tables[name]}; "
-                                                        f"allowed: entities whose tables ({kinds}) all differ")
-            if len(name) > MAX_TABLE_NAME:
-                raise StackError(file, f"entities.{e}", f"its table {name!r} has {len(name)} characters; allowed: "
-                                 f"at most {MAX_TABLE_NAME} (shorten the entity name)")
-            tables[name] = f"entities.{e}"
+                problems.add(f"entities.{e}", f"its table {name!r} is also a table of {tables[name]}; allowed: "
+                                              f"entities whose tables ({kinds}) all differ")
+            elif len(name) > MAX_TABLE_NAME:
+                problems.add(f"entities.{e}", f"its table {name!r} has {len(name)} characters; allowed: at most "
+                                              f"{MAX_TABLE_NAME} (shorten the entity name)")
+            tables.setdefault(name, f"entities.{e}")
     landed: dict[str, str] = {}
     for t, tool in stack.tools.items():
         check(t, f"tools.{t}")
@@ -653,12 +748,12 @@ def _check_names(stack: Stack, file: Path) -> None:
             path, table = f"tools.{t}.streams.{s}", landing_table_name(t, s)
             check(s, path, STREAM_NAME)
             if table in landed:
-                raise StackError(file, path, f"lands in table {table!r} like {landed[table]}; allowed: one table "
-                                             "per stream (rename the tool or the stream)")
-            if len(table) > MAX_TABLE_NAME:
-                raise StackError(file, path, f"lands in table {table!r} of {len(table)} characters; allowed: at "
-                                             f"most {MAX_TABLE_NAME} (shorten the tool or stream name)")
-            landed[table] = path
+                problems.add(path, f"lands in table {table!r} like {landed[table]}; allowed: one table per stream "
+                                   "(rename the tool or the stream)")
+            elif len(table) > MAX_TABLE_NAME:
+                problems.add(path, f"lands in table {table!r} of {len(table)} characters; allowed: at most "
+                                   f"{MAX_TABLE_NAME} (shorten the tool or stream name)")
+            landed.setdefault(table, path)
     for i, dest in enumerate(stack.destinations):  # a tool's field, put in a URL path (Salesforce's upsert); its
         # longest real ones: a namespaced Salesforce field, ns__Name__c (15 + 2 + 40 + 3)
         check(dest.key, f"destinations[{i}].key", TOOL_IDENTIFIER, MAX_TABLE_NAME)
@@ -667,16 +762,16 @@ def _check_names(stack: Stack, file: Path) -> None:
         for i, item in enumerate(named):
             check(item.name, f"{kind}[{i}].name")
             if item.name in seen:
-                raise StackError(file, f"{kind}[{i}].name", f"found name {item.name!r} again (first at "
-                                 f"{seen[item.name]}); allowed: one of {kind} per name")
-            seen[item.name] = f"{kind}[{i}].name"
+                problems.add(f"{kind}[{i}].name", f"found name {item.name!r} again (first at {seen[item.name]}); "
+                                                  f"allowed: one of {kind} per name")
+            seen.setdefault(item.name, f"{kind}[{i}].name")
     built: dict[tuple[str, ...], str] = {}
     for key, path in asset_keys(stack):
         if key in built:
-            raise StackError(file, path, f"builds Dagster asset key {'/'.join(key)!r} like {built[key]}; allowed: "
-                                         "one asset per key (an action named unlike its tool's streams and "
-                                         "<entity>_writeback; one destination per tool and entity)")
-        built[key] = path
+            problems.add(path, f"builds Dagster asset key {'/'.join(key)!r} like {built[key]}; allowed: one asset "
+                               "per key (an action named unlike its tool's streams and <entity>_writeback; one "
+                               "destination per tool and entity)")
+        built.setdefault(key, path)
 
 
 def asset_keys(stack: Stack) -> list[tuple[tuple[str, ...], str]]:
@@ -695,20 +790,27 @@ def asset_keys(stack: Stack) -> list[tuple[tuple[str, ...], str]]:
     return keys
 
 
-def _check_references(stack: Stack, file: Path) -> None:
-    """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file."""
+def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> None:
+    """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file. A name in
+    ``refused`` is declared but was refused (reported already): a check that needs it is skipped, not reported."""
     # The rules come from the code that applies them, so the two cannot drift; imported late: pipeline imports us.
     from sync_pipelines.connectors import CONNECTORS
     from sync_pipelines.core.conditions import columns
     from sync_pipelines.core.plan import writable_fields
-    from sync_pipelines.core.quality import ExpectationError, checked_expectation
+    from sync_pipelines.core.quality import RULES, ExpectationError, checked_expectation
     from sync_pipelines.core.resolve import DERIVED_KEYS
 
     entities, tools = set(stack.entities), set(stack.tools)
+    misnamed: set[tuple[str, str]] = set()  # (tool, stream) with a mapping to an unknown field
 
-    def need(found: str, allowed: set[str], path: str, what: str) -> None:
-        if found not in allowed:
-            raise StackError(file, path, f"unknown {what}: {found!r}; allowed: {_allowed(allowed)}")
+    def need(found: str, allowed: set[str], path: str, what: str) -> bool:
+        """Whether ``found`` is one of ``allowed``; if not, the problem is added (a near miss with a suggestion)."""
+        if found in allowed:
+            return True
+        if found not in refused:
+            problems.add(path, f"unknown {what}: {found!r}; allowed: {_allowed(allowed)}"
+                               f"{_did_you_mean(found, allowed)}")
+        return False
 
     for t, tool in stack.tools.items():
         for scope in ("read", "write"):
@@ -719,56 +821,61 @@ def _check_references(stack: Stack, file: Path) -> None:
             base = f"tools.{t}.streams.{s}"
             if readable is not None:
                 need(s, set(readable), base, f"stream of a {tool.kind} tool")
-            need(stream.entity, entities, f"{base}.entity", "entity")
+            if not need(stream.entity, entities, f"{base}.entity", "entity"):
+                continue
             if stream.entity not in tool.scopes.read:
-                raise StackError(
-                    file, f"{base}.entity",
+                problems.add(
+                    f"{base}.entity",
                     f"tool {t!r} is not allowed to read {stream.entity!r}; add it to tools.{t}.scopes.read "
                     f"(now: {_allowed(tool.scopes.read)})",
                 )
             canonical = set(stack.entities[stream.entity].fields)
             mapped: dict[str, int] = {}
             for i, mapping in enumerate(stream.fields):
-                need(mapping.to, canonical, f"{base}.fields[{i}].to", f"field of entity {stream.entity!r}")
+                if not need(mapping.to, canonical, f"{base}.fields[{i}].to", f"field of entity {stream.entity!r}"):
+                    misnamed.add((t, s))
                 if mapping.to in mapped:
-                    raise StackError(file, f"{base}.fields[{i}].to", f"{mapping.to!r} is already mapped by "
-                                     f"fields[{mapped[mapping.to]}]: a field takes one value from a stream")
-                mapped[mapping.to] = i
+                    problems.add(f"{base}.fields[{i}].to", f"{mapping.to!r} is already mapped by "
+                                 f"fields[{mapped[mapping.to]}]: a field takes one value from a stream")
+                mapped.setdefault(mapping.to, i)
     for i, integration in enumerate(stack.integrations):
         for j, tool in enumerate(integration.tools):
             need(tool, tools, f"integrations[{i}].tools[{j}]", "tool")
         for j, entity in enumerate(integration.entities):
             need(entity, entities, f"integrations[{i}].entities[{j}]", "entity")
     for entity, identity in stack.identity.items():
-        need(entity, entities, f"identity.{entity}", "entity")
+        if not need(entity, entities, f"identity.{entity}", "entity"):
+            continue
         fields = set(stack.entities[entity].fields)
         for i, rule in enumerate(identity.rules):
             for j, cond in enumerate(rule.conditions):
                 need(cond.field, fields, f"identity.{entity}.rules[{i}].conditions[{j}].field", "field")
             if all(cond.method == "equal_or_missing" for cond in rule.conditions):
-                raise StackError(file, f"identity.{entity}.rules[{i}].conditions",
-                                 "found only equal_or_missing conditions, which find no pair; allowed: a rule with "
-                                 "at least one exact, jaro_winkler, levenshtein or token_sort condition")
+                problems.add(f"identity.{entity}.rules[{i}].conditions",
+                             "found only equal_or_missing conditions, which find no pair; allowed: a rule with at "
+                             "least one exact, jaro_winkler, levenshtein or token_sort condition")
             for j, key in enumerate(rule.blocking):
                 derived_from = [key[: -len(s)] for s in DERIVED_KEYS if key.endswith(s) and key[: -len(s)] in fields]
                 if key in fields and derived_from:  # the resolver reads the field and never derives the key
-                    raise StackError(
-                        file, f"identity.{entity}.rules[{i}].blocking[{j}]",
+                    problems.add(
+                        f"identity.{entity}.rules[{i}].blocking[{j}]",
                         f"blocking key {key!r} is both field {key!r} and the {key[len(derived_from[0]):]} of field "
                         f"{derived_from[0]!r}; allowed: a key that names one of them (rename field {key!r})",
                     )
                 if key not in fields and not derived_from:
-                    raise StackError(
-                        file, f"identity.{entity}.rules[{i}].blocking[{j}]",
+                    problems.add(
+                        f"identity.{entity}.rules[{i}].blocking[{j}]",
                         f"unknown blocking key {key!r}; allowed: a field, or a field followed by "
-                        f"{', '.join(DERIVED_KEYS)}; fields: {_allowed(fields)}",
+                        f"{', '.join(DERIVED_KEYS)}; fields: {_allowed(fields)}"
+                        f"{_did_you_mean(key, [*fields, *(f + s for f in fields for s in DERIVED_KEYS)])}",
                     )
     for entity, rules in stack.survivorship.items():
-        need(entity, entities, f"survivorship.{entity}", "entity")
-        need(rules.source_of_truth, tools, f"survivorship.{entity}.source_of_truth", "tool")
-        if not any(stream.entity == entity for stream in stack.tools[rules.source_of_truth].streams.values()):
-            raise StackError(file, f"survivorship.{entity}.source_of_truth",
-                             f"tool {rules.source_of_truth!r} has no stream of {entity!r}: it holds no value to win")
+        if not need(entity, entities, f"survivorship.{entity}", "entity"):
+            continue
+        if need(rules.source_of_truth, tools, f"survivorship.{entity}.source_of_truth", "tool") and not any(
+                stream.entity == entity for stream in stack.tools[rules.source_of_truth].streams.values()):
+            problems.add(f"survivorship.{entity}.source_of_truth",
+                         f"tool {rules.source_of_truth!r} has no stream of {entity!r}: it holds no value to win")
         for i, tool in enumerate(rules.priority):
             need(tool, tools, f"survivorship.{entity}.priority[{i}]", "tool")
         for field in rules.fields:
@@ -777,61 +884,74 @@ def _check_references(stack: Stack, file: Path) -> None:
         for i, group in enumerate(rules.groups):
             path = f"survivorship.{entity}.groups[{i}]"
             if len(set(group)) < 2:
-                raise StackError(file, path, f"found {group}; allowed: two or more different fields that survive "
-                                             "together")
+                problems.add(path, f"found {group}; allowed: two or more different fields that survive together")
+                continue
+            known = [need(field, set(stack.entities[entity].fields), f"{path}[{j}]", f"field of entity {entity!r}")
+                     for j, field in enumerate(group)]
             for j, field in enumerate(group):
-                need(field, set(stack.entities[entity].fields), f"{path}[{j}]", f"field of entity {entity!r}")
                 if field in grouped:
-                    raise StackError(file, f"{path}[{j}]", f"field {field!r} is already in {grouped[field]}; "
-                                                          "allowed: each field in one group at most")
-                grouped[field] = path
+                    problems.add(f"{path}[{j}]", f"field {field!r} is already in {grouped[field]}; allowed: each "
+                                                 "field in one group at most")
+                grouped.setdefault(field, path)
             group_rules = {field: rules.fields.get(field, rules.default_rule) for field in group}
             if len(set(group_rules.values())) > 1:
-                raise StackError(file, path, f"found rules {group_rules}; allowed: one rule for all the fields of "
-                                             "a group, since they survive together from one record")
+                problems.add(path, f"found rules {group_rules}; allowed: one rule for all the fields of a group, "
+                                   "since they survive together from one record")
+            if not all(known):
+                continue
             # a group's winner gives every field of the group: a field its stream does not map would be emptied
             # in every tool, when a field a tool does not map is a gap that changes nothing
             for tool_name, _, stream_name, stream in stack.streams():
                 mapped = {mapping.to for mapping in stream.fields} & set(group)
-                if stream.entity == entity and mapped and mapped != set(group):
-                    raise StackError(file, path, f"tools.{tool_name}.streams.{stream_name} maps "
-                                                 f"{', '.join(sorted(mapped))} but not "
-                                                 f"{', '.join(sorted(set(group) - mapped))}; allowed: groups whose "
-                                                 "fields each stream of the entity maps all or none of")
+                if stream.entity == entity and mapped and mapped != set(group) and (
+                        tool_name, stream_name) not in misnamed:
+                    problems.add(path, f"tools.{tool_name}.streams.{stream_name} maps {', '.join(sorted(mapped))} "
+                                       f"but not {', '.join(sorted(set(group) - mapped))}; allowed: groups whose "
+                                       "fields each stream of the entity maps all or none of")
     for entity, quality in stack.quality.items():
-        need(entity, entities, f"quality.{entity}", "entity")
+        if not need(entity, entities, f"quality.{entity}", "entity"):
+            continue
         for i, spec in enumerate(quality.expectations):
             path = f"quality.{entity}.expectations[{i}]"
             try:
                 checked_expectation(entity, i, spec, columns=stack.entities[entity].fields)
             except ExpectationError as exc:  # its path goes down to .when for a condition
-                raise StackError(file, exc.path, exc.problem) from None
+                expect = spec.get("expect")
+                near = _did_you_mean(expect, RULES) if isinstance(expect, str) and expect not in RULES else ""
+                problems.add(exc.path, f"{exc.problem}{near}")
+                continue
             if not spec["column"].startswith("_"):  # _source, _source_id...: system columns every record has
                 need(spec["column"], set(stack.entities[entity].fields), f"{path}.column",
                      f"field of entity {entity!r} (or _-prefixed system column)")
     for i, dest in enumerate(stack.destinations):
         base = f"destinations[{i}]"
-        need(dest.tool, tools, f"{base}.tool", "tool")
-        need(dest.entity, entities, f"{base}.entity", "entity")
+        if not all([need(dest.tool, tools, f"{base}.tool", "tool"),
+                    need(dest.entity, entities, f"{base}.entity", "entity")]):
+            continue
         if dest.entity not in stack.tools[dest.tool].scopes.write:
-            raise StackError(
-                file, f"{base}.entity",
+            problems.add(
+                f"{base}.entity",
                 f"tool {dest.tool!r} is not allowed to write {dest.entity!r}; "
                 f"its write scope is: {_allowed(stack.tools[dest.tool].scopes.write)}",
             )
         streams, writer = stack.tools[dest.tool].streams, CONNECTORS[stack.tools[dest.tool].kind]
-        need(dest.stream, set(streams), f"{base}.stream", f"stream of tool {dest.tool!r}")
-        if writer.write_streams is not None:
-            need(dest.stream, set(writer.write_streams), f"{base}.stream", f"stream a {writer.kind} tool can write")
+        if not need(dest.stream, set(streams), f"{base}.stream", f"stream of tool {dest.tool!r}"):
+            continue
+        if writer.write_streams is not None and not need(dest.stream, set(writer.write_streams), f"{base}.stream",
+                                                         f"stream a {writer.kind} tool can write"):
+            continue
+        if streams[dest.stream].entity not in entities:  # reported at the stream
+            continue
         if streams[dest.stream].entity != dest.entity:
-            raise StackError(
-                file, f"{base}.stream",
+            problems.add(
+                f"{base}.stream",
                 f"stream {dest.stream!r} of tool {dest.tool!r} feeds {streams[dest.stream].entity!r}, "
                 f"not {dest.entity!r}",
             )
+            continue
         if dest.on_delete == "archive" and not hasattr(writer, "delete"):
-            raise StackError(file, f"{base}.on_delete", f"found 'archive', but a {writer.kind} tool cannot delete "
-                                                        "records; allowed: ignore")
+            problems.add(f"{base}.on_delete", f"found 'archive', but a {writer.kind} tool cannot delete records; "
+                                              "allowed: ignore")
         written = {field for fields in writable_fields(streams[dest.stream]).values() for field in fields}
         for field in dest.fields:
             need(field, written, f"{base}.fields.{field}", f"field {dest.tool}.{dest.stream} maps and can write")
@@ -846,107 +966,133 @@ def _check_references(stack: Stack, file: Path) -> None:
             if spec.references is not None:
                 need(spec.references, entities, f"entities.{e}.fields.{f}.references", "entity")
     for i, action in enumerate(stack.actions):
-        _check_action(stack, file, action, f"actions[{i}]", need)
+        _check_action(stack, problems, action, f"actions[{i}]", need)
 
 
 ACTION_CONTEXT = {"action": ("name",), "source": ("tool", "stream", "id")}  # besides the records, in every context
 
 
-def _check_action(stack: Stack, file: Path, action: Action, base: str, need) -> None:
+def _check_action(stack: Stack, problems: _Problems, action: Action, base: str, need) -> None:
     """An action's trigger, related records, target, links and templates: every name it uses exists, and every
-    template reads only what its context will hold."""
+    template reads only what its context will hold. What depends on a refused name is skipped."""
     from sync_pipelines.connectors import CONNECTORS
     from sync_pipelines.core.conditions import columns
     from sync_pipelines.core.templates import TemplateProblem, Variable, check_fields
 
     when, create = action.when, action.create
-    need(when.entity, set(stack.entities), f"{base}.when.entity", "entity")
+    if not need(when.entity, set(stack.entities), f"{base}.when.entity", "entity"):
+        return
     fields = stack.entities[when.entity].fields
     if when.watched is not None:
         need(when.watched, set(fields), f"{base}.when.field", f"field of entity {when.entity!r}")
     for column in columns(when.condition) if when.condition is not None else ():
         need(column, set(fields), f"{base}.when.filter", f"field of entity {when.entity!r} in the filter")
-    records = {when.record: when.entity}  # context name -> entity
+    records: dict[str, str | None] = {when.record: when.entity}  # context name -> entity (None: refused)
     names = [(when.record, f"{base}.when.as"), *((n, f"{base}.related.{n}") for n in action.related)]
     for i, (name, at) in enumerate(names):
         taken = {*ACTION_CONTEXT, *(n for n, _ in names[:i])}
         if not NAME.fullmatch(name) or name in taken:
-            raise StackError(file, at, f"found {name!r}; allowed: a name ({NAME.pattern}) other than "
-                                       f"{_allowed(taken)}")
+            problems.add(at, f"found {name!r}; allowed: a name ({NAME.pattern}) other than {_allowed(taken)}")
     for name, owner, field in action.followed():
         at = f"{base}.related.{name}"
-        need(owner, set(records), at, "record to follow a reference from (the trigger's or an earlier related one)")
+        known = need(owner, set(records), at, "record to follow a reference from (the trigger's or an earlier "
+                                              "related one)")
+        records[name] = None
+        if not known or records[owner] is None:
+            continue
         spec = stack.entities[records[owner]].fields.get(field)
         if spec is None or spec.references is None:
             references = {f for f, s in stack.entities[records[owner]].fields.items() if s.references}
-            raise StackError(file, at, f"{field!r} is no reference field of {records[owner]}; allowed: "
-                                       + (_allowed(references) if references else
-                                          "none (declare one: <field>: {references: <entity>})"))
+            problems.add(at, f"{field!r} is no reference field of {records[owner]}; allowed: "
+                             + (_allowed(references) + _did_you_mean(field, references) if references else
+                                "none (declare one: <field>: {references: <entity>})"))
+            continue
         records[name] = spec.references
 
-    need(create.tool, set(stack.tools), f"{base}.create.tool", "tool")
+    if not need(create.tool, set(stack.tools), f"{base}.create.tool", "tool"):
+        return
     tool, writer = stack.tools[create.tool], CONNECTORS[stack.tools[create.tool].kind]
 
-    def writable(stream: str, at: str, declared_only: bool) -> None:
+    def writable(stream: str, at: str, declared_only: bool) -> bool:
         """A stream the tool's connector can write: declared in the stack (with its entity in the write scope), or,
         for the target, one the tool can only write (a Slack message)."""
         can_write = set(writer.write_streams) if writer.write_streams is not None else set(tool.streams)
         write_only = set() if declared_only else can_write - set(tool.streams)
-        need(stream, (can_write & set(tool.streams)) | write_only, at,
-             f"stream of tool {create.tool!r} to create {'a linked record' if declared_only else 'records'} in")
+        if not need(stream, (can_write & set(tool.streams)) | write_only, at,
+                    f"stream of tool {create.tool!r} to create {'a linked record' if declared_only else 'records'} "
+                    "in"):
+            return False
         if stream in tool.streams and tool.streams[stream].entity not in tool.scopes.write and not declared_only:
-            raise StackError(file, at, f"tool {create.tool!r} is not allowed to write "
-                                       f"{tool.streams[stream].entity!r}; its write scope is: "
-                                       f"{_allowed(tool.scopes.write)}")
+            problems.add(at, f"tool {create.tool!r} is not allowed to write {tool.streams[stream].entity!r}; its "
+                             f"write scope is: {_allowed(tool.scopes.write)}")
+        return True
 
     writable(create.stream, f"{base}.create.stream", declared_only=False)
+    # a template is checked only when every record of its context is known: else it would be refused for them too
+    complete = None not in records.values()
     variables = {name: Variable(attributes, name) for name, attributes in ACTION_CONTEXT.items()}
-    variables.update({name: Variable(tuple(stack.entities[e].fields), e) for name, e in records.items()})
+    variables.update({name: Variable(tuple(stack.entities[e].fields), e) for name, e in records.items() if e})
     for field, link in create.links.items():
         at = f"{base}.create.links.{field}"
         if field in create.fields:
-            raise StackError(file, at, f"field {field!r} is also in create.fields; allowed: one value per field")
-        writable(link.stream, f"{at}.stream", declared_only=True)
-        need(link.linked_to, set(records), f"{at}.linked_to", "record of this action's context")
+            problems.add(at, f"field {field!r} is also in create.fields; allowed: one value per field")
+            continue
+        if not writable(link.stream, f"{at}.stream", declared_only=True) or not need(
+                link.linked_to, set(records), f"{at}.linked_to", "record of this action's context") or (
+                records[link.linked_to] is None):
+            continue
         linked, target = records[link.linked_to], tool.streams[link.stream].entity
+        if target not in stack.entities:  # reported at the stream
+            continue
         referencing = sorted(f for f, s in stack.entities[target].fields.items() if s.references == linked)
         if link.through is not None:
-            need(link.through, set(referencing), f"{at}.through", f"field of {target} that references {linked}")
+            if not need(link.through, set(referencing), f"{at}.through",
+                        f"field of {target} that references {linked}"):
+                continue
         elif target != linked and len(referencing) != 1:
-            raise StackError(file, f"{at}.through", f"{target} has {len(referencing)} fields that reference "
-                                                    f"{linked} ({_allowed(set(referencing))}); allowed: name one"
-                             if referencing else f"no field of {target} references {linked}, so no {link.stream} "
-                                                 "record can be linked to it; allowed: a record of "
-                                                 f"{target} or one a field of {target} references")
+            problems.add(f"{at}.through", f"{target} has {len(referencing)} fields that reference {linked} "
+                                          f"({_allowed(set(referencing))}); allowed: name one"
+                         if referencing else f"no field of {target} references {linked}, so no {link.stream} "
+                                             "record can be linked to it; allowed: a record of "
+                                             f"{target} or one a field of {target} references")
+            continue
         if link.record in variables:
-            raise StackError(file, f"{at}.as", f"found {link.record!r}, which the context already holds; allowed: "
-                                               "another name")
+            problems.add(f"{at}.as", f"found {link.record!r}, which the context already holds; allowed: another "
+                                     "name")
+            continue
         try:
-            check_fields(link.fields, {**variables, link.record: Variable(tuple(stack.entities[target].fields),
-                                                                          target)}, f"{at}.fields")
+            if complete:
+                check_fields(link.fields, {**variables, link.record: Variable(tuple(stack.entities[target].fields),
+                                                                              target)}, f"{at}.fields")
         except TemplateProblem as problem:
-            raise StackError(file, problem.path, problem.problem) from None
+            problems.add(problem.path, problem.problem)
     try:
-        check_fields(create.fields, variables, f"{base}.create.fields")
+        if complete:
+            check_fields(create.fields, variables, f"{base}.create.fields")
     except TemplateProblem as problem:
-        raise StackError(file, problem.path, problem.problem) from None
+        problems.add(problem.path, problem.problem)
 
 
 def _walk(loc: tuple) -> tuple[list, Any]:
-    """``loc`` without the tags of tagged unions (which the file does not write), and the annotation it reaches."""
+    """``loc`` without the tags of unions (which the file does not write), and the annotation it reaches."""
     node: Any = Stack
-    kept = []
+    kept, members = [], set()
     for part in loc:
         if part in _tagged_members(node):  # an action trigger's kind: its model
             node = _tagged_members(node)[part]
+            continue
+        if part in members:  # the member of `str | bool` pydantic tried: the value is the same
             continue
         kept.append(part)
         if isinstance(node, type) and issubclass(node, BaseModel):
             node = node.model_fields[part].annotation if part in node.model_fields else None
         else:  # dict[str, X] or list[X]: this part is a key or an index
             node = get_args(node)[-1] if get_args(node) else None
+        members = set()
         while (get_origin(node) is Union or type(node).__name__ == "UnionType") and not _tagged_members(node):
-            node = next(a for a in get_args(node) if a is not type(None))
+            options = [a for a in get_args(node) if a is not type(None)]
+            members = {getattr(a, "__name__", None) for a in options} if len(options) > 1 else set()
+            node = options[0]
     return kept, node
 
 
@@ -968,28 +1114,118 @@ def _tagged_members(node: Any) -> dict[str, type]:
             for meta in get_args(member)[1:] if isinstance(meta, Tag)}
 
 
-def _format_pydantic(file: Path, error: ValidationError, raw: Any) -> StackError:
-    """Turn pydantic's first error into a StackError with a dotted key path and, unless it may be a secret, the
-    value found: never under ``tools`` or ``warehouse`` (credentials, URLs with tokens or passwords) nor for a misspelt
-    key (its value may be one).
-    """
-    first = error.errors()[0]
-    loc, found = _walk(tuple(p for p in first["loc"] if not str(p).startswith(("function-", "literal["))))[0], raw
+def _error_keys(error: dict) -> list:
+    """The key path of one of pydantic's errors, as the file writes it."""
+    return _walk(tuple(p for p in error["loc"] if not str(p).startswith(("function-", "literal["))))[0]
+
+
+def _pydantic_problem(error: dict, raw: Any) -> tuple[str, str]:
+    """One of pydantic's errors as a key path and a problem with, unless it may be a secret, the value found: never
+    under ``tools`` or ``warehouse`` (credentials, URLs with tokens or passwords) but for a short name refused by a
+    closed set (a tool's kind, a transform), nor for a misspelt key (its value may be one); a near miss gets a
+    suggestion."""
+    loc, found = _error_keys(error), raw
     for part in loc:
         try:
             found = found[int(part)] if isinstance(found, list) else found[part]
         except (KeyError, IndexError, TypeError, ValueError):
             found = None
             break
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")  # a key may be "2024"
-    detail = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
-    if first["type"] == "extra_forbidden":
-        detail = f"unknown key; allowed: {_allowed(_keys_at(tuple(first['loc'][:-1])))}"
-    elif first["type"] == "literal_error":
-        detail = f"allowed: {first['ctx']['expected']}"
-    hidden = first["type"] in ("missing", "extra_forbidden") or first["loc"][:1] in (("tools",), ("warehouse",))
+    detail = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    if error["type"] == "extra_forbidden":
+        keys = _keys_at(tuple(error["loc"][:-1]))
+        detail = f"unknown key; allowed: {_allowed(keys)}{_did_you_mean(loc[-1], keys)}"
+    elif error["type"] == "literal_error":
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        detail = f"allowed: {error['ctx']['expected']}{_did_you_mean(found, choices) if found else ''}"
+    elif error["type"] == "union_tag_invalid":  # the one tagged union: an action trigger, by its kind
+        loc, found = [*loc, "kind"], error["ctx"]["tag"]
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected_tags"])
+        detail = f"allowed: {error['ctx']['expected_tags']}{_did_you_mean(found, choices)}"
+    a_name = error["type"] in ("literal_error", "union_tag_invalid") and isinstance(found, str) and (
+        SHOWN_NAME.fullmatch(found))
+    hidden = error["type"] in ("missing", "extra_forbidden") or (
+        error["loc"][:1] in (("tools",), ("warehouse",)) and not a_name)
     shown = f"found {found!r}; " if found is not None and not hidden else ""
-    return StackError(file, path, f"{shown}{detail}")
+    return _dotted(loc), f"{shown}{detail}"
+
+
+class _Remains(Stack):
+    """What remains of a stack once its refused values are dropped: its name and first day may be gone too, since no
+    check across sections reads them."""
+
+    name: str = ""
+    start_date: str = ""
+
+
+def _pydantic_problems(error: ValidationError, raw: Any) -> list[tuple[str, str]]:
+    """Every error pydantic found, one per key path: a value no member of a union takes gets one line."""
+    found: dict[str, list[str]] = {}
+    for path, problem in (_pydantic_problem(item, raw) for item in error.errors()):
+        found.setdefault(path, []).append(problem)
+    return [(path, " or ".join(dict.fromkeys(problems))) for path, problems in found.items()]
+
+
+def _without_refused(raw: dict, errors: list[dict]) -> tuple[Stack | None, set[str], dict[str, list[int]]]:
+    """The file without the entries pydantic refused, validated again, for the checks across sections to read: each
+    error drops the innermost value holding it that may go (a mapping entry, a list item, a key with a default; a
+    top-level key at most). Also returns the names
+    of the entries dropped (a reference to one is not reported again) and, per list, the indexes of its items dropped
+    (to give the remaining ones their place in the file). None when what remains is no stack."""
+    dropped: dict[tuple, bool] = {}  # key path -> whether it is an entry of a mapping or list (not a model's key)
+    for error in errors:
+        keys = _error_keys(error)
+        held = max((i for i in range(len(keys)) if _droppable(tuple(keys[:i]), keys[i])), default=0)
+        dropped[tuple(keys[:held + 1])] = get_origin(_walk(tuple(keys[:held]))[1]) in (dict, list)
+    pruned, removed = copy.deepcopy(raw), object()
+    for keys in dropped:
+        container = pruned
+        for key in keys[:-1]:
+            container = container[key] if isinstance(container, (dict, list)) else None
+        if isinstance(container, dict):
+            container.pop(keys[-1], None)
+        elif isinstance(container, list) and keys[-1] < len(container):
+            container[keys[-1]] = removed
+
+    def compact(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: compact(v) for k, v in value.items()}
+        return [compact(v) for v in value if v is not removed] if isinstance(value, list) else value
+
+    try:
+        stack = _Remains.model_validate(compact(pruned))
+    except ValidationError:  # a required part refused, or one the dropped entries leave empty: nothing to check
+        return None, set(), {}
+    items: dict[str, list[int]] = {}
+    for keys in dropped:
+        if isinstance(keys[-1], int):
+            items.setdefault(_dotted(keys[:-1]), []).append(keys[-1])
+    return stack, {keys[-1] for keys, entry in dropped.items() if entry and isinstance(keys[-1], str)}, items
+
+
+def _droppable(loc: tuple, key: Any) -> bool:
+    """Whether the value at ``key`` under ``loc`` can leave the file without making it invalid: an entry of a
+    mapping or list, or a key with a default."""
+    node = _walk(loc)[1]
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return any(key in (name, spec.alias) and not spec.is_required() for name, spec in node.model_fields.items())
+    return get_origin(node) in (dict, list)
+
+
+def _within(path: str, outer: str) -> bool:
+    """Whether key path ``path`` is ``outer`` or lies under it."""
+    return path == outer or path.startswith((f"{outer}.", f"{outer}["))
+
+
+def _path_in_file(path: str, dropped_items: dict[str, list[int]]) -> str:
+    """A key path of the file without its refused list items, as a key path of the file itself."""
+    found = ""
+    for part in re.split(r"(\[\d+\])", path):
+        if re.fullmatch(r"\[\d+\]", part) and found in dropped_items:
+            index, dropped = int(part[1:-1]), dropped_items[found]
+            part = f"[{[i for i in range(index + len(dropped) + 1) if i not in dropped][index]}]"
+        found += part
+    return found
 
 
 def load_stack(path: str | Path | None = None) -> Stack:
@@ -1018,11 +1254,21 @@ def load_stack(path: str | Path | None = None) -> Stack:
         raise StackError(file, "", f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise StackError(file, "", f"expected a mapping at the top, found {type(raw).__name__}")
-    raw = _expand_env(raw, file, _credential_variables(raw))
+    problems = _Problems(file)
+    raw = _expand_env(raw, problems, _credential_variables(raw))
+    kept_as_written = [path for path, _ in problems.found]  # refused ${...}: what pydantic says of them is noise
     try:
-        stack = Stack.model_validate(raw)
+        stack, refused, dropped_items = Stack.model_validate(raw), set(), {}
     except ValidationError as exc:
-        raise _format_pydantic(file, exc, raw) from None
-    _check_names(stack, file)
-    _check_references(stack, file)
+        for path, problem in _pydantic_problems(exc, raw):
+            if not any(_within(path, at) or _within(at, path) for at in kept_as_written):
+                problems.add(path, problem)
+        stack, refused, dropped_items = _without_refused(raw, exc.errors())
+    if stack is not None:
+        found = _Problems(file)
+        _check_names(stack, found)
+        _check_references(stack, found, refused)
+        for path, problem in found.found:
+            problems.add(_path_in_file(path, dropped_items), problem)
+    problems.raise_any(raw)
     return stack

@@ -49,7 +49,7 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
          "destinations[3].entity", "tasks"),
         (lambda r: r.update(timezone="Europe/Pariss"), "timezone", "IANA name"),
         (lambda r: r.update(start_date="2026-13-01"), "start_date", "YYYY-MM-DD"),
-        (lambda r: r["nightly"].update(cron="0 25 * * *"), "nightly.cron", "5 fields"),
+        (lambda r: r["nightly"].update(cron="0 25 * * *"), "nightly.cron", "hour 25 is out of range 0-23"),
         (lambda r: r["integrations"][0]["trigger"].update(schedule="every night"),
          "integrations[0].trigger.schedule", "5 fields"),
         (lambda r: r["actions"][0]["create"].update(stream="invoicez"), "actions[0].create.stream",

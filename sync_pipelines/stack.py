@@ -959,8 +959,8 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
             need(column, set(stack.entities[dest.entity].fields), f"{base}.filter",
                  f"field of entity {dest.entity!r} in the filter")
         if dest.creates and "upsert" not in writer.write_modes:
-            raise StackError(file, f"{base}.mode", f"found {dest.mode!r}, but a {writer.kind} tool cannot match a "
-                                                   f"record by a key to create it; allowed: update")
+            problems.add(f"{base}.mode", f"found {dest.mode!r}, but a {writer.kind} tool cannot match a record by a "
+                                         "key to create it; allowed: update")
     for e, entity in stack.entities.items():
         for f, spec in entity.fields.items():
             if spec.references is not None:

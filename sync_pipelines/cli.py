@@ -141,7 +141,8 @@ def bench(args: tuple[str, ...]) -> None:
 def plan() -> None:
     """Dry run: print, per destination tool, what the next write-back would update, delete (a deleted golden
     record's records under on_delete: archive) or leave alone, and the
-    field policies that held changes back (field:policy and how many records)."""
+    field policies that held changes back (field:policy and how many records), as well as the references it cannot
+    write because the tool holds no record of what they point at (field:unresolved reference)."""
     from sync_pipelines.pipeline import plan_destination
     from sync_pipelines.warehouse import Warehouse
 
@@ -157,7 +158,8 @@ def plan() -> None:
         updates = planned[planned["action"] == "update"]
         fields = sorted({f for changes in updates["changes"] for f in changes})
         counts = planned["action"].value_counts()
-        held = Counter(f"{f}:{policy}" for holds in planned["held_back"] for f, policy in holds.items())
+        # a held-back reference names its golden record after the colon: counted by kind, as policies are
+        held = Counter(f"{f}:{why.split(':')[0]}" for holds in planned["held_back"] for f, why in holds.items())
         table.add_row(dest.tool, dest.stream, dest.entity, str(counts.get("update", 0)),
                       str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), str(counts.get("delete", 0)),
                       ", ".join(fields) or "—",

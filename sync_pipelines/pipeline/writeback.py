@@ -8,7 +8,10 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from sync_pipelines.core.plan import CLEAR, plan_writes, to_tool_record, writable_fields
+from sync_pipelines.core.plan import (
+    CLEAR, REFERENCE_HOLD_COLUMNS, hold_back_references, plan_writes, to_tool_record, translate_references,
+    writable_fields,
+)
 from sync_pipelines.pipeline.common import stack_fingerprint, table
 from sync_pipelines.stack import Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
@@ -63,10 +66,12 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
                   warehouse.read_where_in(LEDGER, "source_id", current["_source_id"], compared, tool=dest.tool,
                                           stream=dest.stream))
     golden = golden.set_index("entity_id")
+    golden, held_references = _own_references(stack, warehouse, dest, golden, crosswalk, current)
     composed = [canonical for canonical in writable.values() if len(canonical) > 1]
     plan = plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed,
                        policies=dest.fields,
                        cleared=_golden_clears(warehouse, dest.entity, golden, crosswalk, current, fields))
+    plan = hold_back_references(plan, held_references)
     # a deleted golden record is never written: its records the tool still holds are deleted under archive
     gone = golden["_deleted"].astype(bool).reindex(plan["entity_id"]).to_numpy(bool)
     if dest.on_delete != "archive":
@@ -75,6 +80,32 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
     for column in ("changes", "before", "held_back"):
         plan.loc[gone, column] = pd.Series([{} for _ in range(int(gone.sum()))], index=plan.index[gone], dtype=object)
     return plan, golden
+
+
+def _own_references(stack: Stack, warehouse: Warehouse, dest: Destination, golden: pd.DataFrame,
+                    crosswalk: pd.DataFrame, current: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The golden records with their reference fields in the destination's own ids, and the references held back
+    (core/plan.py ``translate_references``). Only the stored references of these records and the referenced
+    records' crosswalk rows of this tool are read."""
+    specs = stack.entities[dest.entity].fields
+    referenced = {name: specs[name].references for name in golden.columns
+                  if name in specs and specs[name].references is not None}
+    if not referenced:
+        return golden, pd.DataFrame(columns=REFERENCE_HOLD_COLUMNS)
+    links_table = table("references", dest.entity)
+    columns = ["entity_id", "field", "referenced_entity", "referenced_id"]
+    # no references yet (the referenced entity is not resolved): every reference is held back, none sent raw
+    references = warehouse.read_where_in(links_table, "entity_id", golden.index, columns) \
+        if warehouse.has_table(links_table) else pd.DataFrame(columns=columns)
+    targets = [warehouse.read_where_in(table("crosswalk", entity), "entity_id",
+                                       references["referenced_id"].dropna().unique(), ["entity_id", "_source_id"],
+                                       _source=dest.tool).assign(referenced_entity=entity)
+               for entity in sorted(set(referenced.values())) if warehouse.has_table(table("crosswalk", entity))]
+    targets = pd.concat(targets, ignore_index=True) if targets else pd.DataFrame(
+        columns=["referenced_entity", "entity_id", "_source_id"])
+    held = crosswalk[["entity_id", "_source_id"]].merge(current[["_source_id", *referenced]], on="_source_id").melt(
+        id_vars=["entity_id"], value_vars=list(referenced), var_name="field", value_name="value")
+    return translate_references(golden, references, targets, held, referenced, dest.tool)
 
 
 def _golden_clears(warehouse: Warehouse, entity: str, golden: pd.DataFrame, crosswalk: pd.DataFrame,

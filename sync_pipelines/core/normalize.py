@@ -259,8 +259,11 @@ def _values_at(records: list, path: str, walked: dict[str, list], absent: Any = 
 
 def _level(values: list, part: str, absent: Any) -> list:
     """Each value's ``part``: ``absent`` where it has no such key or is no object (or was absent), None where it is
-    None."""
-    return [v if v is None or v is absent else v.get(part, absent) if isinstance(v, dict) else absent for v in values]
+    None. A number indexes a list (``domain_names.0``, its first item; None when it is shorter)."""
+    index = int(part) if part.isdigit() else None
+    return [v if v is None or v is absent else v.get(part, absent) if isinstance(v, dict) else
+            (v[index] if index < len(v) else None) if index is not None and isinstance(v, list) else absent
+            for v in values]
 
 
 def _type_mismatch(value: Any, field_type: str) -> str | None:

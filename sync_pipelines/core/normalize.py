@@ -232,11 +232,14 @@ def _without_nul(texts: pd.Series) -> pd.Series:
 
 def get_path(record: dict, path: str, absent: Any = None) -> Any:
     """The value at a dotted path (``properties.email``); ``absent`` when a key is missing from its object, None when
-    a parent is null."""
+    a parent is null. A number indexes a list, as in a mapping (``_level``)."""
     value: Any = record
     for part in path.split("."):
         if value is None:
             return None
+        if isinstance(value, list) and part.isdigit():
+            value = value[int(part)] if int(part) < len(value) else None
+            continue
         if not isinstance(value, dict) or part not in value:
             return absent
         value = value[part]

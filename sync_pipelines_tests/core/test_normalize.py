@@ -51,6 +51,8 @@ def test_a_number_in_a_path_indexes_a_list_and_an_empty_list_holds_nothing():
     assert rejects.empty
     assert rows.loc[0, "domain"] == "acme.com" and pd.isna(rows.loc[1, "domain"])
     assert rows["name_key"].tolist() == ["acme", "globex"]
+    assert get_path({"domain_names": ["acme.com"]}, "domain_names.0") == "acme.com"
+    assert get_path({"domain_names": []}, "domain_names.0") is None
 
 
 def test_record_without_primary_key_is_rejected_with_reason_not_dropped():

@@ -141,7 +141,8 @@ def bench(args: tuple[str, ...]) -> None:
 def plan() -> None:
     """Dry run: print, per destination tool, what the next write-back would update, create (mode upsert or create),
     delete (a deleted golden record's records under on_delete: archive) or leave alone, and what held changes back:
-    field policies (field:policy and how many records), the filter, a create's empty key, and max_per_run."""
+    field policies (field:policy and how many records), references the tool holds no record of what they point at
+    (field:unresolved reference), the filter, a create's empty key, and max_per_run."""
     from sync_pipelines.pipeline import plan_destination
     from sync_pipelines.pipeline.writeback import CREATES_HELD_BACK
     from sync_pipelines.warehouse import Warehouse
@@ -158,13 +159,15 @@ def plan() -> None:
         updates = planned[planned["action"] == "update"]
         fields = sorted({f for changes in updates["changes"] for f in changes})
         counts = planned["action"].value_counts()
-        held = Counter(f"{f}:{policy}" for holds in planned["held_back"] for f, policy in holds.items())
+        # a held-back reference names its golden record after the colon: counted by kind, as policies are
+        held = Counter(f"{f}:{why.split(':')[0]}" for holds in planned["held_back"] for f, why in holds.items())
         held.update({f"not created ({why})": n for why, n in planned.attrs.get(CREATES_HELD_BACK, {}).items()})
         writes = int(counts.get("update", 0) + counts.get("create", 0))
         if dest.max_per_run is not None and writes > dest.max_per_run:
             held[f"all {writes}: over max_per_run {dest.max_per_run}"] = writes
         table.add_row(dest.tool, dest.stream, dest.entity, str(counts.get("update", 0)),
-                      str(counts.get("create", 0)) if dest.creates else "—", str(counts.get("unchanged", 0)), str(counts.get("duplicate", 0)), str(counts.get("delete", 0)),
+                      str(counts.get("create", 0)) if dest.creates else "—", str(counts.get("unchanged", 0)),
+                      str(counts.get("duplicate", 0)), str(counts.get("delete", 0)),
                       ", ".join(fields) or "—",
                       ", ".join(f"{hold} {n}" for hold, n in sorted(held.items())) or "—")
     console.print(table)

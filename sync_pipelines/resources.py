@@ -66,10 +66,15 @@ class SyncResource(dg.ConfigurableResource):
             credentials[key] = value
         files = {"cursor": {name: s.cursor for name, s in tool.streams.items() if s.cursor}} \
             if tool.kind in ("csv", "sql") else {}  # files and tables have no API to filter by time: we do
+        # a HubSpot record's associations are no property: the connector reads those the mapping names
+        associated = {name: sorted({m.source.split(".")[1] for m in s.fields if m.source.startswith("associations.")})
+                      for name, s in tool.streams.items()}
+        associations = {"associations": {name: types for name, types in associated.items() if types}} \
+            if tool.kind == "hubspot" and any(associated.values()) else {}
         return connect(
             tool.kind, tool.base_url, credentials,
             name=tool_name,
             credential_env=dict(tool.credentials),
             rate_limit=tool.rate_limit.model_dump() if tool.rate_limit else None,
-            **files,
+            **files, **associations,
         )

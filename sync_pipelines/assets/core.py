@@ -222,11 +222,14 @@ def _paused(context: dg.AssetExecutionContext, sync: SyncResource, key: dg.Asset
 
 def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinition:
     tool = stack.tools[dest.tool]
+    # a reference is written as the tool's own id of the golden record it points at: read from the references
+    written = {m.to for m in tool.streams[dest.stream].fields}
+    references = [references_key(dest.entity)] if written & set(reference_fields(stack, dest.entity)) else []
 
     @dg.asset(
         key=writeback_key(dest),
         group_name=dest.tool,
-        deps=[golden_key(dest.entity)],
+        deps=[golden_key(dest.entity), *references],
         description=(
             f"Writes golden {dest.entity} back to {dest.tool} `{dest.stream}`: only the fields that differ, in the "
             "API's batch sizes, by the record's own id; a ledger makes reruns write nothing twice."

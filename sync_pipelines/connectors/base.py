@@ -110,6 +110,18 @@ def chunked(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """``chunked`` for an iterator read as it goes (a paginated read), never whole."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class Connector:
     """The contract: `read(stream, since)` yields dicts across every page; `write(stream, records, mode, key)`
     returns one result per record; `stats` counts the work. Subclasses implement `_read` and `_write`."""

@@ -1,5 +1,10 @@
 """HubSpot CRM v3: list (live then archived) for full reads, search for incremental ones (records changed in a window
-ending at the newest change when the read starts, paged by id); batch upsert by an id property."""
+ending at the newest change when the read starts, paged by id); batch upsert by an id property.
+
+A record's associations are no property: with the ``associations`` option ({stream: [object type, ...]}), each
+live record read carries ``associations.<object type>``, the id of its primary associated record of that type (the
+only one when none is primary, else None), read through the v4 associations API; a record written with
+``associations.<object type>`` is associated with that record instead of the others of that type."""
 
 from __future__ import annotations
 
@@ -7,15 +12,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
+from sync_pipelines.connectors.base import ApiConnector, ToolSpec, batches, chunked, result
 from sync_pipelines.connectors.deletes import delete_each
+from sync_pipelines.connectors.errors import ApiError
 from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest, dig
 
 API = "/crm/v3"
+ASSOCIATIONS_API = "/crm/v4/associations"
+ASSOCIATIONS = "associations"
+ASSOCIATION_BATCH_MAX = 1000
 LIST_PAGE_MAX = 100
 SEARCH_PAGE_MAX = 200
 WRITE_CHUNK = 100
-RECORD_METADATA = ("id", "properties", "createdAt", "updatedAt", "archived", "archivedAt")
+RECORD_METADATA = ("id", "properties", "createdAt", "updatedAt", "archived", "archivedAt", ASSOCIATIONS)
 
 
 def error_code(body: Any) -> str | None:
@@ -62,20 +71,55 @@ class HubSpotConnector(ApiConnector):
     kind = "hubspot"
     write_streams = ("contacts", "companies")
     write_modes = ("upsert", "update")
+    extra_options = frozenset({ASSOCIATIONS})
     spec = ToolSpec(credential_keys=("access_token",), auth=lambda c: Auth.bearer(c["access_token"]),
                     error_code=error_code, page_size=LIST_PAGE_MAX)
 
+    def _associated_types(self, stream: str) -> list[str]:
+        return list((self.options.extra.get(ASSOCIATIONS) or {}).get(stream, ()))
+
     def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
         properties = self.fields_for(stream) or self._properties(stream)
-        if since is None:
-            yield from self._list(stream, properties, archived=False)
+        live = self._list(stream, properties, archived=False) if since is None else \
+            self._search(stream, properties, since)
+        types = self._associated_types(stream)
+        if types:  # the list and search pages carry no associations: read them a page of records at a time
+            for page in batches(live, self.page_size):
+                yield from self._with_associations(stream, types, list(page))
         else:
-            yield from self._search(stream, properties, since)
+            yield from live
         since_ms = int(since.timestamp() * 1000) if since else None
         for record in self._list(stream, properties, archived=True):
             changed = epoch_ms(record.get("archivedAt") or record.get("updatedAt"))
             if since_ms is None or changed is None or changed >= since_ms:
                 yield {**record, "archived": True}
+
+    def _with_associations(self, stream: str, types: list[str], records: list[dict]) -> list[dict]:
+        for to_type in types:
+            primary = {from_id: self._primary(targets)
+                       for from_id, targets in self._associations(stream, to_type, [r["id"] for r in records]).items()}
+            for record in records:
+                record.setdefault(ASSOCIATIONS, {})[to_type] = primary.get(str(record["id"]))
+        return records
+
+    def _associations(self, stream: str, to_type: str, ids: list) -> dict[str, list[dict]]:
+        """Record id -> its associated records of ``to_type`` (v4 batch read: ``toObjectId`` and
+        ``associationTypes``); a record with none is missing."""
+        found: dict[str, list[dict]] = {}
+        for part in chunked([str(i) for i in ids], ASSOCIATION_BATCH_MAX):
+            body = self.http.request("POST", f"{ASSOCIATIONS_API}/{stream}/{to_type}/batch/read",
+                                     json={"inputs": [{"id": i} for i in part]}) or {}
+            for item in body.get("results") or []:
+                found.setdefault(str(dig(item, "from.id")), []).extend(item.get("to") or [])
+        return found
+
+    @staticmethod
+    def _primary(targets: list[dict]) -> str | None:
+        """The primary associated record's id; the only one when none is labeled primary; None when ambiguous."""
+        ids = list(dict.fromkeys(str(t["toObjectId"]) for t in targets))
+        primary = [str(t["toObjectId"]) for t in targets if any(
+            str(kind.get("label") or "").lower() == "primary" for kind in t.get("associationTypes") or [])]
+        return primary[0] if primary else ids[0] if len(ids) == 1 else None
 
     def _properties(self, stream: str) -> list[str]:
         body = self.http.request("GET", f"{API}/properties/{stream}")
@@ -117,6 +161,10 @@ class HubSpotConnector(ApiConnector):
         results: list[dict[str, Any]] = [result(False, error=missing) for _ in records]
         inputs = {}
         for index, record in enumerate(records):
+            if id_property is None and not record.get("properties") and record.get("id") not in (None, "") and \
+                    not set(record) - {"id", ASSOCIATIONS}:  # only associations change: no property to write
+                results[index] = result(True, record["id"], False)
+                continue
             # HubSpot empties a property sent as "" (a null is ignored)
             properties = {k: "" if v is None else v for k, v in (record.get("properties") or
                           {k: v for k, v in record.items() if k not in RECORD_METADATA}).items()}
@@ -129,7 +177,37 @@ class HubSpotConnector(ApiConnector):
             sent = self._write_batch(batch, lambda b: self._send_batch(stream, mode, id_property, b))
             for index, outcome in zip(indexes, sent):
                 results[index] = outcome
+        self._write_associations(stream, records, results)
         return results
+
+    def _write_associations(self, stream: str, records: list[dict], results: list[dict[str, Any]]) -> None:
+        """Associate each written record that carries ``associations.<type>`` with that record (v4 default
+        association), after removing its other associations of that type (v4 batch archive); None removes them
+        all. A failure marks the record's result failed."""
+        wanted: dict[str, dict[int, str | None]] = {}
+        for index, (record, outcome) in enumerate(zip(records, results)):
+            if outcome["ok"] and isinstance(record.get(ASSOCIATIONS), dict):
+                for to_type, target in record[ASSOCIATIONS].items():
+                    wanted.setdefault(to_type, {})[index] = None if target in (None, "") else str(target)
+        for to_type, targets in wanted.items():
+            for indexes in chunked(list(targets), WRITE_CHUNK):
+                ids = {index: results[index]["id"] for index in indexes}
+                try:
+                    held = self._associations(stream, to_type, list(ids.values()))
+                    have = {i: {str(t["toObjectId"]) for t in held.get(ids[i], [])} for i in indexes}
+                    stale = [{"from": {"id": ids[i]}, "to": [{"id": other} for other in sorted(have[i] - {targets[i]})]}
+                             for i in indexes if have[i] - {targets[i]}]
+                    if stale:
+                        self.http.request("POST", f"{ASSOCIATIONS_API}/{stream}/{to_type}/batch/archive",
+                                          json={"inputs": stale}, expect_json=False)
+                    new = [{"from": {"id": ids[i]}, "to": {"id": targets[i]}} for i in indexes
+                           if targets[i] is not None and targets[i] not in have[i]]
+                    if new:
+                        self.http.request("POST", f"{ASSOCIATIONS_API}/{stream}/{to_type}/batch/associate/default",
+                                          json={"inputs": new})
+                except ApiError as exc:
+                    for index in indexes:
+                        results[index] = result(False, ids[index], error=f"{to_type} association: {exc}")
 
     def delete(self, stream: str, ids: list[str]) -> list[dict[str, Any]]:
         """Archive records by id (DELETE /crm/v3/objects/{stream}/{id}): HubSpot keeps them, listed as archived."""

@@ -1,5 +1,6 @@
-"""Zendesk Support: cursor-based incremental export, and users written through create_or_update_many, a
-background job polled until done."""
+"""Zendesk Support: cursor-based incremental export (users, tickets), the time-based one for organizations (which
+has no cursor-based export), and users written through create_or_update_many, a background job polled until
+done."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def error_code(body: Any) -> str | None:
 
 class ZendeskConnector(ApiConnector):
     kind = "zendesk"
-    streams = ("users", "tickets")
+    streams = ("users", "tickets", "organizations")
+    time_based_streams = ("organizations",)
     write_streams = ("users",)
     write_modes = ("upsert", "update")
     spec = ToolSpec(credential_keys=("email", "api_token"),
@@ -45,9 +47,15 @@ class ZendeskConnector(ApiConnector):
         params: dict[str, Any] = {"start_time": self._start_time(since)}
         if self.options.page_size:
             params["per_page"] = min(self.page_size, EXPORT_PAGE_MAX)
-        paginator = CursorPaginator("after_cursor", "cursor", stop_path="end_of_stream", drop_params=("start_time",))
-        yield from self.http.paginate(PageRequest("GET", f"{API}/incremental/{stream}/cursor.json", params=params),
-                                      records_path=stream, paginator=paginator, stream=stream)
+        if stream in self.time_based_streams:  # each page's end_time is the next one's start_time
+            path, paginator = (f"{API}/incremental/{stream}.json",
+                               CursorPaginator("end_time", "start_time", stop_path="end_of_stream"))
+        else:
+            path, paginator = (f"{API}/incremental/{stream}/cursor.json",
+                               CursorPaginator("after_cursor", "cursor", stop_path="end_of_stream",
+                                               drop_params=("start_time",)))
+        yield from self.http.paginate(PageRequest("GET", path, params=params), records_path=stream,
+                                      paginator=paginator, stream=stream)
 
     @staticmethod
     def _start_time(since: datetime | None) -> int:

@@ -232,11 +232,14 @@ def _without_nul(texts: pd.Series) -> pd.Series:
 
 def get_path(record: dict, path: str, absent: Any = None) -> Any:
     """The value at a dotted path (``properties.email``); ``absent`` when a key is missing from its object, None when
-    a parent is null."""
+    a parent is null. A number indexes a list, as in a mapping (``_level``)."""
     value: Any = record
     for part in path.split("."):
         if value is None:
             return None
+        if isinstance(value, list) and part.isdigit():
+            value = value[int(part)] if int(part) < len(value) else None
+            continue
         if not isinstance(value, dict) or part not in value:
             return absent
         value = value[part]
@@ -259,8 +262,11 @@ def _values_at(records: list, path: str, walked: dict[str, list], absent: Any = 
 
 def _level(values: list, part: str, absent: Any) -> list:
     """Each value's ``part``: ``absent`` where it has no such key or is no object (or was absent), None where it is
-    None."""
-    return [v if v is None or v is absent else v.get(part, absent) if isinstance(v, dict) else absent for v in values]
+    None. A number indexes a list (``domain_names.0``, its first item; None when it is shorter)."""
+    index = int(part) if part.isdigit() else None
+    return [v if v is None or v is absent else v.get(part, absent) if isinstance(v, dict) else
+            (v[index] if index < len(v) else None) if index is not None and isinstance(v, list) else absent
+            for v in values]
 
 
 def _type_mismatch(value: Any, field_type: str) -> str | None:

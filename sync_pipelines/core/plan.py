@@ -228,3 +228,68 @@ def to_tool_record(changes: dict, held: pd.Series | dict, writable: dict[str, li
             node = node.setdefault(parent, {})
         node[leaf] = value
     return record
+
+
+UNRESOLVED_REFERENCE = "unresolved reference"  # what held back a reference the destination holds no record of
+REFERENCE_HOLD_COLUMNS = ["entity_id", "field", "referenced_entity", "referenced_id", "reason"]
+
+
+def translate_references(golden: pd.DataFrame, references: pd.DataFrame, targets: pd.DataFrame,
+                         held: pd.DataFrame, referenced: Mapping[str, str], tool: str) -> tuple[pd.DataFrame,
+                                                                                                pd.DataFrame]:
+    """``golden`` with each reference field holding ``tool``'s own id of the golden record it points at, and the
+    references held back because ``tool`` has no record of it (or it points at no golden record).
+
+    A golden reference is one tool's raw id; another tool holds its own record of the same golden record, under
+    its own id, and only that may be written there. ``golden`` is indexed by entity id; ``references`` are the
+    stored references of those records (``entity_id, field, referenced_entity, referenced_id``); ``targets`` the
+    referenced entities' crosswalk rows of ``tool`` (``referenced_entity, entity_id, _source_id``); ``held`` what
+    ``tool`` holds of each reference field now (``entity_id, field, value``), kept when it is already one of its
+    records of the right golden record (a tool may hold that record twice); ``referenced``: field -> the entity it
+    references. A held-back field is emptied, so nothing is written over what the tool holds."""
+    translated = golden.copy()
+    holds = []
+    for name, entity in referenced.items():
+        if name not in translated.columns:
+            continue
+        wanted = translated[name].notna()
+        links = references[(references["field"] == name)].drop_duplicates("entity_id").set_index("entity_id")
+        pointed = links["referenced_id"].reindex(translated.index).where(wanted)
+        ids = targets[targets["referenced_entity"] == entity][["entity_id", "_source_id"]].rename(
+            columns={"entity_id": "referenced_id", "_source_id": "value"}).astype(str)
+        kept = held[held["field"] == name][["entity_id", "value"]].dropna().astype(str).assign(
+            referenced_id=lambda f: pointed.reindex(f["entity_id"]).to_numpy()).merge(ids, on=["referenced_id",
+                                                                                              "value"])
+        first = ids.sort_values("value", kind="stable").drop_duplicates("referenced_id").set_index(
+            "referenced_id")["value"]
+        own = pd.Series(first.reindex(pointed).to_numpy(object), index=translated.index)
+        own.update(kept.drop_duplicates("entity_id").set_index("entity_id")["value"])
+        own = own.where(pointed.notna())
+        translated[name] = own.astype(object).where(own.notna(), None)
+        missing = wanted & own.isna()
+        if missing.any():
+            target = pointed[missing]
+            holds.append(pd.DataFrame({
+                "entity_id": target.index, "field": name, "referenced_entity": entity,
+                "referenced_id": target.to_numpy(object),
+                "reason": [f"{UNRESOLVED_REFERENCE}: {entity} {gid} has no record in {tool}" if pd.notna(gid) else
+                           f"{UNRESOLVED_REFERENCE}: {translated_value} points at no golden {entity}"
+                           for gid, translated_value in zip(target.to_numpy(object),
+                                                            golden.loc[missing, name].to_numpy(object))]}))
+    held_back = pd.concat(holds, ignore_index=True) if holds else pd.DataFrame(columns=REFERENCE_HOLD_COLUMNS)
+    return translated, held_back
+
+
+def hold_back_references(plan: pd.DataFrame, held_back: pd.DataFrame) -> pd.DataFrame:
+    """``plan`` with each held-back reference named in its record's ``held_back`` (field -> why), so ``plan`` shows
+    what was not written and why."""
+    if held_back.empty or plan.empty:
+        return plan
+    reasons: dict[str, dict] = defaultdict(dict)
+    for entity_id, name, reason in zip(held_back["entity_id"], held_back["field"], held_back["reason"]):
+        reasons[entity_id][name] = reason
+    live = plan["action"].isin(["update", "unchanged", "create"]).to_numpy(bool)
+    plan = plan.copy()
+    plan["held_back"] = [{**holds, **reasons.get(entity_id, {})} if is_live else holds
+                         for holds, entity_id, is_live in zip(plan["held_back"], plan["entity_id"], live)]
+    return plan

@@ -8,8 +8,11 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from sync_pipelines.core.conditions import columns
-from sync_pipelines.core.plan import CLEAR, plan_creates, plan_writes, to_tool_record, writable_fields
+from sync_pipelines.core.conditions import columns as condition_columns
+from sync_pipelines.core.plan import (
+    CLEAR, REFERENCE_HOLD_COLUMNS, hold_back_references, plan_creates, plan_writes, to_tool_record,
+    translate_references, writable_fields,
+)
 from sync_pipelines.pipeline.common import stack_fingerprint, table
 from sync_pipelines.stack import Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
@@ -77,15 +80,17 @@ def plan_destination(stack: Stack, warehouse: Warehouse, dest: Destination,
                   warehouse.read_where_in(LEDGER, "source_id", current["_source_id"], compared, tool=dest.tool,
                                           stream=dest.stream))
     golden = golden.set_index("entity_id")
+    golden, held_references = _own_references(stack, warehouse, dest, golden, crosswalk, current)
     composed = [canonical for canonical in writable.values() if len(canonical) > 1]
     plan = plan_writes(golden, crosswalk, current, fields, dest.tool, ledger=ledger, composed=composed,
                        policies=dest.fields,
                        cleared=_golden_clears(warehouse, dest.entity, golden, crosswalk, current, fields))
+    plan = hold_back_references(plan, held_references)
     if not dest.updates:  # create only: what the tool holds is left as it is
         plan = plan.iloc[:0]
     held_creates = {}
     if dest.creates:
-        creates, lacking, held_creates = _plan_creates(warehouse, dest, crosswalk, fields, entity_ids,
+        creates, lacking, held_creates = _plan_creates(stack, warehouse, dest, crosswalk, current, fields, entity_ids,
                                                        key_field(stream, dest))
         if len(creates):
             plan = pd.concat([plan, creates], ignore_index=True)
@@ -113,11 +118,13 @@ def key_field(stream, dest: Destination) -> str | None:
     return None
 
 
-def _plan_creates(warehouse: Warehouse, dest: Destination, crosswalk: pd.DataFrame, fields: list[str],
-                  entity_ids: set[str] | None, key: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """The creates of a destination that may create, the golden records they use, and how many were held back by
-    reason: the golden records (``entity_ids``, or all) of which the tool holds no record. A record made by an
-    earlier run is in the crosswalk at once, so it is never planned again, even before the tool is re-read."""
+def _plan_creates(stack: Stack, warehouse: Warehouse, dest: Destination, crosswalk: pd.DataFrame,
+                  current: pd.DataFrame, fields: list[str], entity_ids: set[str] | None,
+                  key: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The creates of a destination that may create, the golden records they use (references in the tool's own
+    ids), and how many were held back by reason: the golden records (``entity_ids``, or all) of which the tool holds
+    no record. A record made by an earlier run is in the crosswalk at once, so it is never planned again, even
+    before the tool is re-read."""
     golden_table = table("golden", dest.entity)
     if entity_ids is None:
         candidates = warehouse.read_table(golden_table, ["entity_id"])["entity_id"]
@@ -125,11 +132,38 @@ def _plan_creates(warehouse: Warehouse, dest: Destination, crosswalk: pd.DataFra
         candidates = pd.Series(sorted(entity_ids), dtype=object)
     linked = pd.Index(crosswalk.loc[crosswalk["_source"] == dest.tool, "entity_id"].unique())
     candidates = candidates[linked.get_indexer(candidates) < 0]
-    read = list(dict.fromkeys(["entity_id", *fields, *(columns(dest.condition) if dest.condition else ()),
+    read = list(dict.fromkeys(["entity_id", *fields, *(condition_columns(dest.condition) if dest.condition else ()),
                                "_deleted"]))
     lacking = warehouse.read_where_in(golden_table, "entity_id", candidates, read).set_index("entity_id")
+    lacking, held_references = _own_references(stack, warehouse, dest, lacking, crosswalk, current)
     creates, held = plan_creates(lacking, linked, fields, dest.fields, dest.condition, key)
-    return creates, lacking, held
+    return hold_back_references(creates, held_references), lacking, held
+
+
+def _own_references(stack: Stack, warehouse: Warehouse, dest: Destination, golden: pd.DataFrame,
+                    crosswalk: pd.DataFrame, current: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The golden records with their reference fields in the destination's own ids, and the references held back
+    (core/plan.py ``translate_references``). Only the stored references of these records and the referenced
+    records' crosswalk rows of this tool are read."""
+    specs = stack.entities[dest.entity].fields
+    referenced = {name: specs[name].references for name in golden.columns
+                  if name in specs and specs[name].references is not None}
+    if not referenced:
+        return golden, pd.DataFrame(columns=REFERENCE_HOLD_COLUMNS)
+    links_table = table("references", dest.entity)
+    columns = ["entity_id", "field", "referenced_entity", "referenced_id"]
+    # no references yet (the referenced entity is not resolved): every reference is held back, none sent raw
+    references = warehouse.read_where_in(links_table, "entity_id", golden.index, columns) \
+        if warehouse.has_table(links_table) else pd.DataFrame(columns=columns)
+    targets = [warehouse.read_where_in(table("crosswalk", entity), "entity_id",
+                                       references["referenced_id"].dropna().unique(), ["entity_id", "_source_id"],
+                                       _source=dest.tool).assign(referenced_entity=entity)
+               for entity in sorted(set(referenced.values())) if warehouse.has_table(table("crosswalk", entity))]
+    targets = pd.concat(targets, ignore_index=True) if targets else pd.DataFrame(
+        columns=["referenced_entity", "entity_id", "_source_id"])
+    held = crosswalk[["entity_id", "_source_id"]].merge(current[["_source_id", *referenced]], on="_source_id").melt(
+        id_vars=["entity_id"], value_vars=list(referenced), var_name="field", value_name="value")
+    return translate_references(golden, references, targets, held, referenced, dest.tool)
 
 
 def _golden_clears(warehouse: Warehouse, entity: str, golden: pd.DataFrame, crosswalk: pd.DataFrame,

@@ -184,7 +184,7 @@ def _control_routes(state: SandboxState) -> list[Route]:
         table = state.world.table(tool or "", stream or "")
         if table is None:
             raise ValueError(f"truth/records needs tool= and stream= of one of {', '.join(state.world.tables)}")
-        return truth.records(table)
+        return truth.records(table, state.world)
 
     def set_faults(_: Request, body: Any) -> Any:
         state.faults.update(body or {})

@@ -273,6 +273,7 @@ def build_world(seed: int = 42, scale: float = 1.0, anchor: datetime | None = No
     _plant_conflicts(world)
     _plant_split_names(world)
     _build_business(world)
+    _plant_contact_companies(world)
     return world
 
 
@@ -297,6 +298,12 @@ def _build_contacts(world: World) -> None:
         v = person_values(world, t, row)
         return {"name": N.whole_name(v["first"], v["last"]), "email": v["email"], "phone": v["phone"]}
 
+    def zendesk_user(t: Table, row: int) -> dict[str, Any]:
+        organization = int(t.codes["organization"][row]) if "organization" in t.codes else -1
+        organizations = world.tables.get("zendesk/organizations")
+        return {**full_name(t, row),
+                "organization_id": organizations.id(organization) if organization >= 0 and organizations else None}
+
     def erp(t: Table, row: int) -> dict[str, Any]:
         v = person_values(world, t, row)
         customer_no = None if t.invalid[row] == MISSING_ID else t.id(row)
@@ -315,7 +322,7 @@ def _build_contacts(world: World) -> None:
          ContactShape(0.70, (80, 5, 5, 5, 5), (30, 40, 10, 5, 15), (88, 8, 2, 2), duplicate_share=0.04),
          {**names, "email": "email", "phone": "phone", "company_name": "", "job_title": "extra",
           "lifecycle_stage": ""}),
-        ("zendesk", "users", IdScheme("int", offset=360_000_000_001), full_name,
+        ("zendesk", "users", IdScheme("int", offset=360_000_000_001), zendesk_user,
          ContactShape(0.50, (75, 10, 5, 8, 2), (20, 20, 30, 10, 20), (80, 12, 4, 4)),
          {**names, "email": "email", "phone": "phone"}),
         ("stripe", "customers", IdScheme("stripe", "cus"), full_name,
@@ -519,7 +526,11 @@ HUBSPOT_COMPANY_KINDS = ("member", "duplicate", "namesake", "lookalike")
 MEMBER, DUPLICATE, NAMESAKE, LOOKALIKE = range(len(HUBSPOT_COMPANY_KINDS))
 HUBSPOT_DOMAIN_STYLES = ("plain", "www", "url", "empty")
 EMPTY_DOMAIN = HUBSPOT_DOMAIN_STYLES.index("empty")
-COMPANY_STREAMS = ("salesforce/Account", "hubspot/companies")
+COMPANY_STREAMS = ("salesforce/Account", "hubspot/companies", "zendesk/organizations")
+# How a contact record names its company where the tool holds one: as the truth says, not at all, or another
+# company (the person moved and this tool was never told): write-back must make it the golden company everywhere.
+CONTACT_COMPANY_STYLES = ("truth", "none", "stale")
+CONTACT_COMPANY_SHARES = (85, 8, 7)
 
 
 def company_key(c: int) -> str:
@@ -621,6 +632,46 @@ def _plant_company_conflicts(world: World, hubspot: Table, rng: np.random.Genera
                                         "tool": "hubspot", "value": hubspot.fields(row)["industry"],
                                         "other_tool": "salesforce",
                                         "other_value": N.INDUSTRIES[int(companies.industry[c])]})
+
+
+def _plant_contact_companies(world: World) -> None:
+    """Zendesk organizations (70% of the companies, one each, with their domain), and which company each HubSpot
+    contact (an association) and Zendesk user (``organization_id``) names: its person's company where the tool
+    holds it, else none, mostly; sometimes none or another company of that tool (`CONTACT_COMPANY_STYLES`), the
+    latter only for people Salesforce holds with their live account. Salesforce's ``AccountId`` always names the
+    person's company."""
+    companies = world.companies
+    rng = _rng(world.seed, "zendesk/organizations")
+    company = np.flatnonzero(rng.random(len(companies)) < 0.7).astype(np.int32)
+    created, modified = _times(rng, len(company), world.anchor_ms)
+
+    def organization(t: Table, row: int) -> dict[str, Any]:
+        c = int(t.codes["company"][row])
+        return {"name": companies.name(c), "domain_names": [companies.domain(c)]}
+
+    organizations = Table("zendesk", "organizations", IdScheme("int", offset=370_000_000_001), created, modified,
+                          np.full(len(company), -1), organization, codes={"company": company})
+    world.tables[organizations.key] = organizations
+    hubspot = world.tables["hubspot/companies"]
+    member = (hubspot.codes["kind"] == MEMBER) & ~hubspot.deleted
+    salesforce, accounts = world.tables["salesforce/Contact"], world.tables["salesforce/Account"]
+    in_salesforce = np.zeros(len(world.people), bool)
+    usable = (salesforce.person >= 0) & ~salesforce.deleted & (salesforce.invalid == 0)
+    usable[usable] = ~accounts.deleted[world.people.company[salesforce.person[usable]]]
+    in_salesforce[salesforce.person[usable]] = True
+    for contacts, holders, column in ((world.tables["hubspot/contacts"], np.flatnonzero(member), "company_record"),
+                                      (world.tables["zendesk/users"], np.arange(len(company)), "organization")):
+        rng = _rng(world.seed, f"{contacts.key}/company")
+        held_by = np.full(len(companies), -1, np.int64)
+        held_by[company[holders] if column == "organization" else hubspot.codes["company"][holders]] = holders
+        person = contacts.person
+        own = np.where(person >= 0, held_by[world.people.company[np.maximum(person, 0)]], -1)
+        style = _pick(rng, len(contacts), CONTACT_COMPANY_SHARES)
+        other = holders[rng.integers(0, len(holders), len(contacts))]
+        # another company only where Salesforce, the source of truth, names the right one: else no rule could tell
+        stale = (style == 2) & in_salesforce[np.maximum(person, 0)] & (person >= 0)
+        chosen = np.where(stale, np.where(other == own, -1, other), np.where(style == 1, -1, own))
+        contacts.codes[column] = np.where(own >= 0, chosen, -1).astype(np.int64)
 
 
 def team_member(index: int) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """HubSpot CRM v3: object lists with `after` cursors, search (10,000-result ceiling), batch upsert and update,
-properties."""
+properties; CRM v4 associations between records (batch read, default associate, archive)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ UNIQUE_PROPERTIES = {"contacts": ("email",), "companies": ()}
 # Object type id and the name HubSpot uses for the object in batch errors.
 OBJECT_TYPES = {"contacts": ("0-1", "CONTACT"), "companies": ("0-2", "COMPANY")}
 READ_ONLY = ("createdate", "lastmodifieddate", "hs_lastmodifieddate", "hs_object_id")
+ASSOCIATIONS_API = "/crm/v4"
+# Object pair -> (the table code naming each record's planted association, primary type id, unlabeled type id).
+ASSOCIATION_TYPES = {("contacts", "companies"): ("company_record", 1, 279)}
+ASSOCIATION_BATCH_MAX = 1000
 OPERATORS = {"GT": np.greater, "GTE": np.greater_equal, "LT": np.less, "LTE": np.less_equal, "EQ": np.equal,
              "NEQ": np.not_equal}
 
@@ -44,8 +48,21 @@ class HubSpot(Vendor):
     default_credential = "sandbox-hubspot-token"
     drift_fields = {"contacts": "phone", "companies": "industry"}
 
+    def __init__(self, state) -> None:
+        super().__init__(state)
+        # (from object, to object) -> from row -> to row -> association type ids, for the records whose
+        # associations were written; the others keep the ones the data planted
+        self.associations: dict[tuple[str, str], dict[int, dict[int, set[int]]]] = {}
+
     def routes(self):
+        v4 = f"{ASSOCIATIONS_API}/associations/{{from_object}}/{{to_object}}/batch"
+        single = f"{ASSOCIATIONS_API}/objects/{{from_object}}/{{from_id}}/associations"
         return [
+            ("POST", f"{v4}/read", self.read_associations, True),
+            ("POST", f"{v4}/associate/default", self.associate_default, True),
+            ("POST", f"{v4}/archive", self.archive_associations, True),
+            ("PUT", f"{single}/default/{{to_object}}/{{to_id}}", self.associate_one, True),
+            ("DELETE", f"{single}/{{to_object}}/{{to_id}}", self.archive_one, True),
             ("GET", f"{API}/objects/{{object}}", self.list_objects, True),
             ("POST", f"{API}/objects/{{object}}/search", self.search, True),
             ("POST", f"{API}/objects/{{object}}/batch/upsert", self.batch_upsert, True),
@@ -302,6 +319,120 @@ class HubSpot(Vendor):
             return table.live(table.row_of(key)), properties
         properties.setdefault(id_property, str(key))
         return table.live(table.lookup(id_property, key)), properties
+
+    def _pair(self, call: Call) -> tuple[str, str, Table, Table]:
+        pair = (call.params["from_object"], call.params["to_object"])
+        if pair not in ASSOCIATION_TYPES:
+            known = ", ".join(f"{a} to {b}" for a, b in ASSOCIATION_TYPES)
+            raise ApiError(400, "VALIDATION_ERROR", f"the sandbox associates {known}, not {pair[0]} to {pair[1]}")
+        return (*pair, self._object(pair[0]), self._object(pair[1]))
+
+    def associated(self, pair: tuple[str, str], source: Table, row: int) -> dict[int, set[int]]:
+        """The rows ``row`` is associated with, each with its type ids (live records only)."""
+        written = self.associations.get(pair, {})
+        if row in written:
+            found = written[row]
+        else:
+            code, primary, unlabeled = ASSOCIATION_TYPES[pair]
+            planted = int(source.codes[code][row]) if code in source.codes else -1
+            found = {planted: {primary, unlabeled}} if planted >= 0 else {}
+        target = self._object(pair[1])
+        return {to: set(types) for to, types in found.items() if not target.deleted[to]}
+
+    def _live_row(self, table: Table, record_id: Any, obj: str) -> int:
+        row = table.live(table.row_of(str(record_id)))
+        if row is None:
+            raise ApiError(404, "OBJECT_NOT_FOUND", f"No {obj} with ID {record_id} exists")
+        return row
+
+    def _batch(self, call: Call) -> list[dict[str, Any]]:
+        body = call.json()
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(item, dict) for item in inputs):
+            raise ApiError(400, "VALIDATION_ERROR", "expected {\"inputs\": [...]} with at least one input")
+        if len(inputs) > ASSOCIATION_BATCH_MAX:
+            raise ApiError(400, "VALIDATION_ERROR", f"Batch input of {len(inputs)} exceeds the limit of "
+                           f"{ASSOCIATION_BATCH_MAX} inputs")
+        return inputs
+
+    def read_associations(self, call: Call) -> Response:
+        """Each input's associated records with their types; an input with none is left out of the results."""
+        from_obj, to_obj, source, target = self._pair(call)
+        primary = ASSOCIATION_TYPES[(from_obj, to_obj)][1]
+        results = []
+        for item in self._batch(call):
+            row = source.live(source.row_of(str(item.get("id"))))
+            found = self.associated((from_obj, to_obj), source, row) if row is not None else {}
+            if found:
+                results.append({"from": {"id": str(item["id"])}, "to": [
+                    {"toObjectId": int(target.id(to)), "associationTypes": [
+                        {"category": "HUBSPOT_DEFINED", "typeId": type_id,
+                         "label": "Primary" if type_id == primary else None} for type_id in sorted(types)]}
+                    for to, types in sorted(found.items())]})
+        now = iso_ms(now_ms())
+        return json_response({"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now})
+
+    def _associate(self, pair: tuple[str, str], source: Table, row: int, to: int) -> None:
+        """The default (unlabeled) association, also primary when the record has no primary one yet, as HubSpot
+        makes a contact's first company its primary; the record's modification time moves, so a search finds it."""
+        _, primary, unlabeled = ASSOCIATION_TYPES[pair]
+        found = self.associated(pair, source, row)
+        types = found.setdefault(to, set())
+        types.add(unlabeled)
+        if not any(primary in held for held in found.values()):
+            types.add(primary)
+        self.associations.setdefault(pair, {})[row] = found
+        self.state.write(source, row, {})
+
+    def _archive(self, pair: tuple[str, str], source: Table, row: int, to: int) -> None:
+        found = self.associated(pair, source, row)
+        if found.pop(to, None) is not None:
+            self.associations.setdefault(pair, {})[row] = found
+            self.state.write(source, row, {})
+
+    def _association_result(self, pair: tuple[str, str], source: Table, row: int, target: Table,
+                            to: int) -> dict[str, Any]:
+        return {"fromObjectTypeId": OBJECT_TYPES[pair[0]][0], "fromObjectId": int(source.id(row)),
+                "toObjectTypeId": OBJECT_TYPES[pair[1]][0], "toObjectId": int(target.id(to)), "labels": []}
+
+    def associate_default(self, call: Call) -> Response:
+        from_obj, to_obj, source, target = self._pair(call)
+        pair, results = (from_obj, to_obj), []
+        for item in self._batch(call):
+            row = self._live_row(source, (item.get("from") or {}).get("id"), from_obj)
+            to = self._live_row(target, (item.get("to") or {}).get("id"), to_obj)
+            self._associate(pair, source, row, to)
+            results.append(self._association_result(pair, source, row, target, to))
+        now = iso_ms(now_ms())
+        return json_response({"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now})
+
+    def archive_associations(self, call: Call) -> Response:
+        """Remove every association between each input's record and the records listed in its ``to``."""
+        from_obj, to_obj, source, target = self._pair(call)
+        for item in self._batch(call):
+            row = self._live_row(source, (item.get("from") or {}).get("id"), from_obj)
+            for other in item.get("to") or []:
+                to = target.row_of(str((other or {}).get("id")))
+                if to is not None:
+                    self._archive((from_obj, to_obj), source, row, to)
+        return Response(status_code=204)
+
+    def associate_one(self, call: Call) -> Response:
+        from_obj, to_obj, source, target = self._pair(call)
+        row = self._live_row(source, call.params["from_id"], from_obj)
+        to = self._live_row(target, call.params["to_id"], to_obj)
+        self._associate((from_obj, to_obj), source, row, to)
+        now = iso_ms(now_ms())
+        return json_response({"status": "COMPLETE", "startedAt": now, "completedAt": now,
+                              "results": [self._association_result((from_obj, to_obj), source, row, target, to)]})
+
+    def archive_one(self, call: Call) -> Response:
+        from_obj, to_obj, source, target = self._pair(call)
+        row = self._live_row(source, call.params["from_id"], from_obj)
+        to = target.row_of(call.params["to_id"])
+        if to is not None:
+            self._archive((from_obj, to_obj), source, row, to)
+        return Response(status_code=204)
 
     def properties(self, call: Call) -> Response:
         obj = call.params["object"]

@@ -29,6 +29,8 @@ OBJECT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 REQUIRED_ON_CREATE = {"Contact": ("LastName",), "Account": ("Name",), "Opportunity": ("Name", "StageName", "CloseDate")}
 EXTERNAL_ID_FIELDS = {"Contact": ("External_Id__c",)}
+# A reference field -> the object whose live record it must name.
+REFERENCE_TARGETS = {"AccountId": "Account"}
 SOQL = re.compile(
     r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<object>\w+)"
     r"(?:\s+WHERE\s+(?P<where>.+?))?"
@@ -266,6 +268,11 @@ class Salesforce(Vendor):
         email = changes.get("Email")
         if email not in (None, "") and not EMAIL.match(str(email).strip()):
             errors.append(_error("INVALID_EMAIL_ADDRESS", f"Email: invalid email address: {email}", ["Email"]))
+        for name, target in REFERENCE_TARGETS.items():
+            value = changes.get(name)
+            referenced = self.table(target) if name in writable and value not in (None, "") else None
+            if referenced is not None and referenced.live(referenced.row_of(value)) is None:
+                errors.append(_error("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {value}", [name]))
         # Deleted records sit in the recycle bin: an external id no longer matches them, an Id is refused.
         row = table.row_of(key) if key_field == "Id" else table.live(table.lookup(key_field, key))
         if key_field == "Id":

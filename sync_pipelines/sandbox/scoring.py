@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from sync_pipelines.resolve import pairwise_precision_recall
+from sync_pipelines.warehouse import landing_table_name
 
 
 @dataclass
@@ -76,3 +77,60 @@ def score(box, stack, warehouse, entity: str, label: str, planted: list[dict[str
     golden = warehouse.read_table(f"golden_{entity}").query("not _deleted").set_index("entity_id")
     resolved = resolution(truth_records(box, stack, entity), warehouse.read_table(f"crosswalk_{entity}"), label)
     return resolved, conflicts_resolved(planted, golden, resolved.entity_of, label)
+
+
+@dataclass
+class ReferenceAgreement:
+    """Per golden record held by several of the compared tools: does each tool's record point at the same golden
+    record of the referenced entity (through that entity's crosswalk, in the tool's own ids)?"""
+
+    compared: int  # golden records with a record in at least two of the tools
+    differ: int  # ... whose records point at two or more golden records
+    missing: int  # records pointing nowhere though their tool holds a record of what the golden record points at
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def reference_agreement(stack, warehouse, entity: str, reference: str, tools: list[str]) -> ReferenceAgreement:
+    """What each tool's landed record of each golden ``entity`` record says ``reference`` is, as golden ids; a tool
+    holding two records of one golden record is read at the newer one (the one write-back writes)."""
+    target = stack.entities[entity].fields[reference].references
+    crosswalk = warehouse.read_table(f"crosswalk_{entity}")
+    targets = warehouse.read_table(f"crosswalk_{target}")[["entity_id", "_source", "_source_id"]].rename(
+        columns={"entity_id": "points_at", "_source_id": reference})
+    held = []
+    for tool, _, stream, spec in stack.streams():
+        if tool in tools and spec.entity == entity:
+            landed = warehouse.read_table(landing_table_name(tool, stream))
+            landed = landed[~landed["_deleted"].astype(bool)][["_source_id", "_updated_at", reference]]
+            held.append(crosswalk[crosswalk["_source"] == tool].merge(landed, on="_source_id"))
+    held = pd.concat(held, ignore_index=True).sort_values("_updated_at", ascending=False, kind="stable")
+    held = held.drop_duplicates(["entity_id", "_source"])
+    held = held.merge(targets, on=["_source", reference], how="left")
+    several = held.groupby("entity_id")["_source"].transform("size") >= 2
+    held = held[several]
+    pointing = held.dropna(subset=["points_at"]).groupby("entity_id")["points_at"].nunique()
+    differing = pointing[pointing > 1].index
+    golden = warehouse.read_table(f"references_{entity}")
+    golden = golden[golden["field"] == reference].set_index("entity_id")["referenced_id"]
+    wanted = held.assign(golden=golden.reindex(held["entity_id"]).to_numpy())
+    has_target = targets[["points_at", "_source"]].drop_duplicates().rename(columns={"points_at": "golden"})
+    missing = wanted.merge(has_target, on=["golden", "_source"])
+    missing = missing[missing["points_at"].isna()]
+    return ReferenceAgreement(compared=int(held["entity_id"].nunique()), differ=len(differing),
+                              missing=int(missing["entity_id"].nunique()),
+                              samples=held[held["entity_id"].isin(differing[:3])].to_dict("records"))
+
+
+def reference_accuracy(truth: pd.DataFrame, entity_of: pd.Series, target_of: pd.Series, references: pd.DataFrame,
+                       reference: str, label: str, target_label: str) -> tuple[int, int]:
+    """(golden records pointing at the golden record of what the truth says they point at, golden records holding
+    ``reference`` whose target has a golden record): ``entity_of`` maps the truth's ``label`` to golden ids,
+    ``target_of`` its ``target_label``. A golden record no source gave a value holds no reference to score."""
+    expected = truth.dropna(subset=[label, target_label]).drop_duplicates(label)
+    expected = pd.DataFrame({"entity_id": entity_of.reindex(expected[label]).to_numpy(),
+                             "expected": target_of.reindex(expected[target_label]).to_numpy()}).dropna()
+    links = references[references["field"] == reference].set_index("entity_id")["referenced_id"]
+    expected = expected.drop_duplicates("entity_id")
+    expected = expected[links.index.get_indexer(expected["entity_id"]) >= 0]
+    got = links.reindex(expected["entity_id"]).to_numpy()
+    return int((got == expected["expected"].to_numpy()).sum()), len(expected)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import phonenumbers
 
-from .data import COMPANY_STREAMS, World, company_label, person_key
+from .data import COMPANY_STREAMS, World, company_key, company_label, person_key
 from .table import INVALID_REASONS, Table
 
 CANONICAL_FIELDS = ("email", "first_name", "last_name", "phone", "company_name", "job_title", "lifecycle_stage")
@@ -125,9 +125,10 @@ def summary(world: World) -> dict[str, Any]:
             "split_names": world.split_names, "company_traps": world.company_traps}
 
 
-def records(table: Table) -> list[dict[str, Any]]:
+def records(table: Table, world: World | None = None) -> list[dict[str, Any]]:
     """One entry per record: id as the tool shows it, person, deleted flag and invalid reason; for a company
-    record, also the company it describes (`data.company_label`)."""
+    record, also the company it describes (`data.company_label`); for a contact record of a person (given the
+    ``world``), the company that person belongs to, whatever the record names (`company_key`)."""
     ids = [None if table.tool == "legacy_erp" and reason == "missing_id" else table.id(row)
            for row, reason in enumerate(INVALID_REASONS[i] for i in table.invalid.tolist())]
     entries = [{"id": ids[row], "person": None if p < 0 else person_key(p), "deleted": d,
@@ -137,6 +138,10 @@ def records(table: Table) -> list[dict[str, Any]]:
     if table.key in COMPANY_STREAMS:
         for row, entry in enumerate(entries):
             entry["company"] = company_label(table, row)
+    elif world is not None and table.key in CONTACT_MAPPINGS:
+        companies = world.people.company
+        for entry, p in zip(entries, table.person.tolist()):
+            entry["company"] = None if p < 0 else company_key(int(companies[p]))
     return entries
 
 

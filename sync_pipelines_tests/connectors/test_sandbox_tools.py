@@ -28,6 +28,7 @@ STREAMS = [
     ("hubspot", "contacts", "jobtitle", "Chief Testing Officer"),
     ("hubspot", "companies", "industry", "Testing"),
     ("zendesk", "users", "phone", "+15550001111"),
+    ("zendesk", "organizations", "name", "Changed Organization"),
     ("zendesk", "tickets", "subject", "Changed subject"),
     ("asana", "tasks", "notes", "Changed notes"),
     ("stripe", "customers", "name", "Changed Name"),
@@ -124,6 +125,57 @@ def test_zendesk_create_or_update_many_maps_job_results_to_inputs(sandbox):
     assert [r["created"] for r in first] == [True, True] and all(r["ok"] for r in first)
     again = zendesk.write("users", [{"email": "ken@example.com", "name": "Ken Thompson"}])
     assert again[0]["id"] == first[1]["id"] and again[0]["created"] is False
+
+
+def test_hubspot_contact_company_is_its_primary_association_read_and_rewritten_through_v4(sandbox):
+    hubspot = open_tool(sandbox, "hubspot", associations={"contacts": ["companies"]})
+    live = [r for r in hubspot.read("contacts") if not r["archived"]]
+    assert all(set(r["associations"]) == {"companies"} for r in live)
+    associated = [r for r in live if r["associations"]["companies"]]
+    assert 0 < len(associated) < len(live)  # the data plants contacts without a company too
+    assert "associations" not in next(open_tool(sandbox, "hubspot").read("contacts"))  # only when asked for
+    contact, old = associated[0]["id"], associated[0]["associations"]["companies"]
+    new = next(r["id"] for r in hubspot.read("companies") if not r["archived"] and r["id"] != old)
+    since = datetime.now(timezone.utc) - timedelta(seconds=2)
+    [written] = hubspot.write("contacts", [{"id": contact, "associations": {"companies": new}}], mode="update",
+                              key="id")
+    assert written == {"ok": True, "id": contact, "created": False, "error": None}
+    # the change moves the contact's modification time, so an incremental read sees it, and the old one is gone
+    changed = {r["id"]: r["associations"]["companies"] for r in hubspot.read("contacts", since=since)}
+    assert changed[contact] == new
+    body = requests.post(f"{sandbox.base_url('hubspot')}/crm/v4/associations/contacts/companies/batch/read",
+                         json={"inputs": [{"id": contact}]}, timeout=30,
+                         headers={"Authorization": f"Bearer {CREDENTIALS['hubspot']['access_token']}"}).json()
+    assert [str(to["toObjectId"]) for to in body["results"][0]["to"]] == [new]
+    [cleared] = hubspot.write("contacts", [{"id": contact, "associations": {"companies": None}}], mode="update")
+    assert cleared["ok"]
+    assert next(r for r in hubspot.read("contacts") if r["id"] == contact)["associations"]["companies"] is None
+    [refused] = hubspot.write("contacts", [{"id": contact, "associations": {"companies": "999999999"}}],
+                              mode="update")
+    assert not refused["ok"] and "companies association" in refused["error"]
+
+
+def test_zendesk_user_organization_is_written_and_an_unknown_one_refused(sandbox):
+    zendesk = open_tool(sandbox, "zendesk", sleep=lambda seconds: None)
+    organizations = [str(r["id"]) for r in zendesk.read("organizations")]
+    assert set(organizations) == truth_ids(sandbox, "zendesk", "organizations")
+    first, second = sorted(truth_ids(sandbox, "zendesk", "users", live_only=True))[3:5]
+    written, refused = zendesk.write("users", [{"id": first, "organization_id": organizations[1]},
+                                               {"id": second, "organization_id": "1"}], mode="update", key="id")
+    assert written["ok"] and not refused["ok"] and "Organization" in refused["error"]
+    stored = {str(r["id"]): r["organization_id"] for r in zendesk.read("users")}
+    assert str(stored[first]) == organizations[1] and str(stored[second]) != "1"
+
+
+def test_salesforce_contact_account_must_name_a_live_account(sandbox):
+    salesforce = open_tool(sandbox, "salesforce")
+    contact_id = sorted(truth_ids(sandbox, "salesforce", "Contact", live_only=True))[2]
+    account = sorted(truth_ids(sandbox, "salesforce", "Account", live_only=True))[1]
+    ok, bad = salesforce.write("Contact", [{"Id": contact_id, "AccountId": account},
+                                           {"Id": contact_id, "AccountId": "001000000000000AAA"}], mode="update",
+                               key="Id")
+    assert ok["ok"] and not bad["ok"] and "INVALID_CROSS_REFERENCE_KEY" in bad["error"]
+    assert next(r for r in salesforce.read("Contact") if r["Id"] == contact_id)["AccountId"] == account
 
 
 def test_asana_creates_then_updates_a_task(sandbox):

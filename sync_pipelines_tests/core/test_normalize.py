@@ -42,6 +42,19 @@ def test_zendesk_full_name_split_and_inactive_user_is_deleted():
     assert rows.loc[0, "_source_id"] == "7" and bool(rows.loc[0, "_deleted"])
 
 
+def test_a_number_in_a_path_indexes_a_list_and_an_empty_list_holds_nothing():
+    rows, rejects = _map("zendesk", "organizations", [
+        {"id": 1, "name": "Acme, Inc.", "domain_names": ["WWW.Acme.com", "acme.de"],
+         "updated_at": "2026-10-01T00:00:00Z"},
+        {"id": 2, "name": "Globex", "domain_names": [], "updated_at": "2026-10-01T00:00:00Z"},
+    ])
+    assert rejects.empty
+    assert rows.loc[0, "domain"] == "acme.com" and pd.isna(rows.loc[1, "domain"])
+    assert rows["name_key"].tolist() == ["acme", "globex"]
+    assert get_path({"domain_names": ["acme.com"]}, "domain_names.0") == "acme.com"
+    assert get_path({"domain_names": []}, "domain_names.0") is None
+
+
 def test_record_without_primary_key_is_rejected_with_reason_not_dropped():
     rows, rejects = _map("legacy_erp", "customers", [
         {"customer_no": "", "email_address": "a@b.co", "modified": "2026-10-01T00:00:00Z"},

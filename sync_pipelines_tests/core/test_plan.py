@@ -2,7 +2,10 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from sync_pipelines.core.plan import CLEAR, plan_writes, to_tool_record, writable_fields
+from sync_pipelines.core.plan import (
+    CLEAR, UNRESOLVED_REFERENCE, hold_back_references, plan_writes, to_tool_record, translate_references,
+    writable_fields,
+)
 from sync_pipelines.stack import load_stack
 
 STACK = load_stack()
@@ -96,3 +99,32 @@ def test_a_golden_clear_empties_the_tool_under_clear_allow_only_and_a_gap_never_
     assert again.set_index("source_id").loc["1", "action"] == "unchanged"  # cleared, not re-read yet
     assert to_tool_record({"phone": CLEAR}, {"phone": "+14155550101"},
                           writable_fields(STACK.tools["hubspot"].streams["contacts"])) == {"properties": {"phone": None}}
+
+
+def test_a_reference_is_written_as_the_destinations_own_id_and_held_back_where_it_has_none():
+    # golden contacts hold Salesforce account ids; HubSpot holds its own records of two of the three companies
+    golden = pd.DataFrame({"company": ["001A", "001B", "001C", None, "001X"]},
+                          index=pd.Index(["ent_a", "ent_b", "ent_c", "ent_d", "ent_e"], name="entity_id"))
+    references = pd.DataFrame({"entity_id": ["ent_a", "ent_b", "ent_c", "ent_e"], "field": "company",
+                               "referenced_entity": "companies",
+                               "referenced_id": ["co_1", "co_2", "co_3", None]})
+    targets = pd.DataFrame({"referenced_entity": "companies", "entity_id": ["co_1", "co_2", "co_2"],
+                            "_source_id": ["501", "502", "509"]})  # HubSpot holds co_2 twice
+    held = pd.DataFrame({"entity_id": ["ent_a", "ent_b"], "field": "company", "value": ["777", "509"]})
+    translated, held_back = translate_references(golden, references, targets, held, {"company": "companies"},
+                                                 "hubspot")
+    # co_1 becomes HubSpot's 501; ent_b already names one of co_2's HubSpot records, kept; no other tool's id
+    assert translated["company"].tolist() == ["501", "509", None, None, None]
+    reasons = held_back.set_index("entity_id")["reason"]
+    assert sorted(reasons.index) == ["ent_c", "ent_e"]  # ent_d holds no company: nothing to hold back
+    assert reasons["ent_c"] == f"{UNRESOLVED_REFERENCE}: companies co_3 has no record in hubspot"
+    assert reasons["ent_e"] == f"{UNRESOLVED_REFERENCE}: 001X points at no golden companies"
+    crosswalk = pd.DataFrame({"entity_id": translated.index, "_source": "hubspot",
+                              "_source_id": ["h1", "h2", "h3", "h4", "h5"]})
+    landed = pd.DataFrame({"_source_id": ["h1", "h2", "h3", "h4", "h5"], "company": ["777", "509", None, None, "9"],
+                           "_deleted": False, "_updated_at": T1, "_extracted_at": T1})
+    plan = hold_back_references(plan_writes(translated, crosswalk, landed, ["company"], "hubspot"), held_back)
+    plan = plan.set_index("entity_id")
+    assert plan.loc["ent_a", "changes"] == {"company": "501"} and plan.loc["ent_b", "action"] == "unchanged"
+    assert plan.loc["ent_c", "changes"] == {} and plan.loc["ent_c", "held_back"] == {"company": reasons["ent_c"]}
+    assert plan.loc["ent_e", "changes"] == {}  # the tool's own value stays: no Salesforce id is written over it

@@ -1,4 +1,6 @@
-"""The core group: staging with per-tool quality checks, golden records with a blocking check, and write-back."""
+"""After extraction, in the order data flows (each a group, so the lineage reads left to right): ``core`` (staging with
+per-tool quality checks, golden records with a blocking check, references), then ``writeback`` (golden values back to
+the tools) and ``actions`` (records created on transitions)."""
 
 import dagster as dg
 
@@ -18,6 +20,7 @@ from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Action, Destination, Stack
 
 CORE_OWNER = "team:data"
+CORE_GROUP, WRITEBACK_GROUP, ACTIONS_GROUP = "core", "writeback", "actions"
 
 
 def staged_key(entity: str) -> dg.AssetKey:
@@ -95,7 +98,7 @@ def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        group_name="core",
+        group_name=CORE_GROUP,
         deps=[extraction_key(t, s) for t, s in entity_streams(stack, entity)],
         description=(
             f"Every tool's live {entity} in one table (`{table('staged', entity)}`), after the stack's Great "
@@ -146,7 +149,7 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        group_name="core",
+        group_name=CORE_GROUP,
         deps=[staged_key(entity)],
         description=(
             f"One golden record per {entity[:-1] if entity.endswith('s') else entity}: entity resolution "
@@ -205,7 +208,7 @@ def build_references_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        group_name="core",
+        group_name=CORE_GROUP,
         deps=[golden_key(e) for e in sorted({entity, *referenced.values()})],
         description=(
             f"Where each golden {entity} record points (`{table('references', entity)}`): "
@@ -259,7 +262,7 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
 
     @dg.asset(
         key=writeback_key(dest),
-        group_name=dest.tool,
+        group_name=WRITEBACK_GROUP,
         deps=[golden_key(dest.entity)],
         description=(
             f"Writes golden {dest.entity} back to {dest.tool} `{dest.stream}`: only the fields that differ, in the "
@@ -296,7 +299,7 @@ def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=dg.AssetKey([action.create.tool, action.name]),
-        group_name=action.create.tool,
+        group_name=ACTIONS_GROUP,
         deps=[*(extraction_key(t, s) for e in sorted(read) for t, s in entity_streams(stack, e)),
               *(golden_key(e) for e in resolved_entities(stack))],
         description=(

@@ -1,5 +1,6 @@
-"""One extraction asset per tool stream: a group per tool, daily partitions for backfills, a pool per tool API, a
-freshness policy, and a deletion-scan check on the streams that declare a scan."""
+"""One extraction asset per tool stream: an ``extract_<tool>`` group per tool (the lineage's first column), daily
+partitions for backfills, a pool per tool API, a freshness policy, and a deletion-scan check on the streams that
+declare a scan."""
 
 
 import warnings
@@ -25,6 +26,11 @@ def daily_partitions(stack: Stack) -> dg.DailyPartitionsDefinition:
 
 def extraction_key(tool: str, stream: str) -> dg.AssetKey:
     return dg.AssetKey([tool, stream])
+
+
+def extraction_group(tool: str) -> str:
+    """A group per tool, named for what it does, so the lineage reads from the tools' extractions to ``core``."""
+    return f"extract_{tool}"
 
 
 def _describe(tool_name: str, tool: Tool, stream_name: str, stream: Stream) -> str:
@@ -141,7 +147,7 @@ def _extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg.Asse
 
     @dg.asset(
         key=extraction_key(tool_name, stream_name),
-        group_name=tool_name,
+        group_name=extraction_group(tool_name),
         description=_describe(tool_name, tool, stream_name, stream),
         owners=[tool.owner],
         kinds={tool.kind, "python"},

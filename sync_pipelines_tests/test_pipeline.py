@@ -134,7 +134,7 @@ def test_a_bad_extraction_fails_the_blocking_check_and_writes_nothing(sync, chan
     result, written = sync.run()
     check = _golden_check(result)
     assert not result.success and written == {}
-    assert not check.passed and "OUTSIDE" in check.metadata["volume"].value
+    assert not check.passed and "OUTSIDE" in check.metadata["volume_of_staged_rows"].value
     assert len(sync.warehouse.read_table("writeback_ledger")) == ledger_rows
     assert sync.box.truth("people") == people  # nothing reached the tools
 

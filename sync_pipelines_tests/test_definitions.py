@@ -18,8 +18,31 @@ def test_every_asset_has_owner_group_kinds_and_description():
 def test_extraction_assets_group_by_tool_and_use_a_pool_per_tool_api():
     for tool, _, stream, _ in stack.streams():
         spec = defs.resolve_asset_graph().get(dg.AssetKey([tool, stream]))
-        assert spec.group_name == tool
+        assert spec.group_name == f"extract_{tool}"
         assert spec.owners == [stack.tools[tool].owner]
+
+
+# Where each group sits in the data flow: every dependency goes from a group to itself or to a later one.
+FLOW = {"core": 1, "writeback": 2, "actions": 2, **{f"extract_{tool}": 0 for tool in stack.tools}}
+# Dagster 1.13's asset graph shows a node's label (the key's last part) whole up to this many characters; zoomed
+# out it cuts labels over 18.
+NODE_LABEL_WIDTH = 31
+
+
+def test_groups_read_as_data_flow_from_each_tool_s_extraction_to_core_then_write_back_and_actions():
+    graph = defs.resolve_asset_graph()
+    groups = {key: graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert set(groups.values()) == {f"extract_{tool}" for tool, _, _, _ in stack.streams()} | {
+        "core", "writeback", "actions"}
+    for key, group in groups.items():
+        for parent in graph.get(key).parent_keys:
+            assert FLOW[groups[parent]] <= FLOW[group], f"{parent.to_user_string()} ({groups[parent]}) feeds " \
+                                                        f"{key.to_user_string()} ({group})"
+
+
+def test_every_asset_label_fits_a_graph_node():
+    labels = {key.path[-1] for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert [label for label in labels if len(label) > NODE_LABEL_WIDTH] == []
 
 
 def test_nightly_job_is_defined():

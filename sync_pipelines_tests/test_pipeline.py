@@ -134,7 +134,7 @@ def test_a_bad_extraction_fails_the_blocking_check_and_writes_nothing(sync, chan
     result, written = sync.run()
     check = _golden_check(result)
     assert not result.success and written == {}
-    assert not check.passed and "OUTSIDE" in check.metadata["volume"].value
+    assert not check.passed and "OUTSIDE" in check.metadata["volume_of_staged_rows"].value
     assert len(sync.warehouse.read_table("writeback_ledger")) == ledger_rows
     assert sync.box.truth("people") == people  # nothing reached the tools
 
@@ -215,7 +215,7 @@ def test_a_lead_becoming_a_customer_gets_exactly_one_onboarding_task(sync):
         assert sync.run()[0].success
     assert sync.box.truth()["streams"]["asana/tasks"]["total"] == tasks + 1
     ledger = sync.warehouse.read_table("action_ledger")
-    assert list(ledger.loc[ledger["action"] == "onboarding_task_for_new_customer", "_source_id"]) == [
+    assert list(ledger.loc[ledger["action"] == "onboard_new_customer", "_source_id"]) == [
         lead["_source_id"]]
 
 
@@ -244,7 +244,7 @@ def test_new_customers_get_one_onboarding_task_each_even_when_killed_right_after
           f"{len(tasks) - before} for {len(leads)} new customers")
     assert per_lead == {lead: 1 for lead in leads} and len(tasks) == before + len(leads)
     ledger = sync.warehouse.read_table("action_ledger")
-    assert sorted(ledger.loc[ledger["action"] == "onboarding_task_for_new_customer", "_source_id"]) == sorted(leads)
+    assert sorted(ledger.loc[ledger["action"] == "onboard_new_customer", "_source_id"]) == sorted(leads)
     if crash_after:
         assert not len(sync.warehouse.read_table("action_pending"))  # every intent the crash left was completed
 

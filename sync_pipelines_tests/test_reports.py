@@ -112,7 +112,7 @@ def test_catalog_sections_hold_trigger_owner_actions_and_mapping_tables(tmp_path
     assert "**Trigger:** event `webhook`" in support
     assert "write back golden contacts to zendesk `users`" in support
     assert "### zendesk `tickets` → tickets" in support and "### zendesk `users` → contacts" in support
-    assert "`onboarding_task_for_new_customer`: when a contacts record's `lifecycle_stage` becomes `customer`, " \
+    assert "`onboard_new_customer`: when a contacts record's `lifecycle_stage` becomes `customer`, " \
            "create asana `tasks`" in _section(markdown, "projects")
 
 
@@ -252,4 +252,4 @@ def test_the_catalog_describes_every_kind_of_action_trigger(tmp_path):
     markdown = catalog_markdown(load_stack(path))
     assert "`invoice_for_closed_won`: when a deals record's `amount` changes and `amount > 1000`, create stripe " \
            "`invoices`" in markdown
-    assert "`onboarding_task_for_new_customer`: when a new contacts record appears, create asana `tasks`" in markdown
+    assert "`onboard_new_customer`: when a new contacts record appears, create asana `tasks`" in markdown

@@ -1,23 +1,27 @@
-"""The core group: staging with per-tool quality checks, golden records with a blocking check, and write-back."""
+"""After extraction, in the order data flows (each a group, so the lineage reads left to right): ``core`` (staging with
+per-tool quality checks, golden records with a blocking check, references), then ``writeback`` (golden values back to
+the tools) and ``actions`` (records created on transitions)."""
 
 import dagster as dg
 
 from sync_pipelines.assets.extract import extraction_key
 from sync_pipelines.connectors import ConnectorError
 from sync_pipelines.core.changes import shown
-from sync_pipelines.core.quality import to_metadata
+from sync_pipelines.core.quality import QualityReport, markdown_table, to_metadata
 from sync_pipelines.pipeline import (
     action_entities, build_golden, check_golden, entity_streams, resolved_entities, run_action, stage, table,
     write_back,
 )
 from sync_pipelines.pause import holding, pauses
 from sync_pipelines.pipeline.references import link_references, reference_fields
+from sync_pipelines.pipeline.staging import Held
 from sync_pipelines.pipeline.writeback import CapExceeded
 from sync_pipelines.reports import asset_entities
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Action, Destination, Stack
 
 CORE_OWNER = "team:data"
+CORE_GROUP, WRITEBACK_GROUP, ACTIONS_GROUP = "core", "writeback", "actions"
 
 
 def staged_key(entity: str) -> dg.AssetKey:
@@ -32,14 +36,10 @@ def writeback_key(dest: Destination) -> dg.AssetKey:
     return dg.AssetKey([dest.tool, f"{dest.entity}_writeback"])
 
 
-def _check_metadata(meta: dict) -> dict:
-    """Quality metadata as Dagster values: Markdown tables render in the UI, numbers plot over time."""
-    out = {
-        "failure_rate": dg.MetadataValue.float(float(meta["failure_rate"])),
-        "rows": meta["rows"],
-        "quarantined_rows": meta["quarantined_rows"],
-        "summary": dg.MetadataValue.md(meta["summary"]),
-    }
+def _expectation_metadata(meta: dict) -> dict:
+    """The expectations' results on the rows checked this run, as Dagster values: a Markdown table the UI renders,
+    then one entry per failing expectation with its sample."""
+    out = {"expectations_this_run": dg.MetadataValue.md(meta["summary"])}
     for item in meta["expectations"]:
         if not item["success"]:
             name = f"{item['column']}: {item['expectation']}"
@@ -50,13 +50,56 @@ def _check_metadata(meta: dict) -> dict:
     return out
 
 
+def _held_metadata(held: Held) -> dict:
+    """Which of a tool's records wait in quarantine and why, as stored with each: what a steward fixes at the
+    source, whichever run put them there."""
+    samples = [{"stream": row.stream, "source id": row.source_id or "(none: keyed by its payload)",
+                "reason": row.reason, "quarantined at": f"{row.quarantined_at:%Y-%m-%d %H:%M:%S %Z}"}
+               for row in held.samples.itertuples()]
+    reasons = held.by_reason.to_dict("records")
+    return {"held_in_quarantine_by_reason": dg.MetadataValue.md(markdown_table(reasons)),
+            "held_in_quarantine_samples": dg.MetadataValue.md(markdown_table(samples))}
+
+
+def _quality_check(tool: str, reports: list[QualityReport], held: Held | None) -> dg.AssetCheckResult:
+    """A tool's check: failed while an expectation fails on the rows checked this run, or while any of its records
+    is held in quarantine, from this run or an earlier one (an incremental run checks only the rows that changed,
+    so the records held since say what is still wrong). Every stream counts; the expectations shown are its worst
+    stream's."""
+    worst = max(reports, key=lambda report: (not report.success, report.failure_rate))
+    checked = sum(report.row_count for report in reports)
+    quarantined = sum(report.quarantined_count for report in reports)
+    passed_now = all(report.success for report in reports)
+    held_records = held.records if held else 0
+    this_run = f"rows checked this run: {checked}; " + (
+        "every expectation passed on them" if passed_now else "expectations failed on them (expectations_this_run)")
+    if held_records:
+        description = (f"{tool} records held in quarantine now: {held_records}, put there by this run or an earlier "
+                       "one, until they are fixed or deleted at the source (held_in_quarantine_by_reason says why, "
+                       f"held_in_quarantine_samples which ones, the newest first). {this_run.capitalize()}.")
+    else:
+        description = f"No {tool} record is held in quarantine. {this_run.capitalize()}."
+    return dg.AssetCheckResult(
+        check_name=f"{tool}_quality", passed=passed_now and not held_records,
+        severity=dg.AssetCheckSeverity.WARN, description=description,
+        metadata={
+            "records_held_in_quarantine": held_records,
+            **(_held_metadata(held) if held_records else {}),
+            "rows_checked_this_run": checked,
+            "rows_quarantined_this_run": quarantined,
+            "failure_rate_this_run": dg.MetadataValue.float(quarantined / checked if checked else 0.0),
+            **_expectation_metadata(to_metadata(worst)),
+        },
+    )
+
+
 def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     tools = sorted({tool for tool, _ in entity_streams(stack, entity)})
     key = staged_key(entity)
 
     @dg.asset(
         key=key,
-        group_name="core",
+        group_name=CORE_GROUP,
         deps=[extraction_key(t, s) for t, s in entity_streams(stack, entity)],
         description=(
             f"Every tool's live {entity} in one table (`{table('staged', entity)}`), after the stack's Great "
@@ -78,15 +121,8 @@ def build_staged_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
             "full_restage": result.full,
             "quarantined": result.quarantined, "released": result.released,
         })
-        for tool in tools:  # every stream of the tool counts; the figures shown are its worst stream's
-            reports, held = result.reports[tool], result.in_quarantine.get(tool, 0)
-            worst = max(reports, key=lambda report: (not report.success, report.failure_rate))
-            yield dg.AssetCheckResult(
-                check_name=f"{tool}_quality", passed=all(r.success for r in reports) and not held,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={**_check_metadata(to_metadata(worst)), "records_in_quarantine": held,
-                          "rows_checked_in_all_streams": sum(r.row_count for r in reports)},
-            )
+        for tool in tools:
+            yield _quality_check(tool, result.reports[tool], result.held.get(tool))
 
     return _staged
 
@@ -114,7 +150,7 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        group_name="core",
+        group_name=CORE_GROUP,
         deps=[staged_key(entity)],
         description=(
             f"One golden record per {entity[:-1] if entity.endswith('s') else entity}: entity resolution "
@@ -149,10 +185,12 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
         yield dg.AssetCheckResult(
             check_name=check, passed=verdict.passed, severity=dg.AssetCheckSeverity.ERROR,
             metadata={
-                "volume": verdict.volume_message,
+                "failure_rate_of_all_live_golden_records": dg.MetadataValue.float(verdict.failure_rate),
                 "max_failure_rate": dg.MetadataValue.float(verdict.max_failure_rate),
-                **_check_metadata(to_metadata(verdict.report)),
-                "failure_rate": dg.MetadataValue.float(verdict.failure_rate),  # over all golden records
+                "volume_of_staged_rows": verdict.volume_message,
+                "golden_records_checked_this_run": verdict.report.row_count,
+                "failing_of_those_checked_this_run": verdict.report.quarantined_count,
+                **_expectation_metadata(to_metadata(verdict.report)),
             },
         )
         yield dg.AssetCheckResult(check_name=concurrent, passed=golden.concurrent.empty,
@@ -171,7 +209,7 @@ def build_references_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        group_name="core",
+        group_name=CORE_GROUP,
         deps=[golden_key(e) for e in sorted({entity, *referenced.values()})],
         description=(
             f"Where each golden {entity} record points (`{table('references', entity)}`): "
@@ -228,11 +266,12 @@ def build_writeback_asset(stack: Stack, dest: Destination) -> dg.AssetsDefinitio
 
     @dg.asset(
         key=writeback_key(dest),
-        group_name=dest.tool,
+        group_name=WRITEBACK_GROUP,
         deps=[golden_key(dest.entity), *references],
         description=(
-            f"Writes golden {dest.entity} back to {dest.tool} `{dest.stream}`: only the fields that differ, in the "
-            "API's batch sizes, by the record's own id; a ledger makes reruns write nothing twice."
+            f"Writes golden {dest.entity} back to {dest.tool} `{dest.stream}` ({dest.mode}): only the fields that "
+            "differ, in the API's batch sizes, by the record's own id, and under upsert or create the golden records "
+            "the tool lacks, matched on the destination's key; a ledger makes reruns write nothing twice."
         ),
         owners=[tool.owner],
         kinds={tool.kind},
@@ -268,7 +307,7 @@ def build_action_asset(stack: Stack, action: Action) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=dg.AssetKey([action.create.tool, action.name]),
-        group_name=action.create.tool,
+        group_name=ACTIONS_GROUP,
         deps=[*(extraction_key(t, s) for e in sorted(read) for t, s in entity_streams(stack, e)),
               *(golden_key(e) for e in resolved_entities(stack))],
         description=(

@@ -1,5 +1,6 @@
-"""One extraction asset per tool stream: a group per tool, daily partitions for backfills, a pool per tool API, a
-freshness policy, and a deletion-scan check on the streams that declare a scan."""
+"""One extraction asset per tool stream: an ``extract_<tool>`` group per tool (the lineage's first column), daily
+partitions for backfills, a pool per tool API, a freshness policy, and a deletion-scan check on the streams that
+declare a scan."""
 
 
 import warnings
@@ -27,6 +28,11 @@ def extraction_key(tool: str, stream: str) -> dg.AssetKey:
     return dg.AssetKey([tool, stream])
 
 
+def extraction_group(tool: str) -> str:
+    """A group per tool, named for what it does, so the lineage reads from the tools' extractions to ``core``."""
+    return f"extract_{tool}"
+
+
 def _describe(tool_name: str, tool: Tool, stream_name: str, stream: Stream) -> str:
     rows = "\n".join(
         f"| `{m.source}` | `{m.to}` | {', '.join(m.transforms) or '—'} |" for m in stream.fields
@@ -39,12 +45,19 @@ def _describe(tool_name: str, tool: Tool, stream_name: str, stream: Stream) -> s
     )
 
 
-def _metadata(result: Extraction) -> dict:
-    """Figures the UI plots over time: volume, API cost, success rate, latency and how stale the data is."""
+def _metadata(result: Extraction, rows_in_table: int) -> dict:
+    """Figures the UI plots over time: volume, API cost, success rate, latency and how stale the data is. Every
+    count is this run's but ``dagster/row_count``, the rows the landing table holds (the UI's "Row count")."""
     stats = result.stats
     requests = stats.get("requests", 0)
     lag = (datetime.now(timezone.utc) - result.cursor_after).total_seconds() if result.cursor_after else None
+    table = landing_table_name(result.tool, result.stream)
     return {
+        "counts": dg.MetadataValue.md(
+            f"Row count (`dagster/row_count`): the {rows_in_table} rows `{table}` holds now, landed by every run. "
+            "Every other count is this run's read alone: `records_read` records read from the tool, "
+            "`rows_landed` of them landed, `rows_quarantined` put in quarantine, `rows_outside_window` outside the "
+            "partitions' window, `deleted_at_source` flagged deleted by the tool."),
         "mode": result.mode,
         "since": str(result.since) if result.since else "beginning",
         "cursor_after": str(result.cursor_after) if result.cursor_after else "none",
@@ -64,7 +77,7 @@ def _metadata(result: Extraction) -> dict:
             1.0 - stats.get("errors", 0) / requests if requests else 1.0),
         **({"freshness_lag_seconds": dg.MetadataValue.float(lag)} if lag is not None else {}),
         **(_scan_metadata(result.scan) if result.scan else {}),
-        "dagster/row_count": result.rows_landed,
+        "dagster/row_count": rows_in_table,
     }
 
 
@@ -134,7 +147,7 @@ def _extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg.Asse
 
     @dg.asset(
         key=extraction_key(tool_name, stream_name),
-        group_name=tool_name,
+        group_name=extraction_group(tool_name),
         description=_describe(tool_name, tool, stream_name, stream),
         owners=[tool.owner],
         kinds={tool.kind, "python"},
@@ -168,17 +181,17 @@ def _extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg.Asse
             f"{tool_name}/{stream_name}: {result.mode} read since {result.since or 'the beginning'}: "
             f"{result.records_read} records, {result.rows_landed} landed, {result.rows_quarantined} quarantined"
         )
+        metadata = _metadata(result, sync.warehouse.count(landing_table_name(tool_name, stream_name)))
         scan = result.scan
         if scan is None:
-            return dg.MaterializeResult(metadata=_metadata(result))
+            return dg.MaterializeResult(metadata=metadata)
         if scan.ran:
             context.log.info(f"{tool_name}/{stream_name}: deletion scan: {scan.listed} ids listed, {scan.landed} "
                              f"live landed, {scan.unlisted} no longer listed, {scan.deleted} marked deleted"
                              + (" (refused)" if scan.refused else ""))
         alert = _alert_refusal(context, sync, stack, tool_name, stream_name, scan) if scan.ran and scan.refused \
             else None
-        return dg.MaterializeResult(metadata=_metadata(result),
-                                    check_results=[_scan_check(scan, alert)])
+        return dg.MaterializeResult(metadata=metadata, check_results=[_scan_check(scan, alert)])
 
     return _extract
 

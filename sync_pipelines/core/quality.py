@@ -304,7 +304,7 @@ def to_metadata(report: QualityReport) -> dict[str, Any]:
             "unexpected_count": outcome.unexpected_count,
             "unexpected_percent": round(outcome.unexpected_percent, 4),
             "sources": dict(outcome.unexpected_by_source),
-            "sample": _markdown_table(outcome.sample),
+            "sample": markdown_table(outcome.sample),
             **({"error": outcome.error} if outcome.error else {}),
         }
         for outcome in report.results
@@ -328,7 +328,7 @@ def to_metadata(report: QualityReport) -> dict[str, Any]:
         "success": report.success,
         "failure_rate": round(report.failure_rate, 6),
         "quarantined_rows": report.quarantined_count,
-        "summary": _markdown_table(summary_rows),
+        "summary": markdown_table(summary_rows),
         "expectations": expectations,
     }
 
@@ -560,7 +560,8 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def _markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a Markdown table (the UI renders it), their cells escaped; empty for no rows."""
     if not rows:
         return ""
     headers = list(dict.fromkeys(key for row in rows for key in row))

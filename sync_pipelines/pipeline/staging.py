@@ -8,12 +8,37 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from sync_pipelines.core.changes import ALL_FIELDS, KEYS, changed_records
-from sync_pipelines.core.quality import QualityReport, split_quarantine, validate
+from sync_pipelines.core.quality import SAMPLE_SIZE, QualityReport, split_quarantine, validate
 from sync_pipelines.pipeline.common import (
     METADATA, RELEASE_COLUMNS, entity_streams, identity_fields, landed_after, stack_fingerprint, table,
 )
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
+
+
+@dataclass(frozen=True)
+class Held:
+    """A tool's records of the entity in quarantine now, from this run or earlier ones: what its check reports,
+    since an incremental run validates only the rows that changed and would otherwise see nothing wrong."""
+
+    records: int
+    by_reason: pd.DataFrame  # stream, reason, records: how many each stream holds for each reason, most first
+    samples: pd.DataFrame  # stream, source_id, reason, quarantined_at: up to SAMPLE_SIZE records, newest first
+
+
+def _held(warehouse: Warehouse, entity: str) -> dict[str, Held]:
+    """Per tool, the entity's records in quarantine now (their reasons, not their raw payloads)."""
+    rows = warehouse.read_where_in("quarantine", "entity", [entity],
+                                   ["_source", "_source_stream", "_source_id", "reason", "quarantined_at"])
+    rows = rows.rename(columns={"_source_stream": "stream", "_source_id": "source_id"})
+    held = {}
+    for tool, part in rows.groupby("_source", sort=True):
+        by_reason = (part.groupby(["stream", "reason"]).size().rename("records").reset_index()
+                     .sort_values(["records", "stream", "reason"], ascending=[False, True, True]))
+        samples = part.sort_values(["quarantined_at", "stream", "source_id"], ascending=[False, True, True])
+        held[str(tool)] = Held(len(part), by_reason.reset_index(drop=True),
+                               samples.head(SAMPLE_SIZE).drop(columns="_source").reset_index(drop=True))
+    return held
 
 
 @dataclass
@@ -25,10 +50,13 @@ class Staging:
     reports: dict[str, list[QualityReport]]  # per tool, one per stream of the entity
     changed: int = 0
     full: bool = True
-    # per tool, records held in quarantine now (from this run or earlier ones): the checks' standing state, since
-    # an incremental run validates only the rows that changed
-    in_quarantine: dict[str, int] = field(default_factory=dict)
+    held: dict[str, Held] = field(default_factory=dict)  # per tool with records in quarantine now
     read: int = 0  # landed rows read: all on a full restage, else those landed since the last one
+
+    @property
+    def in_quarantine(self) -> dict[str, int]:
+        """How many records each tool has in quarantine now."""
+        return {tool: held.records for tool, held in self.held.items()}
 
 
 def _with_raw(warehouse: Warehouse, tool: str, stream: str, rows: pd.DataFrame) -> pd.DataFrame:
@@ -92,11 +120,11 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
         warehouse.insert(conn, log, changes.assign(batch=batch, staged_at=now))
         warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": seen,
                                               "landed_rows": landed_rows})
-    held = warehouse.put_in_quarantine(entity, quarantined)
+    put_in = warehouse.put_in_quarantine(entity, quarantined)
     # a record fixed at the source leaves the quarantine, and so does one deleted there: nothing is left to fix
     released = warehouse.release_from_quarantine(entity, pd.concat([clean[RELEASE_COLUMNS], *gone_parts]))
-    return Staging(entity, warehouse.count(staged_table), held, released, reports,
+    return Staging(entity, warehouse.count(staged_table), put_in, released, reports,
                    changed=len(clean) if full else len(changes), full=full,
-                   in_quarantine=warehouse.quarantined_by_source(entity), read=rows_read)
+                   held=_held(warehouse, entity), read=rows_read)
 
 

@@ -66,6 +66,11 @@ def test_every_sandbox_record_lands_exactly_once_then_only_changes_are_fetched(s
     assert second_requests < first_requests
     hubspot = _metadata(second, ["hubspot", "contacts"])
     assert hubspot["mode"] == "incremental" and 1 <= hubspot["records_read"] <= 3
+    # the UI's Row count is the landing table's rows, every run's; the other counts are this run's read, and say so
+    assert hubspot["dagster/row_count"] == warehouse.count("stg_hubspot_contacts") > hubspot["rows_landed"]
+    assert hubspot["counts"].startswith(f"Row count (`dagster/row_count`): the {hubspot['dagster/row_count']} rows "
+                                        "`stg_hubspot_contacts` holds now, landed by every run. Every other count is "
+                                        "this run's read alone")
     assert "Chief Sync Officer" in set(warehouse.read_table("stg_hubspot_contacts")["job_title"].dropna())
     for tool, _, stream, _ in stack.streams():
         assert warehouse.count(landing_table_name(tool, stream)) <= truth[f"{tool}/{stream}"]["total"]

@@ -1007,7 +1007,8 @@ def _check_action(stack: Stack, problems: _Problems, action: Action, base: str, 
                              + (_allowed(references) + _did_you_mean(field, references) if references else
                                 "none (declare one: <field>: {references: <entity>})"))
             continue
-        records[name] = spec.references
+        # an unknown referenced entity is reported at the field's declaration: the record stays unknown here
+        records[name] = spec.references if spec.references in stack.entities else None
 
     if not need(create.tool, set(stack.tools), f"{base}.create.tool", "tool"):
         return

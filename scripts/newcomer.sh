@@ -20,10 +20,14 @@ timed() {  # timed NAME COMMAND...: run it, print its time and outcome
   printf '%-26s %7.1f s  %s\n' "$name" "$(echo "$end - $start" | bc)" "$([ $status -eq 0 ] && echo ok || echo "FAILED ($status)")"
   [ $status -eq 0 ] || { failed=1; tail -5 ".newcomer_$name.log"; }
 }
-clean_shell() { env -i PATH="$work/.venv/bin:/usr/bin:/bin" HOME="$HOME" bash -c "cd '$work' && $*"; }
+clean_shell() { env -i PATH="$work/.venv/bin:/usr/bin:/bin" HOME="$HOME" bash -c "cd '$work' || exit 1; $*"; }
+if curl -fs http://127.0.0.1:8765/_sandbox/truth > /dev/null 2>&1; then
+  echo "port 8765 already serves a sandbox: stop it first (its code may not be this checkout's)"; exit 1
+fi
 
 timed demo_no_ui ./scripts/demo.sh --no-ui
-warnings=$(awk '/┏/ {exit} {print}' .newcomer_demo_no_ui.log | grep -ci "warning")
+# Python and Dagster warnings (pip's own notes about this machine's package indexes are not the project's)
+warnings=$(awk '/┏/ {exit} {print}' .newcomer_demo_no_ui.log | grep -cE "[A-Za-z]Warning:| - WARNING - ")
 clean_shell "sync-pipelines sandbox > .newcomer_sandbox.log 2>&1 & echo \$! > .newcomer_sandbox.pid"
 for _ in $(seq 1 100); do curl -fs http://127.0.0.1:8765/_sandbox/truth > /dev/null 2>&1 && break; sleep 0.2; done
 day=$(date -u +%Y-%m-%d)
@@ -34,6 +38,7 @@ timed backfill clean_shell "sync-pipelines backfill $day $day"
 timed review clean_shell "sync-pipelines review"
 timed catalog clean_shell "sync-pipelines catalog"
 kill "$(cat .newcomer_sandbox.pid)" 2> /dev/null
+for _ in $(seq 1 50); do curl -fs http://127.0.0.1:8765/_sandbox/truth > /dev/null 2>&1 || break; sleep 0.2; done
 rm -f .newcomer_*.log .newcomer_sandbox.pid
 echo "warnings printed by the demo up to its first summary table: $warnings"
 dirty=$(git status --porcelain)

@@ -214,13 +214,16 @@ def test_a_won_deal_of_a_company_with_no_stripe_customer_gets_one_created_once(s
     assert sync.run()[0].success
     deals = sync.warehouse.read_table("stg_salesforce_opportunity")
     deals = deals[~deals["_deleted"]]
-    staged = sync.warehouse.read_table("staged_contacts")
     crosswalk = sync.warehouse.read_table("crosswalk_contacts")
     customers = set(crosswalk.loc[crosswalk["_source"] == "stripe", "entity_id"])
-    members = staged.merge(crosswalk, on=["_source", "_source_id"])
-    linked = members[members["entity_id"].isin(customers)]["company_source_id"].dropna()
-    has_contacts = set(members["company_source_id"].dropna())
-    unlinked = deals[deals["company_source_id"].isin(has_contacts - set(linked)) & (deals["stage"] != "closed_won")]
+    # a contact's company is its golden reference, whichever tool's id (AccountId, association, organization) led there
+    references = sync.warehouse.read_table("references_contacts").dropna(subset=["referenced_id"])
+    companies = sync.warehouse.read_table("crosswalk_companies")
+    golden_company = companies[companies["_source"] == "salesforce"].set_index("_source_id")["entity_id"]
+    linked = set(references.loc[references["entity_id"].isin(customers), "referenced_id"])
+    has_contacts = set(references["referenced_id"])
+    unlinked = deals[deals["company_source_id"].map(golden_company).isin(has_contacts - linked)
+                     & (deals["stage"] != "closed_won")]
     company = unlinked["company_source_id"].value_counts().index[0]
     won = list(unlinked.loc[unlinked["company_source_id"] == company, "_source_id"][:2])
     for deal in won:
@@ -250,7 +253,7 @@ def test_a_won_deal_of_a_company_with_no_stripe_customer_gets_one_created_once(s
     assert {invoice["customer"] for invoice in invoices} == {customer_id}
     assert customer["metadata"] == {"crm_account_id": company}
     assert customer["idempotency_key"].startswith("invoice_for_closed_won:customers:")
-    people = members[members["company_source_id"] == company]["entity_id"]
+    people = references[references["referenced_id"] == golden_company[company]]["entity_id"]
     first = sync.warehouse.read_table("golden_contacts").set_index("entity_id").loc[min(people)]
     name = " ".join(part for part in (first["first_name"], first["last_name"]) if isinstance(part, str) and part)
     assert customer["name"] == name and customer.get("email") == (first["email"] if pd.notna(first["email"]) else None)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from sync_pipelines.core.conditions import evaluate
 from sync_pipelines.core.templates import TemplateProblem, render_fields
-from sync_pipelines.pipeline.common import entity_streams, landed_after, resolved_entities, stack_fingerprint, table
+from sync_pipelines.pipeline.common import StepMark, entity_streams, landed_after, resolved_entities, table
 from sync_pipelines.stack import Action, LinkedRecord, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
@@ -267,12 +267,12 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action, ru
     """
     when, target = action.when, action.create
     # what the kept state means: the templates, the filter and the target can change without a new baseline
-    name, fingerprint = f"action_{action.name}", stack_fingerprint(when.kind, when.entity, when.watched)
-    mark = warehouse.watermark(name)
-    baseline = mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table("action_state")
+    mark = StepMark.read(warehouse, f"action_{action.name}", (when.kind, when.entity, when.watched),
+                         keeps=["action_state"])
+    baseline = not mark.valid
     # a baseline only records each record's state; a later run builds payloads from whole records
     wanted = ([when.watched] if when.watched else []) if baseline else None
-    rows, landed = _entity_rows_after(stack, warehouse, when.entity, None if baseline else mark["landed_batch"], wanted)
+    rows, landed = _entity_rows_after(stack, warehouse, when.entity, mark.position("landed_batch"), wanted)
     outcome = ActionRun(action.name, baseline=baseline)
     current = rows.assign(action=action.name, value=rows[when.watched].astype("str") if when.watched else "")[
         ["action", "_source", "_source_id", "value"]]
@@ -332,7 +332,7 @@ def run_action(stack: Stack, warehouse: Warehouse, connector, action: Action, ru
                 warehouse.delete_where_in(conn, "action_state", "_source_id", part["_source_id"], _source=source,
                                           action=action.name)
         warehouse.insert(conn, "action_state", current, index=("_source_id",))
-        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": landed})
+        mark.commit(warehouse, conn, landed_batch=landed)
     return outcome
 
 

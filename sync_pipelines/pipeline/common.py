@@ -1,10 +1,12 @@
-"""What every step shares: table names, the entity's streams, landed rows since a batch, a fingerprint of
-the stack settings a step's stored results depend on."""
+"""What every step shares: table names, the entity's streams, landed rows since a batch, and the protocol of an
+incremental step (``StepMark``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -38,6 +40,42 @@ def stack_fingerprint(*parts: Any) -> str:
     """A digest of the stack settings a step's stored results depend on: when they change, it starts over."""
     text = json.dumps([getattr(part, "model_dump", lambda p=part: p)() for part in parts], sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class StepMark:
+    """The protocol every incremental step follows. Its watermark holds a fingerprint of the stack settings its
+    stored results depend on and how far it has read; the step starts over (``valid`` False) on its first run, when
+    those settings changed, or when a table it keeps is gone; it commits its new position in the transaction that
+    writes its data, so after a crash the two never disagree."""
+
+    name: str
+    fingerprint: str
+    stored: dict | None  # what the last run committed; None before the first
+    valid: bool
+
+    @classmethod
+    def read(cls, warehouse: Warehouse, name: str, settings: Iterable[Any], keeps: Iterable[str] = ()) -> StepMark:
+        fingerprint = stack_fingerprint(*settings)
+        stored = warehouse.watermark(name)
+        valid = (stored is not None and stored.get("fingerprint") == fingerprint
+                 and all(warehouse.has_table(kept) for kept in keeps))
+        return cls(name, fingerprint, stored, valid)
+
+    def position(self, key: str, default: Any = None) -> Any:
+        """How far the last run got, ``default`` when the step starts over."""
+        return self.stored.get(key, default) if self.valid else default
+
+    def log_since(self, warehouse: Warehouse, log: str) -> tuple[pd.DataFrame | None, int]:
+        """The batches of the change log ``log`` this step has not taken in (all of them when it starts over; None
+        if nothing was ever logged), and the batch to commit once it has."""
+        rows = warehouse.read_log(log, self.position("batch", 0))
+        last = int(rows["batch"].max()) if rows is not None and len(rows) else (self.stored or {}).get("batch", 0)
+        return rows, last
+
+    def commit(self, warehouse: Warehouse, conn, **position: Any) -> None:
+        """Store the new position within the transaction that writes the step's data."""
+        warehouse.save_watermark(conn, self.name, {"fingerprint": self.fingerprint, **position})
 
 
 def identity_fields(stack: Stack, entity: str) -> list[str]:

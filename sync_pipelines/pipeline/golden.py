@@ -12,7 +12,7 @@ import pandas as pd
 from sync_pipelines.core.changes import CONCURRENT_COLUMNS, KEYS, changed_fields, concurrent_edits
 from sync_pipelines.core.quality import SOURCE_COLUMNS, QualityReport, columns_read, validate, volume_check
 from sync_pipelines.core.survive import derive_field_change_times, survivorship, without_clears
-from sync_pipelines.pipeline.common import METADATA, entity_streams, identity_fields, stack_fingerprint, table
+from sync_pipelines.pipeline.common import METADATA, StepMark, entity_streams, identity_fields, table
 from sync_pipelines.resolve import block_neighbors, build_crosswalk, resolve_entities
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
@@ -101,15 +101,12 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     now = now or datetime.now(timezone.utc)
     tables = _golden_tables(entity)
     staged_table, log_table, name = table("staged", entity), table("staged_changes", entity), f"golden_{entity}"
-    fingerprint = stack_fingerprint(LAYOUT, list(stack.entities[entity].fields), stack.identity[entity],
-                                    stack.survivorship[entity])
-    mark = warehouse.watermark(name)
-    older_layout = mark is not None and (mark.get("layout") or 1) < CLEARS_LAYOUT
-    valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(tables["golden"])
-    log = warehouse.read_log(log_table, mark["batch"] if valid else 0)
-    last_batch = int(log["batch"].max()) if log is not None and len(log) else (mark or {}).get("batch", 0)
+    mark = StepMark.read(warehouse, name, (LAYOUT, list(stack.entities[entity].fields), stack.identity[entity],
+                                           stack.survivorship[entity]), keeps=[tables["golden"]])
+    older_layout = mark.stored is not None and (mark.stored.get("layout") or 1) < CLEARS_LAYOUT
+    log, last_batch = mark.log_since(warehouse, log_table)
     staged_rows = warehouse.count(staged_table)
-    reason = _rebuild_reason(mark, valid, log, staged_rows)
+    reason = _rebuild_reason(mark, log, staged_rows)
     full = reason is not None
     if not full and log.empty:
         live, deleted = _counts(warehouse, tables["golden"])
@@ -143,7 +140,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         golden = pd.concat([golden, gone.golden[golden.columns]], ignore_index=True)
         crosswalk = pd.concat([crosswalk, gone.crosswalk[crosswalk.columns]], ignore_index=True)
         provenance = pd.concat([provenance, gone.provenance[provenance.columns]], ignore_index=True)
-    concurrent = concurrent_edits(result.conflicts, (mark or {}).get("decided_at"))
+    concurrent = concurrent_edits(result.conflicts, (mark.stored or {}).get("decided_at"))
     with warehouse.transaction() as conn:
         if full:
             changed_ids = None
@@ -168,8 +165,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         warehouse.insert(conn, table("golden_changes", entity),
                          logged.assign(batch=warehouse.next_batch(conn, table("golden_changes", entity)),
                                        changed_at=now))
-        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch, "layout": LAYOUT,
-                                              "decided_at": now.isoformat()})
+        mark.commit(warehouse, conn, batch=last_batch, layout=LAYOUT, decided_at=now.isoformat())
         warehouse.prune_log(conn, log_table, last_batch)  # the golden step is its only reader
     live, deleted = _counts(warehouse, tables["golden"])
     return Golden(entity, staged_rows, live, len(result.conflicts), deleted,
@@ -222,11 +218,11 @@ def _deleted_entities(stack: Stack, warehouse: Warehouse, entity: str, crosswalk
                     warehouse.read_where_in(tables["provenance"], "entity_id", golden["entity_id"]))
 
 
-def _rebuild_reason(mark: dict | None, valid: bool, log: pd.DataFrame | None, staged_rows: int) -> str | None:
+def _rebuild_reason(mark: StepMark, log: pd.DataFrame | None, staged_rows: int) -> str | None:
     """Why the golden step must rebuild everything, or None when an incremental run will do."""
-    if mark is None or log is None:
+    if mark.stored is None or log is None:
         return "first run"
-    if not valid:
+    if not mark.valid:
         return "the entity's fields or rules changed, or its golden table is missing"
     if log["_source"].isna().any():
         return "staging restaged everything"

@@ -9,7 +9,7 @@ import pandas as pd
 
 from sync_pipelines.core.changes import KEYS
 from sync_pipelines.core.references import UNRESOLVED, VALUE_COLUMNS, resolve_references
-from sync_pipelines.pipeline.common import entity_streams, resolved_entities, stack_fingerprint, table
+from sync_pipelines.pipeline.common import StepMark, entity_streams, resolved_entities, table
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
@@ -49,13 +49,11 @@ def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> Referenc
     name, out = f"references_{entity}", table("references", entity)
     involved = sorted({entity, *referenced.values()})
     batches = {e: warehouse.last_batch(table("golden_changes", e)) for e in involved}
-    fingerprint = stack_fingerprint(referenced, stack.survivorship[entity].priority)
-    mark = warehouse.watermark(name)
-    valid = mark is not None and mark["fingerprint"] == fingerprint and warehouse.has_table(out)
-    if valid and mark["batches"] == batches:
+    mark = StepMark.read(warehouse, name, (referenced, stack.survivorship[entity].priority), keeps=[out])
+    if mark.valid and mark.position("batches") == batches:
         return _summary(warehouse, entity, referenced, rebuilt=False)
     golden_table = table("golden", entity)
-    scope = _scope(warehouse, entity, referenced, mark["batches"]) if valid else None
+    scope = _scope(warehouse, entity, referenced, mark.position("batches")) if mark.valid else None
     if scope is not None and len(scope) > FULL_RELINK_SHARE * max(warehouse.count(golden_table, _deleted=False), 1):
         scope = None
     # the live golden records to resolve: all of them, or those of the scope, read by id
@@ -69,7 +67,7 @@ def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> Referenc
         else:
             warehouse.delete_where_in(conn, out, "entity_id", scope)
             warehouse.insert(conn, out, links)
-        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batches": batches})
+        mark.commit(warehouse, conn, batches=batches)
     return _summary(warehouse, entity, referenced, rebuilt=True)
 
 

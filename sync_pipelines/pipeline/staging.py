@@ -10,7 +10,7 @@ import pandas as pd
 from sync_pipelines.core.changes import ALL_FIELDS, KEYS, changed_records
 from sync_pipelines.core.quality import SAMPLE_SIZE, QualityReport, split_quarantine, validate
 from sync_pipelines.pipeline.common import (
-    METADATA, RELEASE_COLUMNS, entity_streams, identity_fields, landed_after, stack_fingerprint, table,
+    METADATA, RELEASE_COLUMNS, StepMark, entity_streams, identity_fields, landed_after, table,
 )
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
@@ -80,13 +80,12 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
     expectations = stack.quality[entity].expectations if entity in stack.quality else []
     streams = entity_streams(stack, entity)
     name, staged_table = f"staged_{entity}", table("staged", entity)
-    fingerprint = stack_fingerprint(fields, expectations, streams)
-    mark = warehouse.watermark(name)
+    mark = StepMark.read(warehouse, name, (fields, expectations, streams), keeps=[staged_table])
     # landing tables only grow (deletions arrive as flagged rows): fewer rows means someone removed some by hand
     landed_rows = {f"{tool}/{stream}": warehouse.count(landing_table_name(tool, stream)) for tool, stream in streams}
-    full = (mark is None or mark["fingerprint"] != fingerprint or not warehouse.has_table(staged_table)
-            or any(landed_rows[key] < mark["landed_rows"].get(key, 0) for key in landed_rows))
-    seen = {} if full else dict(mark["landed_batch"])
+    counted = mark.position("landed_rows", {})
+    full = not mark.valid or any(landed_rows[key] < counted.get(key, 0) for key in landed_rows)
+    seen = {} if full else dict(mark.position("landed_batch"))
     clean_parts, bad_parts, removed_parts, gone_parts, reports, rows_read = [], [], [], [], {}, 0
     for tool, stream in streams:
         landed, seen[f"{tool}/{stream}"] = landed_after(warehouse, tool, stream, seen.get(f"{tool}/{stream}"))
@@ -118,8 +117,7 @@ def stage(stack: Stack, warehouse: Warehouse, entity: str, now: datetime | None 
             upserted = clean.merge(changes.loc[~changes["removed"], KEYS], on=KEYS)
             warehouse.insert(conn, staged_table, upserted)
         warehouse.insert(conn, log, changes.assign(batch=batch, staged_at=now))
-        warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "landed_batch": seen,
-                                              "landed_rows": landed_rows})
+        mark.commit(warehouse, conn, landed_batch=seen, landed_rows=landed_rows)
     put_in = warehouse.put_in_quarantine(entity, quarantined)
     # a record fixed at the source leaves the quarantine, and so does one deleted there: nothing is left to fix
     released = warehouse.release_from_quarantine(entity, pd.concat([clean[RELEASE_COLUMNS], *gone_parts]))

@@ -958,6 +958,13 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
         for column in columns(dest.condition) if dest.condition is not None else ():
             need(column, set(stack.entities[dest.entity].fields), f"{base}.filter",
                  f"field of entity {dest.entity!r} in the filter")
+        keyed = [m.to for m in streams[dest.stream].fields if m.source == dest.key or m.source.endswith(f".{dest.key}")]
+        if dest.creates and keyed and (keyed[0] not in written or getattr(dest.fields.get(keyed[0]), "write", "own")
+                                       == "never"):
+            problems.add(f"{base}.key", f"found {dest.key!r}, mapped to {keyed[0]!r}, which this destination cannot "
+                                        "write (a transform it cannot invert, or write: never): a create could not "
+                                        "carry its key; allowed: a key the destination writes, or one the stack maps "
+                                        "no field to (it then holds the golden record's id)")
         if dest.creates and "upsert" not in writer.write_modes:
             problems.add(f"{base}.mode", f"found {dest.mode!r}, but a {writer.kind} tool cannot match a record by a "
                                          "key to create it; allowed: update")

@@ -3,10 +3,12 @@ once, as far as its filter and its cap let them through."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import yaml
 
 from sync_pipelines import pipeline
+from sync_pipelines.core.plan import HELD_BY_DUPLICATE_KEY, HELD_BY_TAKEN_KEY, HELD_WITHOUT_KEY, plan_creates
 from sync_pipelines.stack import DEFAULT_STACK, StackError, load_stack
 from sync_pipelines.pipeline.writeback import CREATES_HELD_BACK, WriteCapExceeded
 from sync_pipelines.resources import SyncResource
@@ -126,7 +128,18 @@ def test_destination_modes_are_checked_at_load(tmp_path):
          "unknown field of entity 'contacts' in the filter: 'stage'"),
         ({"filter": "email ="}, "destinations[1].filter", ""),
         ({"max_per_run": -1}, "destinations[1].max_per_run", ""),
+        ({"mode": "upsert", "fields": {"email": {"write": "never"}}}, "destinations[1].key",
+         "mapped to 'email', which this destination cannot write"),
     ]:
         with pytest.raises(StackError) as info:
             _loaded(tmp_path, **destination)
         assert info.value.path == path and problem in info.value.problem, (destination, str(info.value))
+
+
+def test_creates_whose_key_another_create_or_a_tool_record_holds_are_held_back():
+    golden = pd.DataFrame({"email": ["a@x.io", "A@X.io", "b@x.io", "c@x.io", None], "first_name": "Ann",
+                           "_deleted": False}, index=pd.Index(["e1", "e2", "e3", "e4", "e5"], name="entity_id"))
+    plan, held = plan_creates(golden, pd.Index([]), ["email", "first_name"], key_field="email",
+                              taken=pd.Index(["c@x.io"]))
+    assert plan["entity_id"].tolist() == ["e3"]  # a and A would be one record to the tool; c is someone else's
+    assert held == {HELD_WITHOUT_KEY: 1, HELD_BY_DUPLICATE_KEY: 2, HELD_BY_TAKEN_KEY: 1}

@@ -29,6 +29,8 @@ CLEAR = ""  # a change that empties the field: golden text is never empty (``_te
 CLEAR_NEVER = "clear never"  # what held back a clear under ``clear: never``
 HELD_BY_FILTER = "filter"  # why a golden record the tool lacks was not created
 HELD_WITHOUT_KEY = "no key"  # a create the tool could not match on its key (the key's field is empty)
+HELD_BY_DUPLICATE_KEY = "key shared by another create"
+HELD_BY_TAKEN_KEY = "key held by a tool record of another golden record"
 
 
 def writable_fields(stream: Stream) -> dict[str, list[str]]:
@@ -146,23 +148,33 @@ def plan_writes(
 
 def plan_creates(golden: pd.DataFrame, linked: pd.Index, fields: list[str], policies: Mapping[str, Any] | None = None,
                  condition: conditions.Condition | None = None, key_field: str | None = None,
-                 ) -> tuple[pd.DataFrame, dict[str, int]]:
+                 taken: pd.Index | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
     """One ``create`` row per live golden record (``golden`` indexed by entity id) the tool holds no record of
     (``linked``: the entity ids it has one of), carrying every non-empty field its policy lets be written; and how
-    many were held back, by reason. ``condition`` (over the golden record) decides which may be created; a create
-    is matched on the tool's key, so a record whose ``key_field`` (the canonical field the key holds, None when the
-    key is ours: the entity id) is empty cannot be created safely and is held back."""
+    many were held back, by reason. ``condition`` (over the golden record) decides which may be created.
+
+    A create is matched on the tool's key, so it is held back when it cannot be matched safely: its ``key_field``
+    (the canonical field the key holds; None when the key is ours, the entity id) is empty; another create of this
+    plan holds the same key (the tool would take both for one record); or a record of the tool no golden record
+    links here already holds it (``taken``: the tool's key values, case-folded), which the upsert would overwrite."""
     live = golden[~golden["_deleted"].astype(bool)] if "_deleted" in golden.columns else golden
     candidates = live[linked.get_indexer(live.index) < 0]
     held = {}
+
+    def hold(keep: np.ndarray, reason: str) -> None:
+        nonlocal candidates
+        held[reason] = int((~keep).sum())
+        candidates = candidates[keep]
+
     if condition is not None and len(candidates):
-        passing = conditions.evaluate(condition, candidates)
-        held[HELD_BY_FILTER] = int((~passing).sum())
-        candidates = candidates[passing]
+        hold(conditions.evaluate(condition, candidates), HELD_BY_FILTER)
     if key_field is not None:
-        keyed = _texts(candidates[key_field]).notna().to_numpy(bool)
-        held[HELD_WITHOUT_KEY] = int((~keyed).sum())
-        candidates = candidates[keyed]
+        keys = _texts(candidates[key_field])
+        hold(keys.notna().to_numpy(bool), HELD_WITHOUT_KEY)
+        folded = _texts(candidates[key_field]).str.casefold()
+        hold(~folded.duplicated(keep=False).to_numpy(bool), HELD_BY_DUPLICATE_KEY)
+        if taken is not None:
+            hold(taken.get_indexer(_texts(candidates[key_field]).str.casefold()) < 0, HELD_BY_TAKEN_KEY)
     written = [name for name in fields if getattr((policies or {}).get(name), "write", "own") != "never"]
     values = {name: _texts(candidates[name]) for name in written}
     changes = _per_row(values, {name: column.notna().to_numpy(bool) for name, column in values.items()},

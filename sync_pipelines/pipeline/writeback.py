@@ -13,7 +13,7 @@ from sync_pipelines.core.plan import (
     CLEAR, REFERENCE_HOLD_COLUMNS, hold_back_references, plan_creates, plan_writes, to_tool_record,
     translate_references, writable_fields,
 )
-from sync_pipelines.pipeline.common import stack_fingerprint, table
+from sync_pipelines.pipeline.common import StepMark, table
 from sync_pipelines.stack import Destination, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
@@ -136,7 +136,11 @@ def _plan_creates(stack: Stack, warehouse: Warehouse, dest: Destination, crosswa
                                "_deleted"]))
     lacking = warehouse.read_where_in(golden_table, "entity_id", candidates, read).set_index("entity_id")
     lacking, held_references = _own_references(stack, warehouse, dest, lacking, crosswalk, current)
-    creates, held = plan_creates(lacking, linked, fields, dest.fields, dest.condition, key)
+    taken = None
+    if key is not None:  # the key values the tool's live records hold: an upsert on one would overwrite it
+        landed = warehouse.read_table(landing_table_name(dest.tool, dest.stream), [key, "_deleted"])
+        taken = pd.Index(landed.loc[~landed["_deleted"].astype(bool), key].dropna().astype(str).str.casefold())
+    creates, held = plan_creates(lacking, linked, fields, dest.fields, dest.condition, key, taken)
     return hold_back_references(creates, held_references), lacking, held
 
 
@@ -190,13 +194,9 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     left alone has neither a new golden value nor a changed record in the tool. The watermark moves only when
     every planned write succeeded, so a failed or interrupted write-back is planned again."""
     stream = stack.tools[dest.tool].streams[dest.stream]
-    name, log_table = f"writeback_{dest.tool}_{dest.stream}", table("golden_changes", dest.entity)
-    fingerprint = stack_fingerprint(stream, dest)
-    mark = warehouse.watermark(name)
-    valid = mark is not None and mark["fingerprint"] == fingerprint
-    log = warehouse.read_log(log_table, mark["batch"] if valid else 0)
-    last_batch = int(log["batch"].max()) if log is not None and len(log) else (mark or {}).get("batch", 0)
-    incremental = valid and log is not None and not log["entity_id"].isna().any()
+    mark = StepMark.read(warehouse, f"writeback_{dest.tool}_{dest.stream}", (stream, dest))
+    log, last_batch = mark.log_since(warehouse, table("golden_changes", dest.entity))
+    incremental = mark.valid and log is not None and not log["entity_id"].isna().any()
     plan, golden = plan_destination(stack, warehouse, dest, set(log["entity_id"]) if incremental else None)
     outcome = WriteBack(dest.tool, dest.stream, unchanged=int((plan["action"] == "unchanged").sum()),
                         updates=int((plan["action"] == "update").sum()),
@@ -235,7 +235,7 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
                 outcome.errors.append(f"{res['id']}: {res['error']}")
     if not outcome.failed:
         with warehouse.transaction() as conn:
-            warehouse.save_watermark(conn, name, {"fingerprint": fingerprint, "batch": last_batch})
+            mark.commit(warehouse, conn, batch=last_batch)
     return outcome
 
 
@@ -300,13 +300,16 @@ def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destinatio
             written_at = now or datetime.now(timezone.utc)
             landed, made = [], {}
             for position, entity_id, res in zip(batch.index.tolist(), batch["entity_id"].tolist(), results):
+                problem = res.get("error") or "the tool answered no id"
+                if creating and res.get("ok") and res.get("id") in made.values():  # two golden records, one record
+                    res, problem = {"ok": False}, f"the tool matched it to the record {res['id']} of another create"
                 if res.get("ok") and (not creating or res.get("id")):
                     landed.append(position)
                     if creating:
                         made[position] = res["id"]
                 else:
                     errors.append(f"{'create for golden ' + entity_id if creating else batch.at[position, 'source_id']}"
-                                  f": {res.get('error') or 'the tool answered no id'}")
+                                  f": {problem}")
             written += len(landed)
             ledger = ledger_rows(landed, written_at)
             if creating:

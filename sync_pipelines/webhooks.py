@@ -313,9 +313,12 @@ def _stripe_changed(payload: Any) -> dict | None:
 
 def _zendesk_changed(payload: Any) -> dict | None:
     """A name change carries the new name; an identity change the new email or phone (it is the email when it
-    equals `detail.email`, the user's current one). Other events name no field with its value."""
+    equals `detail.email`, the user's current one); a new organization membership the user's organization as
+    `detail.organization_id` has it now. Other events name no field with its value."""
     kind = str(payload.get("type", "")).removeprefix("zen:event-type:")
     event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
+    if kind == "user.organization_membership_created" and (payload.get("detail") or {}).get("organization_id"):
+        return {"organization_id": payload["detail"]["organization_id"]}
     if "current" not in event or isinstance(event["current"], (dict, list)):
         return None
     current, detail = event["current"], payload.get("detail") or {}

@@ -37,7 +37,8 @@ HUBSPOT_SUBSCRIPTIONS = {"contact.creation": 1, "contact.deletion": 2, "contact.
                          "contact.restore": 4, "contact.associationChange": 5}
 ZENDESK_ACCOUNT_ID = 1
 ZENDESK_FIELD_EVENTS = {"name": "user.name_changed", "email": "user.identity_changed",
-                        "phone": "user.identity_changed", "external_id": "user.external_id_changed"}
+                        "phone": "user.identity_changed", "external_id": "user.external_id_changed",
+                        "organization_id": "user.organization_membership_created"}
 SEND_TIMEOUT_S = 5
 _STOP = None
 
@@ -149,7 +150,8 @@ class WebhookSender:
         user_id = str(table.id(row))
         detail = {"created_at": iso_s(int(table.created[row])), "email": fields.get("email"),
                   "external_id": fields.get("external_id") or "", "default_group_id": "0", "id": user_id,
-                  "organization_id": "0", "role": "end-user", "updated_at": iso_s(int(table.modified[row]))}
+                  "organization_id": str(fields.get("organization_id") or 0), "role": "end-user",
+                  "updated_at": iso_s(int(table.modified[row]))}
         if kind == "updated" and changes:
             events = {ZENDESK_FIELD_EVENTS.get(name, "user.details_changed"): {"current": value}
                       for name, value in changes.items()}

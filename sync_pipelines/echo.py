@@ -3,7 +3,8 @@ person's edit, and a run for it would read back what we wrote and write nothing.
 
 An event is our echo when the values it carries, mapped through its stream's field mapping like an extraction,
 equal what the write-back ledger says we wrote to that record around the time the event arrived (fields we did not
-write must equal what we last read). An event that carries no values (a creation, a deletion, a Zendesk event naming
+write must equal what we last read). An event saying a value was taken away (an association removed) is our echo
+when we wrote that field, to another value: replacing a reference removes the one it held. An event that carries no values (a creation, a deletion, a Zendesk event naming
 no field) or names a record we did not just write is never an echo: it starts a run as before. Comparing with the
 tool's current record instead (fetched by id) would cost a request per event inside the sensor's tick, and a run
 costs little more.
@@ -56,6 +57,7 @@ def _echoed(stack: Stack, warehouse: Warehouse, tool: str, stream_name: str,
         return set()
     carried = [(event, changed) for event in events
                if (changed := SCHEMES[event["tool"]].changed(event["payload"])) is not None]
+    removes = [SCHEMES[event["tool"]].removes(event["payload"]) for event, _ in carried]
     if not carried or not warehouse.has_table(LEDGER):
         return set()
     stream = stack.tools[tool].streams[stream_name]
@@ -89,7 +91,7 @@ def _echoed(stack: Stack, warehouse: Warehouse, tool: str, stream_name: str,
                    if any(get_path(changed, m.source, _ABSENT) is not _ABSENT
                           for m in stream.fields if m.to in group)]
         if present and any(f in latest.index for group in present for f in group) and all(
-                _joined(mapped.loc[str(i)], group) == _joined(expected, group) for group in present):
+                (_joined(mapped.loc[str(i)], group) == _joined(expected, group)) != removes[i] for group in present):
             found.add(event["id"])
     return found
 

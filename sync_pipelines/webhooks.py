@@ -28,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sync_pipelines.connectors.hubspot import ASSOCIATIONS
+
 log = logging.getLogger(__name__)
 
 TOLERANCE_S = 300
@@ -36,6 +38,8 @@ MAX_DEPTH = 64  # vendors' events nest a few levels; far below where json recurs
 INBOX_TABLE = "webhook_inbox"
 SECRET_ENV = {"hubspot": "HUBSPOT_WEBHOOK_SECRET", "stripe": "STRIPE_WEBHOOK_SECRET",
               "zendesk": "ZENDESK_WEBHOOK_SECRET"}
+HUBSPOT_STREAMS = {"contact": "contacts", "company": "companies", "deal": "deals"}
+ASSOCIATION_CHANGE = ".associationChange"
 # HubSpot signs the URI with these escapes decoded (its v3 validation guide lists them).
 _HUBSPOT_DECODED = {"%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$", "%27": "'",
                     "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";"}
@@ -230,7 +234,8 @@ def _text(value: Any, where: str) -> str:
 
 
 def _hubspot_events(body: Any) -> list[InboxEvent]:
-    """HubSpot posts an array of events; `contact.propertyChange` → object type `contact`."""
+    """HubSpot posts an array of events; `contact.propertyChange` → object type `contact`. An `associationChange`
+    names its record `fromObjectId` (it has no `objectId`)."""
     if not isinstance(body, list) or not body:
         raise PayloadError("expected a non-empty JSON array of HubSpot events")
     events = []
@@ -238,9 +243,10 @@ def _hubspot_events(body: Any) -> list[InboxEvent]:
         if not isinstance(event, dict):
             raise PayloadError(f"event [{index}] is not an object")
         subscription = _text(event.get("subscriptionType"), f"event [{index}].subscriptionType")
+        id_key = "fromObjectId" if subscription.endswith(ASSOCIATION_CHANGE) else "objectId"
         events.append(InboxEvent(_text(event.get("eventId"), f"event [{index}].eventId"),
                                  subscription.partition(".")[0],
-                                 _text(event.get("objectId"), f"event [{index}].objectId"), event))
+                                 _text(event.get(id_key), f"event [{index}].{id_key}"), event))
     return events
 
 
@@ -272,11 +278,30 @@ def _zendesk_events(body: Any) -> list[InboxEvent]:
 # --- what an event says changed, as a fragment of the record the tool's API returns (None: it carries no values) ---
 
 def _hubspot_changed(payload: Any) -> dict | None:
-    """A `propertyChange` carries the one property's new value (empty when cleared); creations, deletions and
+    """A `propertyChange` carries the one property's new value (empty when cleared); an `associationChange` the
+    associated record's id under ``associations.<its stream>``, as the connector reads it; creations, deletions and
     restores carry none."""
-    if not str(payload.get("subscriptionType", "")).endswith(".propertyChange") or "propertyName" not in payload:
+    subscription = str(payload.get("subscriptionType", ""))
+    if subscription.endswith(ASSOCIATION_CHANGE):
+        to_type = str(payload.get("associationType") or "").partition("_TO_")[2].lower()
+        stream = HUBSPOT_STREAMS.get(to_type)
+        if stream is None or payload.get("toObjectId") in (None, ""):
+            return None
+        return {ASSOCIATIONS: {stream: str(payload["toObjectId"])}}
+    if not subscription.endswith(".propertyChange") or "propertyName" not in payload:
         return None
     return {"properties": {str(payload["propertyName"]): payload.get("propertyValue")}}
+
+
+def _hubspot_removes(payload: Any) -> bool:
+    """An `associationChange` with `associationRemoved`: its record is no longer associated with that one."""
+    return str(payload.get("subscriptionType", "")).endswith(ASSOCIATION_CHANGE) and \
+        payload.get("associationRemoved") is True
+
+
+def _sets(payload: Any) -> bool:
+    """Stripe's and Zendesk's events carry values set, never values taken away."""
+    return False
 
 
 def _stripe_changed(payload: Any) -> dict | None:
@@ -288,9 +313,12 @@ def _stripe_changed(payload: Any) -> dict | None:
 
 def _zendesk_changed(payload: Any) -> dict | None:
     """A name change carries the new name; an identity change the new email or phone (it is the email when it
-    equals `detail.email`, the user's current one). Other events name no field with its value."""
+    equals `detail.email`, the user's current one); a new organization membership the user's organization as
+    `detail.organization_id` has it now. Other events name no field with its value."""
     kind = str(payload.get("type", "")).removeprefix("zen:event-type:")
     event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
+    if kind == "user.organization_membership_created" and (payload.get("detail") or {}).get("organization_id"):
+        return {"organization_id": payload["detail"]["organization_id"]}
     if "current" not in event or isinstance(event["current"], (dict, list)):
         return None
     current, detail = event["current"], payload.get("detail") or {}
@@ -313,17 +341,19 @@ class WebhookScheme:
     events: Callable[[Any], list[InboxEvent]]
     streams: Mapping[str, str]  # an event's object type -> the API stream that lists such objects
     changed: Callable[[Any], dict | None]
+    # whether the values `changed` carries were taken away (an association removed) rather than set
+    removes: Callable[[Any], bool]
 
 
 SCHEMES = {scheme.tool: scheme for scheme in (
     WebhookScheme("hubspot", ("X-HubSpot-Signature-v3", "X-HubSpot-Request-Timestamp"),
                   _sign_hubspot, _verify_hubspot, _hubspot_events,
-                  {"contact": "contacts", "company": "companies", "deal": "deals"}, _hubspot_changed),
+                  HUBSPOT_STREAMS, _hubspot_changed, _hubspot_removes),
     WebhookScheme("stripe", ("Stripe-Signature",), _sign_stripe, _verify_stripe, _stripe_events,
-                  {"customer": "customers", "invoice": "invoices"}, _stripe_changed),
+                  {"customer": "customers", "invoice": "invoices"}, _stripe_changed, _sets),
     WebhookScheme("zendesk", ("X-Zendesk-Webhook-Signature", "X-Zendesk-Webhook-Signature-Timestamp"),
                   _sign_zendesk, _verify_zendesk, _zendesk_events,
-                  {"user": "users", "ticket": "tickets"}, _zendesk_changed),
+                  {"user": "users", "ticket": "tickets"}, _zendesk_changed, _sets),
 )}
 
 

@@ -225,6 +225,23 @@ def test_hubspot_batch_lands_one_row_per_event(receiver, inbox_url):
     assert [row["object_id"] for row in read_inbox(inbox_url)] == ["1001", "1002"]
 
 
+def test_a_hubspot_association_change_lands_under_its_contact_carrying_the_company(receiver, inbox_url):
+    """An `associationChange` names its contact `fromObjectId` (it has no `objectId`) and carries the company's id
+    where the connector reads it; a removal says so."""
+    added = {"eventId": 4713, "subscriptionId": 5, "portalId": 62515, "appId": 1, "occurredAt": 1_799_999_999_000,
+             "subscriptionType": "contact.associationChange", "attemptNumber": 0, "changeSource": "CRM",
+             "associationType": "CONTACT_TO_COMPANY", "fromObjectId": 1001, "toObjectId": 2002,
+             "associationRemoved": False, "isPrimaryAssociation": False}
+    removed = {**added, "eventId": 4714, "toObjectId": 2001, "associationRemoved": True}
+    assert send(receiver, "hubspot", body=json.dumps([added, removed]).encode()).json() == {"received": 2,
+                                                                                          "stored": 2}
+    rows = read_inbox(inbox_url)
+    assert [(row["object_type"], row["object_id"]) for row in rows] == [("contact", "1001")] * 2
+    scheme = webhooks.SCHEMES["hubspot"]
+    assert [(scheme.changed(row["payload"]), scheme.removes(row["payload"])) for row in rows] == [
+        ({"associations": {"companies": "2002"}}, False), ({"associations": {"companies": "2001"}}, True)]
+
+
 def test_health_and_unconfigured_tool(inbox_url):
     app = build_webhook_app(inbox_url, {"stripe": SECRETS["stripe"]})
     with serving(app, name="webhooks") as url:

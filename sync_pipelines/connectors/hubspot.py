@@ -4,7 +4,7 @@ ending at the newest change when the read starts, paged by id); batch upsert by 
 A record's associations are no property: with the ``associations`` option ({stream: [object type, ...]}), each
 live record read carries ``associations.<object type>``, the id of its primary associated record of that type (the
 only one when none is primary, else None), read through the v4 associations API; a record written with
-``associations.<object type>`` is associated with that record instead of the others of that type."""
+``associations.<object type>`` is associated with that record in place of its primary one of that type."""
 
 from __future__ import annotations
 
@@ -182,8 +182,9 @@ class HubSpotConnector(ApiConnector):
 
     def _write_associations(self, stream: str, records: list[dict], results: list[dict[str, Any]]) -> None:
         """Associate each written record that carries ``associations.<type>`` with that record (v4 default
-        association), after removing its other associations of that type (v4 batch archive); None removes them
-        all. A failure marks the record's result failed."""
+        association), then remove the association it replaces, the primary one read before (v4 batch archive), only
+        where the new one was made: a failed association leaves the record's company as it was, and other
+        associations people made stay. None removes the primary one. A failure marks that record's result failed."""
         wanted: dict[str, dict[int, str | None]] = {}
         for index, (record, outcome) in enumerate(zip(records, results)):
             if outcome["ok"] and isinstance(record.get(ASSOCIATIONS), dict):
@@ -195,19 +196,37 @@ class HubSpotConnector(ApiConnector):
                 try:
                     held = self._associations(stream, to_type, list(ids.values()))
                     have = {i: {str(t["toObjectId"]) for t in held.get(ids[i], [])} for i in indexes}
-                    stale = [{"from": {"id": ids[i]}, "to": [{"id": other} for other in sorted(have[i] - {targets[i]})]}
-                             for i in indexes if have[i] - {targets[i]}]
+                    previous = {i: self._primary(held.get(ids[i], [])) for i in indexes}
+                    new = [i for i in indexes if targets[i] is not None and targets[i] not in have[i]]
+                    failed = self._associate(stream, to_type, [(ids[i], targets[i]) for i in new])
+                    for i, error in zip(new, failed):
+                        if error is not None:
+                            results[i] = result(False, ids[i], error=f"{to_type} association: {error}")
+                    stale = [{"from": {"id": ids[i]}, "to": [{"id": previous[i]}]} for i in indexes
+                             if results[i]["ok"] and previous[i] not in (None, targets[i])]
                     if stale:
                         self.http.request("POST", f"{ASSOCIATIONS_API}/{stream}/{to_type}/batch/archive",
                                           json={"inputs": stale}, expect_json=False)
-                    new = [{"from": {"id": ids[i]}, "to": {"id": targets[i]}} for i in indexes
-                           if targets[i] is not None and targets[i] not in have[i]]
-                    if new:
-                        self.http.request("POST", f"{ASSOCIATIONS_API}/{stream}/{to_type}/batch/associate/default",
-                                          json={"inputs": new})
                 except ApiError as exc:
                     for index in indexes:
-                        results[index] = result(False, ids[index], error=f"{to_type} association: {exc}")
+                        if results[index]["ok"]:
+                            results[index] = result(False, ids[index], error=f"{to_type} association: {exc}")
+
+    def _associate(self, stream: str, to_type: str, pairs: list[tuple[str, str]]) -> list[str | None]:
+        """Each (from id, to id) pair's error, None when associated: the v4 batch answers per input, its
+        ``results`` naming the pairs made and its ``errors`` (207 Multi-Status) naming the failed ids."""
+        if not pairs:
+            return []
+        body = self.http.request("POST", f"{ASSOCIATIONS_API}/{stream}/{to_type}/batch/associate/default",
+                                 json={"inputs": [{"from": {"id": f}, "to": {"id": t}} for f, t in pairs]}) or {}
+        made = {(str(dig(item, "from.id")), str(dig(item, "to.id"))) for item in body.get("results") or []}
+        reasons: dict[str, str] = {}
+        for error in body.get("errors") or []:
+            for failed in (ids for ids in (error.get("context") or {}).values() if isinstance(ids, list)):
+                for named in failed:
+                    reasons.setdefault(str(named), f"{error.get('category')}: {error.get('message')}")
+        return [None if pair in made else reasons.get(pair[1]) or reasons.get(pair[0])
+                or "HubSpot returned no result for this association" for pair in pairs]
 
     def delete(self, stream: str, ids: list[str]) -> list[dict[str, Any]]:
         """Archive records by id (DELETE /crm/v3/objects/{stream}/{id}): HubSpot keeps them, listed as archived."""

@@ -26,7 +26,7 @@ from .slack import Slack
 from .stripe import Stripe
 from .table import Table
 from .vendor import Handler, Vendor
-from .webhooks import WebhookSender
+from .webhooks import AssociationChange, WebhookSender
 from .zendesk import Zendesk
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,10 @@ class SandboxState:
         return self._truth_cache[1]
 
     def write(self, table: Table, row: int | None, changes: dict[str, Any], now: int | None = None,
-              deleted: bool | None = None, codes: dict[str, int] | None = None) -> int:
+              deleted: bool | None = None, codes: dict[str, int] | None = None,
+              association: AssociationChange | None = None) -> int:
         """Create a record (`row` None) or change one, then let truth and the tool follow; returns its row.
+        `association` names the association a write with no field changes added or removed, for its webhook.
 
         Every write path (vendor APIs and `/_sandbox/mutate`) goes through here, so all of them bump the record's
         time, reach ground truth and fire the tool's hooks (Stripe events, the ERP export, webhooks) alike.
@@ -89,7 +91,7 @@ class SandboxState:
         else:
             self.vendors[table.tool].on_change(table, row, kind)
         if self.webhooks is not None:
-            self.webhooks.on_write(table, row, kind, changes)
+            self.webhooks.on_write(table, row, kind, changes, association)
         return row
 
     def mutate(self, body: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from .common import EMAIL, ApiError, Call, iso_ms, json_response, now_ms, parse_
 from .limits import Verdict
 from .table import Table
 from .vendor import Vendor
+from .webhooks import AssociationChange
 
 API = "/crm/v3"
 LIST_MAX = 100
@@ -382,29 +383,49 @@ class HubSpot(Vendor):
         if not any(primary in held for held in found.values()):
             types.add(primary)
         self.associations.setdefault(pair, {})[row] = found
-        self.state.write(source, row, {})
+        self.state.write(source, row, {}, association=self._association_change(pair, to, removed=False))
 
     def _archive(self, pair: tuple[str, str], source: Table, row: int, to: int) -> None:
         found = self.associated(pair, source, row)
         if found.pop(to, None) is not None:
             self.associations.setdefault(pair, {})[row] = found
-            self.state.write(source, row, {})
+            self.state.write(source, row, {}, association=self._association_change(pair, to, removed=True))
+
+    def _association_change(self, pair: tuple[str, str], to: int, removed: bool) -> AssociationChange:
+        return AssociationChange(f"{OBJECT_TYPES[pair[0]][1]}_TO_{OBJECT_TYPES[pair[1]][1]}",
+                                 int(self._object(pair[1]).id(to)), removed)
 
     def _association_result(self, pair: tuple[str, str], source: Table, row: int, target: Table,
                             to: int) -> dict[str, Any]:
-        return {"fromObjectTypeId": OBJECT_TYPES[pair[0]][0], "fromObjectId": int(source.id(row)),
-                "toObjectTypeId": OBJECT_TYPES[pair[1]][0], "toObjectId": int(target.id(to)), "labels": []}
+        return {"associationSpec": {"associationCategory": "HUBSPOT_DEFINED",
+                                    "associationTypeId": ASSOCIATION_TYPES[pair][2]},
+                "from": {"id": str(source.id(row))}, "to": {"id": str(target.id(to))}}
 
     def associate_default(self, call: Call) -> Response:
+        """Each input on its own, as HubSpot answers: the pairs made in ``results``, each failed one in ``errors``
+        naming its id in ``context``, and 207 Multi-Status when any failed."""
         from_obj, to_obj, source, target = self._pair(call)
-        pair, results = (from_obj, to_obj), []
+        pair, results, errors = (from_obj, to_obj), [], []
         for item in self._batch(call):
-            row = self._live_row(source, (item.get("from") or {}).get("id"), from_obj)
-            to = self._live_row(target, (item.get("to") or {}).get("id"), to_obj)
-            self._associate(pair, source, row, to)
-            results.append(self._association_result(pair, source, row, target, to))
+            ends = {"fromObjectId": ((item.get("from") or {}).get("id"), source, from_obj),
+                    "toObjectId": ((item.get("to") or {}).get("id"), target, to_obj)}
+            rows = {}
+            for side, (record_id, table, obj) in ends.items():
+                try:
+                    rows[side] = self._live_row(table, record_id, obj)
+                except ApiError as exc:
+                    errors.append({"status": "error", "category": exc.code, "message": exc.message,
+                                   "context": {side: [str(record_id)]}})
+                    break
+            else:
+                self._associate(pair, source, rows["fromObjectId"], rows["toObjectId"])
+                results.append(self._association_result(pair, source, rows["fromObjectId"], target,
+                                                        rows["toObjectId"]))
         now = iso_ms(now_ms())
-        return json_response({"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now})
+        body = {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now}
+        if errors:
+            body.update(errors=errors, numErrors=len(errors))
+        return json_response(body, status=207 if errors else 200)
 
     def archive_associations(self, call: Call) -> Response:
         """Remove every association between each input's record and the records listed in its ``to``."""

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +34,23 @@ STREAMS = {("hubspot", "contacts"), ("zendesk", "users"), ("stripe", "customers"
 HUBSPOT_PORTAL_ID = 62515
 HUBSPOT_APP_ID = 1
 HUBSPOT_SUBSCRIPTIONS = {"contact.creation": 1, "contact.deletion": 2, "contact.propertyChange": 3,
-                         "contact.restore": 4}
+                         "contact.restore": 4, "contact.associationChange": 5}
 ZENDESK_ACCOUNT_ID = 1
 ZENDESK_FIELD_EVENTS = {"name": "user.name_changed", "email": "user.identity_changed",
-                        "phone": "user.identity_changed", "external_id": "user.external_id_changed"}
+                        "phone": "user.identity_changed", "external_id": "user.external_id_changed",
+                        "organization_id": "user.organization_membership_created"}
 SEND_TIMEOUT_S = 5
 _STOP = None
+
+
+@dataclass(frozen=True)
+class AssociationChange:
+    """An association added or removed (HubSpot's ``associationType`` such as CONTACT_TO_COMPANY): no property
+    changes, so HubSpot announces it by its own event, never a ``propertyChange``."""
+
+    association_type: str
+    to_id: int
+    removed: bool
 
 
 class WebhookSender:
@@ -57,12 +69,16 @@ class WebhookSender:
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
-    def on_write(self, table: Table, row: int, kind: str, changes: dict[str, Any]) -> None:
+    def on_write(self, table: Table, row: int, kind: str, changes: dict[str, Any],
+                 association: AssociationChange | None = None) -> None:
         """Called by `SandboxState.write` (under the lock): render the vendor's payload now, send it later."""
         if (table.tool, table.name) not in STREAMS:
             return
-        payloads = {"hubspot": self._hubspot, "zendesk": self._zendesk, "stripe": self._stripe}[table.tool](
-            table, row, kind, changes)
+        if association is not None:
+            payloads = self._hubspot_association(table, row, association)
+        else:
+            payloads = {"hubspot": self._hubspot, "zendesk": self._zendesk, "stripe": self._stripe}[table.tool](
+                table, row, kind, changes)
         for payload in payloads:
             self._queue.put((table.tool, payload))
         if self._thread is None:
@@ -102,10 +118,23 @@ class WebhookSender:
         with self._sent_lock:
             self.sent.append(entry)
 
+    @staticmethod
+    def _hubspot_common(table: Table, row: int) -> dict[str, Any]:
+        return {"portalId": HUBSPOT_PORTAL_ID, "appId": HUBSPOT_APP_ID, "occurredAt": int(table.modified[row]),
+                "attemptNumber": 0, "changeSource": "CRM"}
+
+    def _hubspot_association(self, table: Table, row: int, change: AssociationChange) -> list[Any]:
+        """A ``contact.associationChange`` event: it names both records (``fromObjectId``, ``toObjectId``), not an
+        ``objectId``, and whether the association was removed."""
+        subscription = "contact.associationChange"
+        return [[{"eventId": _unique_number(), "subscriptionId": HUBSPOT_SUBSCRIPTIONS[subscription],
+                  "subscriptionType": subscription, **self._hubspot_common(table, row),
+                  "associationType": change.association_type, "fromObjectId": int(table.id(row)),
+                  "toObjectId": change.to_id, "associationRemoved": change.removed, "isPrimaryAssociation": False}]]
+
     def _hubspot(self, table: Table, row: int, kind: str, changes: dict[str, Any]) -> list[Any]:
         """One request holding an array of events: one per changed property on an update, as HubSpot sends."""
-        common = {"portalId": HUBSPOT_PORTAL_ID, "appId": HUBSPOT_APP_ID, "occurredAt": int(table.modified[row]),
-                  "attemptNumber": 0, "objectId": int(table.id(row)), "changeSource": "CRM"}
+        common = {**self._hubspot_common(table, row), "objectId": int(table.id(row))}
         if kind == "updated" and changes:
             specs = [("contact.propertyChange", {"propertyName": name, "propertyValue": "" if value is None
                                                  else str(value)}) for name, value in changes.items()]
@@ -121,7 +150,8 @@ class WebhookSender:
         user_id = str(table.id(row))
         detail = {"created_at": iso_s(int(table.created[row])), "email": fields.get("email"),
                   "external_id": fields.get("external_id") or "", "default_group_id": "0", "id": user_id,
-                  "organization_id": "0", "role": "end-user", "updated_at": iso_s(int(table.modified[row]))}
+                  "organization_id": str(fields.get("organization_id") or 0), "role": "end-user",
+                  "updated_at": iso_s(int(table.modified[row]))}
         if kind == "updated" and changes:
             events = {ZENDESK_FIELD_EVENTS.get(name, "user.details_changed"): {"current": value}
                       for name, value in changes.items()}

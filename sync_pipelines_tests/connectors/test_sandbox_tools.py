@@ -155,6 +155,29 @@ def test_hubspot_contact_company_is_its_primary_association_read_and_rewritten_t
     assert not refused["ok"] and "companies association" in refused["error"]
 
 
+def test_hubspot_a_failed_association_keeps_the_contacts_company_and_fails_only_that_record(sandbox):
+    """One batch sends a contact to a company that does not exist and another to a real one: only the first fails
+    and keeps its company; the second loses only the primary company it replaces, not one a person added."""
+    hubspot = open_tool(sandbox, "hubspot", associations={"contacts": ["companies"]})
+    associated = [r for r in hubspot.read("contacts") if not r["archived"] and r["associations"]["companies"]]
+    (first, first_company), (second, second_company) = [(r["id"], r["associations"]["companies"])
+                                                        for r in associated[:2]]
+    companies = [r["id"] for r in hubspot.read("companies") if not r["archived"]]
+    new, added = [c for c in companies if c not in (first_company, second_company)][:2]
+    v4 = f"{sandbox.base_url('hubspot')}/crm/v4"
+    auth = {"Authorization": f"Bearer {CREDENTIALS['hubspot']['access_token']}"}
+    requests.put(f"{v4}/objects/contacts/{second}/associations/default/companies/{added}", headers=auth,
+                 timeout=30).raise_for_status()  # a second company a person added: not primary
+    refused, written = hubspot.write("contacts", [{"id": first, "associations": {"companies": "999999999"}},
+                                                  {"id": second, "associations": {"companies": new}}],
+                                     mode="update", key="id")
+    assert not refused["ok"] and "999999999" in refused["error"] and written["ok"]
+    body = requests.post(f"{v4}/associations/contacts/companies/batch/read", headers=auth, timeout=30,
+                         json={"inputs": [{"id": first}, {"id": second}]}).json()
+    held = {r["from"]["id"]: {str(to["toObjectId"]) for to in r["to"]} for r in body["results"]}
+    assert held == {first: {first_company}, second: {added, new}}
+
+
 def test_zendesk_user_organization_is_written_and_an_unknown_one_refused(sandbox):
     zendesk = open_tool(sandbox, "zendesk", sleep=lambda seconds: None)
     organizations = [str(r["id"]) for r in zendesk.read("organizations")]

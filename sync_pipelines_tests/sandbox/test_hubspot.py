@@ -211,3 +211,17 @@ def test_hs_object_id_is_refused_as_id_property(sandbox):
     assert no_id_property.status_code == 400 and "idProperty" in no_id_property.json()["message"]
     not_unique = batch(sandbox, "contacts", "upsert", [{"idProperty": "firstname", "id": "Ada", "properties": {}}])
     assert not_unique.status_code == 400 and "firstname" in not_unique.json()["message"]
+
+
+def test_batch_associate_default_answers_each_input_and_names_the_failed_ids(sandbox):
+    """As HubSpot: 207 Multi-Status, the pair made in `results`, the unknown company in `errors[].context`."""
+    contacts = [r["id"] for r in walk(sandbox, "contacts")[:2]]
+    company = walk(sandbox, "companies")[0]["id"]
+    response = requests.post(f"{sandbox.url}/hubspot/crm/v4/associations/contacts/companies/batch/associate/default",
+                             headers=AUTH["hubspot"], json={"inputs": [
+                                 {"from": {"id": contacts[0]}, "to": {"id": "999999999"}},
+                                 {"from": {"id": contacts[1]}, "to": {"id": company}}]})
+    body = response.json()
+    assert response.status_code == 207 and body["numErrors"] == 1
+    assert [(r["from"]["id"], r["to"]["id"]) for r in body["results"]] == [(contacts[1], company)]
+    assert body["errors"][0]["context"] == {"toObjectId": ["999999999"]}

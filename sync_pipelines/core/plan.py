@@ -174,7 +174,7 @@ def plan_creates(golden: pd.DataFrame, linked: pd.Index, fields: list[str], poli
         folded = _texts(candidates[key_field]).str.casefold()
         hold(~folded.duplicated(keep=False).to_numpy(bool), HELD_BY_DUPLICATE_KEY)
         if taken is not None:
-            hold(taken.get_indexer(_texts(candidates[key_field]).str.casefold()) < 0, HELD_BY_TAKEN_KEY)
+            hold(taken.unique().get_indexer(_texts(candidates[key_field]).str.casefold()) < 0, HELD_BY_TAKEN_KEY)
     written = [name for name in fields if getattr((policies or {}).get(name), "write", "own") != "never"]
     values = {name: _texts(candidates[name]) for name in written}
     changes = _per_row(values, {name: column.notna().to_numpy(bool) for name, column in values.items()},

@@ -152,7 +152,7 @@ def test_nightly_sync_survives_server_errors_on_three_tools(box, stack, tmp_path
     """The whole job with the product's own retry settings: 30% of HubSpot, Salesforce and Stripe calls fail."""
     url = f"sqlite:///{tmp_path / 'job.db'}"
     monkeypatch.setenv("SYNC_WAREHOUSE_URL", url)
-    box.set_faults({tool: {"error_rate": 0.3, "page_size": 50} for tool in ("hubspot", "salesforce", "stripe")})
+    box.set_faults({tool: {"error_rate": 0.3, "page_size": 10} for tool in ("hubspot", "salesforce", "stripe")})
     job = build_definitions(load_stack()).resolve_job_def("nightly_sync")
     assert job.execute_in_process(partition_key=TODAY, raise_on_error=False).success
     stats = box.stats()

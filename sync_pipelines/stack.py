@@ -341,7 +341,24 @@ class FieldPolicy(_Model):
     clear: Literal["allow", "never"] = "allow"
 
 
-class Destination(_Model):
+class _Filtered(_Model):
+    """A section with a ``filter``: a condition in the language of quality's ``when``, parsed at load."""
+
+    filter: str | None = None
+
+    @field_validator("filter")
+    @classmethod
+    def _a_condition(cls, value: str | None) -> str | None:
+        if value is not None:
+            condition_language.parse(value)  # its ConditionError names the character
+        return value
+
+    @property
+    def condition(self) -> condition_language.Condition | None:
+        return condition_language.parse(self.filter) if self.filter is not None else None
+
+
+class Destination(_Filtered):
     """Where golden records of ``entity`` are written. ``mode`` ``update`` changes only records the tool holds,
     ``create`` only makes the ones it lacks, ``upsert`` does both; a create matches on ``key`` (a unique field of the
     tool), so a create a crash interrupted is matched, not made twice. ``filter`` (a condition on the golden record)
@@ -353,22 +370,10 @@ class Destination(_Model):
     stream: str
     key: str
     mode: Literal["update", "upsert", "create"] = "update"
-    filter: str | None = None
     max_per_run: int | None = Field(default=None, ge=0)
     fields: dict[str, FieldPolicy] = {}  # canonical field → its policy; a field not named is owned
     on_delete: Literal["ignore", "archive"] = "ignore"
     max_deletes_per_run: int = Field(default=25, ge=0)
-
-    @field_validator("filter")
-    @classmethod
-    def _a_condition(cls, value: str | None) -> str | None:
-        if value is not None:
-            condition_language.parse(value)  # its ConditionError names the character
-        return value
-
-    @property
-    def condition(self) -> condition_language.Condition | None:
-        return condition_language.parse(self.filter) if self.filter is not None else None
 
     @property
     def creates(self) -> bool:
@@ -379,25 +384,13 @@ class Destination(_Model):
         return self.mode != "create"
 
 
-class _ActionTrigger(_Model):
+class _ActionTrigger(_Filtered):
     """What makes an action create a record, per record of ``entity`` (landed rows, so per tool record); ``filter``
     (a condition as in quality's ``when``, over the record the templates see) holds some back; ``as`` names the
     record in the templates."""
 
     entity: str
-    filter: str | None = None
     record: str = Field(default="record", alias="as")
-
-    @field_validator("filter")
-    @classmethod
-    def _a_condition(cls, value: str | None) -> str | None:
-        if value is not None:
-            condition_language.parse(value)  # its ConditionError names the character
-        return value
-
-    @property
-    def condition(self) -> condition_language.Condition | None:
-        return condition_language.parse(self.filter) if self.filter is not None else None
 
     @property
     def watched(self) -> str | None:

@@ -84,6 +84,43 @@ def test_a_create_a_crash_cut_off_before_its_ledger_row_is_matched_not_made_agai
     assert pipeline.write_back(sync.stack, sync.warehouse, connector, dest).creates == 0
 
 
+def hubspot_records_named(sync, first: str, last: str) -> list[str]:
+    table = sync.box.state.world.table("hubspot", "contacts")
+    with sync.box.state.lock:
+        return [str(table.id(row)) for row in range(len(table)) if not table.deleted[row]
+                and (table.fields(row).get("firstname"), table.fields(row).get("lastname")) == (first, last)]
+
+
+def test_a_create_cut_off_by_a_crash_is_matched_even_when_its_key_changed_before_the_rerun(sync_on_each_warehouse,
+                                                                                            monkeypatch):
+    sync = sync_on_each_warehouse
+    assert sync.run()[0].success
+    new_lead_in_salesforce(sync)
+    assert sync.run()[0].success
+    dest = hubspot_upsert(sync, filter="first_name == 'Lena' and last_name == 'Okafor'")
+    connector = SyncResource().connector("hubspot")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the create reached HubSpot")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pipeline.writeback, "_enter_created", crash)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
+    [record_id] = hubspot_records_named(sync, "Lena", "Okafor")
+    assert len(sync.warehouse.read_table("writeback_intents")) == 1  # the key it was sent with
+    mark = "%s" if sync.warehouse.dialect == "postgresql" else "?"
+    with sync.warehouse.engine.begin() as conn:  # the golden key changes before the rerun
+        conn.exec_driver_sql(f"UPDATE golden_contacts SET email = {mark} WHERE email = {mark}",
+                             ("lena@renamed.example", NEW_LEAD["Email"]))
+    rerun = pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
+    assert rerun.created_ids == [record_id]  # sent again under the key it was first sent with: the same record
+    assert hubspot_records_named(sync, "Lena", "Okafor") == [record_id]
+    assert sync.warehouse.read_table("writeback_intents").empty
+    assert pipeline.write_back(sync.stack, sync.warehouse, connector, dest).creates == 0
+    assert hubspot_records_named(sync, "Lena", "Okafor") == [record_id]
+
+
 def test_a_run_over_max_per_run_writes_nothing_and_create_mode_leaves_held_records_alone(sync):
     assert sync.run()[0].success
     new_lead_in_salesforce(sync)

@@ -19,6 +19,8 @@ from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 WRITE_BATCH = 500
 LEDGER = "writeback_ledger"
+# the key value each create was sent with, committed before it is sent and removed once the tool has answered
+INTENTS = "writeback_intents"
 CREATES_HELD_BACK = "creates_held_back"  # a plan's attrs: golden records the tool lacks and was not sent, by reason
 
 
@@ -207,6 +209,7 @@ def write_back(stack: Stack, warehouse: Warehouse, connector, dest: Destination,
     doomed = _to_delete(plan, dest)
     todo = plan[plan["action"].isin(["update", "create"])].sort_values("action", kind="stable",
                                                                        ascending=False).reset_index(drop=True)
+    todo = _replay_intents(warehouse, dest, todo, key_field(stream, dest))
     # one ledger row per field sent, with what it overwrote and the change time of the value it copies
     sent = pd.DataFrame([(i, field_name, None if value == CLEAR else value, before.get(field_name))
                          for i, (change, before) in enumerate(zip(todo["changes"], todo["before"]))
@@ -282,7 +285,7 @@ def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destinatio
     stream = stack.tools[dest.tool].streams[dest.stream]
     writable = writable_fields(stream)
     held = _parts_held(warehouse, dest, todo, writable)
-    key_is_ours = key_field(stream, dest) is None  # no field maps to the key: it holds the golden record's id
+    key = key_field(stream, dest)  # None: no field maps to the key, which holds the golden record's id
     written, errors, created = 0, [], []
     todo = todo if "action" in todo.columns else todo.assign(action="update")
     for action, rows in todo.groupby("action", sort=False):
@@ -290,8 +293,9 @@ def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destinatio
         for start in range(0, len(rows), WRITE_BATCH):
             batch = rows.iloc[start:start + WRITE_BATCH]
             if creating:
-                records = [{**to_tool_record(change, {}, writable), **({dest.key: entity_id} if key_is_ours else {})}
+                records = [{**to_tool_record(change, {}, writable), **({dest.key: entity_id} if key is None else {})}
                            for entity_id, change in zip(batch["entity_id"].tolist(), batch["changes"])]
+                _note_intents(warehouse, dest, batch, key)
                 results = connector.write(dest.stream, records, mode="upsert", key=dest.key)
             else:
                 records = [{stream.primary_key: source_id, **to_tool_record(change, held.get(source_id, {}), writable)}
@@ -320,10 +324,47 @@ def send_changes(stack: Stack, warehouse: Warehouse, connector, dest: Destinatio
                     "entity_id": ledger["entity_id"], "field": ledger["field"], "value": ledger["value"].astype(object),
                     "before": ledger["before"].astype(object), "origin_changed_at": ledger["origin_changed_at"],
                     "written_at": written_at, "run_id": run_id}))
+                if creating:  # answered: a record made is linked now, one refused was not made
+                    warehouse.delete_where_in(conn, INTENTS, "entity_id", batch["entity_id"], tool=dest.tool,
+                                              stream=dest.stream)
                 if made:
                     _enter_created(warehouse, conn, dest, batch.loc[list(made), "entity_id"], list(made.values()))
             created += list(made.values())
     return written, len(todo) - written, errors, created
+
+
+def _note_intents(warehouse: Warehouse, dest: Destination, batch: pd.DataFrame, key: str | None) -> None:
+    """Commit, before a batch of creates is sent, the key value each is sent with: should the process die after the
+    tool made the records and before their links are committed, the rerun sends the same key again (see
+    ``_replay_intents``), even if the golden value changed in between. A key that is the golden id cannot change."""
+    if key is None:
+        return
+    rows = pd.DataFrame({"tool": dest.tool, "stream": dest.stream, "entity_id": batch["entity_id"].to_numpy(object),
+                         "key_value": [change.get(key) for change in batch["changes"]]})
+    with warehouse.transaction() as conn:
+        warehouse.delete_where_in(conn, INTENTS, "entity_id", rows["entity_id"], tool=dest.tool, stream=dest.stream)
+        warehouse.insert(conn, INTENTS, rows, index=("entity_id",))
+
+
+def _replay_intents(warehouse: Warehouse, dest: Destination, todo: pd.DataFrame, key: str | None) -> pd.DataFrame:
+    """Creates a crash cut off after they were sent, sent again with the key value they were first sent with: the
+    tool matches the record it made instead of making a second one under a key that changed since. Once linked,
+    the record's key is updated by id like any other field."""
+    creates = todo.index[todo["action"] == "create"]
+    if key is None or creates.empty or not warehouse.has_table(INTENTS):
+        return todo
+    intents = warehouse.read_where_in(INTENTS, "entity_id", todo.loc[creates, "entity_id"],
+                                      ["entity_id", "key_value"], tool=dest.tool, stream=dest.stream)
+    sent_with = dict(zip(intents["entity_id"], intents["key_value"]))
+    replayed = [position for position in creates if todo.at[position, "entity_id"] in sent_with
+                and sent_with[todo.at[position, "entity_id"]] is not None]
+    if not replayed:
+        return todo
+    todo = todo.copy()
+    todo.loc[replayed, "changes"] = pd.Series(
+        {position: {**todo.at[position, "changes"], key: sent_with[todo.at[position, "entity_id"]]}
+         for position in replayed}, dtype=object)
+    return todo
 
 
 def _enter_created(warehouse: Warehouse, conn, dest: Destination, entity_ids: pd.Series, source_ids: list[str]) -> None:

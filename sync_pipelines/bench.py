@@ -310,6 +310,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
     from dagster import DagsterInstance
 
     from sync_pipelines.definitions import build_definitions
+    from sync_pipelines.pipeline import resolved_entities, table
     from sync_pipelines.sandbox import sandbox_env, sandbox_process
     from sync_pipelines.sandbox.data import build_world, total_records
     from sync_pipelines.stack import load_stack
@@ -338,7 +339,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
                     s["total"] for s in truth["streams"].values())))
                 incremental = _run_job(job, instance, partition)
                 warehouse = Warehouse(stack, url)
-                golden = {e: warehouse.count(f"golden_{e}", _deleted=False) for e in ("contacts",)}
+                golden = {e: warehouse.count(table("golden", e), _deleted=False) for e in resolved_entities(stack)}
                 core = _time_core(stack, warehouse)
                 warehouse.engine.dispose()
         load = measure_load(load_rows, url) if load_rows else None

@@ -42,6 +42,9 @@ def test_counts_agree_with_the_sandbox(report):
     assert 0 < steps["staged_contacts"] <= contacts  # every landed row is read once
     assert 0 < steps["golden_contacts"] < steps["staged_contacts"]  # deleted and invalid records are not staged
     assert 0 < report["golden_records"]["contacts"] < steps["golden_contacts"]  # duplicates across tools merged
+    assert set(report["golden_records"]) == set(report["core"])  # every resolved entity is counted
+    for entity, count in report["golden_records"].items():
+        assert 0 < count <= steps[f"golden_{entity}"], entity
     assert report["core"]["contacts"]["records"] == steps["golden_contacts"]
     # every resolved entity is in the stage totals
     assert full["golden"]["records"] == sum(n for step, n in steps.items() if step.startswith("golden_") and n)

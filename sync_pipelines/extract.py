@@ -25,7 +25,7 @@ from sync_pipelines.core.normalize import map_records
 from sync_pipelines.stack import DeletionScan, Stack, Stream
 from sync_pipelines.warehouse import Warehouse
 
-CHUNK_RECORDS = 50_000
+CHUNK_RECORDS = 10_000
 
 
 class Reader(Protocol):

@@ -17,13 +17,14 @@ NEW_LEAD = {"External_Id__c": "lead-new-1", "Email": "lena.okafor@newco.example"
             "LastName": "Okafor", "Phone": "+14155550199", "Title": "Founder"}
 
 
-def hubspot_records_of(sync, email: str) -> list[tuple[str, dict]]:
-    """The live HubSpot contacts holding ``email``, as (id, properties)."""
+def hubspot_records_of(sync, email: str | None = None, **equal: str) -> list[tuple[str, dict]]:
+    """The live HubSpot contacts holding ``email`` (and the properties ``equal``), as (id, properties)."""
     table = sync.box.state.world.table("hubspot", "contacts")
     with sync.box.state.lock:
         rows = [row for row in range(len(table)) if not table.deleted[row]]
         return [(str(table.id(row)), fields) for row in rows
-                if (fields := table.fields(row)).get("email") == email]
+                if all((fields := table.fields(row)).get(name) == value
+                       for name, value in {**({"email": email} if email else {}), **equal}.items())]
 
 
 def new_lead_in_salesforce(sync) -> None:
@@ -35,6 +36,17 @@ def new_lead_in_salesforce(sync) -> None:
 def hubspot_upsert(sync, **changes):
     hubspot = next(d for d in sync.stack.destinations if d.tool == "hubspot")
     return hubspot.model_copy(update={"mode": "upsert", "filter": f"email == '{NEW_LEAD['Email']}'", **changes})
+
+
+def write_back_killed_before_the_link(sync, monkeypatch, connector, dest) -> None:
+    """A write-back whose process dies after the tool made the record, before its link and ledger rows commit."""
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the create reached HubSpot")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pipeline.writeback, "_enter_created", crash)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
 
 
 def test_a_lead_new_in_salesforce_reaches_hubspot_exactly_once_over_three_runs(sync_on_each_warehouse):
@@ -70,25 +82,12 @@ def test_a_create_a_crash_cut_off_before_its_ledger_row_is_matched_not_made_agai
     assert sync.run()[0].success
     dest, connector = hubspot_upsert(sync), SyncResource().connector("hubspot")
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("killed after the create reached HubSpot")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(pipeline.writeback, "_enter_created", crash)
-        with pytest.raises(KeyboardInterrupt):
-            pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
+    write_back_killed_before_the_link(sync, monkeypatch, connector, dest)
     assert len(hubspot_records_of(sync, NEW_LEAD["Email"])) == 1  # it reached the tool, unrecorded
     rerun = pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
     [(record_id, _)] = hubspot_records_of(sync, NEW_LEAD["Email"])
     assert rerun.created_ids == [record_id]  # matched on the email: the same record, linked now
     assert pipeline.write_back(sync.stack, sync.warehouse, connector, dest).creates == 0
-
-
-def hubspot_records_named(sync, first: str, last: str) -> list[str]:
-    table = sync.box.state.world.table("hubspot", "contacts")
-    with sync.box.state.lock:
-        return [str(table.id(row)) for row in range(len(table)) if not table.deleted[row]
-                and (table.fields(row).get("firstname"), table.fields(row).get("lastname")) == (first, last)]
 
 
 def test_a_create_cut_off_by_a_crash_is_matched_even_when_its_key_changed_before_the_rerun(sync_on_each_warehouse,
@@ -100,14 +99,8 @@ def test_a_create_cut_off_by_a_crash_is_matched_even_when_its_key_changed_before
     dest = hubspot_upsert(sync, filter="first_name == 'Lena' and last_name == 'Okafor'")
     connector = SyncResource().connector("hubspot")
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("killed after the create reached HubSpot")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(pipeline.writeback, "_enter_created", crash)
-        with pytest.raises(KeyboardInterrupt):
-            pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
-    [record_id] = hubspot_records_named(sync, "Lena", "Okafor")
+    write_back_killed_before_the_link(sync, monkeypatch, connector, dest)
+    [record_id] = [rid for rid, _ in hubspot_records_of(sync, firstname="Lena", lastname="Okafor")]
     assert len(sync.warehouse.read_table("writeback_intents")) == 1  # the key it was sent with
     mark = "%s" if sync.warehouse.dialect == "postgresql" else "?"
     with sync.warehouse.engine.begin() as conn:  # the golden key changes before the rerun
@@ -115,10 +108,10 @@ def test_a_create_cut_off_by_a_crash_is_matched_even_when_its_key_changed_before
                              ("lena@renamed.example", NEW_LEAD["Email"]))
     rerun = pipeline.write_back(sync.stack, sync.warehouse, connector, dest)
     assert rerun.created_ids == [record_id]  # sent again under the key it was first sent with: the same record
-    assert hubspot_records_named(sync, "Lena", "Okafor") == [record_id]
+    assert [rid for rid, _ in hubspot_records_of(sync, firstname="Lena", lastname="Okafor")] == [record_id]
     assert sync.warehouse.read_table("writeback_intents").empty
     assert pipeline.write_back(sync.stack, sync.warehouse, connector, dest).creates == 0
-    assert hubspot_records_named(sync, "Lena", "Okafor") == [record_id]
+    assert [rid for rid, _ in hubspot_records_of(sync, firstname="Lena", lastname="Okafor")] == [record_id]
 
 
 def test_a_run_over_max_per_run_writes_nothing_and_create_mode_leaves_held_records_alone(sync):

@@ -30,9 +30,14 @@ class Sync:
         # sync yesterday's window, which leaves out the edits a test just made
         today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
         result = self.job.execute_in_process(partition_key=today, raise_on_error=False)
-        written = {e.asset_key.path[0]: e.materialization.metadata["written"].value
+        # records written per write-back asset ("salesforce/companies_writeback"): a tool may have several
+        written = {"/".join(e.asset_key.path): e.materialization.metadata["written"].value
                    for e in result.get_asset_materialization_events() if "written" in e.materialization.metadata}
         return result, written
+
+    def write_backs(self, written: int = 0) -> dict[str, int]:
+        """Every write-back asset, as `run` names it, with ``written`` records each."""
+        return {f"{d.tool}/{d.entity}_writeback": written for d in self.stack.destinations}
 
     def truth_records(self) -> pd.DataFrame:
         frames = []

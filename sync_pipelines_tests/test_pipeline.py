@@ -44,7 +44,7 @@ def test_one_full_sync_matches_the_ground_truth(sync):
 
     audit = sync.warehouse.read_table("conflicts_contacts")
     assert {"winner_tool", "loser_tool", "winner_value", "loser_value", "rule"} <= set(audit.columns) and len(audit)
-    assert written["hubspot"] > 0 and written["salesforce"] > 0 and written["zendesk"] > 0
+    assert all(written[f"{tool}/contacts_writeback"] > 0 for tool in ("hubspot", "salesforce", "zendesk"))
 
 
 def test_reruns_write_nothing_and_one_edit_writes_exactly_that_record(sync_on_each_warehouse):
@@ -53,11 +53,12 @@ def test_reruns_write_nothing_and_one_edit_writes_exactly_that_record(sync_on_ea
     assert first.success and sum(written.values()) > 0
     for _ in range(2):  # the second run re-reads what the first wrote; neither writes anything
         result, written = sync.run()
-        assert result.success and written == {"salesforce": 0, "hubspot": 0, "zendesk": 0}
+        assert result.success and written == sync.write_backs(0)
 
-    stale = {d.tool: int((pipeline.plan_destination(sync.stack, sync.warehouse, d)[0]["action"] == "update").sum())
+    stale = {f"{d.tool}/{d.entity}_writeback":
+             int((pipeline.plan_destination(sync.stack, sync.warehouse, d)[0]["action"] == "update").sum())
              for d in sync.stack.destinations}
-    assert stale == {"salesforce": 0, "hubspot": 0, "zendesk": 0}  # every tool holds the golden values
+    assert stale == sync.write_backs(0)  # every tool holds the golden values
 
     salesforce = sync.warehouse.read_table("stg_salesforce_contact")
     crosswalk = sync.warehouse.read_table("crosswalk_contacts")
@@ -71,10 +72,10 @@ def test_reruns_write_nothing_and_one_edit_writes_exactly_that_record(sync_on_ea
     holders = set(crosswalk.loc[crosswalk["entity_id"] == entity["entity_id"], "_source"])
     receives_title = {d.tool for d in sync.stack.destinations if any(
         m.to == "job_title" for m in sync.stack.tools[d.tool].streams[d.stream].fields)}
-    expected = {tool: int(tool in holders and tool in receives_title and tool != "salesforce")
+    expected = {f"{tool}/contacts_writeback": int(tool in holders and tool in receives_title and tool != "salesforce")
                 for tool in ("salesforce", "hubspot", "zendesk")}  # the edit came from Salesforce: no echo
-    assert record["job_title"] != "Chief Sync Officer" and expected["hubspot"] == 1
-    assert written == expected
+    assert record["job_title"] != "Chief Sync Officer" and expected["hubspot/contacts_writeback"] == 1
+    assert written == {**sync.write_backs(0), **expected}  # no company changed
 
 
 def test_a_crash_in_the_middle_of_write_back_then_a_rerun_leaves_no_duplicate_and_no_missing_update(
@@ -105,9 +106,10 @@ def test_a_crash_in_the_middle_of_write_back_then_a_rerun_leaves_no_duplicate_an
     after = sync.box.truth()["streams"]
     for tool, stream in (("salesforce", "Contact"), ("hubspot", "contacts"), ("zendesk", "users")):
         assert after[f"{tool}/{stream}"]["total"] == before[f"{tool}/{stream}"]["total"]  # no duplicate created
-    stale = {d.tool: int((pipeline.plan_destination(sync.stack, sync.warehouse, d)[0]["action"] == "update").sum())
+    stale = {f"{d.tool}/{d.entity}_writeback":
+             int((pipeline.plan_destination(sync.stack, sync.warehouse, d)[0]["action"] == "update").sum())
              for d in sync.stack.destinations}
-    assert stale == {"salesforce": 0, "hubspot": 0, "zendesk": 0}  # no update missing
+    assert stale == sync.write_backs(0)  # no update missing
 
 
 def _golden_check(result):
@@ -133,7 +135,8 @@ def test_a_bad_extraction_fails_the_blocking_check_and_writes_nothing(sync, chan
             sync.warehouse.land(tool, stream, landing.iloc[::10])
     result, written = sync.run()
     check = _golden_check(result)
-    assert not result.success and written == {}
+    # the contacts' write-backs never ran; the companies', whose check passed, had nothing to write
+    assert not result.success and written == {f"{tool}/companies_writeback": 0 for tool in ("salesforce", "hubspot")}
     assert not check.passed and "OUTSIDE" in check.metadata["volume_of_staged_rows"].value
     assert len(sync.warehouse.read_table("writeback_ledger")) == ledger_rows
     assert sync.box.truth("people") == people  # nothing reached the tools

@@ -34,7 +34,7 @@ def test_revert_round_trip_restores_every_tool_and_leaves_a_field_edited_since(s
         sync.box.mutate("salesforce", "Contact", source_id, {"Title": "CORRUPTED"})
     before = snapshot(sync)
     result, written = sync.run()
-    assert result.success and written["hubspot"] == 3
+    assert result.success and written["hubspot/contacts_writeback"] == 3
     spread = differences(before, snapshot(sync))
     assert len(spread) == 3 and {value for *_, value in spread} == {"CORRUPTED"}
     (_, edited), *_ = sorted(key for key, *_ in spread)

@@ -1,4 +1,5 @@
-"""Salesforce REST: SOQL through queryAll (deleted rows included) and composite upsert by external id."""
+"""Salesforce REST: SOQL through queryAll (deleted rows included); writes through sObject Collections, an upsert
+by external id or an update by record id."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ API = "/services/data/v60.0"
 CURSOR_FIELD = "LastModifiedDate"
 ALWAYS_FIELDS = ("Id", CURSOR_FIELD, "IsDeleted")  # every replicable sObject has them
 UNQUERYABLE_TYPES = {"base64"}  # a base64 field shrinks query pages to one record each
-UPSERT_CHUNK = 200
+COLLECTION_CHUNK = 200  # the most records one sObject Collections call takes
 # An sObject's or a field's API name: what may go into SOQL and URL paths (`../x` would reach another REST path).
 API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -66,23 +67,29 @@ class SalesforceConnector(ApiConnector):
         return [f["name"] for f in body.get("fields", []) if f.get("type") not in UNQUERYABLE_TYPES]
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
-        """upsert matches on an external id field (default External_Id__c); update matches on `Id`, through the
-        same call, since Salesforce upserts on Id but never creates a record with a given Id."""
+        """upsert matches on an external id field (default External_Id__c); update matches on `Id` (sObject
+        Collections update). Batches of up to 200; a record Salesforce refuses fails alone."""
         if mode == "update" and key not in (None, "Id"):
             raise ConnectorError(f"{self.name}: update matches {stream} records by Id, not {key}; "
                                  "use mode='upsert' to match on an external id field")
         external_id = self._api_name("Id" if mode == "update" else key or "External_Id__c", "external id field")
         self._api_name(stream, "stream")
-        results: list[dict[str, Any]] = [result(False, error=f"record lacks the external id field {external_id}")
-                                          for _ in records]
+        missing = f"record lacks the {'id' if mode == 'update' else 'external id'} field {external_id}"
+        results: list[dict[str, Any]] = [result(False, error=missing) for _ in records]
         keyed = [i for i, r in enumerate(records) if r.get(external_id) not in (None, "")]
-        for indexes in chunked(keyed, UPSERT_CHUNK):
-            batch = [{"attributes": {"type": stream}, **{k: v for k, v in records[i].items() if k != "attributes"}}
-                     for i in indexes]
-            sent = self._write_batch(batch, lambda b: self._upsert(stream, external_id, b))
+        send = self._update if mode == "update" else (lambda b: self._upsert(stream, external_id, b))
+        for indexes in chunked(keyed, COLLECTION_CHUNK):
+            batch = [self._collection_record(stream, records[i], mode) for i in indexes]
+            sent = self._write_batch(batch, send)
             for index, outcome in zip(indexes, sent):
                 results[index] = outcome
         return results
+
+    @staticmethod
+    def _collection_record(stream: str, record: dict, mode: str) -> dict:
+        """A record as sObject Collections takes it: its type in ``attributes``; an update names it by ``id``."""
+        fields = {k: v for k, v in record.items() if k != "attributes" and not (mode == "update" and k == "Id")}
+        return {"attributes": {"type": stream}, **({"id": record["Id"]} if mode == "update" else {}), **fields}
 
     def delete(self, stream: str, ids: list[str]) -> list[dict[str, Any]]:
         """Delete records by Id (DELETE /sobjects/{stream}/{id}): they go to the recycle bin, IsDeleted."""
@@ -91,9 +98,16 @@ class SalesforceConnector(ApiConnector):
 
     def _upsert(self, stream: str, external_id: str, batch: list[dict]) -> list[dict[str, Any]]:
         # Record ids travel in the body, never in the path; the path's names are API names, quoted all the same.
-        body = self.http.request("PATCH", f"{API}/composite/sobjects/{quote(stream, safe='')}/"
-                                          f"{quote(external_id, safe='')}",
-                                 json={"allOrNone": False, "records": batch})
-        # Salesforce answers one result per record, in the order sent.
+        return self._save_results(self.http.request(
+            "PATCH", f"{API}/composite/sobjects/{quote(stream, safe='')}/{quote(external_id, safe='')}",
+            json={"allOrNone": False, "records": batch}))
+
+    def _update(self, batch: list[dict]) -> list[dict[str, Any]]:
+        return [{**outcome, "created": False if outcome["ok"] else None} for outcome in self._save_results(
+            self.http.request("PATCH", f"{API}/composite/sobjects", json={"allOrNone": False, "records": batch}))]
+
+    @staticmethod
+    def _save_results(body: Any) -> list[dict[str, Any]]:
+        """Salesforce answers one SaveResult per record, in the order sent."""
         return [result(bool(item.get("success")), item.get("id"), item.get("created"), describe_errors(item))
                 for item in body]

@@ -25,14 +25,16 @@ MODIFIED_PROPERTY = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifi
 PROPERTIES: dict[str, tuple[tuple[str, str], ...]] = {
     "contacts": (("email", "string"), ("firstname", "string"), ("lastname", "string"), ("phone", "string"),
                  ("company", "string"), ("jobtitle", "string"), ("lifecyclestage", "enumeration")),
-    "companies": (("name", "string"), ("domain", "string"), ("industry", "enumeration")),
+    "companies": (("name", "string"), ("domain", "string"), ("industry", "enumeration"), ("golden_id", "string")),
 }
 DEFAULT_PROPERTIES = {
     "contacts": ("firstname", "lastname", "email", "createdate", "lastmodifieddate", "hs_object_id"),
     "companies": ("name", "domain", "createdate", "hs_lastmodifieddate", "hs_object_id"),
 }
 # Properties HubSpot lets a batch upsert/update match on (hs_object_id is not one: it is the record id).
-UNIQUE_PROPERTIES = {"contacts": ("email",), "companies": ()}
+UNIQUE_PROPERTIES = {"contacts": ("email",), "companies": ("golden_id",)}
+# Custom properties created with hasUniqueValue (an external id): a value another live record holds is refused.
+HAS_UNIQUE_VALUE = {"contacts": (), "companies": ("golden_id",)}
 # Object type id and the name HubSpot uses for the object in batch errors.
 OBJECT_TYPES = {"contacts": ("0-1", "CONTACT"), "companies": ("0-2", "COMPANY")}
 READ_ONLY = ("createdate", "lastmodifieddate", "hs_lastmodifieddate", "hs_object_id")
@@ -254,7 +256,7 @@ class HubSpot(Vendor):
             plan = self._plan_write(table, obj, item)
             if isinstance(plan, str):
                 errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": plan,
-                               "context": {"id": [str(item.get("id"))]}})
+                               "context": {"ids": [str(item.get("id"))]}})
                 continue
             row, properties = plan
             if row is None and not create:
@@ -316,10 +318,15 @@ class HubSpot(Vendor):
         email = properties.get("email")
         if email and not EMAIL.match(email.strip()):
             return f"Property values were not valid: INVALID_EMAIL {email!r}"
-        if id_property is None:
-            return table.live(table.row_of(key)), properties
-        properties.setdefault(id_property, str(key))
-        return table.live(table.lookup(id_property, key)), properties
+        row = table.live(table.row_of(key) if id_property is None else table.lookup(id_property, key))
+        if id_property is not None:
+            properties.setdefault(id_property, str(key))
+        for name in HAS_UNIQUE_VALUE[obj]:
+            holder = table.live(table.lookup(name, properties[name])) if properties.get(name) else None
+            if holder is not None and holder != row:
+                return (f"Property values were not valid: {name} {properties[name]!r} already exists on "
+                        f"{OBJECT_TYPES[obj][1]} {table.id(holder)}")
+        return row, properties
 
     def _pair(self, call: Call) -> tuple[str, str, Table, Table]:
         pair = (call.params["from_object"], call.params["to_object"])

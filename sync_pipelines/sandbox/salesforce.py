@@ -1,4 +1,5 @@
-"""Salesforce REST API v60.0: SOQL query/queryAll with query locators, describe, composite upsert."""
+"""Salesforce REST API v60.0: SOQL query/queryAll with query locators, describe, sObject Collections upsert (by an
+external id) and update (by id)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ DATE_FIELDS = {"CreatedDate": "created", "LastModifiedDate": "modified", "System
 OBJECT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "Contact": (("FirstName", "string"), ("LastName", "string"), ("Email", "email"), ("Phone", "phone"),
                 ("Title", "string"), ("AccountId", "reference"), ("External_Id__c", "string")),
-    "Account": (("Name", "string"), ("Website", "url"), ("Industry", "picklist")),
+    "Account": (("Name", "string"), ("Website", "url"), ("Industry", "picklist"), ("External_Id__c", "string")),
     "Opportunity": (("Name", "string"), ("AccountId", "reference"), ("Amount", "currency"),
-                    ("StageName", "picklist"), ("CloseDate", "date")),
+                    ("StageName", "picklist"), ("CloseDate", "date"), ("External_Id__c", "string")),
 }
 REQUIRED_ON_CREATE = {"Contact": ("LastName",), "Account": ("Name",), "Opportunity": ("Name", "StageName", "CloseDate")}
-EXTERNAL_ID_FIELDS = {"Contact": ("External_Id__c",)}
+EXTERNAL_ID_FIELDS = {obj: ("External_Id__c",) for obj in OBJECT_FIELDS}
 # A reference field -> the object whose live record it must name.
 REFERENCE_TARGETS = {"AccountId": "Account"}
 SOQL = re.compile(
@@ -61,6 +62,7 @@ class Salesforce(Vendor):
             ("GET", f"{API}/sobjects/{{object}}/describe", self.describe, True),
             ("GET", f"{API}/sobjects/{{object}}/{{id}}", self.get_record, True),
             ("DELETE", f"{API}/sobjects/{{object}}/{{id}}", self.delete_record, True),
+            ("PATCH", f"{API}/composite/sobjects", self.update_collection, True),
             ("PATCH", f"{API}/composite/sobjects/{{object}}/{{field}}", self.upsert, True),
         ]
 
@@ -221,6 +223,35 @@ class Salesforce(Vendor):
         if key_field != "Id" and key_field not in EXTERNAL_ID_FIELDS.get(obj, ()):
             raise ApiError(400, "INVALID_FIELD", f"Field name provided, {key_field} is not an External ID or "
                            f"indexed field for {obj}")
+        records, all_or_none = self._collection(call)
+        plans = [self._plan_upsert(table, obj, key_field, record) for record in records]
+        return self._save([table] * len(plans), plans, all_or_none, upsert=True)
+
+    def update_collection(self, call: Call) -> Response:
+        """sObject Collections update: each record names its object in ``attributes.type`` and itself by ``id``
+        (Salesforce reads field names case-insensitively); one SaveResult per record, in the order sent."""
+        records, all_or_none = self._collection(call)
+        tables, plans = [], []
+        for record in records:
+            obj = ((record.get("attributes") or {}).get("type") if isinstance(record, dict) else None)
+            if not isinstance(obj, str) or not obj:
+                raise ApiError(400, "INVALID_TYPE", "No SObject Type defined in attributes")
+            table = self._object(obj)
+            ids = [key for key in record if key.lower() == "id"]
+            fields = {k: v for k, v in record.items() if k not in ids}
+            record_id = record[ids[0]] if ids else None
+            if record_id in (None, ""):
+                plan: Any = [_error("MISSING_ARGUMENT", "Id not specified in an update call", ["Id"])]
+            elif not str(record_id).startswith(table.ids.prefix):
+                plan = [_error("MALFORMED_ID", f"{obj} ID: id value of incorrect type: {record_id}", ["Id"])]
+            else:
+                plan = self._plan_upsert(table, obj, "Id", {**fields, "Id": record_id})
+            tables.append(table)
+            plans.append(plan)
+        return self._save(tables, plans, all_or_none, upsert=False)
+
+    def _collection(self, call: Call) -> tuple[list[Any], bool]:
+        """An sObject Collections body's records and allOrNone; a malformed or oversized body fails whole (400)."""
         body = call.json()
         records = body.get("records") if isinstance(body, dict) else None
         if not isinstance(records, list):
@@ -228,24 +259,29 @@ class Salesforce(Vendor):
         if len(records) > UPSERT_MAX:
             raise ApiError(400, "EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than {UPSERT_MAX} "
                            f"records into this call")
-        plans = [self._plan_upsert(table, obj, key_field, record) for record in records]
-        all_or_none = bool(body.get("allOrNone"))
+        return records, bool(body.get("allOrNone"))
+
+    def _save(self, tables: list[Table], plans: list[Any], all_or_none: bool, upsert: bool) -> Response:
+        """Write each planned record and answer one SaveResult per record (an upsert's also says ``created``); a
+        record's errors fail only it, unless allOrNone rolls every record back."""
+        created = (lambda value: {"created": value}) if upsert else (lambda value: {})
         if all_or_none and any(isinstance(plan, list) for plan in plans):
             rollback = [{"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": "Record rolled back "
                          "because not all records were valid and the request was using AllOrNone header",
                          "fields": []}]
-            return json_response([{"id": None, "success": False, "created": None,
+            return json_response([{"id": None, "success": False, **created(None),
                                    "errors": plan if isinstance(plan, list) else rollback} for plan in plans])
         results = []
         now = now_ms()
-        for plan in plans:
+        for table, plan in zip(tables, plans):
             if isinstance(plan, list):
-                results.append({"id": None, "success": False, "errors": plan, "created": None})
+                results.append({"id": None, "success": False, "errors": plan, **created(None)})
                 continue
             row, changes = plan
-            fields = changes if row is not None else {**{name: None for name, _ in OBJECT_FIELDS[obj]}, **changes}
+            fields = changes if row is not None else {**{name: None for name, _ in OBJECT_FIELDS[table.name]},
+                                                      **changes}
             written = self.state.write(table, row, fields, now)
-            results.append({"id": table.id(written), "success": True, "errors": [], "created": row is None})
+            results.append({"id": table.id(written), "success": True, "errors": [], **created(row is None)})
         return json_response(results)
 
     def _plan_upsert(self, table: Table, obj: str, key_field: str,

@@ -134,3 +134,39 @@ def reference_accuracy(truth: pd.DataFrame, entity_of: pd.Series, target_of: pd.
     expected = expected[links.index.get_indexer(expected["entity_id"]) >= 0]
     got = links.reindex(expected["entity_id"]).to_numpy()
     return int((got == expected["expected"].to_numpy()).sum()), len(expected)
+
+
+@dataclass
+class FieldAgreement:
+    """Per golden record held by several of the compared tools: do their records hold the same value of each field
+    (as mapped, so "https://www.acme.com/" and "acme.com" agree)?"""
+
+    compared: int  # golden records with a record in at least two of the tools
+    differ: dict[str, int]  # field -> golden records whose tools hold two or more different values of it
+    missing: dict[str, int]  # field -> golden records one tool holds empty while another holds a value
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def field_agreement(stack, warehouse, entity: str, fields: list[str], tools: list[str]) -> FieldAgreement:
+    """What each tool's landed record of each golden ``entity`` record holds in ``fields``; a tool holding two
+    records of one golden record is read at the newer one (the one write-back writes); an empty value is counted
+    apart (``missing``)."""
+    crosswalk = warehouse.read_table(f"crosswalk_{entity}")
+    held = []
+    for tool, _, stream, spec in stack.streams():
+        if tool in tools and spec.entity == entity:
+            landed = warehouse.read_table(landing_table_name(tool, stream))
+            landed = landed[~landed["_deleted"].astype(bool)][["_source_id", "_updated_at", *fields]]
+            held.append(crosswalk[crosswalk["_source"] == tool].merge(landed, on="_source_id"))
+    held = pd.concat(held, ignore_index=True).sort_values("_updated_at", ascending=False, kind="stable")
+    held = held.drop_duplicates(["entity_id", "_source"])
+    held = held[held.groupby("entity_id")["_source"].transform("size") >= 2]
+    differ, missing, samples = {}, {}, []
+    for name in fields:
+        by_entity = held.groupby("entity_id")[name]
+        values = by_entity.nunique()
+        differing = values[values > 1].index
+        differ[name] = len(differing)
+        missing[name] = int(((values > 0) & (by_entity.count() < by_entity.size())).sum())
+        samples += held.loc[held["entity_id"].isin(differing[:2]), ["entity_id", "_source", name]].to_dict("records")
+    return FieldAgreement(compared=int(held["entity_id"].nunique()), differ=differ, missing=missing, samples=samples)

@@ -1,5 +1,5 @@
-"""Webhooks the sandbox sends when HubSpot contacts, Zendesk users or Stripe customers change, each in the vendor's
-shape and signed with the vendor's scheme (the same helpers the receiver verifies with).
+"""Webhooks the sandbox sends when HubSpot contacts or companies, Zendesk users or Stripe customers change, each in
+the vendor's shape and signed with the vendor's scheme (the same helpers the receiver verifies with).
 
 Payloads are rendered under the sandbox lock when the write happens; a background thread signs and posts them in
 order, so a write never waits on the receiver, and a failed delivery is logged and recorded, never raised.
@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SECRETS = {"hubspot": "sandbox-hubspot-webhook-secret", "stripe": "sandbox-stripe-webhook-secret",
                    "zendesk": "sandbox-zendesk-webhook-secret"}
-STREAMS = {("hubspot", "contacts"), ("zendesk", "users"), ("stripe", "customers")}
+STREAMS = {("hubspot", "contacts"), ("hubspot", "companies"), ("zendesk", "users"), ("stripe", "customers")}
 HUBSPOT_PORTAL_ID = 62515
 HUBSPOT_APP_ID = 1
+# A HubSpot stream -> the object type its subscriptions name (`company.propertyChange`)
+HUBSPOT_OBJECTS = {"contacts": "contact", "companies": "company"}
 HUBSPOT_SUBSCRIPTIONS = {"contact.creation": 1, "contact.deletion": 2, "contact.propertyChange": 3,
-                         "contact.restore": 4, "contact.associationChange": 5}
+                         "contact.restore": 4, "contact.associationChange": 5, "company.creation": 6,
+                         "company.deletion": 7, "company.propertyChange": 8, "company.restore": 9}
 ZENDESK_ACCOUNT_ID = 1
 ZENDESK_FIELD_EVENTS = {"name": "user.name_changed", "email": "user.identity_changed",
                         "phone": "user.identity_changed", "external_id": "user.external_id_changed",
@@ -135,12 +138,13 @@ class WebhookSender:
     def _hubspot(self, table: Table, row: int, kind: str, changes: dict[str, Any]) -> list[Any]:
         """One request holding an array of events: one per changed property on an update, as HubSpot sends."""
         common = {**self._hubspot_common(table, row), "objectId": int(table.id(row))}
+        obj = HUBSPOT_OBJECTS[table.name]
         if kind == "updated" and changes:
-            specs = [("contact.propertyChange", {"propertyName": name, "propertyValue": "" if value is None
-                                                 else str(value)}) for name, value in changes.items()]
+            specs = [(f"{obj}.propertyChange", {"propertyName": name, "propertyValue": "" if value is None
+                                                else str(value)}) for name, value in changes.items()]
         else:
-            subscription = {"created": "contact.creation", "deleted": "contact.deletion"}.get(kind, "contact.restore")
-            specs = [(subscription, {})]
+            event = {"created": "creation", "deleted": "deletion"}.get(kind, "restore")
+            specs = [(f"{obj}.{event}", {})]
         return [[{"eventId": _unique_number(), "subscriptionId": HUBSPOT_SUBSCRIPTIONS[subscription],
                   "subscriptionType": subscription, **common, **extra} for subscription, extra in specs]]
 

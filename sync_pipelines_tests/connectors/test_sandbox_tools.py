@@ -201,6 +201,43 @@ def test_salesforce_contact_account_must_name_a_live_account(sandbox):
     assert next(r for r in salesforce.read("Contact") if r["Id"] == contact_id)["AccountId"] == account
 
 
+def test_salesforce_update_goes_through_sobject_collections_in_batches_a_refused_record_failing_alone(
+        sandbox, monkeypatch):
+    monkeypatch.setattr("sync_pipelines.connectors.salesforce.COLLECTION_CHUNK", 4)  # 200 against the real API
+    salesforce = open_tool(sandbox, "salesforce")
+    *accounts, deleted = sorted(truth_ids(sandbox, "salesforce", "Account", live_only=True))[:9]
+    assert salesforce.delete("Account", [deleted])[0]["ok"]
+    contact = sorted(truth_ids(sandbox, "salesforce", "Contact", live_only=True))[0]
+    records = [{"Id": account, "Industry": f"Industry {i}"} for i, account in enumerate(accounts)]
+    records[5:5] = [{"Id": deleted, "Industry": "Gone"}, {"Id": contact, "Industry": "Not an account"}]
+    before = salesforce.stats.requests
+    results = salesforce.write("Account", records, mode="update")
+    assert salesforce.stats.requests - before == 3  # 10 records: 4, 4, then 2
+    refused = [(i, r["error"]) for i, r in enumerate(results) if not r["ok"]]
+    assert [i for i, _ in refused] == [5, 6] and "ENTITY_IS_DELETED" in refused[0][1] \
+        and "MALFORMED_ID" in refused[1][1]
+    assert all(r["id"] == record["Id"] and r["created"] is False for r, record in zip(results, records) if r["ok"])
+    industries = {r["Id"]: r["Industry"] for r in salesforce.read("Account")}
+    assert all(industries[record["Id"]] == record["Industry"] for record, r in zip(records, results) if r["ok"])
+    [missing] = salesforce.write("Account", [{"Industry": "no id"}], mode="update")
+    assert not missing["ok"] and "lacks the id field Id" in missing["error"]
+
+
+def test_hubspot_writes_companies_through_the_batch_api_and_golden_id_is_unique(sandbox):
+    hubspot = open_tool(sandbox, "hubspot")
+    first, second, third = sorted(truth_ids(sandbox, "hubspot", "companies", live_only=True))[:3]
+    written = hubspot.write("companies", [{"id": first, "domain": "first.example", "golden_id": "ent_gold_1"},
+                                          {"id": second, "industry": "Retail"}], mode="update")
+    assert [r["ok"] for r in written] == [True, True]
+    held = {r["id"]: r["properties"] for r in hubspot.read("companies")}
+    assert held[first]["domain"] == "first.example" and held[second]["industry"] == "Retail"
+    taken, fine = hubspot.write("companies", [{"id": second, "golden_id": "ent_gold_1"},
+                                              {"id": third, "industry": "Energy"}], mode="update")
+    assert not taken["ok"] and "golden_id" in taken["error"] and fine["ok"]  # only that input fails
+    [upserted] = hubspot.write("companies", [{"golden_id": "ent_gold_1", "industry": "Media"}], key="golden_id")
+    assert upserted["ok"] and upserted["id"] == first and upserted["created"] is False
+
+
 def test_asana_creates_then_updates_a_task(sandbox):
     asana = open_tool(sandbox, "asana")
     project = next(iter(asana.read("tasks")))["projects"][0]["gid"]

@@ -167,6 +167,20 @@ def test_batch_update_answers_207_for_unknown_and_archived_ids(sandbox):
     assert still["properties"]["jobtitle"] != "Zombie"
 
 
+def test_company_golden_id_is_unique_and_a_taken_one_fails_only_its_input(sandbox):
+    first, second = (company["id"] for company in walk(sandbox, "companies")[:2])
+    assert batch(sandbox, "companies", "update", [{"id": first, "properties": {"golden_id": "ent_one"}}]).ok
+    upserted = batch(sandbox, "companies", "upsert", [{"idProperty": "golden_id", "id": "ENT_ONE",
+                                                       "properties": {"industry": "Toys"}}]).json()["results"]
+    assert [(r["id"], r["new"], r["properties"]["industry"]) for r in upserted] == [(first, False, "Toys")]
+    response = batch(sandbox, "companies", "update", [{"id": second, "properties": {"golden_id": "ent_one"}},
+                                                      {"id": first, "properties": {"domain": "one.example"}}])
+    assert response.status_code == 207 and [r["id"] for r in response.json()["results"]] == [first]
+    [error] = response.json()["errors"]
+    assert error["category"] == "VALIDATION_ERROR" and error["context"] == {"ids": [second]}
+    assert "golden_id" in error["message"] and first in error["message"]
+
+
 def test_batch_update_by_email_id_property(sandbox):
     contact = next(r for r in walk(sandbox, "contacts", properties="email") if r["properties"]["email"])
     email = contact["properties"]["email"]

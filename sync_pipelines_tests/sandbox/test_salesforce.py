@@ -145,3 +145,43 @@ def test_upsert_per_record_errors_and_limits(sandbox):
     exactly_200 = upsert(sandbox, [{"attributes": {"type": "Contact"}, "External_Id__c": f"z{i}", "LastName": "Z"}
                                    for i in range(200)])
     assert exactly_200.status_code == 200 and all(r["created"] for r in exactly_200.json())
+
+
+def collection_update(sandbox, records: list, all_or_none: bool = False) -> requests.Response:
+    return requests.patch(f"{sandbox.url}{API}/composite/sobjects", headers=AUTH["salesforce"],
+                          json={"allOrNone": all_or_none, "records": records})
+
+
+def test_collection_update_by_id_answers_per_record_in_order_and_reads_see_it(sandbox):
+    (account,), _ = query(sandbox, "SELECT Id FROM Account LIMIT 1")
+    (contact,), _ = query(sandbox, "SELECT Id FROM Contact LIMIT 1")
+    results = collection_update(sandbox, [
+        {"attributes": {"type": "Account"}, "id": account["Id"], "Industry": "Retail", "External_Id__c": "ent_a"},
+        {"attributes": {"type": "Contact"}, "Id": contact["Id"], "Title": "CFO"},  # field names are case-blind
+        {"attributes": {"type": "Account"}, "Industry": "Retail"},
+        {"attributes": {"type": "Account"}, "id": contact["Id"], "Industry": "Retail"},
+        {"attributes": {"type": "Account"}, "id": account["Id"], "Bogus__c": 1},
+    ]).json()
+    assert [(r["success"], r.get("id")) for r in results[:2]] == [(True, account["Id"]), (True, contact["Id"])]
+    assert all("created" not in r for r in results)  # an update's SaveResult says nothing of creating
+    assert [r["errors"][0]["statusCode"] for r in results[2:]] == ["MISSING_ARGUMENT", "MALFORMED_ID", "INVALID_FIELD"]
+    read = requests.get(f"{sandbox.url}{API}/sobjects/Account/{account['Id']}", headers=AUTH["salesforce"]).json()
+    assert (read["Industry"], read["External_Id__c"]) == ("Retail", "ent_a")
+
+
+def test_collection_update_refuses_deleted_records_rolls_back_all_or_none_and_takes_at_most_200(sandbox):
+    (account,), _ = query(sandbox, "SELECT Id FROM Account WHERE IsDeleted = true LIMIT 1", all_rows=True)
+    [gone] = collection_update(sandbox, [{"attributes": {"type": "Account"}, "id": account["Id"],
+                                          "Industry": "Retail"}]).json()
+    assert not gone["success"] and gone["errors"][0]["statusCode"] == "ENTITY_IS_DELETED"
+    (live,), _ = query(sandbox, "SELECT Id, Industry FROM Account LIMIT 1")
+    rolled_back = collection_update(sandbox, [{"attributes": {"type": "Account"}, "id": live["Id"], "Industry": "X"},
+                                              {"attributes": {"type": "Account"}, "Industry": "Y"}], True).json()
+    assert [r["errors"][0]["statusCode"] for r in rolled_back] == ["ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                                                   "MISSING_ARGUMENT"]
+    unchanged = requests.get(f"{sandbox.url}{API}/sobjects/Account/{live['Id']}", headers=AUTH["salesforce"]).json()
+    assert unchanged["Industry"] == live["Industry"]
+    too_many = collection_update(sandbox, [{"attributes": {"type": "Account"}, "id": live["Id"]}] * 201)
+    assert too_many.status_code == 400 and too_many.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+    untyped = collection_update(sandbox, [{"id": live["Id"], "Industry": "Z"}])
+    assert untyped.status_code == 400 and untyped.json()[0]["errorCode"] == "INVALID_TYPE"

@@ -1,5 +1,5 @@
-"""The sandbox sends signed vendor webhooks on every change of HubSpot contacts, Zendesk users and Stripe customers,
-and the real receiver accepts them end to end."""
+"""The sandbox sends signed vendor webhooks on every change of HubSpot contacts and companies, Zendesk users and
+Stripe customers, and the real receiver accepts them end to end."""
 
 from __future__ import annotations
 
@@ -85,6 +85,22 @@ def test_api_writes_send_webhooks_too(receiver, inbox_url):
     assert rows[0]["payload"]["type"] == "customer.created" and rows[0]["object_id"] == created["id"]
     assert sorted(row["payload"]["propertyName"] for row in rows[1:]) == ["company", "phone"]
     assert len({row["event_id"] for row in rows[1:]}) == 2
+
+
+def test_a_company_batch_update_sends_one_company_property_change_per_property(receiver, inbox_url):
+    with running_sandbox(seed=3, scale=0.05, rate_limits=False, webhook_url=receiver) as sandbox:
+        company = first_id(sandbox, "hubspot", "companies")
+        requests.post(f"{sandbox.url}/hubspot/crm/v3/objects/companies/batch/update", headers=AUTH["hubspot"],
+                      json={"inputs": [{"id": str(company), "properties": {"domain": "acme.example",
+                                                                          "industry": "Retail"}}]}, timeout=10)
+        assert sandbox.mutate("hubspot", "companies", company, {"deleted": True})["deleted"] is True
+        wait_sent(sandbox, 2)
+    rows = read_inbox(inbox_url)
+    assert {(row["object_type"], row["object_id"]) for row in rows} == {("company", str(company))}
+    assert sorted((row["payload"]["subscriptionType"], row["payload"].get("propertyName"),
+                   row["payload"].get("propertyValue")) for row in rows) == [
+        ("company.deletion", None, None), ("company.propertyChange", "domain", "acme.example"),
+        ("company.propertyChange", "industry", "Retail")]
 
 
 def test_wrong_secret_is_refused_and_recorded_without_blocking(receiver, inbox_url):

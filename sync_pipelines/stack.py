@@ -47,7 +47,8 @@ ENTITY_TABLE_KINDS = (
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
 Transform = Literal[
-    "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "phone_e164", "name_key", "utc"
+    "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "email_domain", "phone_e164",
+    "name_key", "utc",
 ]
 Method = Literal["exact", "jaro_winkler", "levenshtein", "token_sort", "equal_or_missing"]
 RuleName = Literal["source_of_truth", "last_write_wins"]
@@ -159,10 +160,34 @@ def _cron_field_problems(field: str, name: str, low: int, high: int, names: tupl
     return problems
 
 
+class KeyReference(_Model):
+    """A reference by a matching key, for a tool that holds no id of the record it names (a company by its name):
+    the field's value, through the ``via`` transforms, equals the ``by`` field of one record of ``entity``."""
+
+    entity: str
+    by: str
+    via: list[Transform] = []
+
+    @field_validator("via", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class FieldSpec(_Model):
     type: FieldType = "string"
     description: str = ""
-    references: str | None = None  # the entity whose record this field holds the id of, in the record's own tool
+    # an entity's name: this field holds the id of one of its records, in the record's own tool; or a KeyReference
+    reference: str | KeyReference | None = Field(default=None, alias="references")
+
+    @property
+    def references(self) -> str | None:
+        """The entity this field names a record of by that record's id in the tool (None for a key reference)."""
+        return self.reference if isinstance(self.reference, str) else None
+
+    @property
+    def key_reference(self) -> KeyReference | None:
+        return self.reference if isinstance(self.reference, KeyReference) else None
 
 
 class Entity(_Model):
@@ -213,7 +238,11 @@ class DeletionScan(_Model):
 
 class Stream(_Model):
     entity: str
+    # the tool's stream this one reads, when not its own name: one export read twice, as two entities
+    reads: str | None = None
     primary_key: str
+    key_transforms: list[Transform] = []  # applied to the primary key: a record keyed by a name's key
+    without_key: Literal["quarantine", "skip"] = "quarantine"  # skip: a row with no key is not a record here
     cursor: str | None = None
     deleted_field: str | None = None
     deleted_value: str | bool = True
@@ -813,7 +842,8 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
         for s, stream in tool.streams.items():
             base = f"tools.{t}.streams.{s}"
             if readable is not None:
-                need(s, set(readable), base, f"stream of a {tool.kind} tool")
+                need(stream.reads or s, set(readable), f"{base}.reads" if stream.reads else base,
+                     f"stream of a {tool.kind} tool")
             if not need(stream.entity, entities, f"{base}.entity", "entity"):
                 continue
             if stream.entity not in tool.scopes.read:
@@ -965,6 +995,11 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
         for f, spec in entity.fields.items():
             if spec.references is not None:
                 need(spec.references, entities, f"entities.{e}.fields.{f}.references", "entity")
+            key = spec.key_reference
+            if key is not None and need(key.entity, entities, f"entities.{e}.fields.{f}.references.entity",
+                                        "entity"):
+                need(key.by, set(stack.entities[key.entity].fields), f"entities.{e}.fields.{f}.references.by",
+                     f"field of entity {key.entity!r}")
     for i, action in enumerate(stack.actions):
         _check_action(stack, problems, action, f"actions[{i}]", need)
 

@@ -801,12 +801,12 @@ def asset_keys(stack: Stack) -> list[tuple[tuple[str, ...], str]]:
     assets/extract.py ``extraction_key`` and assets/core.py ``staged_key``, ``golden_key``, ``references_key``,
     ``writeback_key`` and the action assets, as tuples (this module does not build Dagster objects; test_stack_limits compares them)."""
     from sync_pipelines.pipeline import resolved_entities  # imported late: pipeline imports us
-    from sync_pipelines.pipeline.references import reference_fields
+    from sync_pipelines.pipeline.references import referenced_entities
 
     keys = [((t, s), f"tools.{t}.streams.{s}") for t, _, s, _ in stack.streams()]
     for e in resolved_entities(stack):
         keys += [((f"staged_{e}",), f"entities.{e}"), ((f"golden_{e}",), f"entities.{e}")]
-        keys += [((f"references_{e}",), f"entities.{e}")] if reference_fields(stack, e) else []
+        keys += [((f"references_{e}",), f"entities.{e}")] if referenced_entities(stack, e) else []
     keys += [((d.tool, f"{d.entity}_writeback"), f"destinations[{i}]") for i, d in enumerate(stack.destinations)]
     keys += [((a.create.tool, a.name), f"actions[{i}].name") for i, a in enumerate(stack.actions)]
     return keys

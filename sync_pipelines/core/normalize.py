@@ -415,8 +415,8 @@ def map_records(
                                         f"cannot be stored")
     rejected = reasons.notna()
     if stream.without_key == "skip":  # a row of the export that is no record of this stream: neither kept nor held
-        skipped = frame["_source_id"].isna() & ~unkeyable & ~unpaired.to_numpy()
-        rejected, frame = rejected[~skipped], frame[~skipped]
+        kept = ~(frame["_source_id"].isna() & ~unkeyable & ~unpaired.to_numpy())
+        rejected, reasons, frame = rejected[kept], reasons[kept], frame[kept]
     rejects = frame[rejected].assign(_reason=reasons[rejected])
     rows = frame[~rejected].sort_values("_updated_at", kind="stable").drop_duplicates("_source_id", keep="last")
     rows = rows.reset_index(drop=True)

@@ -160,8 +160,7 @@ def _resolve(stack: Stack, warehouse: Warehouse, entity: str, referenced: dict[s
         return links
 
     def keys_of(target: str, by: str, keys: pd.Series) -> pd.DataFrame:
-        staged = warehouse.read_where_in(table("staged", target), by, keys, [*KEYS, by, "_deleted"])
-        staged = staged[~staged["_deleted"].astype(bool)]
+        staged = warehouse.read_where_in(table("staged", target), by, keys, [*KEYS, by])  # live records only
         members = warehouse.read_keys(table("crosswalk", target), staged[KEYS], ["entity_id", *KEYS])
         golden = warehouse.read_where_in(table("golden", target), "entity_id", members["entity_id"].unique(),
                                          ["entity_id", "_deleted"])

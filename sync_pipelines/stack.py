@@ -174,11 +174,17 @@ class KeyReference(_Model):
         return [value] if isinstance(value, str) else value
 
 
+# an entity's name: the field holds the id of one of its records, in the record's own tool; or a KeyReference
+Reference = Annotated[
+    Union[Annotated[str, Tag("id")], Annotated[KeyReference, Tag("key")]],
+    Discriminator(lambda value: "key" if isinstance(value, (dict, KeyReference)) else "id"),
+]
+
+
 class FieldSpec(_Model):
     type: FieldType = "string"
     description: str = ""
-    # an entity's name: this field holds the id of one of its records, in the record's own tool; or a KeyReference
-    reference: str | KeyReference | None = Field(default=None, alias="references")
+    reference: Reference | None = Field(default=None, alias="references")
 
     @property
     def references(self) -> str | None:
@@ -1120,8 +1126,9 @@ def _walk(loc: tuple) -> tuple[list, Any]:
         if part in members:  # the member of `str | bool` pydantic tried: the value is the same
             continue
         kept.append(part)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            node = node.model_fields[part].annotation if part in node.model_fields else None
+        if isinstance(node, type) and issubclass(node, BaseModel):  # a key as the file writes it: `from`
+            fields = {spec.alias or name: spec for name, spec in node.model_fields.items()}
+            node = fields[part].annotation if part in fields else None
         else:  # dict[str, X] or list[X]: this part is a key or an index
             node = get_args(node)[-1] if get_args(node) else None
         members = set()
@@ -1162,6 +1169,8 @@ def _pydantic_problem(error: dict, raw: Any) -> tuple[str, str]:
     suggestion."""
     loc, found = _error_keys(error), raw
     for part in loc:
+        if isinstance(found, str):  # one value written for a list of them (a key reference's `via`)
+            break
         try:
             found = found[int(part)] if isinstance(found, list) else found[part]
         except (KeyError, IndexError, TypeError, ValueError):

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from sync_pipelines.core.normalize import map_records
+from sync_pipelines.core.normalize import apply_transforms, map_records
 from sync_pipelines.stack import DeletionScan, Stack, Stream
 from sync_pipelines.warehouse import Warehouse
 
@@ -156,7 +156,7 @@ def extract_stream(
     lists_all = stream.deletions is not None and mode == "full"
     landed_before = warehouse.last_landing(tool, stream_name) if lists_all else None
     read_ids: list[pd.Series] = []
-    with contextlib.closing(_read_ahead(connector.read(stream_name, since=since), CHUNK_RECORDS)) as chunks:
+    with contextlib.closing(_read_ahead(connector.read(stream.reads or stream_name, since=since), CHUNK_RECORDS)) as chunks:
         for chunk in chunks:
             result.records_read += len(chunk)
             rows, rejects = map_records(
@@ -219,7 +219,8 @@ def scan_deletions(
         return Scan(False, last_at, last_at + every, refused=last["refused"], max_share=spec.max_share)
     if listed is None:
         landed_up_to = warehouse.last_landing(tool, stream_name)
-        listed = pd.Series(connector.list_ids(stream_name, stream.primary_key), dtype=object)
+        listed = pd.Series(connector.list_ids(stream.reads or stream_name, stream.primary_key), dtype=object)
+        listed = apply_transforms(listed, stream.key_transforms).astype(object) if stream.key_transforms else listed
     keyed = listed.notna() & listed.ne("")
     live = warehouse.live_ids(tool, stream_name, landed_up_to)
     held = pd.Index(listed[keyed].astype("str").unique())

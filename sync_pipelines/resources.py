@@ -64,7 +64,7 @@ class SyncResource(dg.ConfigurableResource):
                     allow_retries=False,
                 )
             credentials[key] = value
-        files = {"cursor": {name: s.cursor for name, s in tool.streams.items() if s.cursor}} \
+        files = {"cursor": {s.reads or name: s.cursor for name, s in tool.streams.items() if s.cursor}} \
             if tool.kind in ("csv", "sql") else {}  # files and tables have no API to filter by time: we do
         # a HubSpot record's associations are no property: the connector reads those the mapping names
         associated = {name: sorted({m.source.split(".")[1] for m in s.fields if m.source.startswith("associations.")})

@@ -47,7 +47,8 @@ ENTITY_TABLE_KINDS = (
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
 Transform = Literal[
-    "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "phone_e164", "name_key", "utc"
+    "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "email_domain", "phone_e164",
+    "name_key", "utc",
 ]
 Method = Literal["exact", "jaro_winkler", "levenshtein", "token_sort", "equal_or_missing"]
 RuleName = Literal["source_of_truth", "last_write_wins"]
@@ -159,10 +160,40 @@ def _cron_field_problems(field: str, name: str, low: int, high: int, names: tupl
     return problems
 
 
+class KeyReference(_Model):
+    """A reference by a matching key, for a tool that holds no id of the record it names (a company by its name):
+    the field's value, through the ``via`` transforms, equals the ``by`` field of one record of ``entity``."""
+
+    entity: str
+    by: str
+    via: list[Transform] = []
+
+    @field_validator("via", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+# an entity's name: the field holds the id of one of its records, in the record's own tool; or a KeyReference
+Reference = Annotated[
+    Union[Annotated[str, Tag("id")], Annotated[KeyReference, Tag("key")]],
+    Discriminator(lambda value: "key" if isinstance(value, (dict, KeyReference)) else "id"),
+]
+
+
 class FieldSpec(_Model):
     type: FieldType = "string"
     description: str = ""
-    references: str | None = None  # the entity whose record this field holds the id of, in the record's own tool
+    reference: Reference | None = Field(default=None, alias="references")
+
+    @property
+    def references(self) -> str | None:
+        """The entity this field names a record of by that record's id in the tool (None for a key reference)."""
+        return self.reference if isinstance(self.reference, str) else None
+
+    @property
+    def key_reference(self) -> KeyReference | None:
+        return self.reference if isinstance(self.reference, KeyReference) else None
 
 
 class Entity(_Model):
@@ -213,7 +244,11 @@ class DeletionScan(_Model):
 
 class Stream(_Model):
     entity: str
+    # the tool's stream this one reads, when not its own name: one export read twice, as two entities
+    reads: str | None = None
     primary_key: str
+    key_transforms: list[Transform] = []  # applied to the primary key: a record keyed by a name's key
+    without_key: Literal["quarantine", "skip"] = "quarantine"  # skip: a row with no key is not a record here
     cursor: str | None = None
     deleted_field: str | None = None
     deleted_value: str | bool = True
@@ -772,12 +807,12 @@ def asset_keys(stack: Stack) -> list[tuple[tuple[str, ...], str]]:
     assets/extract.py ``extraction_key`` and assets/core.py ``staged_key``, ``golden_key``, ``references_key``,
     ``writeback_key`` and the action assets, as tuples (this module does not build Dagster objects; test_stack_limits compares them)."""
     from sync_pipelines.pipeline import resolved_entities  # imported late: pipeline imports us
-    from sync_pipelines.pipeline.references import reference_fields
+    from sync_pipelines.pipeline.references import referenced_entities
 
     keys = [((t, s), f"tools.{t}.streams.{s}") for t, _, s, _ in stack.streams()]
     for e in resolved_entities(stack):
         keys += [((f"staged_{e}",), f"entities.{e}"), ((f"golden_{e}",), f"entities.{e}")]
-        keys += [((f"references_{e}",), f"entities.{e}")] if reference_fields(stack, e) else []
+        keys += [((f"references_{e}",), f"entities.{e}")] if referenced_entities(stack, e) else []
     keys += [((d.tool, f"{d.entity}_writeback"), f"destinations[{i}]") for i, d in enumerate(stack.destinations)]
     keys += [((a.create.tool, a.name), f"actions[{i}].name") for i, a in enumerate(stack.actions)]
     return keys
@@ -813,7 +848,8 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
         for s, stream in tool.streams.items():
             base = f"tools.{t}.streams.{s}"
             if readable is not None:
-                need(s, set(readable), base, f"stream of a {tool.kind} tool")
+                need(stream.reads or s, set(readable), f"{base}.reads" if stream.reads else base,
+                     f"stream of a {tool.kind} tool")
             if not need(stream.entity, entities, f"{base}.entity", "entity"):
                 continue
             if stream.entity not in tool.scopes.read:
@@ -965,6 +1001,11 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
         for f, spec in entity.fields.items():
             if spec.references is not None:
                 need(spec.references, entities, f"entities.{e}.fields.{f}.references", "entity")
+            key = spec.key_reference
+            if key is not None and need(key.entity, entities, f"entities.{e}.fields.{f}.references.entity",
+                                        "entity"):
+                need(key.by, set(stack.entities[key.entity].fields), f"entities.{e}.fields.{f}.references.by",
+                     f"field of entity {key.entity!r}")
     for i, action in enumerate(stack.actions):
         _check_action(stack, problems, action, f"actions[{i}]", need)
 
@@ -1085,8 +1126,9 @@ def _walk(loc: tuple) -> tuple[list, Any]:
         if part in members:  # the member of `str | bool` pydantic tried: the value is the same
             continue
         kept.append(part)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            node = node.model_fields[part].annotation if part in node.model_fields else None
+        if isinstance(node, type) and issubclass(node, BaseModel):  # a key as the file writes it: `from`
+            fields = {spec.alias or name: spec for name, spec in node.model_fields.items()}
+            node = fields[part].annotation if part in fields else None
         else:  # dict[str, X] or list[X]: this part is a key or an index
             node = get_args(node)[-1] if get_args(node) else None
         members = set()
@@ -1127,6 +1169,8 @@ def _pydantic_problem(error: dict, raw: Any) -> tuple[str, str]:
     suggestion."""
     loc, found = _error_keys(error), raw
     for part in loc:
+        if isinstance(found, str):  # one value written for a list of them (a key reference's `via`)
+            break
         try:
             found = found[int(part)] if isinstance(found, list) else found[part]
         except (KeyError, IndexError, TypeError, ValueError):

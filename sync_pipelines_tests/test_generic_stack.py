@@ -26,8 +26,11 @@ def _renamed_stack(path: Path) -> Path:
     raw["entities"] = {entity(e): spec for e, spec in raw["entities"].items() if e not in DROPPED_ENTITIES}
     for spec in raw["entities"].values():
         for field in spec["fields"].values():
-            if field.get("references"):
-                field["references"] = entity(field["references"])
+            reference = field.get("references")
+            if isinstance(reference, dict):  # a key reference: {entity, by, via}
+                reference["entity"] = entity(reference["entity"])
+            elif reference:
+                field["references"] = entity(reference)
     raw["tools"] = {t: spec for t, spec in raw["tools"].items() if t not in DROPPED_TOOLS}
     for spec in raw["tools"].values():
         for stream in spec.get("streams", {}).values():

@@ -40,7 +40,7 @@ def test_five_mistakes_are_five_lines_of_one_report(tmp_path):
         ("nightly.cron", "found '0 25 * * *'; hour 25 is out of range 0-23"),
         ("tools.salesforce.streams.Contact.fields[0].transforms[0]",
          "found 'lowr'; allowed: 'trim', 'lower', 'upper', 'title', 'snake', 'first_word', 'rest_words', 'domain', "
-         "'phone_e164', 'name_key' or 'utc'; did you mean 'lower'?"),
+         "'email_domain', 'phone_e164', 'name_key' or 'utc'; did you mean 'lower'?"),
         ("tools.hubspot.kind", "found 'hubspott'; allowed: 'salesforce', 'hubspot', 'zendesk', 'asana', 'stripe', "
                                "'slack', 'csv' or 'sql'; did you mean 'hubspot'?"),
         ("survivorship.contacts.source_of_truth", "unknown tool: 'salesfroce'; allowed: asana, legacy_erp, "

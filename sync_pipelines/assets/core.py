@@ -13,7 +13,9 @@ from sync_pipelines.pipeline import (
     write_back,
 )
 from sync_pipelines.pause import holding, pauses
-from sync_pipelines.pipeline.references import link_references, reference_fields
+from sync_pipelines.pipeline.references import (
+    key_reference_fields, link_references, reference_fields, referenced_entities,
+)
 from sync_pipelines.pipeline.staging import Held
 from sync_pipelines.pipeline.writeback import CapExceeded
 from sync_pipelines.reports import asset_entities
@@ -204,18 +206,20 @@ def references_key(entity: str) -> dg.AssetKey:
 
 
 def build_references_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
-    referenced = reference_fields(stack, entity)
+    referenced, keyed = reference_fields(stack, entity), key_reference_fields(stack, entity)
     key, check = references_key(entity), f"references_{entity}_resolve"
 
     @dg.asset(
         key=key,
         group_name=CORE_GROUP,
-        deps=[golden_key(e) for e in sorted({entity, *referenced.values()})],
+        deps=[golden_key(e) for e in sorted({entity, *referenced_entities(stack, entity)})],
         description=(
             f"Where each golden {entity} record points (`{table('references', entity)}`): "
-            + ", ".join(f"`{f}` → the golden {e} record" for f, e in referenced.items())
+            + ", ".join([*(f"`{f}` → the golden {e} record" for f, e in referenced.items()),
+                         *(f"`{f}` → the golden {k.entity} record whose `{k.by}` is its key" for f, k in keyed.items())])
             + ", found through the referenced entity's crosswalk from the tool the value came from (another member's "
-              "value when that tool holds no such record)."
+              "value when that tool holds no such record); a key held by two golden records points nowhere, and an "
+              "id reference to the same entity wins over a key."
         ),
         owners=[CORE_OWNER],
         kinds={"pandas"},
@@ -227,9 +231,11 @@ def build_references_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     def _references(sync: SyncResource):
         links = link_references(sync.stack, sync.warehouse, entity)
         shares = {f"{f}_resolved": dg.MetadataValue.float(links.resolved[f] / links.holding[f] if links.holding[f]
-                                                          else 1.0) for f in referenced}
+                                                          else 1.0) for f in links.holding}
         yield dg.MaterializeResult(metadata={
-            "rebuilt": links.rebuilt, **{f"{f}_held": links.holding[f] for f in referenced}, **shares})
+            "rebuilt": links.rebuilt, **{f"{f}_held": n for f, n in links.holding.items()}, **shares,
+            **{f"{f}_ambiguous_keys": n for f, n in links.ambiguous.items()},
+            **{f"{f}_unresolved": links.holding[f] - links.resolved[f] for f in links.ambiguous}})
         samples = links.unresolved_samples
         # a reference to a record deleted in its tool or held in quarantine is explained; any other is dangling
         dangling = sum(n for why, n in links.unresolved_because.items()
@@ -345,7 +351,7 @@ def build_core_assets(stack: Stack) -> list[dg.AssetsDefinition]:
     assets = []
     for entity in resolved_entities(stack):
         assets += [build_staged_asset(stack, entity), build_golden_asset(stack, entity)]
-        if reference_fields(stack, entity):
+        if referenced_entities(stack, entity):
             assets.append(build_references_asset(stack, entity))
     assets += [build_writeback_asset(stack, dest) for dest in stack.destinations]
     assets += [build_action_asset(stack, action) for action in stack.actions]

@@ -10,7 +10,7 @@ import functools
 import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_pipelines.core.legal_forms import name_key
-from sync_pipelines.stack import Entity, Stream
+
+if TYPE_CHECKING:  # the core never imports the stack's model: it is handed its parts
+    from sync_pipelines.stack import Entity, Stream
 
 
 _MISSING = object()
@@ -123,6 +125,11 @@ _UNTRIMMED = (rf"^[{_ASCII_WHITESPACE}]|[{_ASCII_WHITESPACE}]$|[{_ASCII_WHITESPA
               rf"|[{_ASCII_WHITESPACE.replace(' ', '')}]")
 
 
+def _email_domain(series: pd.Series) -> pd.Series:
+    """``Ann@Acme.COM`` becomes ``acme.com``: the organisation an address belongs to, a matching key."""
+    return series.str.extract(r"@([^@\s]+)$", expand=False).str.lower()
+
+
 def _trim(series: pd.Series) -> pd.Series:
     """Ends stripped and inner runs of whitespace made one space, as ``" ".join(text.split())`` does. On a text
     column Arrow finds the values that this changes, or that are not ASCII (whose whitespace is Unicode's), and only
@@ -151,6 +158,7 @@ TRANSFORMS: dict[str, Callable[[pd.Series], pd.Series]] = {
     "first_word": lambda s: s.str.extract(r"^(\S+)", expand=False),
     "rest_words": lambda s: s.str.extract(r"^\S+\s+(.+)$", expand=False),
     "domain": _domain,
+    "email_domain": _email_domain,
     "phone_e164": _phones_e164,
     "name_key": name_key,
     "utc": lambda s: pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce"),
@@ -316,6 +324,17 @@ def _coerce(series: pd.Series, field_type: str) -> pd.Series:
     return _as_text(series).replace("", None)
 
 
+def apply_transforms(values: pd.Series, transforms: Iterable[str]) -> pd.Series:
+    """``values`` through the named transforms in order: a mapping's, a stream's key's, a key reference's ``via``."""
+    for position, name in enumerate(transforms):
+        if name in _TEXT_TRANSFORMS:
+            values = _as_text(values)
+        elif position == 0:  # a parsing transform takes values as they came, but never text no database holds
+            values = _storable_strings(values)
+        values = TRANSFORMS[name](values)
+    return values
+
+
 def map_records(
     records: Iterable[dict],
     *,
@@ -348,14 +367,7 @@ def map_records(
                 mismatch.setdefault(i, []).append(
                     f"field {mapping.to!r} (from {mapping.source!r}): expected {field_type}, got {wrong}")
         raw = pd.Series([None if v is _MISSING or isinstance(v, (dict, list)) else v for v in values], dtype="object")
-        value = raw
-        for position, name in enumerate(mapping.transforms):
-            if name in _TEXT_TRANSFORMS:
-                value = _as_text(value)
-            elif position == 0:  # a parsing transform takes values as they came, but never text no database holds
-                value = _storable_strings(value)
-            value = TRANSFORMS[name](value)
-        columns[mapping.to] = value
+        columns[mapping.to] = apply_transforms(raw, mapping.transforms)
     frame = pd.DataFrame(index=range(len(records)))
     for field, spec in entity.fields.items():
         if field in absent and field not in columns:
@@ -367,6 +379,9 @@ def map_records(
                 mismatch.setdefault(i, []).append(f"field {field!r}: expected integer, got {column[i]!r}")
         frame[field] = _coerce(column, spec.type)
     ids = pd.Series(_values_at(records, stream.primary_key, walked), dtype="object")
+    if stream.key_transforms:
+        ids = apply_transforms(ids, stream.key_transforms).astype(object).replace("", None)
+        ids = ids.where(ids.notna(), None)
     frame["_source"] = tool
     frame["_source_stream"] = stream_name
     frame["_source_id"], unpaired = _ids_as_text(ids)  # one holding a surrogate is quarantined below, unaltered
@@ -399,6 +414,9 @@ def map_records(
         reasons[unpaired.to_numpy()] = (f"primary key {stream.primary_key!r} holds an unpaired surrogate, which "
                                         f"cannot be stored")
     rejected = reasons.notna()
+    if stream.without_key == "skip":  # a row of the export that is no record of this stream: neither kept nor held
+        kept = ~(frame["_source_id"].isna() & ~unkeyable & ~unpaired.to_numpy())
+        rejected, reasons, frame = rejected[kept], reasons[kept], frame[kept]
     rejects = frame[rejected].assign(_reason=reasons[rejected])
     rows = frame[~rejected].sort_values("_updated_at", kind="stable").drop_duplicates("_source_id", keep="last")
     rows = rows.reset_index(drop=True)

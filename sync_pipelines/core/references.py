@@ -1,12 +1,15 @@
 """Golden references: a field that holds a tool's own id of another entity's record (a contact's account id in the
 CRM, a ticket's requester id in the support desk) resolved to that record's golden id through the other entity's
-crosswalk, whichever tool the value came from, so every golden record points at golden records."""
+crosswalk, whichever tool the value came from, so every golden record points at golden records; or a field that
+names one by a matching key (a company's name, where a tool holds no id of it)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import pandas as pd
+
+from sync_pipelines.core.normalize import apply_transforms
 
 REFERENCE_COLUMNS = ["entity_id", "field", "referenced_entity", "referenced_id", "tool", "source_id", "via"]
 # How a reference was resolved: the golden value's own record, another member's value (the golden value's tool
@@ -73,3 +76,59 @@ def resolve_references(winners: pd.DataFrame, members_of: Callable[[pd.DataFrame
     links = pd.concat([part for part in (resolved, others, unresolved) if len(part)], ignore_index=True)
     links = links.sort_values(["entity_id", "field"], kind="stable", ignore_index=True)
     return links.rename(columns={"value": "source_id"})[REFERENCE_COLUMNS]
+
+
+# A key reference's rows: resolved by its key, or by an id reference of the same record to the same entity (which
+# wins over the key; the key's own finding stays in ``key_points_at``).
+VIA_KEY, VIA_ID = "key", "id reference"
+KEY_REFERENCE_COLUMNS = [*REFERENCE_COLUMNS, "key_points_at", "unresolved_because"]
+AMBIGUOUS, NO_HOLDER, NO_KEY = "ambiguous key", "no record holds the key", "the value gives no key"
+KeysOf = Callable[[str, str, pd.Series], pd.DataFrame]
+
+
+def resolve_key_references(winners: pd.DataFrame, keys_of: KeysOf, matched: dict[str, tuple[str, str, list[str]]],
+                           id_links: pd.DataFrame) -> pd.DataFrame:
+    """One row per (golden record, key reference field) whose golden value is not empty.
+
+    ``winners``: the golden value of each field and its tool (``VALUE_COLUMNS``); ``matched``: field -> (the
+    entity it references, the field of that entity holding the key, the transforms making the value a key);
+    ``keys_of``: given an entity, its key field and keys, the (``entity_id``, ``key``) pairs of its live golden
+    records holding them (through any member); ``id_links``: the id references of the same records
+    (``REFERENCE_COLUMNS``). A key held by exactly one golden record points at it; one held by none, or by two
+    (ambiguous: precision first), points nowhere and says why. ``source_id`` is the key, so a change of what holds
+    it can find the references it reaches."""
+    columns = {"entity_id": object, "field": object, "tool": object, "value": object}
+    winners = winners.astype(columns)
+    winners = winners[winners["value"].notna() & winners["field"].isin(list(matched))].drop_duplicates(
+        ["entity_id", "field"])
+    if winners.empty:
+        return pd.DataFrame(columns=KEY_REFERENCE_COLUMNS)
+    parts = []
+    for field, part in winners.groupby("field", sort=True):
+        entity, by, via = matched[field]
+        keys = apply_transforms(part["value"].reset_index(drop=True), via).astype(object)
+        keys = keys.where(keys.notna() & keys.ne(""), None).tolist()
+        part = part.assign(referenced_entity=entity, source_id=keys)
+        wanted = part["source_id"].dropna().drop_duplicates()
+        held = keys_of(entity, by, wanted) if len(wanted) else pd.DataFrame(columns=["entity_id", "key"])
+        holders = held.drop_duplicates(["entity_id", "key"]).groupby("key")["entity_id"]
+        count, first = holders.size(), holders.min()
+        n = part["source_id"].map(count).fillna(0).astype(int)
+        part = part.assign(key_points_at=part["source_id"].map(first).where(n == 1, None))
+        why = pd.Series(NO_HOLDER, index=part.index, dtype=object).mask(n > 1, n.map(
+            lambda k: f"{AMBIGUOUS}: {k} golden records hold it")).mask(part["source_id"].isna(), NO_KEY)
+        parts.append(part.assign(unresolved_because=why.where(part["key_points_at"].isna(), None)))
+    links = pd.concat(parts, ignore_index=True)
+    # an id reference of the same record to the same entity wins: a tool's own link beats a name
+    by_id = id_links.dropna(subset=["referenced_id"]).sort_values(["entity_id", "field"], kind="stable")
+    by_id = by_id.drop_duplicates(["entity_id", "referenced_entity"]).set_index(
+        ["entity_id", "referenced_entity"])["referenced_id"]
+    winning = by_id.reindex(pd.MultiIndex.from_frame(links[["entity_id", "referenced_entity"]])).to_numpy()
+    has_id = pd.notna(winning)
+    links["referenced_id"] = links["key_points_at"].where(~has_id, winning)
+    links["via"] = UNRESOLVED
+    links.loc[links["key_points_at"].notna(), "via"] = VIA_KEY
+    links.loc[has_id, "via"] = VIA_ID
+    links.loc[has_id, "unresolved_because"] = None
+    links = links.sort_values(["entity_id", "field"], kind="stable", ignore_index=True)
+    return links[KEY_REFERENCE_COLUMNS]

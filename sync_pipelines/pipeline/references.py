@@ -1,5 +1,6 @@
 """Golden references: ``references_<entity>`` says, for each golden record and each of its reference fields
-(``references: <entity>`` in the stack), the golden id of the record it points at (core/references.py)."""
+(``references: <entity>`` in the stack, or ``references: {entity, by, via}``, a matching key), the golden id of the
+record it points at (core/references.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,31 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from sync_pipelines.core.changes import KEYS
-from sync_pipelines.core.references import UNRESOLVED, VALUE_COLUMNS, resolve_references
+from sync_pipelines.core.references import (
+    AMBIGUOUS, KEY_REFERENCE_COLUMNS, UNRESOLVED, VALUE_COLUMNS, resolve_key_references, resolve_references,
+)
 from sync_pipelines.pipeline.common import StepMark, entity_streams, resolved_entities, table
-from sync_pipelines.stack import Stack
+from sync_pipelines.stack import KeyReference, Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 
 def reference_fields(stack: Stack, entity: str) -> dict[str, str]:
-    """The entity's fields that reference a resolved entity: field -> that entity."""
+    """The entity's fields that hold a tool's id of a resolved entity's record: field -> that entity."""
     resolved = set(resolved_entities(stack))
     return {name: spec.references for name, spec in stack.entities[entity].fields.items()
             if spec.references in resolved}
+
+
+def key_reference_fields(stack: Stack, entity: str) -> dict[str, KeyReference]:
+    """The entity's fields that name a resolved entity's record by a matching key: field -> how."""
+    resolved = set(resolved_entities(stack))
+    return {name: spec.key_reference for name, spec in stack.entities[entity].fields.items()
+            if spec.key_reference is not None and spec.key_reference.entity in resolved}
+
+
+def referenced_entities(stack: Stack, entity: str) -> set[str]:
+    """The entities the entity's references point at, by id or by key (empty: no references asset)."""
+    return {*reference_fields(stack, entity).values(), *(k.entity for k in key_reference_fields(stack, entity).values())}
 
 
 @dataclass
@@ -28,6 +43,7 @@ class References:
     # per field: golden records holding a value, and those whose value resolved to a golden id
     holding: dict[str, int] = field(default_factory=dict)
     resolved: dict[str, int] = field(default_factory=dict)
+    ambiguous: dict[str, int] = field(default_factory=dict)  # per key reference field: keys two records hold
     unresolved_because: dict[str, int] = field(default_factory=dict)  # why -> how many
     unresolved_samples: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -45,15 +61,15 @@ def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> Referenc
     record; later runs only those whose own golden record changed since, those pointing at a referenced golden
     record that changed (a merge or split there moves references of records that did not change), those whose
     reference names a tool record of such a changed one, and those still unresolved; nothing when neither log moved."""
-    referenced = reference_fields(stack, entity)
+    referenced, keyed = reference_fields(stack, entity), key_reference_fields(stack, entity)
     name, out = f"references_{entity}", table("references", entity)
-    involved = sorted({entity, *referenced.values()})
+    involved = sorted({entity, *referenced_entities(stack, entity)})
     batches = {e: warehouse.last_batch(table("golden_changes", e)) for e in involved}
-    mark = StepMark.read(warehouse, name, (referenced, stack.survivorship[entity].priority), keeps=[out])
+    mark = StepMark.read(warehouse, name, (referenced, stack.survivorship[entity].priority, keyed), keeps=[out])
     if mark.valid and mark.position("batches") == batches:
-        return _summary(warehouse, entity, referenced, rebuilt=False)
+        return _summary(warehouse, entity, list(referenced), list(keyed), rebuilt=False)
     golden_table = table("golden", entity)
-    scope = _scope(warehouse, entity, referenced, mark.position("batches")) if mark.valid else None
+    scope = _scope(warehouse, entity, referenced, keyed, mark.position("batches")) if mark.valid else None
     if scope is not None and len(scope) > FULL_RELINK_SHARE * max(warehouse.count(golden_table, _deleted=False), 1):
         scope = None
     # the live golden records to resolve: all of them, or those of the scope, read by id
@@ -68,10 +84,11 @@ def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> Referenc
             warehouse.delete_where_in(conn, out, "entity_id", scope)
             warehouse.insert(conn, out, links)
         mark.commit(warehouse, conn, batches=batches)
-    return _summary(warehouse, entity, referenced, rebuilt=True)
+    return _summary(warehouse, entity, list(referenced), list(keyed), rebuilt=True)
 
 
-def _scope(warehouse: Warehouse, entity: str, referenced: dict[str, str], seen: dict[str, int]) -> set[str] | None:
+def _scope(warehouse: Warehouse, entity: str, referenced: dict[str, str], keyed: dict[str, KeyReference],
+           seen: dict[str, int]) -> set[str] | None:
     """The golden ids of ``entity`` whose references a change since the batches ``seen`` can reach; None when a
     log says everything changed (a full rebuild there)."""
     def changed(of: str) -> set[str] | None:
@@ -85,7 +102,7 @@ def _scope(warehouse: Warehouse, entity: str, referenced: dict[str, str], seen: 
         return None
     out, wanted = table("references", entity), ["entity_id", "referenced_entity", "tool", "source_id"]
     scope |= set(warehouse.read_where_in(out, "via", [UNRESOLVED], ["entity_id"])["entity_id"])
-    for target in sorted(set(referenced.values())):
+    for target in sorted({*referenced.values(), *(k.entity for k in keyed.values())}):
         moved = changed(target)
         if moved is None:
             return None
@@ -98,15 +115,22 @@ def _scope(warehouse: Warehouse, entity: str, referenced: dict[str, str], seen: 
         named = named[(named["referenced_entity"] == target) & pd.MultiIndex.from_frame(
             named[["tool", "source_id"]]).isin(pd.MultiIndex.from_frame(members))]
         scope |= set(pointing["entity_id"]) | set(named["entity_id"])
+        # a key reference names a key: those a moved record's members hold (a key that became ambiguous, too)
+        for by in sorted({k.by for k in keyed.values() if k.entity == target}):
+            held = warehouse.read_keys(table("staged", target), members, [*KEYS, by])[by].dropna()
+            fields = [f for f, k in keyed.items() if k.entity == target and k.by == by]
+            named = warehouse.read_where_in(out, "source_id", held.unique(), ["entity_id", "field"])
+            scope |= set(named.loc[named["field"].isin(fields), "entity_id"])
     return scope
 
 
 def _resolve(stack: Stack, warehouse: Warehouse, entity: str, referenced: dict[str, str], ids: set[str],
              full: bool) -> pd.DataFrame:
     """The references of the golden records ``ids`` (all live ones when ``full``: whole tables are read instead
-    of rows by id), with why each unresolved one is. Member records are read only for golden values that do not
-    resolve."""
-    fields = list(referenced)
+    of rows by id), by id (``referenced``) and by key (the stack's), with why each unresolved one is. Member
+    records are read only for golden id values that do not resolve."""
+    keyed = key_reference_fields(stack, entity)
+    fields = [*referenced, *keyed]
     provenance = warehouse.read_where_in(table("provenance", entity), "field", fields,
                                          ["entity_id", "field", "tool", "value"]) if full else \
         warehouse.read_where_in(table("provenance", entity), "entity_id", ids,
@@ -131,14 +155,28 @@ def _resolve(stack: Stack, warehouse: Warehouse, entity: str, referenced: dict[s
             columns={"_source": "tool"})[VALUE_COLUMNS]
 
     links = resolve_references(winners, members_of, crosswalk_of, referenced, stack.survivorship[entity].priority)
-    return links.assign(unresolved_because=_why_unresolved(stack, warehouse, links))
+    links = links.assign(unresolved_because=_why_unresolved(stack, warehouse, links))
+    if not keyed:
+        return links
+
+    def keys_of(target: str, by: str, keys: pd.Series) -> pd.DataFrame:
+        staged = warehouse.read_where_in(table("staged", target), by, keys, [*KEYS, by])  # live records only
+        members = warehouse.read_keys(table("crosswalk", target), staged[KEYS], ["entity_id", *KEYS])
+        golden = warehouse.read_where_in(table("golden", target), "entity_id", members["entity_id"].unique(),
+                                         ["entity_id", "_deleted"])
+        members = members[members["entity_id"].isin(golden.loc[~golden["_deleted"].astype(bool), "entity_id"])]
+        return members.merge(staged, on=KEYS).rename(columns={by: "key"})[["entity_id", "key"]]
+
+    by_key = resolve_key_references(winners, keys_of, {f: (k.entity, k.by, k.via) for f, k in keyed.items()}, links)
+    return pd.concat([links.reindex(columns=KEY_REFERENCE_COLUMNS), by_key], ignore_index=True).sort_values(
+        ["entity_id", "field"], kind="stable", ignore_index=True)
 
 
 def _why_unresolved(stack: Stack, warehouse: Warehouse, links: pd.DataFrame) -> pd.Series:
     """For each unresolved reference, why the record it names has no golden record: deleted in its tool, held in
     quarantine, or never landed (None for a resolved one). Only the few unresolved ids are read."""
     why = pd.Series(None, index=links.index, dtype=object)
-    unresolved = links[links["via"] == UNRESOLVED]
+    unresolved = links[links["via"] == UNRESOLVED]  # id references only: a key reference says its own reason
     quarantined = warehouse.has_table("quarantine")
     for (entity, tool), part in unresolved.groupby(["referenced_entity", "tool"]):
         landed = pd.concat([warehouse.read_where_in(landing_table_name(t, stream), "_source_id", part["source_id"],
@@ -156,13 +194,16 @@ def _why_unresolved(stack: Stack, warehouse: Warehouse, links: pd.DataFrame) -> 
     return why
 
 
-def _summary(warehouse: Warehouse, entity: str, referenced: dict[str, str], rebuilt: bool) -> References:
+def _summary(warehouse: Warehouse, entity: str, by_id: list[str], by_key: list[str], rebuilt: bool) -> References:
     """Counted in the warehouse, and only the unresolved rows read: a run costs what changed."""
-    out = table("references", entity)
+    out, fields = table("references", entity), [*by_id, *by_key]
     unresolved = warehouse.read_where_in(out, "via", [UNRESOLVED])
-    holding = {f: warehouse.count(out, field=f) for f in referenced}
+    holding = {f: warehouse.count(out, field=f) for f in fields}
+    ambiguous = unresolved["unresolved_because"].fillna("").str.startswith(AMBIGUOUS)
     return References(entity, rebuilt=rebuilt, holding=holding,
-                      resolved={f: holding[f] - int((unresolved["field"] == f).sum()) for f in referenced},
+                      resolved={f: holding[f] - int((unresolved["field"] == f).sum()) for f in fields},
+                      ambiguous={f: int((ambiguous & (unresolved["field"] == f)).sum())
+                                 for f in by_key},
                       unresolved_because={str(k): int(n) for k, n in
                                           unresolved["unresolved_because"].value_counts().items()},
                       unresolved_samples=unresolved.head(10))

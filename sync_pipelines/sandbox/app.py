@@ -184,8 +184,12 @@ def _control_routes(state: SandboxState) -> list[Route]:
     def truth_records(request: Request, _: Any) -> Any:
         tool, stream = request.query_params.get("tool"), request.query_params.get("stream")
         table = state.world.table(tool or "", stream or "")
+        derived = truth.DERIVED_RECORDS.get(f"{tool}/{stream}")
+        if derived is not None:
+            return derived(state.world)
         if table is None:
-            raise ValueError(f"truth/records needs tool= and stream= of one of {', '.join(state.world.tables)}")
+            raise ValueError(f"truth/records needs tool= and stream= of one of "
+                             f"{', '.join([*state.world.tables, *truth.DERIVED_RECORDS])}")
         return truth.records(table, state.world)
 
     def set_faults(_: Request, body: Any) -> Any:

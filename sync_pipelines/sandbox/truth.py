@@ -8,6 +8,8 @@ from typing import Any, Callable
 import numpy as np
 import phonenumbers
 
+from sync_pipelines.core.legal_forms import name_key_of
+
 from .data import COMPANY_STREAMS, World, company_key, company_label, person_key
 from .table import INVALID_REASONS, Table
 
@@ -143,6 +145,25 @@ def records(table: Table, world: World | None = None) -> list[dict[str, Any]]:
         for entry, p in zip(entries, table.person.tolist()):
             entry["company"] = None if p < 0 else company_key(int(companies[p]))
     return entries
+
+
+def erp_companies(world: World) -> list[dict[str, Any]]:
+    """The ERP has no company records: each company its customers name is one, as a stack reading the export for
+    companies keys it (the name's key, `core.legal_forms`), labelled with the company whose registered name has that
+    key (none for a name no company has); deleted when no live customer names it any longer."""
+    table, companies = world.tables["legacy_erp/customers"], world.companies
+    label_of = {name_key_of(companies.name(c)): company_key(c) for c in range(len(companies))}
+    live: dict[str, bool] = {}
+    for row in range(len(table)):
+        key = name_key_of(table.fields(row).get("company") or "")
+        if key:
+            live[key] = live.get(key, False) or not bool(table.deleted[row])
+    return [{"id": key, "person": None, "deleted": not alive, "invalid": None, "company": label_of.get(key)}
+            for key, alive in sorted(live.items())]
+
+
+# Records the truth states for a stream the sandbox does not hold as a table: another reading of a tool's export.
+DERIVED_RECORDS: dict[str, Callable[[World], list[dict[str, Any]]]] = {"legacy_erp/companies": erp_companies}
 
 
 def people(world: World) -> dict[str, dict[str, Any]]:

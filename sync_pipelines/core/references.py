@@ -35,6 +35,17 @@ def _looked_up(values: pd.DataFrame, crosswalk_of: CrosswalkOf, referenced: dict
     return pd.concat(parts, ignore_index=True) if parts else values.iloc[:0].assign(referenced_id=None)
 
 
+_VALUE_TYPES = {"entity_id": object, "field": object, "tool": object, "value": object}
+
+
+def _held_values(winners: pd.DataFrame, fields) -> pd.DataFrame:
+    """The golden values of ``fields``, one per golden record and field, where the golden record holds one: one
+    cleared in its source of truth points nowhere."""
+    winners = winners.astype(_VALUE_TYPES)
+    return winners[winners["value"].notna() & winners["field"].isin(list(fields))].drop_duplicates(
+        ["entity_id", "field"])
+
+
 def resolve_references(winners: pd.DataFrame, members_of: Callable[[pd.DataFrame], pd.DataFrame],
                        crosswalk_of: CrosswalkOf, referenced: dict[str, str], priority: list[str]) -> pd.DataFrame:
     """One row per (golden record, reference field) whose golden value is not empty.
@@ -48,11 +59,7 @@ def resolve_references(winners: pd.DataFrame, members_of: Callable[[pd.DataFrame
     ``priority``: the tools in survivorship order. The golden value's own tool resolves it when that tool's record is
     known; else the first member value that resolves, tools in ``priority`` order (then by id, so reruns agree); an
     unresolved one keeps the golden value and its tool, the id a steward would look for."""
-    columns = {"entity_id": object, "field": object, "tool": object, "value": object}
-    winners = winners.astype(columns)
-    # only a golden record holding a value points anywhere (one cleared in its source of truth points nowhere)
-    winners = winners[winners["value"].notna() & winners["field"].isin(list(referenced))].drop_duplicates(
-        ["entity_id", "field"])
+    winners = _held_values(winners, referenced)
     if winners.empty:
         return pd.DataFrame(columns=REFERENCE_COLUMNS)
     first = _looked_up(winners, crosswalk_of, referenced)
@@ -61,7 +68,7 @@ def resolve_references(winners: pd.DataFrame, members_of: Callable[[pd.DataFrame
     resolved = first[first["referenced_id"].notna()].assign(via=VIA_GOLDEN)
     missing = first[first["referenced_id"].isna()]
     pairs = missing[["entity_id", "field"]]
-    others = members_of(pairs).astype(columns).dropna(subset=["value"]).merge(pairs) if len(pairs) else pairs
+    others = members_of(pairs).astype(_VALUE_TYPES).dropna(subset=["value"]).merge(pairs) if len(pairs) else pairs
     if len(others):
         others = _looked_up(others, crosswalk_of, referenced)
         others = others[others["referenced_id"].notna()]
@@ -97,10 +104,7 @@ def resolve_key_references(winners: pd.DataFrame, keys_of: KeysOf, matched: dict
     (``REFERENCE_COLUMNS``). A key held by exactly one golden record points at it; one held by none, or by two
     (ambiguous: precision first), points nowhere and says why. ``source_id`` is the key, so a change of what holds
     it can find the references it reaches."""
-    columns = {"entity_id": object, "field": object, "tool": object, "value": object}
-    winners = winners.astype(columns)
-    winners = winners[winners["value"].notna() & winners["field"].isin(list(matched))].drop_duplicates(
-        ["entity_id", "field"])
+    winners = _held_values(winners, matched)
     if winners.empty:
         return pd.DataFrame(columns=KEY_REFERENCE_COLUMNS)
     parts = []

@@ -123,8 +123,15 @@ def summary(world: World) -> dict[str, Any]:
         people_with_records[table.person[table.person >= 0]] = True
     return {"seed": world.seed, "scale": world.scale, "people": int(people_with_records.sum()),
             "anchor_ms": world.anchor_ms,
-            "streams": {key: table.counts() for key, table in world.tables.items()},
+            "streams": {**{key: table.counts() for key, table in world.tables.items()},
+                        **{key: _derived_counts(derive(world)) for key, derive in DERIVED_RECORDS.items()}},
             "split_names": world.split_names, "company_traps": world.company_traps}
+
+
+def _derived_counts(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """A derived stream's counts, shaped like a table's."""
+    deleted = sum(bool(entry["deleted"]) for entry in entries)
+    return {"total": len(entries), "live": len(entries) - deleted, "deleted": deleted, "invalid": 0}
 
 
 def records(table: Table, world: World | None = None) -> list[dict[str, Any]]:

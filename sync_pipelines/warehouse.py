@@ -17,8 +17,10 @@ import json
 import random
 import re
 import sqlite3
+import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +46,7 @@ _SQL_TYPES = {
 SCHEMA_LOCK = 7_123_409  # advisory lock id serialising schema creation on PostgreSQL
 CHUNK_ROWS = 5_000  # values bound per SQLite statement, which caps its parameters
 LOAD_CHUNK_ROWS = 100_000  # rows turned into driver values at a time: bounds the memory of a large load
+SQLITE_CACHE_KIB = 65_536  # page cache per SQLite connection (SQLite's default is 2 MiB)
 
 
 def landing_table_name(tool: str, stream: str) -> str:
@@ -61,14 +64,68 @@ def make_engine(url: str) -> Engine:
     engine = sa.create_engine(parsed, future=True,
                               connect_args={"timeout": 60} if parsed.get_backend_name() == "sqlite" else {})
     if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        on_file = parsed.database not in (None, "", ":memory:") and not parsed.database.startswith("file:")
+        if on_file:
+            _Checkpointer.serve(Path(parsed.database).resolve(), engine)
+        sa.event.listen(engine, "connect", lambda dbapi, record: _sqlite_on_connect(dbapi, record, on_file))
         sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_on_connect(dbapi_connection, _record) -> None:
+class _Checkpointer:
+    """Copies an SQLite file's write-ahead log into the database from a thread of its own, so that the writer
+    never does it: left to SQLite, the connection that commits past a thousand pages copies them itself, which
+    doubles the time of every large load on the pipeline's thread while the machine's other core waits. One per
+    file in a process; it ends when the file is gone or no engine of this process uses it any more."""
+
+    EVERY_S = 0.25
+    _running: dict[Path, _Checkpointer] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path):
+        self.path, self.engines = path, weakref.WeakSet()
+
+    @classmethod
+    def serve(cls, path: Path, engine: Engine) -> None:
+        with cls._lock:
+            checkpointer = cls._running.get(path)
+            if checkpointer is None:
+                checkpointer = cls._running[path] = cls(path)
+                threading.Thread(target=checkpointer._run, name=f"sqlite-checkpoint:{path.name}",
+                                 daemon=True).start()
+            checkpointer.engines.add(engine)
+
+    def _run(self) -> None:
+        wal, connection, copied = Path(f"{self.path}-wal"), None, 0
+        try:
+            while True:
+                time.sleep(self.EVERY_S)
+                with self._lock:
+                    if not self.engines or not self.path.exists():
+                        del self._running[self.path]
+                        return
+                size = wal.stat().st_size if wal.exists() else 0
+                if size == copied:  # nothing written since the last copy (or no log yet)
+                    continue
+                try:
+                    # rw: never create the file; PASSIVE: never wait for, or hold up, a reader or the writer
+                    connection = connection or sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0)
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    copied = size
+                except sqlite3.Error:  # busy (another process's checkpoint) or the file went away: next round
+                    if connection is not None:
+                        connection.close()
+                    connection = None
+        finally:
+            if connection is not None:
+                connection.close()
+
+
+def _sqlite_on_connect(dbapi_connection, _record, checkpointed: bool = False) -> None:
     """WAL lets readers run beside the writer and NORMAL syncs at checkpoints only (safe under WAL); the driver's
-    own transaction handling is switched off so that ``_sqlite_begin`` makes DDL transactional too (``replace``)."""
+    own transaction handling is switched off so that ``_sqlite_begin`` makes DDL transactional too (``replace``).
+    A file's checkpoints are ``_Checkpointer``'s (``checkpointed``); a bigger page cache keeps a large load's
+    index pages in memory and sorts for an index are done in memory."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     for attempt in range(100):  # switching a new file to WAL needs it alone; SQLite answers "locked" at once
@@ -80,6 +137,10 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
                 raise
             time.sleep(0.05 + random.random() * 0.05)
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    if checkpointed:
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 

@@ -7,11 +7,13 @@ Rows go in bulk, below SQLAlchemy's per-row processing: PostgreSQL through binar
 replaces first, or COPies into a temporary table then runs one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``), its
 blocks built from whole columns by Arrow and numpy; SQLite through one prepared ``INSERT ... ON CONFLICT`` run with
 executemany, a frame turned into driver values one column at a time, vectorised, with None for every missing value
-and timestamps as UTC text in the form SQLAlchemy itself reads back.
+and timestamps as UTC text in the form SQLAlchemy itself reads back; its write-ahead log is copied into the database
+by a thread of the process (``_Checkpointer``), never by the connection that commits.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import random
@@ -96,7 +98,7 @@ class _Checkpointer:
             checkpointer.engines.add(engine)
 
     def _run(self) -> None:
-        wal, connection, copied = Path(f"{self.path}-wal"), None, 0
+        wal, connection, copied = Path(f"{self.path}-wal"), None, None
         try:
             while True:
                 time.sleep(self.EVERY_S)
@@ -104,14 +106,19 @@ class _Checkpointer:
                     if not self.engines or not self.path.exists():
                         del self._running[self.path]
                         return
-                size = wal.stat().st_size if wal.exists() else 0
-                if size == copied:  # nothing written since the last copy (or no log yet)
+                try:
+                    written = wal.stat()
+                except FileNotFoundError:  # no log yet
+                    continue
+                # a log restarted from its start keeps its size: its modification time tells a write too
+                stamp = (written.st_size, written.st_mtime_ns)
+                if stamp == copied:  # nothing written since the last copy
                     continue
                 try:
                     # rw: never create the file; PASSIVE: never wait for, or hold up, a reader or the writer
-                    connection = connection or sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=0)
+                    connection = connection or sqlite3.connect(f"{self.path.as_uri()}?mode=rw", uri=True, timeout=0)
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    copied = size
+                    copied = stamp
                 except sqlite3.Error:  # busy (another process's checkpoint) or the file went away: next round
                     if connection is not None:
                         connection.close()
@@ -405,15 +412,19 @@ class Warehouse:
             rows: list = []
             cursor = conn.connection.driver_connection.cursor()
             try:
-                for where, params in queries:
-                    cursor.execute(f"{select} {where}", params)
-                    rows += cursor.fetchall()
+                with _without_gc():
+                    for where, params in queries:
+                        cursor.execute(f"{select} {where}", params)
+                        rows += cursor.fetchall()
+                    names = [c.name for c in wanted]
+                    frame = _frame_of(rows, names) if self.dialect == "sqlite" else pd.DataFrame.from_records(
+                        rows, columns=names, coerce_float=True)
             finally:
                 cursor.close()
-        frame = pd.DataFrame.from_records(rows, columns=[c.name for c in wanted], coerce_float=True)
         for column in wanted:
             frame[column.name] = _typed(frame[column.name], column.type)
         return frame
+
     def read_if_exists(self, table: str) -> pd.DataFrame | None:
         """A derived table from an earlier run, or None on the first run."""
         return self.read_table(table) if sa.inspect(self.engine).has_table(table) else None
@@ -618,10 +629,25 @@ def _key_json(keys: pd.Series, key: sa.Column) -> str:
 def _executemany(conn: Connection, statement: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:
     cursor = conn.connection.driver_connection.cursor()
     try:
-        for rows in _sqlite_rows(frame, columns):
-            cursor.executemany(statement, rows)
+        with _without_gc():
+            for rows in _sqlite_rows(frame, columns):
+                cursor.executemany(statement, rows)
     finally:
         cursor.close()
+
+
+@contextmanager
+def _without_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a bulk read or load makes millions of tuples and values, none of
+    which can be in a cycle: each burst of them would otherwise run collections, the eldest over every object of the
+    process, for nothing. Restored as it was (another thread may have paused it too)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _BYTES = pa.large_binary()  # 64-bit offsets: a block's column may pass 2 GiB
@@ -724,9 +750,26 @@ def _cells(values: pd.Series, sql_type: sa.types.TypeEngine, dialect: str) -> li
         return _utc_texts(values, dialect)
     if isinstance(sql_type, sa.Integer) and pd.api.types.is_float_dtype(values.dtype):
         values = values.astype("Int64")  # integers that went through a float column to hold NaN
+    if isinstance(values.array, pd.arrays.ArrowStringArray):  # Arrow makes the list itself, None where missing
+        return pa.array(values.array).to_pylist()
     if not values.hasnans:
         return values.tolist()
     return values.astype(object).where(values.notna(), None).tolist()
+
+
+def _frame_of(rows: list[tuple], names: list[str]) -> pd.DataFrame:
+    """Driver rows as a frame, typed as ``DataFrame.from_records(coerce_float=True)`` types them, but built column
+    by column by Arrow, which makes a column of one kind of value (text, numbers, None for missing) in one pass
+    where pandas goes row by row; a column of several kinds (SQLite lets a column hold any) stays objects."""
+    if not rows:
+        return pd.DataFrame.from_records(rows, columns=names, coerce_float=True)
+    data = {}
+    for name, values in zip(names, zip(*rows)):
+        try:
+            data[name] = pa.array(values).to_pandas()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            data[name] = pd.Series(values, dtype=object)
+    return pd.DataFrame(data)
 
 
 def _typed(values: pd.Series, sql_type: sa.types.TypeEngine) -> pd.Series:

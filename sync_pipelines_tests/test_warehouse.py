@@ -4,7 +4,9 @@ are here."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -307,6 +309,42 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     built.engine.dispose()
+
+
+def test_the_write_ahead_log_reaches_the_database_file_without_the_writer_copying_it(tmp_path):
+    """The committing connection leaves the log to the checkpoint thread (no auto-checkpoint), which copies it into
+    the database file on its own: a load of a few megabytes is in the file soon after its commit."""
+    path = tmp_path / "w.db"
+    built = Warehouse(load_stack(), f"sqlite:///{path}")
+    try:
+        with built.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        before = path.stat().st_size
+        built.replace("bulk", pd.DataFrame({"text": [f"row {i} " * 20 for i in range(20_000)]}))
+        assert Path(f"{path}-wal").stat().st_size > 2_000_000  # the commit wrote the log, not the file
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < before + 2_000_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size >= before + 2_000_000
+        assert built.count("bulk") == 20_000
+    finally:
+        built.engine.dispose()
+
+
+def test_a_column_holding_text_and_numbers_reads_back_each_value_as_stored(tmp_path):
+    """SQLite lets a column without a declared type hold several kinds of value: it is read as objects, each value
+    as it is stored, while the typed columns beside it keep their dtype."""
+    built = Warehouse(load_stack(), f"sqlite:///{tmp_path / 'w.db'}")
+    try:
+        with built.transaction() as conn:
+            conn.exec_driver_sql("CREATE TABLE mixed (value, number REAL, label TEXT)")
+            conn.exec_driver_sql("INSERT INTO mixed VALUES ('a', 1.5, 'x'), (7, NULL, 'y'), (NULL, 3, NULL)")
+        back = built.read_table("mixed")
+        assert back["value"].tolist() == ["a", 7, None]
+        assert back["number"].dtype == "float64" and back["number"].tolist()[::2] == [1.5, 3.0]
+        assert str(back["label"].dtype) == "str" and back["label"].tolist()[:2] == ["x", "y"]
+    finally:
+        built.engine.dispose()
 
 
 def test_quarantine_round_trip_and_release(warehouse):

@@ -368,7 +368,7 @@ def map_records(
                     f"field {mapping.to!r} (from {mapping.source!r}): expected {field_type}, got {wrong}")
         raw = pd.Series([None if v is _MISSING or isinstance(v, (dict, list)) else v for v in values], dtype="object")
         columns[mapping.to] = apply_transforms(raw, mapping.transforms)
-    frame = pd.DataFrame(index=range(len(records)))
+    data: dict[str, Any] = {}  # made into the frame at once: a column added at a time costs a copy each
     for field, spec in entity.fields.items():
         if field in absent and field not in columns:
             continue
@@ -377,24 +377,25 @@ def map_records(
             numbers = pd.to_numeric(column, errors="coerce")
             for i in np.flatnonzero((numbers % 1 != 0) & numbers.notna()).tolist():
                 mismatch.setdefault(i, []).append(f"field {field!r}: expected integer, got {column[i]!r}")
-        frame[field] = _coerce(column, spec.type)
+        data[field] = _coerce(column, spec.type)
     ids = pd.Series(_values_at(records, stream.primary_key, walked), dtype="object")
     if stream.key_transforms:
         ids = apply_transforms(ids, stream.key_transforms).astype(object).replace("", None)
         ids = ids.where(ids.notna(), None)
-    frame["_source"] = tool
-    frame["_source_stream"] = stream_name
-    frame["_source_id"], unpaired = _ids_as_text(ids)  # one holding a surrogate is quarantined below, unaltered
+    data["_source"] = tool
+    data["_source_stream"] = stream_name
+    data["_source_id"], unpaired = _ids_as_text(ids)  # one holding a surrogate is quarantined below, unaltered
     cursor = pd.Series(_values_at(records, stream.cursor, walked), dtype="object") if stream.cursor else None
-    frame["_updated_at"] = to_timestamp(cursor) if cursor is not None else pd.Timestamp(extracted_at)
-    frame["_extracted_at"] = pd.Timestamp(extracted_at)
+    data["_updated_at"] = to_timestamp(cursor) if cursor is not None else pd.Timestamp(extracted_at)
+    data["_extracted_at"] = pd.Timestamp(extracted_at)
     if stream.deleted_field:
         flags = pd.Series(_values_at(records, stream.deleted_field, walked), dtype="object")
-        frame["_deleted"] = flags.map(lambda v: v == stream.deleted_value or str(v).lower() == str(stream.deleted_value).lower())
+        data["_deleted"] = flags.map(
+            lambda v: v == stream.deleted_value or str(v).lower() == str(stream.deleted_value).lower()).astype(bool)
     else:
-        frame["_deleted"] = False
-    frame["_deleted"] = frame["_deleted"].astype(bool)
-    frame["_raw"] = [raw_json(r) for r in records]
+        data["_deleted"] = False
+    data["_raw"] = [raw_json(r) for r in records]
+    frame = pd.DataFrame(data, index=range(len(records)))
 
     texts: list[str | None] = [None] * len(records)
     for i, found in mismatch.items():

@@ -75,7 +75,7 @@ def link_references(stack: Stack, warehouse: Warehouse, entity: str) -> Referenc
     # the live golden records to resolve: all of them, or those of the scope, read by id
     golden = warehouse.read_table(golden_table, ["entity_id", "_deleted"]) if scope is None else \
         warehouse.read_where_in(golden_table, "entity_id", scope, ["entity_id", "_deleted"])
-    ids = set(golden.loc[~golden["_deleted"].astype(bool), "entity_id"])
+    ids = set(golden.loc[~golden["_deleted"].astype(bool), "entity_id"].tolist())
     links = _resolve(stack, warehouse, entity, referenced, ids, full=scope is None)
     with warehouse.transaction() as conn:
         if scope is None:
@@ -135,7 +135,8 @@ def _resolve(stack: Stack, warehouse: Warehouse, entity: str, referenced: dict[s
                                          ["entity_id", "field", "tool", "value"]) if full else \
         warehouse.read_where_in(table("provenance", entity), "entity_id", ids,
                                 ["entity_id", "field", "tool", "value"])
-    winners = provenance[provenance["field"].isin(fields) & provenance["entity_id"].isin(ids)
+    live = pd.Index(list(ids), dtype="str").get_indexer(provenance["entity_id"]) >= 0  # isin goes value by value
+    winners = provenance[provenance["field"].isin(fields) & live
                          & provenance["value"].notna()]
     whole = {target: warehouse.read_table(table("crosswalk", target), ["entity_id", *KEYS])
              for target in set(referenced.values())} if full else {}

@@ -23,6 +23,18 @@ def _environment_restored():
     os.environ.update(before)
 
 
+@pytest.fixture(autouse=True)
+def _no_state_storage_of_an_ended_instance():
+    """Entering a Dagster instance (``with instance_for_test() as instance``) makes its definitions-state storage
+    the current one, and leaving it does not undo that: once the instance is garbage, a later test loading
+    definitions reaches it and fails ("undefined DagsterInstance weakref"), at a point that depends on when the
+    collector ran. Each test starts and ends with none."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def warehouse_url(request, tmp_path):
     """A fresh, empty warehouse: an SQLite file, or a PostgreSQL schema dropped afterwards."""

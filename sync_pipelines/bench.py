@@ -354,9 +354,17 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
         "catch_up": [{**run, "stages": _stage_totals(run["steps"])} for run in catch_up],
         "incremental": {**incremental, "stages": _stage_totals(incremental["steps"])},
         "core": core, "load": load,
+        "extraction_cpu_ms_per_1000_records_by_stream": _extraction_cpu(full["steps"]),
     }
     report["targets"] = _verdicts(report)
     return report
+
+
+def _extraction_cpu(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """Milliseconds of the process's CPU per 1,000 records read, by extraction step: the step's thread, its
+    read-ahead thread and the warehouse's, so a stream's whole client-side cost."""
+    return {step["step"]: round(1_000_000 * step["process_cpu_s"] / step["records"], 1)
+            for step in steps if step["stage"] == "extract" and step["records"]}
 
 
 def _verdicts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -413,6 +421,12 @@ def _print_tables(report: dict[str, Any]) -> None:
                          f"{step['records_per_s']:,}" if step["records_per_s"] else "", f"{step['peak_rss_mib']:,.0f}")
         view.caption = "; ".join(f"{step['step']}: {step['why']}" for step in figures["steps"] if step.get("why"))
         console.print(view)
+    streams = Table(title="extraction CPU per 1,000 records (ms), full sync")
+    for column in ("step", "ms"):
+        streams.add_column(column, justify="left" if column == "step" else "right")
+    for step, ms in sorted(report["extraction_cpu_ms_per_1000_records_by_stream"].items(), key=lambda kv: -kv[1]):
+        streams.add_row(step, f"{ms:.1f}")
+    console.print(streams)
     verdicts = Table(title="targets")
     for column in ("figure", "measured", "target", "met"):
         verdicts.add_column(column)

@@ -68,6 +68,11 @@ def test_every_target_is_judged_against_its_figure(report):
     assert targets["incremental_share_of_full"]["value"] == round(
         report["incremental"]["wall_s"] / report["full"]["wall_s"], 3)
     assert report["load"]["rows"] == 500 and report["load"]["land_insert_rows_per_s"] > 0
+    by_stream = report["extraction_cpu_ms_per_1000_records_by_stream"]  # every stream that read a record
+    extracted = [s for s in report["full"]["steps"] if s["stage"] == "extract" and s["records"]]
+    assert set(by_stream) == {s["step"] for s in extracted} and all(ms > 0 for ms in by_stream.values())
+    step = extracted[0]
+    assert by_stream[step["step"]] == round(1_000_000 * step["process_cpu_s"] / step["records"], 1)
     json.dumps(report)  # the report is plain JSON
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import random
 import re
 import sqlite3
@@ -67,9 +68,16 @@ def make_engine(url: str) -> Engine:
                               connect_args={"timeout": 60} if parsed.get_backend_name() == "sqlite" else {})
     if engine.dialect.name == "sqlite":
         on_file = parsed.database not in (None, "", ":memory:") and not parsed.database.startswith("file:")
-        if on_file:
-            _Checkpointer.serve(Path(parsed.database).resolve(), engine)
-        sa.event.listen(engine, "connect", lambda dbapi, record: _sqlite_on_connect(dbapi, record, on_file))
+        path = Path(parsed.database).resolve() if on_file else None
+
+        def on_connect(dbapi_connection, record) -> None:
+            if path is not None:  # a process forked from this one has no thread yet: its first connection starts it
+                _Checkpointer.serve(path, engine)
+            _sqlite_on_connect(dbapi_connection, record, checkpointed=path is not None)
+
+        if path is not None:
+            _Checkpointer.serve(path, engine)
+        sa.event.listen(engine, "connect", on_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
 
@@ -88,6 +96,11 @@ class _Checkpointer:
         self.path, self.engines = path, weakref.WeakSet()
 
     @classmethod
+    def after_fork(cls) -> None:
+        """A forked process inherits the registry but not the threads (nor a lock a thread held): it starts anew."""
+        cls._running, cls._lock = {}, threading.Lock()
+
+    @classmethod
     def serve(cls, path: Path, engine: Engine) -> None:
         with cls._lock:
             checkpointer = cls._running.get(path)
@@ -104,7 +117,7 @@ class _Checkpointer:
                 time.sleep(self.EVERY_S)
                 with self._lock:
                     if not self.engines or not self.path.exists():
-                        del self._running[self.path]
+                        self._running.pop(self.path, None)
                         return
                 try:
                     written = wal.stat()
@@ -126,6 +139,9 @@ class _Checkpointer:
         finally:
             if connection is not None:
                 connection.close()
+
+
+os.register_at_fork(after_in_child=_Checkpointer.after_fork)
 
 
 def _sqlite_on_connect(dbapi_connection, _record, checkpointed: bool = False) -> None:

@@ -4,6 +4,8 @@ are here."""
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -327,6 +329,31 @@ def test_the_write_ahead_log_reaches_the_database_file_without_the_writer_copyin
             time.sleep(0.05)
         assert path.stat().st_size >= before + 2_000_000
         assert built.count("bulk") == 20_000
+    finally:
+        built.engine.dispose()
+
+
+def _child_checkpoints(url: str, queue) -> None:
+    built = Warehouse(load_stack(), url)
+    built.engine.dispose(close=False)  # connections made before the fork are the parent's
+    built.replace("from_child", pd.DataFrame({"n": [1, 2]}))
+    queue.put(sorted(t.name for t in threading.enumerate() if t.name.startswith("sqlite-checkpoint:")))
+
+
+def test_a_forked_process_copies_its_own_log(tmp_path):
+    """A process forked from one that serves a file inherits no thread: its first connection starts its own, so its
+    loads never pile up in the log."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    built = Warehouse(load_stack(), url)
+    try:
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_child_checkpoints, args=(url, queue))
+        child.start()
+        threads = queue.get(timeout=60)
+        child.join(timeout=60)
+        assert child.exitcode == 0 and threads == ["sqlite-checkpoint:w.db"]
+        assert built.count("from_child") == 2
     finally:
         built.engine.dispose()
 

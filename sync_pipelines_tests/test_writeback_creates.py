@@ -27,10 +27,13 @@ def hubspot_records_of(sync, email: str | None = None, **equal: str) -> list[tup
                        for name, value in {**({"email": email} if email else {}), **equal}.items())]
 
 
-def new_lead_in_salesforce(sync) -> None:
+def synced_with_a_new_salesforce_lead(sync) -> None:
+    """A first sync, then a lead made in Salesforce, then the sync that makes it a golden contact HubSpot lacks."""
+    assert sync.run()[0].success
     connector = SyncResource().connector("salesforce")
     [outcome] = connector.write("Contact", [NEW_LEAD], mode="upsert", key="External_Id__c")
     assert outcome["ok"] and outcome["created"], outcome
+    assert sync.run()[0].success
 
 
 def hubspot_upsert(sync, **changes):
@@ -51,9 +54,7 @@ def write_back_killed_before_the_link(sync, monkeypatch, connector, dest) -> Non
 
 def test_a_lead_new_in_salesforce_reaches_hubspot_exactly_once_over_three_runs(sync_on_each_warehouse):
     sync = sync_on_each_warehouse
-    assert sync.run()[0].success
-    new_lead_in_salesforce(sync)
-    assert sync.run()[0].success  # the lead is a golden contact now, with no HubSpot record
+    synced_with_a_new_salesforce_lead(sync)
     dest, connector = hubspot_upsert(sync), SyncResource().connector("hubspot")
     plan, _ = pipeline.plan_destination(sync.stack, sync.warehouse, dest)
     creates = plan[plan["action"] == "create"]
@@ -77,9 +78,7 @@ def test_a_lead_new_in_salesforce_reaches_hubspot_exactly_once_over_three_runs(s
 def test_a_create_a_crash_cut_off_before_its_ledger_row_is_matched_not_made_again(sync_on_each_warehouse,
                                                                                    monkeypatch):
     sync = sync_on_each_warehouse
-    assert sync.run()[0].success
-    new_lead_in_salesforce(sync)
-    assert sync.run()[0].success
+    synced_with_a_new_salesforce_lead(sync)
     dest, connector = hubspot_upsert(sync), SyncResource().connector("hubspot")
 
     write_back_killed_before_the_link(sync, monkeypatch, connector, dest)
@@ -93,9 +92,7 @@ def test_a_create_a_crash_cut_off_before_its_ledger_row_is_matched_not_made_agai
 def test_a_create_cut_off_by_a_crash_is_matched_even_when_its_key_changed_before_the_rerun(sync_on_each_warehouse,
                                                                                             monkeypatch):
     sync = sync_on_each_warehouse
-    assert sync.run()[0].success
-    new_lead_in_salesforce(sync)
-    assert sync.run()[0].success
+    synced_with_a_new_salesforce_lead(sync)
     dest = hubspot_upsert(sync, filter="first_name == 'Lena' and last_name == 'Okafor'")
     connector = SyncResource().connector("hubspot")
 
@@ -115,9 +112,7 @@ def test_a_create_cut_off_by_a_crash_is_matched_even_when_its_key_changed_before
 
 
 def test_a_run_over_max_per_run_writes_nothing_and_create_mode_leaves_held_records_alone(sync):
-    assert sync.run()[0].success
-    new_lead_in_salesforce(sync)
-    assert sync.run()[0].success
+    synced_with_a_new_salesforce_lead(sync)
     connector = SyncResource().connector("hubspot")
     with pytest.raises(WriteCapExceeded, match=r"hubspot contacts: 1 records to create .* max_per_run \(0\)"):
         pipeline.write_back(sync.stack, sync.warehouse, connector, hubspot_upsert(sync, max_per_run=0))

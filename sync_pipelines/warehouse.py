@@ -71,12 +71,10 @@ def make_engine(url: str) -> Engine:
         path = Path(parsed.database).resolve() if on_file else None
 
         def on_connect(dbapi_connection, record) -> None:
-            if path is not None:  # a process forked from this one has no thread yet: its first connection starts it
+            if path is not None:  # at each connection: a process forked from this one starts its own thread
                 _Checkpointer.serve(path, engine)
             _sqlite_on_connect(dbapi_connection, record, checkpointed=path is not None)
 
-        if path is not None:
-            _Checkpointer.serve(path, engine)
         sa.event.listen(engine, "connect", on_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
     return engine

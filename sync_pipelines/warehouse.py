@@ -13,7 +13,6 @@ by a thread of the process (``_Checkpointer``), never by the connection that com
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
+from sync_pipelines.core.collector import collector_paused
 from sync_pipelines.stack import Stack
 
 _SQL_TYPES = {
@@ -418,7 +418,7 @@ class Warehouse:
 
     def _read(self, table: str, queries: list[tuple[str, tuple]], columns: list[str] | None = None) -> pd.DataFrame:
         """The rows of ``table`` matched by each (WHERE clause, driver parameters) query, typed as declared."""
-        with self.engine.connect() as conn:
+        with collector_paused(), self.engine.connect() as conn:
             declared = sa.Table(table, sa.MetaData(), autoload_with=conn).columns
             wanted = [c for c in declared if columns is None or c.name in columns]
             quote = conn.dialect.identifier_preparer.quote
@@ -426,17 +426,16 @@ class Warehouse:
             rows: list = []
             cursor = conn.connection.driver_connection.cursor()
             try:
-                with _without_gc():
-                    for where, params in queries:
-                        cursor.execute(f"{select} {where}", params)
-                        rows += cursor.fetchall()
-                    names = [c.name for c in wanted]
-                    frame = _frame_of(rows, names) if self.dialect == "sqlite" else pd.DataFrame.from_records(
-                        rows, columns=names, coerce_float=True)
+                for where, params in queries:
+                    cursor.execute(f"{select} {where}", params)
+                    rows += cursor.fetchall()
             finally:
                 cursor.close()
-        for column in wanted:
-            frame[column.name] = _typed(frame[column.name], column.type)
+            names = [c.name for c in wanted]
+            frame = _frame_of(rows, names) if self.dialect == "sqlite" else pd.DataFrame.from_records(
+                rows, columns=names, coerce_float=True)
+            for column in wanted:
+                frame[column.name] = _typed(frame[column.name], column.type)
         return frame
 
     def read_if_exists(self, table: str) -> pd.DataFrame | None:
@@ -643,25 +642,11 @@ def _key_json(keys: pd.Series, key: sa.Column) -> str:
 def _executemany(conn: Connection, statement: str, columns: list[sa.Column], frame: pd.DataFrame) -> None:
     cursor = conn.connection.driver_connection.cursor()
     try:
-        with _without_gc():
+        with collector_paused():
             for rows in _sqlite_rows(frame, columns):
                 cursor.executemany(statement, rows)
     finally:
         cursor.close()
-
-
-@contextmanager
-def _without_gc() -> Iterator[None]:
-    """The cyclic garbage collector paused while a bulk read or load makes millions of tuples and values, none of
-    which can be in a cycle: each burst of them would otherwise run collections, the eldest over every object of the
-    process, for nothing. Restored as it was (another thread may have paused it too)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 _BYTES = pa.large_binary()  # 64-bit offsets: a block's column may pass 2 GiB

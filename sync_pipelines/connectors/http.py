@@ -29,6 +29,7 @@ import urllib3
 from sync_pipelines.connectors.errors import (
     ApiError, AuthError, ConnectorError, RateLimitError, ResponseError,
 )
+from sync_pipelines.core.collector import collector_paused
 
 logger = logging.getLogger("sync_pipelines.connectors")
 
@@ -311,12 +312,13 @@ def parse_json(content: bytes) -> Any:
     Infinity, UTF-16, lone surrogates)."""
     if not content or content.isspace():
         return None
-    if content.translate(_DIGITS_AS_ZERO).find(_LONG_INTEGER) == -1:
-        try:
-            return orjson.loads(content)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(content)
+    with collector_paused():  # a page's objects hold no cycle
+        if content.translate(_DIGITS_AS_ZERO).find(_LONG_INTEGER) == -1:
+            try:
+                return orjson.loads(content)
+            except orjson.JSONDecodeError:
+                pass
+        return json.loads(content)
 
 
 def _brings_new_ids(seen: set, records: list, id_field: str) -> bool:

@@ -51,7 +51,19 @@ EDITABLE = {
 # A first sync brings every tool in line at once; the tools then report every record it updated as changed, and
 # taking that in may settle a few more values. The catch-up runs repeat until one writes nothing (at most this many).
 MAX_CATCH_UP_RUNS = 3
+REFERENCE_LOOP = 5_000_000  # iterations of machine_reference_s's loop
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # step logs would drown the figures
+
+
+def machine_reference_s() -> float:
+    """Seconds this machine takes for a fixed interpreter workload, best of three. Shared machines of one kind run
+    at speeds far apart from hour to hour; the ratio of a run's figures to this one compares runs taken apart."""
+    def once() -> float:
+        started, total = time.perf_counter(), 0
+        for i in range(REFERENCE_LOOP):
+            total += i
+        return time.perf_counter() - started
+    return round(min(once() for _ in range(3)), 3)
 
 
 def _peak_rss_mib() -> float:
@@ -317,6 +329,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
     from sync_pipelines.warehouse import Warehouse
 
     scale = records / total_records(build_world(seed, 1.0))
+    reference_before = machine_reference_s()
     with tempfile.TemporaryDirectory(prefix="sync-bench-", dir=workdir) as tmp, \
             _scratch_schema(warehouse_url) as scratch_url:
         folder = Path(tmp)
@@ -344,6 +357,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
                 warehouse.engine.dispose()
         load = measure_load(load_rows, url) if load_rows else None
     source_records = sum(s["total"] for s in truth["streams"].values())
+    reference = {"before_s": reference_before, "after_s": machine_reference_s()}
     report = {
         "records_requested": records, "scale": round(scale, 4), "source_records": source_records,
         "people": truth["people"], "streams": {k: v["total"] for k, v in truth["streams"].items()},
@@ -353,7 +367,7 @@ def run_bench(records: int, warehouse_url: str | None = None, change_fraction: f
         "full": {**full, "stages": _stage_totals(full["steps"])},
         "catch_up": [{**run, "stages": _stage_totals(run["steps"])} for run in catch_up],
         "incremental": {**incremental, "stages": _stage_totals(incremental["steps"])},
-        "core": core, "load": load,
+        "core": core, "load": load, "machine_reference": reference,
         "extraction_cpu_ms_per_1000_records_by_stream": _extraction_cpu(full["steps"]),
     }
     report["targets"] = _verdicts(report)
@@ -434,6 +448,9 @@ def _print_tables(report: dict[str, Any]) -> None:
         met = {True: "[green]yes[/green]", False: "[red]NO[/red]", None: "n/a"}[verdict["met"]]
         verdicts.add_row(name, str(verdict["value"]), str(verdict["target"] or ""), met)
     console.print(verdicts)
+    reference = report["machine_reference"]
+    console.print(f"machine reference ({REFERENCE_LOOP:,} interpreter loop iterations, best of 3): "
+                  f"{reference['before_s']:.3f} s before the runs, {reference['after_s']:.3f} s after")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -33,9 +33,18 @@ def _celery_executor() -> dg.ExecutorDefinition:
     return celery_executor.configured({"broker": broker, "backend": backend}, name="celery")
 
 
+def executor_kind() -> str:
+    return os.environ.get("SYNC_EXECUTOR") or "in_process"
+
+
+def steps_share_a_process() -> bool:
+    """Whether a run's steps all run in its own process, so that one step can prepare what later ones use."""
+    return executor_kind() == "in_process"
+
+
 def executor_from_env() -> dg.ExecutorDefinition:
     """The executor ``$SYNC_EXECUTOR`` names (``in_process`` when unset)."""
-    kind = os.environ.get("SYNC_EXECUTOR") or "in_process"
+    kind = executor_kind()
     if kind == "in_process":
         return dg.in_process_executor
     if kind == "multiprocess":

@@ -83,8 +83,8 @@ from sync_pipelines.core.resolve import (
     normalize_values,
     pairwise_precision_recall,
     resolve_entities,
-    soundex,
 )
+from sync_pipelines.core.keys import soundex
 
 __all__ = [
     "CROSSWALK_COLUMNS",

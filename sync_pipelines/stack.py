@@ -826,7 +826,7 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
     from sync_pipelines.core.conditions import columns
     from sync_pipelines.core.plan import writable_fields
     from sync_pipelines.core.quality import RULES, ExpectationError, checked_expectation
-    from sync_pipelines.core.resolve import DERIVED_KEYS
+    from sync_pipelines.core.keys import DERIVED_KEYS
 
     entities, tools = set(stack.entities), set(stack.tools)
     misnamed: set[tuple[str, str]] = set()  # (tool, stream) with a mapping to an unknown field

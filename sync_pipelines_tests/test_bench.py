@@ -73,6 +73,8 @@ def test_every_target_is_judged_against_its_figure(report):
     assert set(by_stream) == {s["step"] for s in extracted} and all(ms > 0 for ms in by_stream.values())
     step = extracted[0]
     assert by_stream[step["step"]] == round(1_000_000 * step["process_cpu_s"] / step["records"], 1)
+    reference = report["machine_reference"]  # the machine's speed before and after, to compare runs taken apart
+    assert 0 < reference["before_s"] < 60 and 0 < reference["after_s"] < 60
     json.dumps(report)  # the report is plain JSON
 
 

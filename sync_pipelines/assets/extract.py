@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from sync_pipelines.connectors import AuthError, ConnectorError
+from sync_pipelines.core.quality import import_gx_in_background
+from sync_pipelines.executors import steps_share_a_process
 from sync_pipelines.extract import Extraction, Scan, extract_stream
 from sync_pipelines.resources import SyncResource
 from sync_pipelines.stack import Stack, Stream, Tool
@@ -168,6 +170,8 @@ def _extraction_asset(stack: Stack, tool_name: str, stream_name: str) -> dg.Asse
         keys = context.partition_keys
         tags = context.run.tags  # a range, a UI backfill, or `sync-pipelines backfill` (a single day too) re-pulls
         backfill = len(keys) > 1 or "dagster/backfill" in tags or tags.get(REPULL_TAG) == "true"
+        if steps_share_a_process():  # the staging steps after it validate in this process
+            import_gx_in_background()
         try:
             result = extract_stream(
                 stack, sync.warehouse, sync.connector(tool_name), tool_name, stream_name,

@@ -44,9 +44,11 @@ about 6 s on a 2-core machine (see :func:`bench`), so no second, vectorised code
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import re
 import statistics
+import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -441,6 +443,15 @@ def _checked_param(where: str, expect: str, param: str, value: Any) -> Any:
 # --- running GX ---------------------------------------------------------------------------------
 
 _GX_LOCK = threading.Lock()  # the GX context is not documented as thread-safe; validations share it
+
+
+def import_gx_in_background() -> None:
+    """Start importing GX on a daemon thread and return at once. Its first import takes seconds of interpreter
+    work; a process that will validate later (steps sharing one process) can do it while it waits on the tools'
+    APIs. The validation that comes first waits for the import, which Python's import lock makes safe."""
+    if "great_expectations" not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True,
+                         name="import-great-expectations").start()
 
 
 @functools.cache

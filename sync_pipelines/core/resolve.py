@@ -16,7 +16,7 @@ Pure pandas/numpy/rapidfuzz/scipy; no Dagster, no HTTP. The public contract is d
    come after every rule. Given names (any field whose name contains `first_name` or `given_name`) are
    compared the way people write them: two values are never a contradiction when one is a prefix of the
    other (3+ letters: "Alex"/"Alexander"), one is an initial of the other ("J."/"James"), or they are
-   listed together in `NICKNAME_GROUPS` ("Bob"/"Robert", "Liz"/"Elizabeth"). This only keeps the guard
+   listed together in `nicknames.txt` ("Bob"/"Robert", "Liz"/"Elizabeth"). This only keeps the guard
    from splitting; it never creates a match;
 5. manual merges, then stable entity ids reused from the crosswalk.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,9 @@ from rapidfuzz.distance import JaroWinkler, Levenshtein
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from sync_pipelines.core.given_names import given_names_compatible, is_given_name_field
+from sync_pipelines.core.keys import DERIVED_KEYS
+
 log = logging.getLogger(__name__)
 
 SOURCE = "_source"
@@ -50,7 +52,6 @@ CROSSWALK_COLUMNS = (ENTITY_ID, SOURCE, SOURCE_ID)
 
 DEFAULT_MAX_CLUSTER_SIZE = 12
 DEFAULT_MAX_BLOCK_SIZE = 5000
-PREFIX_LENGTH = 3
 EXACT = "exact"
 # Scores are compared with this slack so a pair scoring exactly the threshold (rapidfuzz returns float32) matches.
 SCORE_TOLERANCE = 1e-6
@@ -94,123 +95,6 @@ SCORERS: dict[str, _Scorer] = {
 # when two records hold different domains), and any difference between them is a contradiction to the chain guard.
 EQUAL_OR_MISSING = "equal_or_missing"
 METHODS = (EXACT, *SCORERS, EQUAL_OR_MISSING)
-
-GIVEN_NAME_MARKERS = ("first_name", "given_name")
-# Interchangeable given names, one group per line (formal spellings and their common nicknames). Names
-# that a shared prefix already relates (Alex/Alexander, Chris/Christopher) need no entry.
-NICKNAME_GROUPS = """
-abigail abby gail
-albert al bert bertie
-alexander alex al xander sandy
-alexandra alex alexa lexi sandra sandy
-alfred al alf fred freddie
-andrew andy drew
-ann anne anna annie nan nancy
-anthony antony tony
-arthur art artie
-barbara barb babs
-benjamin ben benny benji
-bernard bernie
-bradley brad
-caroline carolyn carrie
-catherine katherine kathryn kate kathy katie cathy kat kit
-charles charlie chuck chas
-charlotte charlie lottie
-christina christine chris tina christy
-christopher chris kit
-cynthia cindy
-daniel dan danny
-david dave davy
-deborah debra deb debbie
-dominic dom
-donald don donnie
-dorothy dot dottie dolly
-douglas doug
-edward ed eddie ted ned
-elizabeth liz lizzie beth betty betsy bess eliza libby lisa
-eleanor ellie nora
-ernest ernie
-eugene gene
-frances fran frankie
-francis frank fran
-frederick fred freddie
-gabriel gabe
-geoffrey jeffrey geoff jeff
-gerald gerry jerry
-gregory greg
-harold hal harry
-henry hank harry hal
-herbert herb
-howard howie
-isaac ike
-isabella isabel bella izzy
-jacob jake
-jacqueline jackie
-james jim jimmy jamie
-jennifer jen jenn jenny
-jeremy jerry
-jessica jess jessie
-john jack johnny jon
-jonathan jon jonny nathan
-joseph joe joey
-josephine jo josie
-joshua josh
-judith judy
-kenneth ken kenny
-kimberly kim
-lawrence laurence larry
-leonard leo len lenny
-louis lewis lou
-margaret maggie meg peggy marge greta
-mary molly polly mae
-matthew matt
-megan meg
-melissa mel missy
-michael mike mikey mick mickey
-michelle shelly
-mitchell mitch
-nathaniel nathan nate nat
-nicholas nick nicky
-nicole nikki
-oliver ollie
-pamela pam
-patricia pat patty trish tricia
-patrick pat paddy
-penelope penny
-peter pete
-philip phillip phil
-randall randy
-raymond ray
-rebecca becky becca
-reginald reg reggie
-richard rick ricky rich dick
-robert bob bobby rob robbie bert
-rodney rod
-ronald ron ronnie
-russell russ
-samantha sam sammy
-samuel sam sammy
-sidney sydney sid
-stanley stan
-stephen steven steve stevie
-stuart stewart stu
-susan suzanne sue suzy
-terence terrence terry
-theodore ted teddy theo
-theresa teresa terry tess tessa
-thomas tom tommy
-timothy tim timmy
-tobias toby
-valerie val
-victoria vicky tori
-vincent vince vinny
-virginia ginny
-walter walt wally
-william bill billy will willy liam
-zachary zach zack
-"""
-MIN_GIVEN_NAME_PREFIX = 3
-
 
 # --------------------------------------------------------------------------------------------- rules
 
@@ -408,80 +292,6 @@ class _Compared:
             return self.codes
         derived_codes = pd.factorize(np.array([derive(value) for value in self.distinct] + [None], dtype=object))[0]
         return derived_codes[self.codes]  # -1 takes the None appended last, whose code is -1
-
-
-_SOUNDEX_DIGITS = {
-    letter: digit
-    for letters, digit in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"), ("l", "4"), ("mn", "5"), ("r", "6"))
-    for letter in letters
-}
-
-
-def soundex(text: str) -> str | None:
-    """American Soundex of the ASCII letters of `text` (accents stripped), or None when it has none."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    letters = [char for char in ascii_text if char.isalpha()]
-    if not letters:
-        return None
-    digits, previous = [], _SOUNDEX_DIGITS.get(letters[0], "")
-    for letter in letters[1:]:
-        digit = _SOUNDEX_DIGITS.get(letter, "")
-        if digit and digit != previous:
-            digits.append(digit)
-        if letter not in "hw":  # h and w do not separate letters with the same code; vowels do
-            previous = digit
-    return (letters[0].upper() + "".join(digits) + "000")[:4]
-
-
-def _nickname_index(table: str) -> dict[str, frozenset[int]]:
-    """Each name in the table -> the numbers of the groups that list it (Sam is in Samuel's and Samantha's)."""
-    index: dict[str, set[int]] = {}
-    for number, line in enumerate(table.strip().splitlines()):
-        for name in line.split():
-            index.setdefault(name, set()).add(number)
-    return {name: frozenset(numbers) for name, numbers in index.items()}
-
-
-_NICKNAME_INDEX = _nickname_index(NICKNAME_GROUPS)
-_NO_GROUPS: frozenset[int] = frozenset()
-
-
-def is_given_name_field(field: str) -> bool:
-    """Whether a field holds given names, so nickname-aware comparison applies to it."""
-    folded = field.casefold()
-    return any(marker in folded for marker in GIVEN_NAME_MARKERS)
-
-
-def _same_given_name(left: str, right: str) -> bool:
-    shorter, longer = sorted((left, right), key=len)
-    if longer.startswith(shorter) and (len(shorter) == 1 or len(shorter) >= MIN_GIVEN_NAME_PREFIX):
-        return True
-    return not _NICKNAME_INDEX.get(left, _NO_GROUPS).isdisjoint(_NICKNAME_INDEX.get(right, _NO_GROUPS))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def given_names_compatible(left: str, right: str) -> bool:
-    """Whether two given names (comparison form) can name one person: one is a prefix (3+ letters) or an
-    initial of the other, or they share a `NICKNAME_GROUPS` line; checked on the whole names (dots dropped)
-    and on their first words ("Bob" and "Robert James"). A name with no letters left is no evidence."""
-    left_words, right_words = left.replace(".", " ").split(), right.replace(".", " ").split()
-    if not left_words or not right_words:
-        return True
-    return _same_given_name(" ".join(left_words), " ".join(right_words)) or _same_given_name(
-        left_words[0], right_words[0]
-    )
-
-
-def _prefix(value: str) -> str:
-    return value[:PREFIX_LENGTH]
-
-
-def _domain(value: str) -> str | None:
-    _, at, domain = value.rpartition("@")
-    return domain or None if at else None
-
-
-DERIVED_KEYS: dict[str, Callable[[str], str | None]] = {"_prefix": _prefix, "_soundex": soundex, "_domain": _domain}
 
 
 def _blocking_source(rule: Rule, key: str, columns: Sequence[str]) -> tuple[str, Callable | None]:

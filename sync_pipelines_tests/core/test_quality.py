@@ -541,3 +541,24 @@ def test_checked_expectation_refuses_a_when_column_the_entity_does_not_have():
         "at character 39: unknown column 'phnoe'; allowed: email, phone or a _-prefixed system column"
     )
     assert checked_expectation("contacts", 3, {**spec, "when": "phone is null"}, columns=["email", "phone"]).when
+
+
+def test_gx_imported_in_the_background_serves_the_next_validation():
+    """In a fresh interpreter: the import starts on its own thread, and a validation right after it waits for it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, threading\n"
+        "import pandas as pd\n"
+        "from sync_pipelines.core.quality import import_gx_in_background, validate\n"
+        "assert 'great_expectations' not in sys.modules\n"
+        "import_gx_in_background()\n"
+        "assert any(t.name == 'import-great-expectations' for t in threading.enumerate())\n"
+        "report = validate(pd.DataFrame({'email': ['a@x.io', None]}), 'contacts',\n"
+        "                  [{'expect': 'not_null', 'column': 'email'}])\n"
+        "print(report.row_count, int(report.row_failures.notna().sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "1"]

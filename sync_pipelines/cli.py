@@ -16,6 +16,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sync_pipelines.commands.conflicts import conflicts
+from sync_pipelines.commands.identity import explain, identity_review, train_identity
 from sync_pipelines.commands.pause import pause, resume
 from sync_pipelines.commands.revert import revert
 from sync_pipelines.local import dagster_home, sandbox_defaults
@@ -331,7 +332,7 @@ def sync(partition: str | None) -> None:
     console.print(f"[green]nightly_sync succeeded[/green] for partition {partition} (run {result.run_id})")
 
 
-for command in (conflicts, pause, resume, revert):
+for command in (conflicts, explain, identity_review, pause, resume, revert, train_identity):
     main.add_command(command)
 
 

@@ -80,9 +80,11 @@ from sync_pipelines.core.resolve import (
     block_neighbors,
     build_crosswalk,
     entity_id_for,
+    explain_pair,
     normalize_values,
     pairwise_precision_recall,
     resolve_entities,
+    train_model,
 )
 from sync_pipelines.core.keys import soundex
 
@@ -97,8 +99,10 @@ __all__ = [
     "block_neighbors",
     "build_crosswalk",
     "entity_id_for",
+    "explain_pair",
     "normalize_values",
     "pairwise_precision_recall",
     "resolve_entities",
     "soundex",
+    "train_model",
 ]

@@ -41,7 +41,7 @@ MAX_TABLE_NAME = 63
 # The tables the pipeline keeps per entity: ``pipeline.table(kind, entity)`` refuses any other kind.
 ENTITY_TABLE_KINDS = (
     "staged", "staged_changes", "golden", "golden_changes", "golden_failures", "crosswalk", "provenance",
-    "conflicts", "field_state", "references",
+    "conflicts", "field_state", "references", "review_pairs",
 )
 
 ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
@@ -336,6 +336,7 @@ class Identity(_Model):
     rules: list[IdentityRule]  # []: each record is its own entity (an entity only one tool holds)
     max_cluster_size: int = Field(default=12, ge=2)
     manual: ManualOverrides = ManualOverrides()
+    model: dict[str, Any] | None = None  # the scored matcher (core/scoring.py; docs/matching.md), checked at load
 
 
 class Survivorship(_Model):
@@ -818,6 +819,32 @@ def asset_keys(stack: Stack) -> list[tuple[tuple[str, ...], str]]:
     return keys
 
 
+def _check_model(raw: dict, path: str, fields: set[str], problems: _Problems) -> None:
+    """The scored matcher's section: its own shape (``MatchModel.from_spec``), then the fields it names."""
+    from sync_pipelines.core.scoring import MatchModel, SpecError, key_field
+
+    try:
+        model = MatchModel.from_spec(raw, path)
+    except SpecError as error:
+        problems.add(error.path, error.problem)
+        return
+    for i, comparison in enumerate(model.comparisons):
+        if comparison.field not in fields:
+            problems.add(f"{path}.comparisons[{i}].field", f"unknown field {comparison.field!r}; allowed: "
+                         f"{_allowed(fields)}{_did_you_mean(comparison.field, fields)}")
+        for k, level in enumerate(comparison.levels):
+            if level.other is not None and level.other not in fields:
+                problems.add(f"{path}.comparisons[{i}].levels[{k}]", f"unknown field {level.other!r}; allowed: "
+                             f"{_allowed(fields)}{_did_you_mean(level.other, fields)}")
+    for i, keys in enumerate(model.blocking):
+        for k, key in enumerate(keys):
+            if key_field(key, sorted(fields))[0] not in fields:
+                problems.add(f"{path}.blocking[{i}][{k}]" if isinstance(raw["blocking"][i], list)
+                             else f"{path}.blocking[{i}]",
+                             f"unknown blocking key {key!r}; allowed: a field, or a field followed by _prefix, "
+                             f"_soundex or _domain; fields: {_allowed(fields)}")
+
+
 def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file. A name in
     ``refused`` is declared but was refused (reported already): a check that needs it is skipped, not reported."""
@@ -876,6 +903,8 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
         if not need(entity, entities, f"identity.{entity}", "entity"):
             continue
         fields = set(stack.entities[entity].fields)
+        if identity.model is not None:
+            _check_model(identity.model, f"identity.{entity}.model", fields, problems)
         for i, rule in enumerate(identity.rules):
             for j, cond in enumerate(rule.conditions):
                 need(cond.field, fields, f"identity.{entity}.rules[{i}].conditions[{j}].field", "field")

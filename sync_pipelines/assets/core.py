@@ -145,10 +145,31 @@ def _concurrent_metadata(edits) -> dict:
             "samples": dg.MetadataValue.md("\n".join(lines) if len(cases) else "none")}
 
 
+def _blocking_metadata(golden) -> dict:
+    """The blocks this run's resolution left uncompared (none resolved: a run with no change)."""
+    lines = ["| rule | key | records | example |", "|---|---|---:|---|"]
+    lines += [f"| {s['rule']} | {s['key']} | {s['size']} | {s['example_ref']} |" for s in golden.skipped]
+    return {"blocks_not_compared": len(golden.skipped), "records_resolved": golden.resolved,
+            "records_in_blocks_not_compared": sum(s["size"] for s in golden.skipped),
+            "blocks": dg.MetadataValue.md("\n".join(lines) if golden.skipped else "none")}
+
+
+def _review_metadata(golden) -> dict:
+    model = golden.model or {}
+    lines = ["| left | right | match probability | weight |", "|---|---|---:|---:|"]
+    lines += [f"| {p['left']} | {p['right']} | {p['probability']:.4f} | {p['weight']:+.2f} |"
+              for p in model.get("review_samples", [])]
+    return {"review_pairs": model.get("review_pairs", 0), "matches": model.get("matches", 0),
+            "candidate_pairs": model.get("candidate_pairs", 0), "parameters_version": golden.parameters_version,
+            "samples": dg.MetadataValue.md("\n".join(lines) if model.get("review_samples") else "none")}
+
+
 def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
     key = golden_key(entity)
     check = f"golden_{entity}_quality"
     concurrent = f"golden_{entity}_concurrent_edits"
+    blocking, review = f"golden_{entity}_blocking", f"golden_{entity}_review"
+    scored = stack.identity[entity].model is not None
 
     @dg.asset(
         key=key,
@@ -173,6 +194,16 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
                 description="Fields two tools changed to different values since the last run: decided by their rule, "
                             "listed for a steward (a warning; nothing is held back)",
             ),
+            dg.AssetCheckSpec(
+                blocking, asset=key,
+                description="Every candidate group was compared: a block too large for a rule's or the scored "
+                            "matcher's limit is counted here, with its size and an example (a warning)",
+            ),
+            *([dg.AssetCheckSpec(
+                review, asset=key,
+                description="Pairs the scored matcher weighs in its review band, under the match threshold: listed "
+                            "for a steward, with their match probability (a warning; they stay apart)",
+            )] if scored else []),
         ],
     )
     def _golden(sync: SyncResource):
@@ -197,6 +228,11 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
         )
         yield dg.AssetCheckResult(check_name=concurrent, passed=golden.concurrent.empty,
                                   severity=dg.AssetCheckSeverity.WARN, metadata=_concurrent_metadata(golden.concurrent))
+        yield dg.AssetCheckResult(check_name=blocking, passed=not golden.skipped, severity=dg.AssetCheckSeverity.WARN,
+                                  metadata=_blocking_metadata(golden))
+        if scored:
+            yield dg.AssetCheckResult(check_name=review, passed=not (golden.model or {}).get("review_pairs"),
+                                      severity=dg.AssetCheckSeverity.WARN, metadata=_review_metadata(golden))
 
     return _golden
 

@@ -5,13 +5,15 @@ would write, and the scored matcher (``core/scoring``) with parameters estimated
 
 People get one to four records. Copies carry the noise real tools add: typos, OCR-like and phonetic spellings,
 missing values, first and last names swapped, nicknames, day and month transposed, another email; and families
-share a last name, a home phone and an address (different people the rules must keep apart).
+share a last name, a home phone and an address (different people the rules must keep apart). Splink runs on the same
+records when it is installed (the ``bench`` extra), with comparisons and blocking like the model's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from typing import Any
 
@@ -159,7 +161,41 @@ def _figures(predicted: pd.Series, truth: pd.Series, seconds: float) -> dict[str
             "seconds": round(seconds, 2), "entities": int(predicted.nunique())}
 
 
-def evaluate(records: int, seed: int = 11) -> dict[str, Any]:
+def _splink(frame: pd.DataFrame) -> tuple[pd.Series, float] | str:
+    """Splink (a benchmark-only dependency: the ``bench`` extra) on the same records, with comparisons and blocking
+    like the model's and its own recommended training, clustered at the same match probability; or why not."""
+    try:
+        import splink.comparison_library as cl
+        from splink import Linker, SettingsCreator, block_on
+        from splink.backends.duckdb import DuckDBAPI
+    except ImportError:
+        return "not installed: pip install 'sync_pipelines[bench]'"
+    started = time.perf_counter()
+    texts = frame.drop(columns=["_source", "_source_id"]).apply(lambda column: column.str.casefold().str.strip())
+    settings = SettingsCreator(
+        link_type="dedupe_only",
+        comparisons=[cl.NameComparison("first_name").configure(term_frequency_adjustments=True),
+                     cl.NameComparison("last_name").configure(term_frequency_adjustments=True),
+                     cl.DateOfBirthComparison("birth_date", input_is_string=True), cl.EmailComparison("email"),
+                     cl.LevenshteinAtThresholds("phone", [1, 2]), cl.ExactMatch("postcode"), cl.ExactMatch("city")],
+        blocking_rules_to_generate_predictions=[
+            block_on("email"), block_on("phone"), block_on("birth_date", "postcode"),
+            block_on("first_name", "birth_date"), block_on("last_name", "birth_date"),
+            block_on("postcode", "first_name")])
+    linker = Linker(DuckDBAPI().register(texts.assign(unique_id=range(len(frame)))), settings,
+                    log_level=logging.ERROR)
+    linker.training.estimate_probability_two_random_records_match([block_on("email")], recall=0.7)
+    linker.training.estimate_u_using_random_sampling(max_pairs=1e6, seed=1)
+    for rule in (block_on("email"), block_on("birth_date"), block_on("last_name")):
+        linker.training.estimate_parameters_using_expectation_maximisation(rule)
+    predicted = linker.inference.predict(threshold_match_probability=MODEL["review_probability"])
+    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+        predicted, MODEL["match_probability"]).as_pandas_dataframe()
+    labels = clusters.set_index("unique_id")["cluster_id"].reindex(range(len(frame))).reset_index(drop=True)
+    return labels, time.perf_counter() - started
+
+
+def evaluate(records: int, seed: int = 11, splink: bool = True) -> dict[str, Any]:
     frame, truth = generate(records, seed)
     started = time.perf_counter()
     rules = resolve_entities(frame, USER_RULES)
@@ -172,11 +208,13 @@ def evaluate(records: int, seed: int = 11) -> dict[str, Any]:
     scored = scoring.score(model, params, values, blocked)
     model_s = time.perf_counter() - started
     clusters = _clusters(len(frame), scored.left[scored.match], scored.right[scored.match])
+    compared = _splink(frame) if splink else "not run"
     return {
         "records": len(frame), "people": int(truth.nunique()), "candidate_pairs": len(blocked.left),
         "uncompared_pairs": blocked.uncompared_pairs, "review_pairs": int(scored.review.sum()),
         "rules": _figures(rules.reset_index(drop=True), truth, rules_s),
         "model": _figures(clusters, truth, model_s),
+        "splink": compared if isinstance(compared, str) else _figures(compared[0], truth, compared[1]),
         "parameters": params.as_dict(model),
     }
 
@@ -186,10 +224,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--records", type=int, nargs="+", default=[5000])
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--parameters", action="store_true", help="print the estimated parameters too")
+    parser.add_argument("--no-splink", action="store_true", help="leave Splink out")
     args = parser.parse_args(argv)
     reports = []
     for records in args.records:
-        report = evaluate(records, args.seed)
+        report = evaluate(records, args.seed, splink=not args.no_splink)
         if not args.parameters:
             report.pop("parameters")
         print(json.dumps(report, indent=2))

@@ -39,6 +39,7 @@ from rapidfuzz.distance import JaroWinkler, Levenshtein
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from sync_pipelines.core import scoring
 from sync_pipelines.core.given_names import given_names_compatible, is_given_name_field
 from sync_pipelines.core.keys import DERIVED_KEYS
 
@@ -52,6 +53,7 @@ CROSSWALK_COLUMNS = (ENTITY_ID, SOURCE, SOURCE_ID)
 
 DEFAULT_MAX_CLUSTER_SIZE = 12
 DEFAULT_MAX_BLOCK_SIZE = 5000
+REVIEW_SAMPLES = 20  # review-band pairs the report lists, the heaviest first
 EXACT = "exact"
 # Scores are compared with this slack so a pair scoring exactly the threshold (rapidfuzz returns float32) matches.
 SCORE_TOLERANCE = 1e-6
@@ -151,6 +153,7 @@ class IdentityRules:
     max_cluster_size: int
     merge: tuple[tuple[str, ...], ...]
     split: tuple[str, ...]
+    model: scoring.MatchModel | None = None  # the scored matcher, whose matches link after every rule
 
     @classmethod
     def from_spec(cls, spec: Any) -> IdentityRules:
@@ -168,18 +171,27 @@ class IdentityRules:
         both = sorted({ref for group in merge for ref in group} & set(split))
         if both:
             raise ValueError(f"identity manual overrides: {both[0]!r} is listed in both merge and split")
-        return cls(rules, max_size, merge, split)
+        model = _get(spec, "model")
+        model = None if model is None else scoring.MatchModel.from_spec(
+            model.model_dump() if hasattr(model, "model_dump") else model)
+        return cls(rules, max_size, merge, split, model)
+
+    @property
+    def model_strength(self) -> int:
+        """The strength of the scored matcher's links: after every rule (rule k has strength k)."""
+        return len(self.rules)
 
     @property
     def crosswalk_strength(self) -> int:
-        """The strength of a link kept from the last run: after every rule (rule k has strength k)."""
-        return len(self.rules)
+        """The strength of a link kept from the last run: after every rule and the scored matcher."""
+        return len(self.rules) + (self.model is not None)
 
     def fields(self, columns: Sequence[str]) -> set[str]:
-        """Record columns the rules read (a derived blocking key counts as the column it derives from)."""
+        """Record columns the rules and the model read (a derived blocking key counts as the column it derives
+        from)."""
         return {c.field for rule in self.rules for c in rule.conditions} | {
             _blocking_source(rule, key, columns)[0] for rule in self.rules for key in rule.blocking_keys()
-        }
+        } | (self.model.fields() if self.model else set())
 
 
 def _as_group(group: Any) -> Sequence[Any]:
@@ -495,24 +507,27 @@ class _Report:
     skipped: list[dict[str, Any]]
     guarded_components: int = 0
     sticky_links: int = 0
+    model: dict[str, Any] | None = None  # the scored matcher's parameters, matches and review band
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "merged_ids": self.merged_ids, "split_ids": self.split_ids, "unknown_refs": self.unknown_refs,
             "skipped": self.skipped, "guarded_components": self.guarded_components,
-            "sticky_links": self.sticky_links,
+            "sticky_links": self.sticky_links, "model": self.model,
         }
 
 
 class _Resolver:
     """One run over one frame; positions are rows sorted by ref so every tie breaks the same way."""
 
-    def __init__(self, refs: pa.Array, compared: dict[str, _Compared], spec: IdentityRules, max_block_size: int):
+    def __init__(self, refs: pa.Array, compared: dict[str, _Compared], spec: IdentityRules, max_block_size: int,
+                 parameters: scoring.Parameters | None = None):
         self.refs = refs
         self.ref_codes = np.r_[0, np.cumsum(_flags(pc.not_equal(refs[1:], refs[:-1])))].astype(np.int64)  # sorted
         self.compared = compared
         self.spec = spec
         self.max_block_size = max_block_size
+        self.parameters = parameters
         self.report = _Report({}, {}, [], [])
 
     def _skip(self, rule: Rule, key: str, members: np.ndarray, reason: str) -> None:
@@ -564,6 +579,31 @@ class _Resolver:
                 codes[members] = -1
         return _Groups.of(codes).pairs()
 
+    def model_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs (i < j) the scored matcher weighs at or above its match threshold, with the parameters given or,
+        without them, estimated on these records; the review band and the blocks left out go in the report."""
+        model = self.spec.model
+        blocked = scoring.block(model, self.compared)
+        parameters = self.parameters or scoring.estimate(model, self.compared, blocked)
+        scored = scoring.score(model, parameters, self.compared, blocked)
+        for skipped in blocked.skipped:
+            self.report.skipped.append({"rule": "model", "key": skipped["blocking"], "size": skipped["size"],
+                                        "example_ref": self.refs[skipped["example"]].as_py(),
+                                        "reason": "block too large", "pairs": skipped["pairs"]})
+        review = np.flatnonzero(scored.review)
+        review = review[np.argsort(-scored.weight[review], kind="stable")]
+        self.report.model = {
+            "parameters": parameters.as_dict(model), "trained": self.parameters is None,
+            "candidate_pairs": len(scored.left), "matches": int(scored.match.sum()), "review_pairs": len(review),
+            "uncompared_pairs": blocked.uncompared_pairs,
+            "review": [{"left": self.refs[int(scored.left[k])].as_py(),
+                        "right": self.refs[int(scored.right[k])].as_py(),
+                        "weight": round(float(scored.weight[k]), 3),
+                        "probability": round(float(scoring.probability(scored.weight[k])), 6)} for k in review],
+        }
+        self.report.model["review_samples"] = self.report.model["review"][:REVIEW_SAMPLES]
+        return scored.left[scored.match], scored.right[scored.match]
+
     def crosswalk_pairs(self, previous_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pairs (i < j) of refs that shared an entity id on the last run, one position per ref.
 
@@ -579,14 +619,16 @@ class _Resolver:
         return np.concatenate([left, *(m[:-1] for m in chains)]), np.concatenate([right, *(m[1:] for m in chains)])
 
     def edges(self, split_positions: np.ndarray, previous_ids: np.ndarray) -> pd.DataFrame:
-        """All links: same-ref pairs first (strength -1), then each rule by its position (0 strongest), then
-        crosswalk links (`IdentityRules.crosswalk_strength`, weaker than every rule).
+        """All links: same-ref pairs first (strength -1), then each rule by its position (0 strongest), then the
+        scored matcher's, then crosswalk links (`IdentityRules.crosswalk_strength`, weaker than every rule).
 
         Links touching a manually split record are dropped, except same-ref pairs.
         """
         same_ref = np.flatnonzero(self.ref_codes[1:] == self.ref_codes[:-1])
         lefts, rights, strengths = [same_ref], [same_ref + 1], [np.full(len(same_ref), -1, dtype=np.int64)]
         linked = [self._unvetoed(rule, *self.rule_pairs(rule)) for rule in self.spec.rules]
+        if self.spec.model is not None:
+            linked.append(self.model_pairs())
         linked.append(self.crosswalk_pairs(previous_ids))
         is_split = np.zeros(len(self.refs), dtype=bool)
         is_split[split_positions] = True
@@ -639,7 +681,8 @@ class _ChainGuard:
     together.
     """
 
-    def __init__(self, rules: IdentityRules, compared: Mapping[str, _Compared], ref_codes: np.ndarray):
+    def __init__(self, rules: IdentityRules, compared: Mapping[str, _Compared], ref_codes: np.ndarray,
+                 apart: np.ndarray | None = None):
         thresholds: dict[tuple[str, str], float] = {}
         for rule in rules.rules:
             for c in rule.fuzzy:
@@ -656,9 +699,19 @@ class _ChainGuard:
         self.crosswalk_strength = rules.crosswalk_strength
         self.values = {check.condition.field: compared[check.condition.field].values for check in self.checks}
         self.ref_codes = ref_codes
+        # pairs of ref codes a steward rejected (``apart_keys``): always clearly different
+        self.apart = np.unique(apart) if apart is not None else np.empty(0, np.int64)
+
+    def apart_keys(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Whether each pair of positions is a pair of refs a steward kept apart."""
+        a, b = self.ref_codes[left], self.ref_codes[right]
+        width = int(self.ref_codes.max()) + 1 if len(self.ref_codes) else 1
+        return np.isin(np.minimum(a, b) * width + np.maximum(a, b), self.apart)
 
     def differ(self, a: int, b: int) -> bool:
         """Whether two records are clearly different (one pair; see `contradicting` for many)."""
+        if len(self.apart) and self.apart_keys(np.array([a]), np.array([b]))[0]:
+            return True
         for check in self.checks:
             column = self.values[check.condition.field]
             left, right = column[a], column[b]
@@ -671,7 +724,7 @@ class _ChainGuard:
     def contradicting(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Which pairs are clearly different records (vectorized; the few low scores are then checked one
         by one for nicknames)."""
-        conflict = np.zeros(len(left), dtype=bool)
+        conflict = self.apart_keys(left, right) if len(self.apart) else np.zeros(len(left), dtype=bool)
         for check in self.checks:
             column = self.values[check.condition.field]
             both = np.flatnonzero((column[left] != None) & (column[right] != None))  # noqa: E711
@@ -763,6 +816,21 @@ class _ChainGuard:
         return {p: root(p) for p in parent}
 
 
+def _rejected(decisions: Sequence[tuple[str, str, str]], positions_of: Callable[[str], np.ndarray],
+              ref_codes: np.ndarray) -> np.ndarray:
+    """The pairs of ref codes rejected by a steward, as the chain guard's keys."""
+    width = int(ref_codes.max()) + 1 if len(ref_codes) else 1
+    keys = []
+    for decision, left, right in decisions:
+        if decision not in ("accept", "reject"):
+            raise ValueError(f"identity decision {decision!r} on {left} and {right}: use accept or reject")
+        a, b = positions_of(left), positions_of(right)
+        if decision == "reject" and len(a) and len(b):
+            x, y = int(ref_codes[a[0]]), int(ref_codes[b[0]])
+            keys.append(min(x, y) * width + max(x, y))
+    return np.array(keys, dtype=np.int64)
+
+
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
@@ -833,6 +901,10 @@ def _blank(texts: pa.Array) -> np.ndarray:
 
 
 def _check_fields(records: pd.DataFrame, spec: IdentityRules) -> None:
+    missing = sorted(spec.model.fields() - set(records.columns)) if spec.model else []
+    if missing:
+        raise ValueError(f"the identity model reads field(s) {missing}, which the records lack "
+                         f"(columns: {sorted(map(str, records.columns))})")
     for rule in spec.rules:
         needed = [c.field for c in rule.conditions]
         needed += [_blocking_source(rule, key, list(records.columns))[0] for key in rule.blocking_keys()]
@@ -919,9 +991,16 @@ def resolve_entities(
     crosswalk: pd.DataFrame | None = None,
     *,
     max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
+    parameters: scoring.Parameters | Mapping[str, Any] | None = None,
+    decisions: Sequence[tuple[str, str, str]] = (),
 ) -> pd.Series:
-    """Cluster records into entities; see `sync_pipelines.resolve` for the contract."""
+    """Cluster records into entities; see `sync_pipelines.resolve` for the contract. ``parameters``: the scored
+    matcher's, as trained (``Parameters.as_dict`` read back too); estimated on these records when None.
+    ``decisions``: a steward's (``accept`` or ``reject``, left ref, right ref) on reviewed pairs: an accepted pair
+    joins like a manual merge, a rejected one is never linked, directly or through others."""
     spec = IdentityRules.from_spec(rules)
+    if isinstance(parameters, Mapping):
+        parameters = scoring.Parameters.from_dict(spec.model, parameters)
     if isinstance(max_block_size, bool) or not isinstance(max_block_size, int) or max_block_size < 2:
         raise ValueError(f"max_block_size must be an integer of at least 2, got {max_block_size!r}")
     if not isinstance(records, pd.DataFrame):
@@ -937,7 +1016,7 @@ def resolve_entities(
     order = _ref_order(sources, source_ids)
     refs = _joined_refs(sources, source_ids).take(order)
     compared = {field: _Compared.of(records[field]).take(order) for field in spec.fields(columns)}
-    resolver = _Resolver(refs, compared, spec, max_block_size)
+    resolver = _Resolver(refs, compared, spec, max_block_size, parameters)
     report = resolver.report
 
     def positions_of(ref: str) -> np.ndarray:
@@ -949,14 +1028,18 @@ def resolve_entities(
     split_positions = np.concatenate([positions_of(ref) for ref in spec.split] or [np.empty(0, np.int64)])
     previous_ids = _previous_ids(refs, crosswalk)
     edges = resolver.edges(split_positions, previous_ids)
+    apart = _rejected(decisions, positions_of, resolver.ref_codes)
+    guard = _ChainGuard(spec, compared, resolver.ref_codes, apart)
+    if len(apart):  # a rejected pair's own links go; links through others the guard breaks
+        edges = edges[~guard.apart_keys(edges["i"].to_numpy(), edges["j"].to_numpy())]
     labels = _components(len(refs), edges["i"].to_numpy(), edges["j"].to_numpy())
 
-    guard = _ChainGuard(spec, compared, resolver.ref_codes)
     labels, report.guarded_components = guard.rebuild(labels, edges)
     report.sticky_links = _held_only_by_crosswalk(labels, guard.direct_matches(edges))
 
     merge_left, merge_right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    for group in spec.merge:
+    accepted = [(left, right) for decision, left, right in decisions if decision == "accept"]
+    for group in (*spec.merge, *accepted):
         found = np.concatenate([positions_of(ref) for ref in group] or [np.empty(0, np.int64)])
         merge_left.append(np.full(max(len(found) - 1, 0), labels[found[0]] if len(found) else 0))
         merge_right.append(labels[found[1:]])
@@ -976,6 +1059,35 @@ def resolve_entities(
     result = pd.Series(ids.take(label_of_row), index=records.index, name=ENTITY_ID)
     result.attrs[REPORT_ATTR] = report.as_dict()
     return result
+
+
+def _model_inputs(records: pd.DataFrame, rules: Any) -> tuple[scoring.MatchModel, dict[str, _Compared]]:
+    spec = IdentityRules.from_spec(rules)
+    if spec.model is None:
+        raise ValueError("the identity section declares no model: add identity.<entity>.model (docs/matching.md)")
+    _check_fields(records, spec)
+    return spec.model, {f: _Compared.of(records[f]) for f in sorted(spec.model.fields())}
+
+
+def train_model(records: pd.DataFrame, rules: Any) -> dict[str, Any]:
+    """The scored matcher's parameters estimated on ``records``, as ``resolve_entities`` reads them back."""
+    model, compared = _model_inputs(records, rules)
+    return scoring.estimate(model, compared).as_dict(model)
+
+
+def explain_pair(records: pd.DataFrame, rules: Any, parameters: Mapping[str, Any], left: str, right: str
+                 ) -> pd.DataFrame:
+    """The scored matcher's waterfall (``scoring.explain``) of the records ``left`` and ``right`` (refs
+    ``tool:source_id``) among ``records``, with their values in the comparison form resolution scores."""
+    model, compared = _model_inputs(records, rules)
+    refs = _joined_refs(*_record_keys(records, "records")).to_pylist()
+    position = {ref: i for i, ref in reversed(list(enumerate(refs)))}
+    unknown = [ref for ref in (left, right) if ref not in position]
+    if unknown:
+        raise ValueError(f"no staged record {', '.join(map(repr, unknown))}; a ref is tool:source_id, e.g. "
+                         f"{refs[0] if refs else 'hubspot:101'!r}")
+    return scoring.explain(model, scoring.Parameters.from_dict(model, parameters), compared, position[left],
+                           position[right])
 
 
 def build_crosswalk(records: pd.DataFrame, clusters: pd.Series) -> pd.DataFrame:
@@ -1064,9 +1176,22 @@ def block_neighbors(records: pd.DataFrame, touched: np.ndarray | Mapping[str, np
             if rule.fuzzy:
                 near[_fuzzy_matches(codes, starts, rule, values)] = True
             else:
-                shared = np.unique(codes[starts & (codes >= 0)])
-                near |= (codes >= 0) & np.isin(codes, shared)
+                near |= _sharing(codes, starts)
+    if spec.model is not None:  # the model compares only records that share a blocking entry's keys
+        read = spec.model.fields()
+        starts = np.asarray(touched, dtype=bool) if per_field is None else np.logical_or.reduce(
+            [np.asarray(per_field.get(f, none), dtype=bool) for f in read])
+        if starts.any():
+            compared = {f: _Compared.of(records[f]) for f in read}
+            for keys in spec.model.blocking:
+                near |= _sharing(scoring.key_codes(compared, keys), starts)
     return near
+
+
+def _sharing(codes: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The records whose code (>= 0) one of the ``starts`` holds."""
+    shared = np.unique(codes[starts & (codes >= 0)])
+    return (codes >= 0) & np.isin(codes, shared)
 
 
 _MAX_NEIGHBOUR_PAIRS = 5_000_000  # beyond this, whole candidate groups are taken instead of scoring pairs

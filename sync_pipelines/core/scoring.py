@@ -39,8 +39,9 @@ SIMILARITIES: dict[str, Callable[..., float]] = {
 }
 LEVEL_KINDS = (EXACT, GIVEN_NAME, *SIMILARITIES, WITHIN_DAYS, SWAPPED_WITH)
 _WITHOUT_THRESHOLD = (EXACT, GIVEN_NAME)
-DEFAULT_SAMPLE_PAIRS = 1_000_000
+DEFAULT_SAMPLE_PAIRS = 300_000  # enough for levels rarer than 1 in 1,000 to be seen hundreds of times
 DEFAULT_MAX_BLOCK_SIZE = 5_000
+MAX_FREQUENCIES = 10_000  # values whose term frequency is stored per comparison, the commonest first
 EM_ITERATIONS = 50
 EM_TOLERANCE = 1e-5
 SMOOTHING = 1e-6  # keeps every probability off 0 and 1, so every weight is finite
@@ -48,7 +49,15 @@ _SCORE_SLACK = 1e-6  # rapidfuzz scores are float32: a pair scoring the threshol
 
 
 class SpecError(ValueError):
-    """A model section that cannot be used; the message names its key path."""
+    """A model section that cannot be used; the message starts with its key path."""
+
+    @property
+    def path(self) -> str:
+        return str(self).split(": ", 1)[0]
+
+    @property
+    def problem(self) -> str:
+        return str(self).split(": ", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -283,7 +292,7 @@ class Blocked:
         return sum(s["pairs"] for s in self.skipped)
 
 
-def _key_codes(values: Mapping[str, Values], keys: Sequence[str]) -> np.ndarray:
+def key_codes(values: Mapping[str, Values], keys: Sequence[str]) -> np.ndarray:
     """One code per distinct combination of the keys' values; -1 where any is missing."""
     combined = np.zeros(len(next(iter(values.values())).codes), dtype=np.int64)
     valid = np.ones(len(combined), dtype=bool)
@@ -324,7 +333,7 @@ def block(model: MatchModel, values: Mapping[str, Values]) -> Blocked:
     by_key = []
     skipped: list[dict[str, Any]] = []
     for position, keys in enumerate(model.blocking):
-        codes = _key_codes(values, keys)
+        codes = key_codes(values, keys)
         splits = [model.blocking[(position + k) % len(model.blocking)] for k in range(1, len(model.blocking))]
         used = [keys]
         for further in [*splits, None]:
@@ -337,10 +346,10 @@ def block(model: MatchModel, values: Mapping[str, Values]) -> Blocked:
                 for code in large:
                     size = int(sizes[code])
                     skipped.append({"blocking": "+".join(k for keys in used for k in keys), "size": size,
-                                    "pairs": size * (size - 1) // 2})
+                                    "pairs": size * (size - 1) // 2, "example": int(np.argmax(codes == code))})
                 codes[is_large] = -1
                 break
-            finer = _key_codes(values, [*[k for keys in used for k in keys], *further])
+            finer = key_codes(values, [*[k for keys in used for k in keys], *further])
             codes = np.where(is_large, np.where(finer >= 0, finer + codes.max() + 1, -1), codes)
             codes = np.where(codes >= 0, pd.factorize(codes)[0], -1)
             used.append(further)
@@ -352,25 +361,25 @@ def block(model: MatchModel, values: Mapping[str, Values]) -> Blocked:
 # ------------------------------------------------------------------------------------------- levels
 
 
-def _similarities(column: Values, left: np.ndarray, right: np.ndarray, kind: str) -> np.ndarray:
-    """The similarity of each pair's values, each distinct pair of values scored once."""
+def _similarities(column: Values, left: np.ndarray, right: np.ndarray, kind: str, cutoff: float) -> np.ndarray:
+    """The similarity of each pair's values, each distinct pair of values scored once (0 below ``cutoff``, which
+    lets the scorer stop early)."""
     width = len(column.distinct) + 1
     a, b = column.codes[left], column.codes[right]
-    key = np.minimum(a, b) * width + np.maximum(a, b)
-    distinct, inverse = np.unique(key, return_inverse=True)
+    inverse, distinct = pd.factorize(np.minimum(a, b) * width + np.maximum(a, b))
     first, second = distinct // width, distinct % width
     scores = process.cpdist(column.distinct[first].tolist(), column.distinct[second].tolist(),
-                            scorer=SIMILARITIES[kind], workers=-1)
-    return np.asarray(scores, dtype=np.float64)[inverse.ravel()]
+                            scorer=SIMILARITIES[kind], score_cutoff=max(cutoff - _SCORE_SLACK, 0.0), workers=-1)
+    return np.asarray(scores, dtype=np.float64)[inverse]
 
 
 def _given_names(column: Values, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Whether each pair of value codes are given names of one person; each distinct pair judged once."""
     width = len(column.distinct) + 1
-    distinct, inverse = np.unique(a * width + b, return_inverse=True)
+    inverse, distinct = pd.factorize(np.minimum(a, b) * width + np.maximum(a, b))
     judged = np.array([given_names_compatible(column.distinct[x], column.distinct[y])
                        for x, y in zip((distinct // width).tolist(), (distinct % width).tolist())], dtype=bool)
-    return judged[inverse.ravel()]
+    return judged[inverse]
 
 
 def _swapped(column: Values, other: Values, left: np.ndarray, right: np.ndarray, pending: np.ndarray) -> np.ndarray:
@@ -420,10 +429,12 @@ def levels(model: MatchModel, values: Mapping[str, Values], left: np.ndarray, ri
                 apart = np.abs(days[np.maximum(a, 0)] - days[np.maximum(b, 0)])
                 holds = apart <= spec.threshold  # NaN (no date) never holds
             else:
-                if spec.kind not in scores:
+                if spec.kind not in scores:  # once per kind, for the pairs no stricter level took, at its lowest
                     scores[spec.kind] = np.zeros(len(left))
-                    if present.any():
-                        scores[spec.kind][present] = _similarities(column, left[present], right[present], spec.kind)
+                    if undecided.any():
+                        lowest = min(x.threshold for x in comparison.levels if x.kind == spec.kind)
+                        scores[spec.kind][undecided] = _similarities(column, left[undecided], right[undecided],
+                                                                     spec.kind, lowest)
                 holds = scores[spec.kind] >= spec.threshold - _SCORE_SLACK
             hit = undecided & holds
             level[hit] = number
@@ -445,15 +456,55 @@ class Parameters:
     u: list[np.ndarray]
     prior: float
     estimated: list[bool]
+    # per comparison with term_frequency: the trained shares of its commonest values, and the share any other
+    # value is given (the rarest kept): a run on part of the records weighs a value as the training did
+    frequencies: list[Frequencies | None] = field(default_factory=list)
 
     def weights(self) -> list[np.ndarray]:
         """log2(m / u) per comparison and level."""
         return [np.log2(m / u) for m, u in zip(self.m, self.u)]
 
     def as_dict(self, model: MatchModel) -> dict[str, Any]:
+        """Plain JSON, which ``from_dict`` reads back exactly."""
+        frequencies = self.frequencies or [None] * len(model.comparisons)
         return {"prior": self.prior, "comparisons": {
-            c.field: {"levels": c.labels, "m": m.round(6).tolist(), "u": u.round(9).tolist(), "m_estimated": e}
-            for c, m, u, e in zip(model.comparisons, self.m, self.u, self.estimated)}}
+            c.field: {"levels": c.labels, "m": m.tolist(), "u": u.tolist(), "m_estimated": e,
+                      **({"term_frequencies": {"shares": f.shares, "floor": f.floor}} if f else {})}
+            for c, m, u, e, f in zip(model.comparisons, self.m, self.u, self.estimated, frequencies)}}
+
+    @classmethod
+    def from_dict(cls, model: MatchModel, data: Mapping[str, Any]) -> Parameters:
+        """Parameters stored by ``as_dict``; refused (ValueError) when they were trained for other comparisons."""
+        stored = data.get("comparisons") or {}
+        if [c.field for c in model.comparisons] != list(stored) or any(
+                stored[c.field].get("levels") != c.labels for c in model.comparisons):
+            raise ValueError("the stored parameters were trained for other comparisons or levels: train again")
+        fields = [stored[c.field] for c in model.comparisons]
+        return cls([np.asarray(f["m"], dtype=np.float64) for f in fields],
+                   [np.asarray(f["u"], dtype=np.float64) for f in fields], float(data["prior"]),
+                   [bool(f.get("m_estimated")) for f in fields],
+                   [Frequencies(f["term_frequencies"]["shares"], f["term_frequencies"]["floor"])
+                    if "term_frequencies" in f else None for f in fields])
+
+
+@dataclass(frozen=True)
+class Frequencies:
+    shares: dict[str, float]  # value (comparison form) -> its share of the records holding one
+    floor: float  # the share of a value not listed
+
+    @classmethod
+    def of(cls, column: Values) -> Frequencies:
+        codes = column.codes
+        counts = np.bincount(codes[codes >= 0], minlength=len(column.distinct))
+        shares = counts / max(int(counts.sum()), 1)
+        kept = np.argsort(-shares, kind="stable")[:MAX_FREQUENCIES]
+        kept = kept[shares[kept] > 0]
+        floor = float(shares[kept].min()) if len(kept) < len(shares) and len(kept) else 1.0 / max(len(codes), 1)
+        return cls({str(column.distinct[k]): float(shares[k]) for k in kept}, floor)
+
+    def of_codes(self, column: Values) -> np.ndarray:
+        """Each distinct value's share, ``floor`` for those not listed."""
+        return pd.Series(column.distinct, dtype=object).map(self.shares).fillna(self.floor).to_numpy(np.float64)
 
 
 def _distribution(observed: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -570,30 +621,26 @@ def estimate(model: MatchModel, values: Mapping[str, Values], blocked: Blocked |
         share = updated
     total = max(n * (n - 1) // 2, 1)
     prior = float(np.clip(share * len(blocked.left) / total, SMOOTHING / total, 1 - SMOOTHING))
-    return Parameters(m, u, prior, [bool(f) for f in found])
+    return Parameters(m, u, prior, [bool(f) for f in found],
+                      [Frequencies.of(values[c.field]) if c.term_frequency else None for c in model.comparisons])
 
 
 # ------------------------------------------------------------------------------------------- weights
 
 
-def term_frequencies(model: MatchModel, values: Mapping[str, Values]) -> list[np.ndarray | None]:
-    """Per comparison with ``term_frequency``, each distinct value's share of the records holding one."""
-    out: list[np.ndarray | None] = []
-    for comparison in model.comparisons:
-        if not comparison.term_frequency:
-            out.append(None)
-            continue
-        codes = values[comparison.field].codes
-        counts = np.bincount(codes[codes >= 0], minlength=len(values[comparison.field].distinct))
-        out.append(counts / max(int(counts.sum()), 1))
-    return out
+def term_frequencies(model: MatchModel, params: Parameters, values: Mapping[str, Values]
+                     ) -> list[np.ndarray | None]:
+    """Per comparison with ``term_frequency``, each distinct value's trained share (None for the others)."""
+    trained = params.frequencies or [None] * len(model.comparisons)
+    return [None if not c.term_frequency else (f or Frequencies.of(values[c.field])).of_codes(values[c.field])
+            for c, f in zip(model.comparisons, trained)]
 
 
 def pair_weights(model: MatchModel, params: Parameters, values: Mapping[str, Values], left: np.ndarray,
                  right: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
     """Per pair and comparison, the weight its level adds (0 where missing): pairs × comparisons."""
     observed = levels(model, values, left, right) if observed is None else observed
-    frequencies = term_frequencies(model, values)
+    frequencies = term_frequencies(model, params, values)
     out = np.zeros(observed.shape, dtype=np.float64)
     for c, (weights, comparison) in enumerate(zip(params.weights(), model.comparisons)):
         column = observed[:, c]
@@ -675,5 +722,6 @@ def _value(column: Values, row: int) -> str | None:
 def waterfall_markdown(table: pd.DataFrame) -> str:
     lines = ["| comparison | level | left | right | weight |", "|---|---|---|---|---:|"]
     for row in table.itertuples(index=False):
-        lines.append(f"| {row.comparison} | {row.level} | {row.left or ''} | {row.right or ''} | {row.weight:+.2f} |")
+        left, right = (value if isinstance(value, str) else "" for value in (row.left, row.right))
+        lines.append(f"| {row.comparison} | {row.level} | {left} | {right} | {row.weight:+.2f} |")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ blocking check on them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -12,7 +13,14 @@ import pandas as pd
 from sync_pipelines.core.changes import CONCURRENT_COLUMNS, KEYS, changed_fields, concurrent_edits
 from sync_pipelines.core.quality import SOURCE_COLUMNS, QualityReport, columns_read, validate, volume_check
 from sync_pipelines.core.survive import derive_field_change_times, survivorship, without_clears
-from sync_pipelines.pipeline.common import METADATA, StepMark, entity_streams, identity_fields, table
+from sync_pipelines.pipeline.common import (
+    METADATA,
+    StepMark,
+    entity_streams,
+    identity_fields,
+    stack_fingerprint,
+    table,
+)
 from sync_pipelines.resolve import block_neighbors, build_crosswalk, resolve_entities
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
@@ -26,6 +34,9 @@ FULL_REBUILD_SHARE = 0.3
 LAYOUT = 3
 CLEARS_LAYOUT = 2
 CONCURRENT_TABLE = "concurrent_edits"  # every entity's, for a steward: `sync-pipelines conflicts`
+PARAMETERS_TABLE = "identity_parameters"  # the scored matcher's trained parameters, a version per training
+DECISIONS_TABLE = "identity_decisions"  # a steward's accept or reject of a reviewed pair, every entity's
+DECISIONS = ("accept", "reject")
 
 
 @dataclass
@@ -41,6 +52,9 @@ class Golden:
     reason: str = ""  # why this run rebuilt everything, or what it rebuilt
     # fields two tools changed differently since the last run (changes.concurrent_edits)
     concurrent: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONCURRENT_COLUMNS))
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # blocks too large to compare, by rule and key
+    model: dict[str, Any] | None = None  # the scored matcher's figures this run (``resolve`` report)
+    parameters_version: int | None = None  # of the scored matcher's trained parameters used
 
 
 def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields: list[str]) -> pd.DataFrame:
@@ -70,13 +84,85 @@ def _golden_tables(entity: str) -> dict[str, str]:
     return {kind: table(kind, entity) for kind in ("golden", "crosswalk", "provenance", "field_state")}
 
 
+@dataclass(frozen=True)
+class Trained:
+    """The latest parameters trained for an entity's scored matcher, for the model as it is now declared."""
+
+    version: int
+    parameters: dict[str, Any]
+    trained_at: Any
+    records: int
+
+
+def model_fingerprint(stack: Stack, entity: str) -> str:
+    return stack_fingerprint(stack.identity[entity].model)
+
+
+def trained_parameters(stack: Stack, warehouse: Warehouse, entity: str) -> Trained | None:
+    """None when the entity declares no model, or none was trained for the model as declared."""
+    if stack.identity[entity].model is None or not warehouse.has_table(PARAMETERS_TABLE):
+        return None
+    rows = warehouse.read_where_in(PARAMETERS_TABLE, "entity", [entity])
+    rows = rows[rows["fingerprint"] == model_fingerprint(stack, entity)]
+    if rows.empty:
+        return None
+    latest = rows.sort_values("version").iloc[-1]
+    return Trained(int(latest["version"]), json.loads(latest["parameters"]), latest["trained_at"],
+                   int(latest["records"]))
+
+
+def next_version(warehouse: Warehouse, entity: str) -> int:
+    if not warehouse.has_table(PARAMETERS_TABLE):
+        return 1
+    stored = warehouse.read_where_in(PARAMETERS_TABLE, "entity", [entity], ["version"])
+    return int(stored["version"].max()) + 1 if len(stored) else 1
+
+
+def store_parameters(warehouse: Warehouse, conn, stack: Stack, entity: str, version: int,
+                     parameters: dict[str, Any], records: int, now: datetime) -> None:
+    """A new version of the entity's trained parameters; older ones stay, as history."""
+    warehouse.insert(conn, PARAMETERS_TABLE, pd.DataFrame([{
+        "entity": entity, "version": version, "fingerprint": model_fingerprint(stack, entity), "trained_at": now,
+        "records": records, "parameters": json.dumps(parameters)}]), index=("entity",))
+
+
+def decisions(warehouse: Warehouse, entity: str) -> pd.DataFrame:
+    """The steward's decisions on the entity's pairs, the latest per pair, in the order they were taken."""
+    columns = ["entity", "left_ref", "right_ref", "decision", "decided_by", "decided_at"]
+    if not warehouse.has_table(DECISIONS_TABLE):
+        return pd.DataFrame(columns=columns)
+    rows = warehouse.read_where_in(DECISIONS_TABLE, "entity", [entity]).sort_values("decided_at", kind="stable")
+    pair = rows[["left_ref", "right_ref"]].apply(lambda r: tuple(sorted(r)), axis=1) if len(rows) else []
+    return rows.assign(_pair=pair).drop_duplicates("_pair", keep="last").drop(columns="_pair")[columns]
+
+
+def decide(warehouse: Warehouse, entity: str, decision: str, left: str, right: str, by: str,
+           now: datetime | None = None) -> None:
+    """Store a steward's decision on a pair; the next golden run of the entity applies it (and every one after)."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision {decision!r}: use one of {', '.join(DECISIONS)}")
+    if left == right:
+        raise ValueError(f"a decision needs two records, got {left!r} twice")
+    with warehouse.transaction() as conn:
+        warehouse.insert(conn, DECISIONS_TABLE, pd.DataFrame([{
+            "entity": entity, "left_ref": left, "right_ref": right, "decision": decision, "decided_by": by,
+            "decided_at": now or datetime.now(timezone.utc)}]), index=("entity",))
+
+
 def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFrame, crosswalk: pd.DataFrame | None,
-             field_state: pd.DataFrame | None, now: datetime, older_layout: bool):
+             field_state: pd.DataFrame | None, now: datetime, older_layout: bool,
+             trained: Trained | None = None, decided: pd.DataFrame | None = None):
     """Resolve ``records`` into entities and survive one golden record each: the work of full and incremental
     runs alike, on all staged records or on the part a change can reach. A field state of an ``older_layout``
-    cannot tell clears from gaps: its empty values are all taken for gaps."""
+    cannot tell clears from gaps: its empty values are all taken for gaps. Without ``trained`` parameters, a
+    declared model is trained on ``records`` (all of them: only a full run comes here without)."""
     fields = list(stack.entities[entity].fields)
-    clusters = resolve_entities(records, stack.identity[entity], crosswalk=crosswalk)
+    refs = set((records["_source"].astype(str) + ":" + records["_source_id"].astype(str)).tolist())
+    held = [] if decided is None else [  # those naming records outside an incremental run's scope wait for theirs
+        (row.decision, row.left_ref, row.right_ref) for row in decided.itertuples()
+        if row.left_ref in refs and row.right_ref in refs]
+    clusters = resolve_entities(records, stack.identity[entity], crosswalk=crosswalk,
+                                parameters=trained.parameters if trained else None, decisions=held)
     if older_layout and field_state is not None:
         field_state = without_clears(field_state, fields)
     state = derive_field_change_times(field_state, records, fields, extracted_at=now)
@@ -101,12 +187,20 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     now = now or datetime.now(timezone.utc)
     tables = _golden_tables(entity)
     staged_table, log_table, name = table("staged", entity), table("staged_changes", entity), f"golden_{entity}"
+    trained = trained_parameters(stack, warehouse, entity)
+    untrained = stack.identity[entity].model is not None and trained is None
+    version = next_version(warehouse, entity) if untrained else trained.version if trained else None
+    decided = decisions(warehouse, entity)
+    # a new training or a steward's decision changes the matches: both are part of what the results depend on
     mark = StepMark.read(warehouse, name, (LAYOUT, list(stack.entities[entity].fields), stack.identity[entity],
-                                           stack.survivorship[entity]), keeps=[tables["golden"]])
+                                           stack.survivorship[entity], version,
+                                           decided[["left_ref", "right_ref", "decision"]].values.tolist()),
+                         keeps=[tables["golden"]])
     older_layout = mark.stored is not None and (mark.stored.get("layout") or 1) < CLEARS_LAYOUT
     log, last_batch = mark.log_since(warehouse, log_table)
     staged_rows = warehouse.count(staged_table)
-    reason = _rebuild_reason(mark, log, staged_rows)
+    reason = "the identity model has no trained parameters: trained on every staged record" if untrained else \
+        _rebuild_reason(mark, log, staged_rows)
     full = reason is not None
     if not full and log.empty:
         live, deleted = _counts(warehouse, tables["golden"])
@@ -119,7 +213,8 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     if not full:
         records = warehouse.read_keys(staged_table, scope.keys)
         clusters, state, result = _survive(stack, warehouse, entity, records, scope.crosswalk,
-                                           warehouse.read_keys(tables["field_state"], scope.keys), now, older_layout)
+                                           warehouse.read_keys(tables["field_state"], scope.keys), now, older_layout,
+                                           trained, decided)
         fresh = set(clusters) - scope.entity_ids
         # a new id equal to one outside the scope (a hash of a record that left that entity) would merge two
         # entities' rows: rebuild everything instead (rare)
@@ -129,7 +224,8 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         records = warehouse.read_table(staged_table)
         stored = warehouse.read_if_exists(tables["crosswalk"])
         clusters, state, result = _survive(stack, warehouse, entity, records, stored,
-                                           warehouse.read_if_exists(tables["field_state"]), now, older_layout)
+                                           warehouse.read_if_exists(tables["field_state"]), now, older_layout,
+                                           trained, decided)
     else:
         stored = scope.crosswalk
     golden = result.golden.reset_index().assign(_deleted=False, _deleted_at=pd.NaT)
@@ -141,7 +237,13 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         crosswalk = pd.concat([crosswalk, gone.crosswalk[crosswalk.columns]], ignore_index=True)
         provenance = pd.concat([provenance, gone.provenance[provenance.columns]], ignore_index=True)
     concurrent = concurrent_edits(result.conflicts, (mark.stored or {}).get("decided_at"))
+    resolution = clusters.attrs.get("resolution", {})
     with warehouse.transaction() as conn:
+        if untrained:
+            store_parameters(warehouse, conn, stack, entity, version, resolution["model"]["parameters"],
+                             len(records), now)
+        if resolution.get("model") is not None:
+            _store_review(warehouse, conn, entity, resolution["model"]["review"], full, records, now)
         if full:
             changed_ids = None
             warehouse.replace_within(conn, tables["golden"], golden, index=("entity_id",))
@@ -168,9 +270,37 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         mark.commit(warehouse, conn, batch=last_batch, layout=LAYOUT, decided_at=now.isoformat())
         warehouse.prune_log(conn, log_table, last_batch)  # the golden step is its only reader
     live, deleted = _counts(warehouse, tables["golden"])
-    return Golden(entity, staged_rows, live, len(result.conflicts), deleted,
-                  clusters.attrs.get("resolution", {}).get("merged_ids", {}), changed_ids=changed_ids,
-                  resolved=len(records), reason=reason, concurrent=concurrent)
+    return Golden(entity, staged_rows, live, len(result.conflicts), deleted, resolution.get("merged_ids", {}),
+                  changed_ids=changed_ids, resolved=len(records), reason=reason, concurrent=concurrent,
+                  skipped=resolution.get("skipped", []), model=resolution.get("model"), parameters_version=version)
+
+
+def _store_review(warehouse: Warehouse, conn, entity: str, review: list[dict[str, Any]], full: bool,
+                  records: pd.DataFrame, now: datetime) -> None:
+    """The pairs in the scored matcher's review band: all of them after a full run; after an incremental one,
+    those of the records it resolved again replace theirs."""
+    frame = pd.DataFrame(review, columns=["left", "right", "weight", "probability"]).rename(
+        columns={"left": "left_ref", "right": "right_ref"}).assign(found_at=now)
+    frame["found_at"] = pd.to_datetime(frame["found_at"], utc=True)
+    name = table("review_pairs", entity)
+    if full:
+        warehouse.replace_within(conn, name, frame, index=("left_ref",))
+        return
+    refs = (records["_source"].astype(str) + ":" + records["_source_id"].astype(str)).unique()
+    for side in ("left_ref", "right_ref"):
+        warehouse.delete_where_in(conn, name, side, refs)
+    warehouse.insert(conn, name, frame, index=("left_ref",))
+
+
+def review_pairs(warehouse: Warehouse, entity: str) -> pd.DataFrame:
+    """The review band's pairs a steward has not decided on, the likeliest first."""
+    stored = warehouse.read_if_exists(table("review_pairs", entity))
+    if stored is None:
+        return pd.DataFrame(columns=["left_ref", "right_ref", "weight", "probability", "found_at"])
+    decided = decisions(warehouse, entity)
+    done = {tuple(sorted(pair)) for pair in decided[["left_ref", "right_ref"]].values.tolist()}
+    pending = [tuple(sorted(pair)) not in done for pair in stored[["left_ref", "right_ref"]].values.tolist()]
+    return stored[pending].sort_values("weight", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def _counts(warehouse: Warehouse, golden_table: str) -> tuple[int, int]:

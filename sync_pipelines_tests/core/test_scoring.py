@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,7 +50,9 @@ def test_blocking_unites_the_keys_pairs_and_counts_what_a_too_large_block_leaves
     assert {(a, b) for a in smiths for b in smiths if a < b} | {(4, 5)} == pairs
     tight = scoring.MatchModel.from_spec({**SIMPLE, "blocking": [["last_name"]], "max_block_size": 3})
     left_out = scoring.block(tight, values)
-    assert left_out.skipped == [{"blocking": "last_name", "size": 5, "pairs": 10}]
+    [skipped] = left_out.skipped
+    assert skipped == {"blocking": "last_name", "size": 5, "pairs": 10, "example": skipped["example"]}
+    assert PEOPLE["last_name"].iloc[skipped["example"]] == "Smith"  # a record of the block, to show
     assert left_out.uncompared_pairs == 10 and len(left_out.left) == 1  # only the Okonkwo pair
     # a further key splits the block instead: the Smiths by email, then nothing is left out
     split = scoring.MatchModel.from_spec({**SIMPLE, "blocking": [["last_name"], ["birth_date"]],
@@ -80,6 +84,24 @@ def test_estimated_parameters_separate_matches_from_non_matches():
         assert m[0] > 0.5 and u[0] < 0.1, comparison.field  # an exact agreement is evidence of a match
         assert m[-1] < u[-1], comparison.field  # a disagreement is evidence against
     assert 0 < params.prior < 0.01
+
+
+def test_parameters_read_back_weigh_pairs_as_trained_even_on_part_of_the_records():
+    frame, _ = generate(3000, seed=5)
+    model = scoring.MatchModel.from_spec(MODEL)
+    values = scoring.field_values(frame, model)
+    params = scoring.estimate(model, values)
+    again = scoring.Parameters.from_dict(model, json.loads(json.dumps(params.as_dict(model))))
+    part = frame.iloc[:300].reset_index(drop=True)
+    part_values = scoring.field_values(part, model)
+    left, right = np.arange(0, 150), np.arange(150, 300)
+    # the weights on a part use the trained term frequencies, not the part's own
+    whole_rows = scoring.field_values(frame, model)
+    assert np.allclose(scoring.match_weights(model, again, part_values, left, right),
+                       scoring.match_weights(model, params, whole_rows, left, right))
+    other = scoring.MatchModel.from_spec({**MODEL, "comparisons": MODEL["comparisons"][:2], "correlated": []})
+    with pytest.raises(ValueError, match="train again"):
+        scoring.Parameters.from_dict(other, params.as_dict(model))
 
 
 def test_explain_shows_weights_that_add_up_to_the_score_used():
@@ -130,3 +152,20 @@ def test_a_bad_model_is_refused_with_its_key_path(change, message):
     with pytest.raises(scoring.SpecError) as error:
         scoring.MatchModel.from_spec({**SIMPLE, **change})
     assert message in str(error.value)
+
+
+def test_a_steward_s_decisions_join_or_keep_apart_whatever_the_rules_say():
+    records = pd.DataFrame({
+        "_source": ["crm", "crm", "crm", "desk"],
+        "_source_id": ["1", "2", "3", "9"],
+        "email": ["team@x.io", "team@x.io", "team@x.io", "solo@y.io"],
+        "last_name": ["Ng", "Ng", "Ng", "Park"],
+    })
+    rules = {"rules": [{"name": "same_email", "conditions": [{"field": "email", "method": "exact"}]}]}
+    plain = resolve_entities(records, rules)
+    assert plain.iloc[0] == plain.iloc[1] == plain.iloc[2] != plain.iloc[3]
+    decided = resolve_entities(records, rules, decisions=[("reject", "crm:1", "crm:2"), ("accept", "crm:3", "desk:9")])
+    assert decided.iloc[0] != decided.iloc[1]  # rejected: not even through crm:3, which matches both
+    assert decided.iloc[2] == decided.iloc[3]  # accepted, though no rule matches them
+    with pytest.raises(ValueError, match="use accept or reject"):
+        resolve_entities(records, rules, decisions=[("maybe", "crm:1", "crm:2")])

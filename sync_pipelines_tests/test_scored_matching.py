@@ -55,6 +55,9 @@ def test_a_declared_model_is_trained_once_stored_and_used_by_later_runs(sync, tm
     review = _check(result, "golden_contacts_review")
     assert review.metadata["parameters_version"].value == 1
     assert review.metadata["matches"].value > 0 and review.metadata["candidate_pairs"].value > 0
+    waterfall = review.metadata["likeliest_pair_waterfall"].value
+    assert (waterfall == "none") == (review.metadata["review_pairs"].value == 0)
+    assert waterfall == "none" or "| total |" in waterfall
     assert _check(result, "golden_contacts_blocking").metadata["blocks_not_compared"].value >= 0
     contacts, _ = score(synced.box, synced.stack, synced.warehouse, "contacts", "person", [])
     assert contacts.precision >= 0.99 and contacts.recall >= 0.95  # the rules and the model together

@@ -161,7 +161,8 @@ def _review_metadata(golden) -> dict:
               for p in model.get("review_samples", [])]
     return {"review_pairs": model.get("review_pairs", 0), "matches": model.get("matches", 0),
             "candidate_pairs": model.get("candidate_pairs", 0), "parameters_version": golden.parameters_version,
-            "samples": dg.MetadataValue.md("\n".join(lines) if model.get("review_samples") else "none")}
+            "samples": dg.MetadataValue.md("\n".join(lines) if model.get("review_samples") else "none"),
+            "likeliest_pair_waterfall": dg.MetadataValue.md(golden.waterfall or "none")}
 
 
 def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:

@@ -659,8 +659,18 @@ class _Check:
     compatible: Callable[[str, str], bool] | None
 
     def excused(self, left: str, right: str) -> bool:
-        """Whether two values that score below the threshold are still no contradiction."""
-        return self.compatible is not None and self.compatible(left, right)
+        """Whether two values that score below the threshold are still no contradiction: compatible (nicknames),
+        or, on a fuzzily compared field, one's words ending the other's ("jones" and "frank jones": a tool that
+        keeps the whole name in one field)."""
+        if self.compatible is not None and self.compatible(left, right):
+            return True
+        vetoing = self.condition.method == "levenshtein" and self.condition.threshold >= 1.0  # any difference
+        return not vetoing and _words_end(left, right)
+
+
+def _words_end(left: str, right: str) -> bool:
+    shorter, longer = sorted((left.split(), right.split()), key=len)
+    return len(shorter) < len(longer) and longer[-len(shorter):] == shorter
 
 
 class _ChainGuard:

@@ -21,7 +21,8 @@ from sync_pipelines.pipeline.common import (
     stack_fingerprint,
     table,
 )
-from sync_pipelines.resolve import block_neighbors, build_crosswalk, resolve_entities
+from sync_pipelines.core.scoring import waterfall_markdown
+from sync_pipelines.resolve import block_neighbors, build_crosswalk, explain_pair, resolve_entities
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
@@ -55,6 +56,7 @@ class Golden:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # blocks too large to compare, by rule and key
     model: dict[str, Any] | None = None  # the scored matcher's figures this run (``resolve`` report)
     parameters_version: int | None = None  # of the scored matcher's trained parameters used
+    waterfall: str | None = None  # Markdown: the weights behind the likeliest pair of the review band
 
 
 def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields: list[str]) -> pd.DataFrame:
@@ -272,7 +274,17 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     live, deleted = _counts(warehouse, tables["golden"])
     return Golden(entity, staged_rows, live, len(result.conflicts), deleted, resolution.get("merged_ids", {}),
                   changed_ids=changed_ids, resolved=len(records), reason=reason, concurrent=concurrent,
-                  skipped=resolution.get("skipped", []), model=resolution.get("model"), parameters_version=version)
+                  skipped=resolution.get("skipped", []), model=resolution.get("model"), parameters_version=version,
+                  waterfall=_top_waterfall(stack, entity, records, resolution.get("model")))
+
+
+def _top_waterfall(stack: Stack, entity: str, records: pd.DataFrame, model: dict[str, Any] | None) -> str | None:
+    """The waterfall of the review band's likeliest pair, for the golden asset's metadata."""
+    if not model or not model["review"]:
+        return None
+    top = model["review"][0]
+    table = explain_pair(records, stack.identity[entity], model["parameters"], top["left"], top["right"])
+    return f"{top['left']} and {top['right']}\n\n" + waterfall_markdown(table)
 
 
 def _store_review(warehouse: Warehouse, conn, entity: str, review: list[dict[str, Any]], full: bool,

@@ -732,3 +732,20 @@ def test_precision_recall_treats_missing_labels_as_singletons_and_checks_the_ind
 def test_precision_recall_is_near_linear_on_many_records():
     labels = pd.Series(np.arange(200_000) // 2)
     assert pairwise_precision_recall(labels, labels) == (1.0, 1.0)
+
+
+def test_a_whole_name_in_the_last_name_field_is_no_contradiction_to_the_chain_guard():
+    """A tool that keeps "Frank Jones" in its last-name field still describes the Frank Jones other tools split."""
+    records = pd.DataFrame({
+        "_source": ["crm", "crm", "desk"], "_source_id": ["a", "b", "c"],
+        "first_name": ["Frank", None, "Frank"], "last_name": ["Jones", "Frank Jones", "Jones"],
+        "email": ["f@x.io", "f@x.io", "frank@y.io"], "phone": ["+1555", None, "+1555"],
+    })
+    rules = {"rules": [
+        {"name": "same_email", "conditions": [{"field": "email", "method": "exact"}]},
+        {"name": "same_phone", "blocking": ["phone"], "conditions": [
+            {"field": "phone", "method": "exact"}, {"field": "last_name", "method": "jaro_winkler", "threshold": 0.88}]},
+    ]}
+    assert resolve_entities(records, rules).nunique() == 1
+    other = records.assign(last_name=["Jones", "Frank Jonas", "Jones"])  # a different last name still contradicts
+    assert resolve_entities(other, rules).nunique() == 2

@@ -131,3 +131,9 @@ def test_a_bad_model_section_is_refused_at_load_with_its_key_path(tmp_path, chan
     with pytest.raises(StackError) as error:
         load_stack(_stack_file(tmp_path, change))
     assert error.value.path == path and message in error.value.problem
+
+
+def test_the_identity_commands_say_when_no_entity_declares_a_model(sync):
+    for command in (["identity-review"], ["train-identity"], ["explain", "a:1", "b:2"]):
+        out = CliRunner().invoke(main, command)
+        assert out.exit_code == 2 and "no entity's identity declares a model" in out.output, command

@@ -14,12 +14,16 @@ def _entity_with_model(stack, entity: str | None) -> str:
     from sync_pipelines.cli import console
 
     declared = sorted(name for name, identity in stack.identity.items() if identity.model is not None)
+    if not declared:
+        console.print("[red]no entity's identity declares a model: add identity.<entity>.model to the stack file "
+                      "(docs/matching.md)[/red]")
+        sys.exit(2)
     if entity is None and len(declared) == 1:
         return declared[0]
     if entity not in declared:
         console.print(f"[red]--entity {entity!r}: name an entity whose identity declares a model; declared: "
-                      f"{', '.join(declared) or 'none'}[/red]" if entity else
-                      f"[red]name the entity (--entity); entities with a model: {', '.join(declared) or 'none'}[/red]")
+                      f"{', '.join(declared)}[/red]" if entity else
+                      f"[red]name the entity (--entity); entities with a model: {', '.join(declared)}[/red]")
         sys.exit(2)
     return entity
 

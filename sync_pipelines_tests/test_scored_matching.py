@@ -1,6 +1,6 @@
-"""The scored matcher declared in the stack file (issue 15): trained on the first full run, stored as a version,
-used by later runs (incremental ones too) without training again, and beside the rules; bad sections refused at
-load with their key path."""
+"""The scored matcher declared in the stack file (issue 15), on SQLite and PostgreSQL: trained on the first full
+run, stored as a version, used by later runs (incremental ones too) without training again, and beside the rules;
+a steward's decisions applied; bad sections refused at load with their key path."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def _check(result, name):
     return next(e for e in result.get_asset_check_evaluations() if e.check_name == name)
 
 
-def test_a_declared_model_is_trained_once_stored_and_used_by_later_runs(sync, tmp_path, monkeypatch):
+def test_a_declared_model_is_trained_once_stored_and_used_by_later_runs(sync_on_each_warehouse, tmp_path,
+                                                                        monkeypatch):
+    sync = sync_on_each_warehouse
     monkeypatch.setenv("SYNC_STACK", str(_stack_file(tmp_path)))
     synced = Sync(sync.box, sync.url)
     result, _ = synced.run()

@@ -159,10 +159,11 @@ def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFr
     cannot tell clears from gaps: its empty values are all taken for gaps. Without ``trained`` parameters, a
     declared model is trained on ``records`` (all of them: only a full run comes here without)."""
     fields = list(stack.entities[entity].fields)
-    refs = set((records["_source"].astype(str) + ":" + records["_source_id"].astype(str)).tolist())
-    held = [] if decided is None else [  # those naming records outside an incremental run's scope wait for theirs
-        (row.decision, row.left_ref, row.right_ref) for row in decided.itertuples()
-        if row.left_ref in refs and row.right_ref in refs]
+    held = []
+    if decided is not None and len(decided):  # those naming records outside an incremental run's scope wait
+        refs = set((records["_source"].astype(str) + ":" + records["_source_id"].astype(str)).tolist())
+        held = [(row.decision, row.left_ref, row.right_ref) for row in decided.itertuples()
+                if row.left_ref in refs and row.right_ref in refs]
     clusters = resolve_entities(records, stack.identity[entity], crosswalk=crosswalk,
                                 parameters=trained.parameters if trained else None, decisions=held)
     if older_layout and field_state is not None:

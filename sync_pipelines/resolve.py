@@ -20,11 +20,13 @@ rule naming a field the records lack is a ValueError naming the rule and the fie
 are always one entity. A spec with no rules makes each record (each ref) its own entity.
 
 Blocking. A rule with fuzzy conditions only compares records that share a blocking key and all of the rule's
-exact fields. A key is a column, or `<field>_prefix` (first 3 characters), `<field>_soundex` (American
-Soundex), `<field>_domain` (the part after "@"). A fuzzy rule with neither keys nor exact fields blocks on
-`<first fuzzy field>_prefix`. Blocks larger than `max_block_size` records are skipped for that key. Exact-only
-rules group on their fields; a value held by more than `max_cluster_size` refs (a team mailbox, a
-switchboard) identifies nobody and links nothing. Skips are logged as warnings and listed in the report.
+exact fields. A key is a column, or `<field>_initial` (first character), `<field>_prefix` (first 3 characters),
+`<field>_soundex` (American Soundex), `<field>_domain` (the part after "@"). A fuzzy rule with neither keys nor
+exact fields blocks on `<first fuzzy field>_prefix`. A block larger than `max_block_size` records is split by the
+rule's other keys, then by the initial and the prefix of each fuzzy field the key does not read; parts still too
+large are not compared by that rule. Exact-only rules group on their fields; a value held by more than
+`max_cluster_size` refs (a team mailbox, a switchboard) identifies nobody and links nothing. Split blocks are
+listed in the report (`split`), blocks with records left out are logged as warnings and listed (`skipped`).
 
 Identity persists (crosswalk stickiness). With a `crosswalk`, records whose refs shared an entity id on the
 last run stay linked even when no rule links them any more (a customer changed their email in one tool, and
@@ -54,7 +56,8 @@ with no earlier id gets `ent_` + a hash of its smallest ref, so reruns give the 
 not renumber other clusters.
 
 Report. `result.attrs["resolution"]` holds `merged_ids` ({retired id: surviving id}), `split_ids` ({earlier
-id: [ids of clusters that left it]}), `unknown_refs`, `skipped` (rule, key, size, example ref, reason),
+id: [ids of clusters that left it]}), `unknown_refs`, `skipped` and `split` (rule, key, size, example ref, the keys that split it, the records and
+pairs not compared; `skipped` also the reason),
 `guarded_components` (how many components the chain guard rebuilt) and `sticky_links` (how many records are
 in their entity only through the crosswalk: per entity, the records outside its largest part that rules hold
 together, i.e. those that would have split off without the crosswalk; 0 without one).

@@ -821,7 +821,8 @@ def asset_keys(stack: Stack) -> list[tuple[tuple[str, ...], str]]:
 
 def _check_model(raw: dict, path: str, fields: set[str], problems: _Problems) -> None:
     """The scored matcher's section: its own shape (``MatchModel.from_spec``), then the fields it names."""
-    from sync_pipelines.core.scoring import MatchModel, SpecError, key_field
+    from sync_pipelines.core.keys import DERIVED_KEYS, key_source
+    from sync_pipelines.core.scoring import MatchModel, SpecError
 
     try:
         model = MatchModel.from_spec(raw, path)
@@ -838,11 +839,11 @@ def _check_model(raw: dict, path: str, fields: set[str], problems: _Problems) ->
                              f"{_allowed(fields)}{_did_you_mean(level.other, fields)}")
     for i, keys in enumerate(model.blocking):
         for k, key in enumerate(keys):
-            if key_field(key, sorted(fields))[0] not in fields:
+            if key_source(key, sorted(fields)) is None:
                 problems.add(f"{path}.blocking[{i}][{k}]" if isinstance(raw["blocking"][i], list)
                              else f"{path}.blocking[{i}]",
-                             f"unknown blocking key {key!r}; allowed: a field, or a field followed by _prefix, "
-                             f"_soundex or _domain; fields: {_allowed(fields)}")
+                             f"unknown blocking key {key!r}; allowed: a field, or a field followed by "
+                             f"{', '.join(DERIVED_KEYS)}; fields: {_allowed(fields)}")
 
 
 def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> None:

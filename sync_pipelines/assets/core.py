@@ -146,12 +146,18 @@ def _concurrent_metadata(edits) -> dict:
 
 
 def _blocking_metadata(golden) -> dict:
-    """The blocks this run's resolution left uncompared (none resolved: a run with no change)."""
-    lines = ["| rule | key | records | example |", "|---|---|---:|---|"]
-    lines += [f"| {s['rule']} | {s['key']} | {s['size']} | {s['example_ref']} |" for s in golden.skipped]
-    return {"blocks_not_compared": len(golden.skipped), "records_resolved": golden.resolved,
-            "records_in_blocks_not_compared": sum(s["size"] for s in golden.skipped),
-            "blocks": dg.MetadataValue.md("\n".join(lines) if golden.skipped else "none")}
+    """The blocks too large to compare whole in this run's resolution (none resolved: a run with no change): those
+    some of whose records were never compared fail the check; those split into parts that were, are listed."""
+    blocks = [*golden.skipped, *golden.split]
+    lines = ["| rule | key | records | split by | records not compared | pairs not compared | example |",
+             "|---|---|---:|---|---:|---:|---|"]
+    lines += [f"| {b['rule']} | {b['key']} | {b['size']} | {', '.join(b['split_by']) or '-'} | "
+              f"{b['records_not_compared']} | {b['pairs_not_compared']} | {b['example_ref']} |" for b in blocks]
+    return {"blocks_not_compared": len(golden.skipped), "blocks_split": len(golden.split),
+            "records_resolved": golden.resolved,
+            "records_not_compared": sum(b["records_not_compared"] for b in golden.skipped),
+            "pairs_not_compared": sum(b["pairs_not_compared"] for b in blocks),
+            "blocks": dg.MetadataValue.md("\n".join(lines) if blocks else "none")}
 
 
 def _review_metadata(golden) -> dict:
@@ -197,8 +203,9 @@ def build_golden_asset(stack: Stack, entity: str) -> dg.AssetsDefinition:
             ),
             dg.AssetCheckSpec(
                 blocking, asset=key,
-                description="Every candidate group was compared: a block too large for a rule's or the scored "
-                            "matcher's limit is counted here, with its size and an example (a warning)",
+                description="Every record was compared within its block: a block too large for a rule's or the "
+                            "scored matcher's limit is split by further keys, and what is still left out fails "
+                            "this check, with its size, the pairs not compared and an example (a warning)",
             ),
             *([dg.AssetCheckSpec(
                 review, asset=key,

@@ -26,8 +26,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ from scipy.sparse.csgraph import connected_components
 
 from sync_pipelines.core import scoring
 from sync_pipelines.core.given_names import given_names_compatible, is_given_name_field
-from sync_pipelines.core.keys import DERIVED_KEYS
+from sync_pipelines.core.keys import DERIVED_KEYS, Groups, combine, derived_codes, key_source, split_large
 
 log = logging.getLogger(__name__)
 
@@ -300,23 +300,18 @@ class _Compared:
 
     def key_codes(self, derive: Callable[[str], str | None] | None) -> np.ndarray:
         """Codes of a blocking key on this column: its own, or those of `derive` applied once per distinct value."""
-        if derive is None:
-            return self.codes
-        derived_codes = pd.factorize(np.array([derive(value) for value in self.distinct] + [None], dtype=object))[0]
-        return derived_codes[self.codes]  # -1 takes the None appended last, whose code is -1
+        return derived_codes(self.codes, self.distinct, derive)
 
 
 def _blocking_source(rule: Rule, key: str, columns: Sequence[str]) -> tuple[str, Callable | None]:
     """The column a blocking key reads and the derivation applied to it (None: the value itself)."""
-    if key in columns:
-        return key, None
-    for suffix, derive in DERIVED_KEYS.items():
-        if key.endswith(suffix) and len(key) > len(suffix):
-            return key[: -len(suffix)], derive
-    raise ValueError(
-        f"identity rule {rule.name!r}: blocking key {key!r} is neither a column of the records nor "
-        "<field>_prefix, <field>_soundex or <field>_domain"
-    )
+    source = key_source(key, columns)
+    if source is None:
+        raise ValueError(
+            f"identity rule {rule.name!r}: blocking key {key!r} is neither a column of the records nor "
+            f"<field> followed by one of {', '.join(DERIVED_KEYS)}"
+        )
+    return source
 
 
 def _derive(values: np.ndarray, derive: Callable[[str], str | None] | None) -> np.ndarray:
@@ -332,56 +327,7 @@ def _codes(values: np.ndarray) -> np.ndarray:
     return pd.factorize(values, use_na_sentinel=True)[0].astype(np.int64)
 
 
-def _combine(code_arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """One code per distinct tuple of codes, -1 where any part is missing."""
-    if len(code_arrays) == 1:
-        return code_arrays[0].copy()
-    valid = np.logical_and.reduce([codes >= 0 for codes in code_arrays])
-    combined = np.full(len(code_arrays[0]), -1, dtype=np.int64)
-    if valid.any():
-        # numbered in the tuples' sorted order; packing two codes into one int keeps that order
-        packed = code_arrays[0][valid].astype(np.int64)
-        for codes in code_arrays[1:]:
-            part = codes[valid].astype(np.int64)
-            packed = np.unique(packed * (part.max() + 1) + part, return_inverse=True)[1].ravel()
-        combined[valid] = packed
-    return combined
-
-
 # ------------------------------------------------------------------------------------------- pairs
-
-
-@dataclass(frozen=True)
-class _Groups:
-    """Positions sorted by group code (ascending within a group), with each group's start and size."""
-
-    members: np.ndarray
-    starts: np.ndarray
-    sizes: np.ndarray
-
-    @classmethod
-    def of(cls, codes: np.ndarray) -> _Groups:
-        positions = np.flatnonzero(codes >= 0)
-        members = positions[np.argsort(codes[positions], kind="stable")]
-        starts = np.r_[0, np.flatnonzero(np.diff(codes[members])) + 1] if len(members) else np.empty(0, np.int64)
-        sizes = np.diff(np.r_[starts, len(members)])
-        return cls(members, starts.astype(np.int64), sizes.astype(np.int64))
-
-    def pairs(self, min_size: int = 2, max_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Every pair (i < j) inside groups of min_size..max_size members, vectorized per group size."""
-        chosen = (self.sizes >= max(min_size, 2)) & (self.sizes <= (max_size or np.inf))
-        left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-        for size in np.unique(self.sizes[chosen]):
-            starts = self.starts[chosen & (self.sizes == size)]
-            first, second = np.triu_indices(int(size), 1)
-            left.append(self.members[starts[:, None] + first].ravel())
-            right.append(self.members[starts[:, None] + second].ravel())
-        return np.concatenate(left), np.concatenate(right)
-
-    def large(self, min_size: int) -> Iterator[np.ndarray]:
-        for start, size in zip(self.starts, self.sizes):
-            if size >= min_size:
-                yield self.members[start : start + size]
 
 
 def _cross(
@@ -504,7 +450,8 @@ class _Report:
     merged_ids: dict[str, str]
     split_ids: dict[str, list[str]]
     unknown_refs: list[str]
-    skipped: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]  # blocks too large, with records no pair of which was compared
+    split: list[dict[str, Any]] = field(default_factory=list)  # blocks too large, compared by parts
     guarded_components: int = 0
     sticky_links: int = 0
     model: dict[str, Any] | None = None  # the scored matcher's parameters, matches and review band
@@ -512,7 +459,7 @@ class _Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "merged_ids": self.merged_ids, "split_ids": self.split_ids, "unknown_refs": self.unknown_refs,
-            "skipped": self.skipped, "guarded_components": self.guarded_components,
+            "skipped": self.skipped, "split": self.split, "guarded_components": self.guarded_components,
             "sticky_links": self.sticky_links, "model": self.model,
         }
 
@@ -530,32 +477,44 @@ class _Resolver:
         self.parameters = parameters
         self.report = _Report({}, {}, [], [])
 
-    def _skip(self, rule: Rule, key: str, members: np.ndarray, reason: str) -> None:
-        self.report.skipped.append(
-            {"rule": rule.name, "key": key, "size": len(members), "example_ref": self.refs[int(members[0])].as_py(),
-             "reason": reason}
-        )
+    def _large_block(self, rule: str, key: str, large: dict[str, Any]) -> None:
+        """Report a block too large to compare whole (``keys.SplitBlocks.large``): in ``skipped`` when some of its
+        records were not compared, else in ``split``."""
+        entry = {"rule": rule, "key": key, "size": large["size"], "example_ref": self.refs[large["example"]].as_py(),
+                 "split_by": large["split_by"], "records_not_compared": large["records_not_compared"],
+                 "pairs_not_compared": large["pairs_not_compared"]}
+        if large["records_not_compared"]:
+            self.report.skipped.append({**entry, "reason": "block too large"})
+        else:
+            self.report.split.append(entry)
+
+    def _key_codes(self, rule: Rule, key: str) -> np.ndarray:
+        column, derive = _blocking_source(rule, key, list(self.compared))
+        return self.compared[column].key_codes(derive)
+
+    def _split_keys(self, rule: Rule, key: str | None) -> list[str]:
+        """The keys that split a rule's block too large, in turn: its other blocking keys, then the initial and
+        then the prefix of each fuzzy field the block's key does not already read."""
+        source = None if key is None else _blocking_source(rule, key, list(self.compared))[0]
+        own = [c.field for c in rule.fuzzy if c.field != source]
+        return [*(k for k in rule.blocking_keys() if k != key), *(f"{f}_initial" for f in own),
+                *(f"{f}_prefix" for f in own)]
 
     def rule_pairs(self, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
         """Matched pairs (i < j) for one rule."""
         exact_codes = [self.compared[c.field].codes for c in rule.exact]
         if not rule.fuzzy:
-            return self._shared_value_pairs(rule, _combine(exact_codes))
+            return self._shared_value_pairs(rule, combine(exact_codes))
         present = np.logical_and.reduce([self.compared[c.field].codes >= 0 for c in rule.fuzzy])
         left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
         for key in rule.blocking_keys() or (None,):
-            key_codes = []
-            if key is not None:
-                column, derive = _blocking_source(rule, key, list(self.compared))
-                key_codes = [self.compared[column].key_codes(derive)]
-            block_codes = _combine([*key_codes, *exact_codes])
+            block_codes = combine([*([] if key is None else [self._key_codes(rule, key)]), *exact_codes])
             block_codes[~present] = -1
-            sizes = np.bincount(block_codes[block_codes >= 0])
-            for code in np.flatnonzero(sizes > self.max_block_size):
-                members = np.flatnonzero(block_codes == code)
-                self._skip(rule, key or "+".join(c.field for c in rule.exact), members, "block too large")
-                block_codes[members] = -1
-            pairs = _fuzzy_pairs(block_codes, rule.fuzzy, self.compared)
+            blocks = split_large(block_codes, self.max_block_size,
+                                 [(k, functools.partial(self._key_codes, rule, k)) for k in self._split_keys(rule, key)])
+            for large in blocks.large:
+                self._large_block(rule.name, key or "+".join(c.field for c in rule.exact), large)
+            pairs = _fuzzy_pairs(blocks.codes, rule.fuzzy, self.compared)
             left.append(pairs[0])
             right.append(pairs[1])
         return np.concatenate(left), np.concatenate(right)
@@ -573,11 +532,15 @@ class _Resolver:
         direct matches). A value shared by more refs than one entity may hold (a team mailbox, a
         switchboard) identifies nobody, so its group yields no pairs."""
         limit = self.spec.max_cluster_size
-        for members in _Groups.of(codes).large(limit + 1):
+        for members in Groups.of(codes).large(limit + 1):
             if len(np.unique(self.ref_codes[members])) > limit:
-                self._skip(rule, "+".join(c.field for c in rule.exact), members, "value shared by too many records")
+                size = len(members)
+                self.report.skipped.append({
+                    "rule": rule.name, "key": "+".join(c.field for c in rule.exact), "size": size,
+                    "example_ref": self.refs[int(members[0])].as_py(), "split_by": [], "records_not_compared": size,
+                    "pairs_not_compared": size * (size - 1) // 2, "reason": "value shared by too many records"})
                 codes[members] = -1
-        return _Groups.of(codes).pairs()
+        return Groups.of(codes).pairs()
 
     def model_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Pairs (i < j) the scored matcher weighs at or above its match threshold, with the parameters given or,
@@ -586,10 +549,8 @@ class _Resolver:
         blocked = scoring.block(model, self.compared)
         parameters = self.parameters or scoring.estimate(model, self.compared, blocked)
         scored = scoring.score(model, parameters, self.compared, blocked)
-        for skipped in blocked.skipped:
-            self.report.skipped.append({"rule": "model", "key": skipped["blocking"], "size": skipped["size"],
-                                        "example_ref": self.refs[skipped["example"]].as_py(),
-                                        "reason": "block too large", "pairs": skipped["pairs"]})
+        for large in (*blocked.skipped, *blocked.split):
+            self._large_block("model", large["blocking"], large)
         review = np.flatnonzero(scored.review)
         review = review[np.argsort(-scored.weight[review], kind="stable")]
         self.report.model = {
@@ -612,7 +573,7 @@ class _Resolver:
         since the size guard rebuilds it anyway.
         """
         first_of_ref = np.r_[True, self.ref_codes[1:] != self.ref_codes[:-1]]  # positions are sorted by ref
-        groups = _Groups.of(np.where(first_of_ref, _codes(previous_ids), -1))
+        groups = Groups.of(np.where(first_of_ref, _codes(previous_ids), -1))
         limit = self.spec.max_cluster_size
         left, right = groups.pairs(max_size=limit)
         chains = list(groups.large(limit + 1))
@@ -761,7 +722,7 @@ class _ChainGuard:
         ref_counts = np.bincount(labels[first_of_ref], minlength=n_labels)
         record_counts = np.bincount(labels, minlength=n_labels)
         oversized = (ref_counts > self.max_size) | (record_counts > self.max_size * 4)
-        left, right = _Groups.of(np.where(oversized[labels], -1, labels)).pairs()
+        left, right = Groups.of(np.where(oversized[labels], -1, labels)).pairs()
         direct = self.direct_matches(edges)
         matched = direct["i"].to_numpy() * len(labels) + direct["j"].to_numpy()
         # a hash lookup: np.isin sorts both sides, about 20x slower here
@@ -779,7 +740,7 @@ class _ChainGuard:
         is_suspect = np.zeros(labels.max() + 1, dtype=bool)
         is_suspect[suspects] = True
         is_suspect = is_suspect[labels]
-        members_of = {int(labels[m[0]]): m for m in _Groups.of(np.where(is_suspect, labels, -1)).large(1)}
+        members_of = {int(labels[m[0]]): m for m in Groups.of(np.where(is_suspect, labels, -1)).large(1)}
         inside = is_suspect[edges["i"].to_numpy()]
         suspect_edges = edges[inside].assign(label=labels[edges["i"].to_numpy()[inside]])
         rebuilt = labels.copy()
@@ -1057,8 +1018,9 @@ def resolve_entities(
     labels = _components(labels.max() + 1, np.concatenate(merge_left), np.concatenate(merge_right))[labels]
     for skipped in report.skipped:
         log.warning(
-            "identity rule %r: %s for key %r (%d records, e.g. %s); those records were not compared by this rule",
+            "identity rule %r: %s for key %r (%d records, e.g. %s, split by %s); %d of them were not compared by it",
             skipped["rule"], skipped["reason"], skipped["key"], skipped["size"], skipped["example_ref"],
+            ", ".join(skipped["split_by"]) or "no further key", skipped["records_not_compared"],
         )
     if report.unknown_refs:
         log.warning("identity manual overrides name refs that are not among the records: %s", report.unknown_refs)
@@ -1182,7 +1144,7 @@ def block_neighbors(records: pd.DataFrame, touched: np.ndarray | Mapping[str, np
             if key is not None:
                 column, derive = _blocking_source(rule, key, columns)
                 key_codes = [_codes(_derive(values[column], derive))]
-            codes = _combine([*key_codes, *exact_codes])
+            codes = combine([*key_codes, *exact_codes])
             if rule.fuzzy:
                 near[_fuzzy_matches(codes, starts, rule, values)] = True
             else:

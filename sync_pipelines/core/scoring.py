@@ -23,7 +23,7 @@ from rapidfuzz import fuzz, process
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 
 from sync_pipelines.core.given_names import given_names_compatible
-from sync_pipelines.core.keys import DERIVED_KEYS
+from sync_pipelines.core.keys import Groups, derived_codes, key_source, split_large
 
 MISSING = -1
 EXACT = "exact"
@@ -110,7 +110,7 @@ class MatchModel:
 
     def fields(self) -> set[str]:
         """The record fields the model reads (a derived blocking key counts as its field)."""
-        return ({c.field for c in self.comparisons} | {key_field(key)[0] for keys in self.blocking for key in keys}
+        return ({c.field for c in self.comparisons} | {key_source(key, None)[0] for keys in self.blocking for key in keys}
                 | {level.other for c in self.comparisons for level in c.levels if level.other})
 
     @classmethod
@@ -234,16 +234,6 @@ def _blocking(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def key_field(key: str, fields: Sequence[str] | None = None) -> tuple[str, Callable[[str], str | None] | None]:
-    """The field a blocking key reads and the derivation applied to it (None: the field's own value)."""
-    if fields is not None and key in fields:
-        return key, None
-    for suffix, derive in DERIVED_KEYS.items():
-        if key.endswith(suffix) and len(key) > len(suffix) and (fields is None or key[: -len(suffix)] in fields):
-            return key[: -len(suffix)], derive
-    return key, None
-
-
 def _weight_of(probability: float) -> float:
     return float(np.log2(probability / (1 - probability)))
 
@@ -285,11 +275,14 @@ class Blocked:
     left: np.ndarray
     right: np.ndarray
     by_key: list[tuple[np.ndarray, np.ndarray]]  # each blocking entry's own pairs
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # blocks still too large: never compared
+    # blocks too large (``keys.SplitBlocks.large``): ``skipped`` left records uncompared, ``split`` compared each
+    # record within its part
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    split: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def uncompared_pairs(self) -> int:
-        return sum(s["pairs"] for s in self.skipped)
+        return sum(s["pairs_not_compared"] for s in (*self.skipped, *self.split))
 
 
 def key_codes(values: Mapping[str, Values], keys: Sequence[str]) -> np.ndarray:
@@ -297,65 +290,30 @@ def key_codes(values: Mapping[str, Values], keys: Sequence[str]) -> np.ndarray:
     combined = np.zeros(len(next(iter(values.values())).codes), dtype=np.int64)
     valid = np.ones(len(combined), dtype=bool)
     for key in keys:
-        name, derive = key_field(key, list(values))
-        column = values[name]
-        codes = column.codes
-        if derive is not None:
-            derived = pd.factorize(np.array([derive(v) for v in column.distinct] + [None], dtype=object))[0]
-            codes = derived[codes]
+        name, derive = key_source(key, list(values)) or (key, None)
+        codes = derived_codes(values[name].codes, values[name].distinct, derive)
         valid &= codes >= 0
         combined = pd.factorize(combined * (int(codes.max()) + 2) + codes + 1)[0].astype(np.int64)
     combined[~valid] = -1
     return combined
 
 
-def _pairs_within(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair (i < j) of records sharing a code (>= 0)."""
-    positions = np.flatnonzero(codes >= 0)
-    members = positions[np.argsort(codes[positions], kind="stable")]
-    if not len(members):
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    starts = np.r_[0, np.flatnonzero(np.diff(codes[members])) + 1]
-    sizes = np.diff(np.r_[starts, len(members)])
-    left, right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    for size in np.unique(sizes[sizes >= 2]):
-        first, second = np.triu_indices(int(size), 1)
-        chosen = starts[sizes == size]
-        left.append(members[chosen[:, None] + first].ravel())
-        right.append(members[chosen[:, None] + second].ravel())
-    return np.concatenate(left), np.concatenate(right)
-
-
 def block(model: MatchModel, values: Mapping[str, Values]) -> Blocked:
     """The pairs of every blocking entry, united. A block larger than ``max_block_size`` is split by the next
-    entry's keys (then the next, in turn); what is still too large is not compared, and counted in ``skipped``."""
+    entry's keys (then the next, in turn); a block with records still not compared goes in ``skipped``, one whose
+    every record was compared within its part in ``split``."""
     n = len(next(iter(values.values())).codes)
-    by_key = []
-    skipped: list[dict[str, Any]] = []
+    by_key, skipped, split = [], [], []
     for position, keys in enumerate(model.blocking):
-        codes = key_codes(values, keys)
-        splits = [model.blocking[(position + k) % len(model.blocking)] for k in range(1, len(model.blocking))]
-        used = [keys]
-        for further in [*splits, None]:
-            sizes = np.bincount(codes[codes >= 0]) if (codes >= 0).any() else np.empty(0, np.int64)
-            large = np.flatnonzero(sizes > model.max_block_size)
-            if not len(large):
-                break
-            is_large = np.isin(codes, large)
-            if further is None:
-                for code in large:
-                    size = int(sizes[code])
-                    skipped.append({"blocking": "+".join(k for keys in used for k in keys), "size": size,
-                                    "pairs": size * (size - 1) // 2, "example": int(np.argmax(codes == code))})
-                codes[is_large] = -1
-                break
-            finer = key_codes(values, [*[k for keys in used for k in keys], *further])
-            codes = np.where(is_large, np.where(finer >= 0, finer + codes.max() + 1, -1), codes)
-            codes = np.where(codes >= 0, pd.factorize(codes)[0], -1)
-            used.append(further)
-        by_key.append(_pairs_within(codes))
+        others = [model.blocking[(position + k) % len(model.blocking)] for k in range(1, len(model.blocking))]
+        blocks = split_large(key_codes(values, keys), model.max_block_size,
+                             [("+".join(more), lambda more=more: key_codes(values, more)) for more in others])
+        for large in blocks.large:
+            entry = {"blocking": "+".join(keys), **large}
+            (skipped if large["records_not_compared"] else split).append(entry)
+        by_key.append(Groups.of(blocks.codes).pairs())
     pair = np.unique(np.concatenate([i * n + j for i, j in by_key])) if by_key else np.empty(0, np.int64)
-    return Blocked(pair // n, pair % n, by_key, skipped)
+    return Blocked(pair // n, pair % n, by_key, skipped, split)
 
 
 # ------------------------------------------------------------------------------------------- levels
@@ -601,7 +559,7 @@ def estimate(model: MatchModel, values: Mapping[str, Values], blocked: Blocked |
     start = [_initial_m(len(x)) for x in u]
     found: list[list[np.ndarray]] = [[] for _ in model.comparisons]
     for keys, (left, right) in zip(model.blocking, blocked.by_key):
-        blocked_fields = {key_field(key, list(values))[0] for key in keys}
+        blocked_fields = {key_source(key, list(values))[0] for key in keys}
         used = [c for c, comp in enumerate(model.comparisons) if comp.field not in blocked_fields]
         if not len(left) or not used:
             continue

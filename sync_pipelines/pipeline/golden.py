@@ -53,7 +53,9 @@ class Golden:
     reason: str = ""  # why this run rebuilt everything, or what it rebuilt
     # fields two tools changed differently since the last run (changes.concurrent_edits)
     concurrent: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONCURRENT_COLUMNS))
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # blocks too large to compare, by rule and key
+    # blocks too large to compare whole, by rule and key: with records left out, and split into parts
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    split: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, Any] | None = None  # the scored matcher's figures this run (``resolve`` report)
     parameters_version: int | None = None  # of the scored matcher's trained parameters used
     waterfall: str | None = None  # Markdown: the weights behind the likeliest pair of the review band
@@ -275,7 +277,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     live, deleted = _counts(warehouse, tables["golden"])
     return Golden(entity, staged_rows, live, len(result.conflicts), deleted, resolution.get("merged_ids", {}),
                   changed_ids=changed_ids, resolved=len(records), reason=reason, concurrent=concurrent,
-                  skipped=resolution.get("skipped", []), model=resolution.get("model"), parameters_version=version,
+                  skipped=resolution.get("skipped", []), split=resolution.get("split", []), model=resolution.get("model"), parameters_version=version,
                   waterfall=_top_waterfall(stack, entity, records, resolution.get("model")))
 
 

@@ -237,10 +237,34 @@ def test_a_large_block_is_scored_like_small_ones():
     result = resolve_entities(records, identity(rule, max_cluster_size=50))
     assert pairwise_precision_recall(result, pd.Series(truth, index=records.index)) == (1.0, 1.0)
 
-    skipped = resolve_entities(records, identity(rule, max_cluster_size=50), max_block_size=79)
-    assert skipped.nunique() == len(records)
-    assert skipped.attrs["resolution"]["skipped"][0]["rule"] == "similar_last_name"
-    assert skipped.attrs["resolution"]["skipped"][0]["size"] == 80
+
+
+def test_a_block_too_large_is_split_by_a_further_key_and_what_is_left_is_counted():
+    """One team of 80: too large, so split by the fuzzy field's initial (four parts of 20, each compared whole);
+    with a limit of 19 the parts are split again by its prefix, which leaves each family whole and still too
+    large: nothing in them is compared, and the report says so."""
+    families = {"Lindqvist": ["Lindqvist", "Lindquist"], "Okonkwo": ["Okonkwo", "Okonkwoo"],
+                "Bergstrom": ["Bergstrom", "Bergstrum"], "Fitzgerald": ["Fitzgerald", "Fitzgerrald"]}
+    rows = [{"ref": f"t:{family}{k:02d}", "last_name": spellings[k % 2], "team": "all"}
+            for family, spellings in families.items() for k in range(20)]
+    truth = pd.Series([row["last_name"][:3] for row in rows])
+    records = frame(*rows)
+    rule = identity(fuzzy_last_name(["team"], threshold=0.9), max_cluster_size=50)
+
+    split = resolve_entities(records, rule, max_block_size=79)
+    assert pairwise_precision_recall(split, truth.set_axis(records.index)) == (1.0, 1.0)
+    report = split.attrs["resolution"]
+    assert report["skipped"] == []
+    [entry] = report["split"]
+    assert entry["rule"] == "similar_last_name" and entry["key"] == "team" and entry["size"] == 80
+    assert entry["split_by"] == ["last_name_initial"] and entry["records_not_compared"] == 0
+    assert entry["pairs_not_compared"] == 80 * 79 // 2 - 4 * (20 * 19 // 2)  # the pairs across families
+
+    left_out = resolve_entities(records, rule, max_block_size=19)
+    assert left_out.nunique() == len(records)
+    [entry] = left_out.attrs["resolution"]["skipped"]
+    assert entry["split_by"] == ["last_name_initial", "last_name_prefix"] and entry["records_not_compared"] == 80
+    assert entry["pairs_not_compared"] == 80 * 79 // 2 and entry["reason"] == "block too large"
 
 
 def test_a_fuzzy_rule_without_keys_blocks_on_its_first_fields_prefix():

@@ -51,13 +51,18 @@ def test_blocking_unites_the_keys_pairs_and_counts_what_a_too_large_block_leaves
     tight = scoring.MatchModel.from_spec({**SIMPLE, "blocking": [["last_name"]], "max_block_size": 3})
     left_out = scoring.block(tight, values)
     [skipped] = left_out.skipped
-    assert skipped == {"blocking": "last_name", "size": 5, "pairs": 10, "example": skipped["example"]}
+    assert skipped == {"blocking": "last_name", "size": 5, "split_by": [], "records_not_compared": 5,
+                       "pairs_not_compared": 10, "example": skipped["example"]}
     assert PEOPLE["last_name"].iloc[skipped["example"]] == "Smith"  # a record of the block, to show
     assert left_out.uncompared_pairs == 10 and len(left_out.left) == 1  # only the Okonkwo pair
     # a further key splits the block instead: the Smiths by email, then nothing is left out
     split = scoring.MatchModel.from_spec({**SIMPLE, "blocking": [["last_name"], ["birth_date"]],
                                           "max_block_size": 3})
-    assert scoring.block(split, values).skipped == []
+    by_parts = scoring.block(split, values)
+    assert by_parts.skipped == []
+    assert [(s["blocking"], s["split_by"], s["records_not_compared"]) for s in by_parts.split] == [
+        ("last_name", ["birth_date"], 0)]
+    assert by_parts.uncompared_pairs == by_parts.split[0]["pairs_not_compared"] > 0
 
 
 def test_a_shared_common_value_weighs_less_than_a_shared_rare_one():

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sync_pipelines.cli import main
 from sync_pipelines.pipeline.golden import PARAMETERS_TABLE, trained_parameters
-from sync_pipelines.resolve import explain_pair
+from sync_pipelines.resolve import explain_members, explain_pair, record_refs
 from sync_pipelines.sandbox.scoring import score
 from sync_pipelines.stack import DEFAULT_STACK, StackError, load_stack
 from sync_pipelines_tests.sandbox_sync import Sync
@@ -117,6 +117,25 @@ def test_a_declared_model_is_trained_once_stored_and_used_by_later_runs(sync_on_
         assert entity_of(refs[0]) != entity_of(refs[1]), rebuild
         assert entity_of(joined[0]) == entity_of(joined[1]), rebuild
     assert _check(run, "golden_contacts_review").metadata["parameters_version"].value == 2
+
+    # why a golden record's members are together, by a ref or by its golden id: one link fewer than its members,
+    # each with its reason (every member is in the CLI's table)
+    golden_id = entity_of(joined[0])
+    now = synced.warehouse.read_table("crosswalk_contacts")
+    members = {f"{t}:{i}" for t, i, e in zip(now["_source"], now["_source_id"], now["entity_id"]) if e == golden_id}
+    staged = synced.warehouse.read_table("staged_contacts")
+    links = explain_members(staged[record_refs(staged).isin(members)], synced.stack.identity["contacts"],
+                            parameters=trained_parameters(synced.stack, synced.warehouse, "contacts").parameters,
+                            decisions=[("accept", *joined), ("reject", *refs)])
+    assert len(links) == len(members) - 1 and set(links["left"]) | set(links["right"]) == members
+    assert "nothing links it" not in set(links["linked_by"])
+    for wanted in (joined[1], golden_id):
+        why = CliRunner().invoke(main, ["explain", wanted])
+        assert why.exit_code == 0, why.output
+        assert f"{golden_id}: {len(members)} record(s) together" in why.output
+        assert all(ref in why.output for ref in members), why.output
+    nobody = CliRunner().invoke(main, ["explain", "hubspot:nobody"])
+    assert nobody.exit_code == 2 and "no golden record holds 'hubspot:nobody'" in nobody.output
 
 
 @pytest.mark.parametrize("change, path, message", [

@@ -1,6 +1,6 @@
 """``sync-pipelines train-identity``, ``explain`` and ``identity-review``: the scored matcher's parameters, trained
-on the staged records and stored as a new version; the weights behind one pair's score; the review band's pairs
-and a steward's decisions on them (docs/matching.md)."""
+on the staged records and stored as a new version; the weights behind one pair's score, or why a golden record's
+members are together; the review band's pairs and a steward's decisions on them (docs/matching.md)."""
 
 from __future__ import annotations
 
@@ -65,21 +65,32 @@ def train_identity(entity: str | None) -> None:
 
 @click.command()
 @click.argument("left")
-@click.argument("right")
-@click.option("--entity", help="The entity of both records (default: the only one that declares a model).")
-def explain(left: str, right: str, entity: str | None) -> None:
-    """Why the scored matcher weighs two records (refs tool:source_id) as it does: each comparison's level,
-    values and weight, and the total they add up to."""
-    from rich.table import Table
-
-    from sync_pipelines.cli import _stack_or_exit, console
-    from sync_pipelines.pipeline.golden import trained_parameters
-    from sync_pipelines.resolve import explain_pair
+@click.argument("right", required=False)
+@click.option("--entity", help="The entity of the records (default: the only one that declares a model; with one "
+                               "ref, the entity whose crosswalk holds it).")
+def explain(left: str, right: str | None, entity: str | None) -> None:
+    """With two refs (tool:source_id): why the scored matcher weighs the pair as it does, each comparison's level,
+    values and weight, and the total they add up to. With one ref or a golden id: why the members of its golden
+    record are together, the fewest links that join them and the reason for each."""
+    from sync_pipelines.cli import _stack_or_exit
     from sync_pipelines.warehouse import Warehouse
 
     stack = _stack_or_exit(None)
-    entity = _entity_with_model(stack, entity)
     warehouse = Warehouse(stack, stack.warehouse.url)
+    if right is None:
+        _explain_record(stack, warehouse, left, entity)
+    else:
+        _explain_pair(stack, warehouse, left, right, entity)
+
+
+def _explain_pair(stack, warehouse, left: str, right: str, entity: str | None) -> None:
+    from rich.table import Table
+
+    from sync_pipelines.cli import console
+    from sync_pipelines.pipeline.golden import trained_parameters
+    from sync_pipelines.resolve import explain_pair
+
+    entity = _entity_with_model(stack, entity)
     trained = trained_parameters(stack, warehouse, entity)
     if trained is None:
         console.print(f"[red]{entity}: no parameters trained for the model as declared: run a sync or "
@@ -96,6 +107,47 @@ def explain(left: str, right: str, entity: str | None) -> None:
     for row in waterfall.itertuples(index=False):
         view.add_row(row.comparison, row.level, _shown(row.left), _shown(row.right), f"{row.weight:+.2f}")
     console.print(view)
+
+
+def _explain_record(stack, warehouse, wanted: str, entity: str | None) -> None:
+    """Why the golden record holding ``wanted`` (a ref, or the golden id itself) has the members it has."""
+    from rich.table import Table
+
+    from sync_pipelines.cli import console
+    from sync_pipelines.pipeline.common import table
+    from sync_pipelines.pipeline.golden import decisions, trained_parameters
+    from sync_pipelines.resolve import explain_members, record_refs
+
+    entities = [entity] if entity else sorted(stack.identity)
+    if entity and entity not in stack.identity:
+        console.print(f"[red]--entity {entity!r}: no identity section for it; entities: "
+                      f"{', '.join(sorted(stack.identity))}[/red]")
+        sys.exit(2)
+    for name in entities:
+        crosswalk = warehouse.read_if_exists(table("crosswalk", name))
+        if crosswalk is None or crosswalk.empty:
+            continue
+        refs = record_refs(crosswalk)
+        found = crosswalk.loc[(refs == wanted) | (crosswalk["entity_id"] == wanted), "entity_id"]
+        if len(found):
+            entity, golden_id = name, found.iloc[0]
+            break
+    else:
+        console.print(f"[red]no golden record holds {wanted!r} ({', '.join(entities)}): give a ref tool:source_id "
+                      "or a golden id, after a sync[/red]")
+        sys.exit(2)
+    members = set(refs[crosswalk["entity_id"] == golden_id])
+    staged = _staged(stack, warehouse, entity)
+    records = staged[record_refs(staged).isin(members).to_numpy()]
+    trained = trained_parameters(stack, warehouse, entity)
+    decided = decisions(warehouse, entity)
+    links = explain_members(records, stack.identity[entity], parameters=trained.parameters if trained else None,
+                            decisions=list(decided[["decision", "left_ref", "right_ref"]].itertuples(index=False)))
+    view = Table("record", "linked to", "by", "detail",
+                 title=f"{entity} {golden_id}: {len(records)} record(s) together")
+    for row in links.itertuples(index=False):
+        view.add_row(row.left, row.right, row.linked_by, row.detail)
+    console.print(view if len(links) else f"{entity} {golden_id} holds one record: {next(iter(members))}")
 
 
 def _shown(value) -> str:
@@ -117,6 +169,7 @@ def identity_review(entity: str | None, accept: tuple[str, str] | None, reject: 
 
     from sync_pipelines.cli import _stack_or_exit, console
     from sync_pipelines.pipeline.golden import decide, review_pairs
+    from sync_pipelines.resolve import record_refs
     from sync_pipelines.warehouse import Warehouse
 
     stack = _stack_or_exit(None)
@@ -128,7 +181,7 @@ def identity_review(entity: str | None, accept: tuple[str, str] | None, reject: 
     if accept or reject:
         decision, (left, right) = ("accept", accept) if accept else ("reject", reject)
         staged = _staged(stack, warehouse, entity)
-        refs = set((staged["_source"].astype(str) + ":" + staged["_source_id"].astype(str)).tolist())
+        refs = set(record_refs(staged))
         unknown = [ref for ref in (left, right) if ref not in refs]
         if unknown:
             console.print(f"[red]no staged {entity} record {', '.join(map(repr, unknown))}; a ref is "

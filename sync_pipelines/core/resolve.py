@@ -23,6 +23,7 @@ Pure pandas/numpy/rapidfuzz/scipy; no Dagster, no HTTP. The public contract is d
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import logging
@@ -611,6 +612,21 @@ class _Resolver:
         return pd.DataFrame({"i": i[first], "j": j[first], "strength": strength[first]})
 
 
+    def guarded(self, split_positions: np.ndarray, previous_ids: np.ndarray,
+                decisions: Sequence[tuple[str, str, str]], positions_of: Callable[[str], np.ndarray]
+                ) -> tuple[pd.DataFrame, np.ndarray, _ChainGuard]:
+        """The links (``edges``) less those a steward rejected, and the clusters the chain guard leaves of them
+        (before manual merges and accepts)."""
+        edges = self.edges(split_positions, previous_ids)
+        apart = _rejected(decisions, positions_of, self.ref_codes)
+        guard = _ChainGuard(self.spec, self.compared, self.ref_codes, apart)
+        if len(apart):  # a rejected pair's own links go; links through others the guard breaks
+            edges = edges[~guard.apart_keys(edges["i"].to_numpy(), edges["j"].to_numpy())]
+        labels = _components(len(self.refs), edges["i"].to_numpy(), edges["j"].to_numpy())
+        labels, self.report.guarded_components = guard.rebuild(labels, edges)
+        return edges, labels, guard
+
+
 @dataclass(frozen=True)
 class _Check:
     """One field the chain guard compares, at the lowest threshold any rule uses for it."""
@@ -839,6 +855,11 @@ def _record_refs(frame: pd.DataFrame, what: str) -> pa.Array:
     return _joined_refs(*_record_keys(frame, what))
 
 
+def record_refs(frame: pd.DataFrame) -> pd.Series:
+    """Each record's ref, ``'{_source}:{_source_id}'``, aligned with the frame's index."""
+    return pd.Series(_record_refs(frame, "records").to_pylist(), index=frame.index, dtype=object)
+
+
 def _joined_refs(sources: pa.Array, source_ids: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(sources, source_ids, pa.scalar(":", pa.large_string()))
 
@@ -998,14 +1019,7 @@ def resolve_entities(
 
     split_positions = np.concatenate([positions_of(ref) for ref in spec.split] or [np.empty(0, np.int64)])
     previous_ids = _previous_ids(refs, crosswalk)
-    edges = resolver.edges(split_positions, previous_ids)
-    apart = _rejected(decisions, positions_of, resolver.ref_codes)
-    guard = _ChainGuard(spec, compared, resolver.ref_codes, apart)
-    if len(apart):  # a rejected pair's own links go; links through others the guard breaks
-        edges = edges[~guard.apart_keys(edges["i"].to_numpy(), edges["j"].to_numpy())]
-    labels = _components(len(refs), edges["i"].to_numpy(), edges["j"].to_numpy())
-
-    labels, report.guarded_components = guard.rebuild(labels, edges)
+    edges, labels, guard = resolver.guarded(split_positions, previous_ids, decisions, positions_of)
     report.sticky_links = _held_only_by_crosswalk(labels, guard.direct_matches(edges))
 
     merge_left, merge_right = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
@@ -1060,6 +1074,78 @@ def explain_pair(records: pd.DataFrame, rules: Any, parameters: Mapping[str, Any
                          f"{refs[0] if refs else 'hubspot:101'!r}")
     return scoring.explain(model, scoring.Parameters.from_dict(model, parameters), compared, position[left],
                            position[right])
+
+
+def explain_members(records: pd.DataFrame, rules: Any, *, parameters: Mapping[str, Any] | None = None,
+                    decisions: Sequence[tuple[str, str, str]] = ()) -> pd.DataFrame:
+    """Why ``records`` (one golden record's members) are together: the fewest links that join them, each the
+    strongest reason its two records were linked, in the order resolution weighs reasons (the same ref, each rule
+    in turn, the scored matcher, the last run's entity, then a manual merge or a steward's accept). Columns:
+    ``left``, ``right`` (refs), ``linked_by`` and ``detail`` (the rule's values, or the scored matcher's weight).
+    Records no link reaches are listed with ``linked_by`` "nothing links it"."""
+    spec = IdentityRules.from_spec(rules)
+    if spec.model is not None and parameters is None:
+        raise ValueError("the identity section declares a model: pass its trained parameters")
+    _check_fields(records, spec)
+    sources, source_ids = _record_keys(records, "records")
+    order = _ref_order(sources, source_ids)
+    refs = _joined_refs(sources, source_ids).take(order)
+    compared = {f: _Compared.of(records[f]).take(order) for f in spec.fields(list(records.columns))}
+    trained = None if parameters is None else scoring.Parameters.from_dict(spec.model, parameters)
+    resolver = _Resolver(refs, compared, spec, DEFAULT_MAX_BLOCK_SIZE, trained)
+    names = refs.to_pylist()
+    position = {ref: k for k, ref in reversed(list(enumerate(names)))}
+
+    def positions_of(ref: str) -> np.ndarray:
+        return np.array([position[ref]] if ref in position else [], dtype=np.int64)
+
+    edges, labels, _ = resolver.guarded(np.flatnonzero(np.isin(names, spec.split)),
+                                        np.zeros(len(names), dtype=np.int64), decisions, positions_of)
+    edges = edges[labels[edges["i"].to_numpy()] == labels[edges["j"].to_numpy()]]  # the guard kept these
+    parent = list(range(len(names)))
+    rows = []
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    def link(i: int, j: int, reason: Callable[[], tuple[str, str]]) -> None:
+        if root(i) != root(j):
+            parent[root(i)] = root(j)
+            rows.append((names[i], names[j], *reason()))
+
+    direct = edges["strength"] < spec.crosswalk_strength
+    for i, j, strength in edges[direct].itertuples(index=False):
+        link(i, j, functools.partial(_link_reason, spec, compared, trained, int(strength), i, j))
+    joins = [(group, "manual merge") for group in spec.merge] + [
+        ((left, right), "accepted by a steward") for decision, left, right in decisions if decision == "accept"]
+    for group, reason in joins:
+        present = [position[ref] for ref in group if ref in position]
+        for k in present[1:]:
+            link(present[0], k, lambda reason=reason: (reason, ""))
+    for i, j, _ in edges[~direct].itertuples(index=False):
+        link(i, j, lambda: ("together on the last run", "no rule links them now; the crosswalk keeps them together"))
+    roots = [root(k) for k in range(len(names))]
+    sizes = collections.Counter(roots)
+    alone = [names[k] for k in range(len(names)) if sizes[roots[k]] == 1] if len(names) > 1 else []
+    rows += [(ref, "", "nothing links it", "") for ref in alone]
+    return pd.DataFrame(rows, columns=["left", "right", "linked_by", "detail"])
+
+
+def _link_reason(spec: IdentityRules, compared: Mapping[str, _Compared], trained: scoring.Parameters | None,
+                 strength: int, i: int, j: int) -> tuple[str, str]:
+    """A direct link's reason and detail: the same ref, a rule (by ``IdentityRules`` strength), or the model."""
+    if strength < 0:
+        return "the same ref", ""
+    if strength < len(spec.rules):
+        rule = spec.rules[strength]
+        shown = [f"{c.field}: {compared[c.field].values[i]!r} / {compared[c.field].values[j]!r}"
+                 for c in rule.conditions if c.method != EQUAL_OR_MISSING]
+        return f"rule {rule.name}", "; ".join(dict.fromkeys(shown))
+    weight = float(scoring.match_weights(spec.model, trained, compared, np.array([i]), np.array([j]))[0])
+    return "scored matcher", f"weight {weight:+.2f}, match probability {float(scoring.probability(weight)):.4f}"
 
 
 def build_crosswalk(records: pd.DataFrame, clusters: pd.Series) -> pd.DataFrame:

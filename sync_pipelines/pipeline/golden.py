@@ -22,7 +22,7 @@ from sync_pipelines.pipeline.common import (
     table,
 )
 from sync_pipelines.core.scoring import waterfall_markdown
-from sync_pipelines.resolve import block_neighbors, build_crosswalk, explain_pair, resolve_entities
+from sync_pipelines.resolve import block_neighbors, build_crosswalk, explain_pair, record_refs, resolve_entities
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
@@ -163,7 +163,7 @@ def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFr
     fields = list(stack.entities[entity].fields)
     held = []
     if decided is not None and len(decided):  # those naming records outside an incremental run's scope wait
-        refs = set((records["_source"].astype(str) + ":" + records["_source_id"].astype(str)).tolist())
+        refs = set(record_refs(records))
         held = [(row.decision, row.left_ref, row.right_ref) for row in decided.itertuples()
                 if row.left_ref in refs and row.right_ref in refs]
     clusters = resolve_entities(records, stack.identity[entity], crosswalk=crosswalk,
@@ -301,7 +301,7 @@ def _store_review(warehouse: Warehouse, conn, entity: str, review: list[dict[str
     if full:
         warehouse.replace_within(conn, name, frame, index=("left_ref",))
         return
-    refs = (records["_source"].astype(str) + ":" + records["_source_id"].astype(str)).unique()
+    refs = record_refs(records).unique()
     for side in ("left_ref", "right_ref"):
         warehouse.delete_where_in(conn, name, side, refs)
     warehouse.insert(conn, name, frame, index=("left_ref",))

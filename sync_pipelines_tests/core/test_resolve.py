@@ -26,6 +26,7 @@ from sync_pipelines.core.resolve import (
 from sync_pipelines.resolve import (
     build_crosswalk,
     entity_id_for,
+    explain_members,
     normalize_values,
     pairwise_precision_recall,
     resolve_entities,
@@ -272,6 +273,41 @@ def test_a_fuzzy_rule_without_keys_blocks_on_its_first_fields_prefix():
                     {"ref": "c:1", "last_name": "Smyth"})
     result = resolve_entities(records, identity(fuzzy_last_name([])))
     assert groups(result, records) == partition(("a:1", "b:1"), ("c:1",))
+
+
+def test_explain_members_gives_the_fewest_links_each_with_its_strongest_reason():
+    """Email links the first two (and would, with phone, link them again: only the stronger reason is given),
+    phone and a similar name the third; a manual merge the fourth; the fifth is held by the last run only. A link
+    the chain guard breaks is no reason: the record it would join is then alone."""
+    phone_and_name = {"name": "phone_and_name", "conditions": [
+        {"field": "phone", "method": "exact"}, {"field": "last_name", "method": "jaro_winkler", "threshold": 0.8}]}
+    records = frame(
+        {"ref": "salesforce:1", "email": "ann@x.com", "phone": "+1555", "last_name": "Smith"},
+        {"ref": "hubspot:9", "email": "ann@x.com", "phone": "+1555", "last_name": "Smith"},
+        {"ref": "zendesk:4", "email": "ann.new@y.com", "phone": "+1555", "last_name": "Smyth"},
+        {"ref": "csv:7", "email": "a.smith@old.com", "last_name": "Smith-Jones"},
+        {"ref": "erp:3", "email": "ann.smith@home.net", "last_name": "Smith"},
+    )
+    links = explain_members(records, identity(EMAIL, phone_and_name, merge=[["csv:7", "salesforce:1"]]))
+    assert links[["left", "right", "linked_by"]].values.tolist() == [
+        ["hubspot:9", "salesforce:1", "rule same_email"],
+        ["hubspot:9", "zendesk:4", "rule phone_and_name"],
+        ["csv:7", "salesforce:1", "manual merge"],
+        ["csv:7", "erp:3", "together on the last run"],
+    ]
+    assert links["detail"].iloc[1] == "phone: '+1555' / '+1555'; last_name: 'smith' / 'smyth'"
+    # a steward's accept joins like a merge; a rejected pair is never given as a link
+    accepted = explain_members(records, identity(EMAIL, phone_and_name),
+                               decisions=[("accept", "erp:3", "zendesk:4"), ("reject", "hubspot:9", "salesforce:1")])
+    reasons = {frozenset((row.left, row.right)): row.linked_by for row in accepted.itertuples()}
+    assert reasons[frozenset(("erp:3", "zendesk:4"))] == "accepted by a steward"
+    assert frozenset(("hubspot:9", "salesforce:1")) not in reasons and len(accepted) == 4
+    # a record no reason reaches is said to be alone (records that are not together, passed by mistake)
+    alone = explain_members(records.iloc[[0, 4]], identity(EMAIL), decisions=[("reject", "erp:3", "salesforce:1")])
+    assert alone["linked_by"].tolist() == ["nothing links it", "nothing links it"]
+    renamed = records.assign(last_name=records["last_name"].where(records["_source"] != "erp", "Okonkwo"))
+    guarded = explain_members(renamed, identity(EMAIL, phone_and_name, merge=[["csv:7", "salesforce:1"]]))
+    assert guarded.iloc[-1][["left", "linked_by"]].tolist() == ["erp:3", "nothing links it"]
 
 
 # ----------------------------------------------------------------------------- clusters and the guard

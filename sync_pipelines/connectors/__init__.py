@@ -8,7 +8,8 @@ Public contract (stable; the Dagster layer and the CLI rely on it)::
     connector.stats                                              # Stats; stats["requests"], stats.as_dict()
     connector.close()                                            # or use it as a context manager
 
-* ``kind``: salesforce, hubspot, zendesk, asana, stripe, slack, csv, sql.
+* ``kind``: salesforce, hubspot, zendesk, asana, stripe, slack, csv, sql, and rest (any REST API, described by the
+  ``rest`` option: ``connectors.rest.RestSpec``).
 * ``base_url``: the vendor root the stack gives (``https://acme.my.salesforce.com`` or the sandbox's
   ``http://127.0.0.1:8765/salesforce``); the connector appends the vendor's own paths, so the same code talks to
   the real service and to the sandbox. For csv it is a folder, for sql an SQLAlchemy URL.
@@ -44,6 +45,7 @@ from sync_pipelines.connectors.csv_folder import CsvConnector
 from sync_pipelines.connectors.errors import ApiError, AuthError, ConnectorError, RateLimitError, ResponseError
 from sync_pipelines.connectors.http import Stats, redact
 from sync_pipelines.connectors.hubspot import HubSpotConnector
+from sync_pipelines.connectors.rest import RestConnector
 from sync_pipelines.connectors.salesforce import SalesforceConnector
 from sync_pipelines.connectors.slack import SlackConnector
 from sync_pipelines.connectors.sql import SqlConnector
@@ -52,7 +54,7 @@ from sync_pipelines.connectors.zendesk import ZendeskConnector
 
 CONNECTORS: dict[str, type[Connector]] = {cls.kind: cls for cls in (
     SalesforceConnector, HubSpotConnector, ZendeskConnector, AsanaConnector, StripeConnector, SlackConnector,
-    CsvConnector, SqlConnector)}
+    CsvConnector, SqlConnector, RestConnector)}
 KINDS = tuple(CONNECTORS)
 
 __all__ = ["connect", "Connector", "Stats", "redact", "KINDS", "ConnectorError", "AuthError", "RateLimitError",

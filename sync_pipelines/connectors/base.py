@@ -61,6 +61,8 @@ class Options:
 
     def credential_hint(self, keys: Iterable[str]) -> str:
         names = [self.env_var(k) for k in keys]
+        if not names:
+            return "the tool's settings (it takes no credentials)"
         if len(names) == 1:
             return f"the environment variable {names[0]}"
         return f"the environment variables {', '.join(names[:-1])} and {names[-1]}"

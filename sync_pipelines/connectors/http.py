@@ -229,9 +229,13 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def dig(payload: Any, path: str) -> Any:
-    """`dig(body, "paging.next.after")`: the value at a dotted path, or None when any step is missing."""
+    """`dig(body, "paging.next.after")`: the value at a dotted path, or None when any step is missing; an empty
+    path is the payload itself (a body that is the list of records). A step that is a number indexes a list."""
     current = payload
-    for part in path.split("."):
+    for part in path.split(".") if path else ():
+        if isinstance(current, list) and part.isdigit():
+            current = current[int(part)] if int(part) < len(current) else None
+            continue
         if not isinstance(current, dict):
             return None
         current = current.get(part)
@@ -298,6 +302,56 @@ class HasMorePaginator:
         if not dig(payload, self.flag_path) or not records:
             return None
         return replace(request, params={**(request.params or {}), self.param: records[-1][self.id_field]})
+
+
+@dataclass(frozen=True)
+class OffsetPaginator:
+    """An offset and a page size as query parameters: the next offset is this one plus the records read; the end is
+    a total (``total_path``) reached, an empty page, or without a total a page shorter than the page size."""
+
+    offset_param: str
+    limit_param: str
+    limit: int
+    total_path: str | None = None
+
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
+        params = request.params or {}
+        following = int(params.get(self.offset_param) or 0) + len(records)
+        total = dig(payload, self.total_path) if self.total_path else None
+        if not records or (total is not None and following >= int(total)) or (total is None and
+                                                                               len(records) < self.limit):
+            return None
+        return replace(request, params={**params, self.offset_param: following, self.limit_param: self.limit})
+
+
+@dataclass(frozen=True)
+class PageNumberPaginator:
+    """A page number as a query parameter, from ``start``: the end is an empty page or the last page
+    (``total_pages_path``)."""
+
+    param: str
+    start: int = 1
+    total_pages_path: str | None = None
+
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
+        params = request.params or {}
+        page = int(params.get(self.param) or self.start)
+        last = dig(payload, self.total_pages_path) if self.total_pages_path else None
+        if not records or (last is not None and page - self.start + 1 >= int(last)):
+            return None
+        return replace(request, params={**params, self.param: page + 1})
+
+
+@dataclass(frozen=True)
+class LinkHeaderPaginator:
+    """The next page's URL in the response's ``Link`` header (``rel="next"``, RFC 8288; GitHub, Shopify), read from
+    the client that fetched the page."""
+
+    http: Any  # the HttpClient whose last response it reads
+
+    def next_request(self, request: PageRequest, payload: Any, records: list) -> PageRequest | None:
+        following = self.http.last_links.get("next", {}).get("url")
+        return PageRequest(request.method, following) if following else None
 
 
 # Every digit as "0", every other byte but "-" as a space: a run of 19 digits is then a plain substring search.
@@ -389,8 +443,11 @@ class HttpClient:
                  timeout: float = 30.0, retry: RetryPolicy | None = None, limits: ReadLimits | None = None,
                  headers: dict[str, str] | None = None, session: requests.Session | None = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None,
+                 reauthenticate: Callable[[], Auth] | None = None) -> None:
         self.tool = tool
+        self.reauthenticate = reauthenticate  # a new Auth when the API refuses the current one (an expired token)
+        self.last_links: dict[str, dict] = {}  # the last successful response's Link header, parsed
         self.base_url = base_url.rstrip("/")
         self.credential_hint = credential_hint
         self.error_code = error_code
@@ -401,8 +458,6 @@ class HttpClient:
         self.limits = limits or ReadLimits()
         self.bytes_received = 0  # decompressed body bytes, for the per-pagination budget
         self.redact = redactor or Redactor()
-        for secret in auth.secrets:
-            self.redact.add(secret)
         self.stats = Stats()
         self._sleep = sleep
         shared = (tool, self.base_url) if clock is time.monotonic else None  # tests with fake clocks stay private
@@ -415,6 +470,11 @@ class HttpClient:
         self.session = session or requests.Session()
         self.session.headers.update({"Accept": "application/json", "User-Agent": "sync-pipelines"})
         self.session.headers.update(headers or {})
+        self._use(auth)
+
+    def _use(self, auth: Auth) -> None:
+        for secret in auth.secrets:
+            self.redact.add(secret)
         if auth.header:
             self.session.headers["Authorization"] = auth.header
 
@@ -434,6 +494,7 @@ class HttpClient:
         shown = self.redact(f"{method} {url}")
         malformed = 0
         attempt = 0
+        reauthenticated = False
         while True:
             if self._limiter:
                 self._limiter.acquire()
@@ -466,6 +527,7 @@ class HttpClient:
             logger.debug("%s: %s -> HTTP %s in %.0f ms", self.tool, shown, response.status_code, elapsed_ms)
             status = response.status_code
             if status < 400:
+                self.last_links = response.links
                 if not expect_json:
                     return response.text
                 try:
@@ -495,6 +557,10 @@ class HttpClient:
                 failure = ApiError(self._api_message(shown, response, code), tool=self.tool, status=status, code=code)
                 self._wait_or_raise(failure, idempotent, attempt, parse_retry_after(
                     response.headers.get("Retry-After")), shown)
+            elif status in self.auth_statuses and self.reauthenticate and not reauthenticated:
+                self._use(self.reauthenticate())  # once per call: a token just issued and refused is no expiry
+                reauthenticated = True
+                continue
             elif status in self.auth_statuses:
                 raise AuthError(self.redact(
                     f"{self.tool}: the API rejected the credentials (HTTP {status} {code or ''}".rstrip() +
@@ -522,9 +588,11 @@ class HttpClient:
                                    stream=stream)
             records = dig(payload, records_path)
             if not isinstance(records, list):
+                held = f"its keys: {', '.join(map(str, payload))}" if isinstance(payload, dict) else \
+                    f"it is {type(payload).__name__}"
                 raise ResponseError(self.redact(
-                    f"{self.tool}: {request.method} {request.path} answered without a '{records_path}' list"),
-                    tool=self.tool)
+                    f"{self.tool}: {request.method} {request.path} answered without a '{records_path}' list"
+                    f"{f' (stream {stream})' if stream else ''}; {held}"), tool=self.tool)
             pages += 1
             self.stats.pages += 1
             yield from records

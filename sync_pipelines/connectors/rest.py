@@ -1,0 +1,405 @@
+"""A REST API described in the stack file instead of a Python module (``kind: rest``): the client (auth, headers,
+where error bodies hold their message), per stream the request, where its records are, how pages follow and how a
+read is made incremental, and how records are written. The spec is typed and validated once, when the stack loads;
+``RestConnector`` runs it on the shared HTTP engine, with its retries, rate limits, pagination guards and redaction.
+The contract, with examples, is ``docs/rest.md``."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from datetime import datetime
+from typing import Annotated, Any, Iterator, Literal, Union
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sync_pipelines.connectors.base import ApiConnector, Options, ToolSpec, result
+from sync_pipelines.connectors.errors import ConnectorError
+from sync_pipelines.connectors.http import (
+    Auth, CursorPaginator, LinkHeaderPaginator, NextUrlPaginator, OffsetPaginator, PageNumberPaginator, PageRequest,
+    Paginator, dig,
+)
+
+ID = "id"  # the placeholder of a write path that stands for the record's id in the tool
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ------------------------------------------------------------------------------------------------ auth
+
+
+class BearerAuth(_Spec):
+    type: Literal["bearer"]
+    token: str = "token"  # the credential key that holds the token
+
+
+class BasicAuth(_Spec):
+    type: Literal["basic"]
+    username: str | None = None  # the credential key of the user name (Jira: the account's email)
+    username_text: str | None = None  # or a fixed user name, for APIs that take any (Mailchimp)
+    password: str = "password"  # the credential key of the password or API token
+
+    @model_validator(mode="after")
+    def _one_username(self) -> BasicAuth:
+        if (self.username is None) == (self.username_text is None):
+            raise ValueError("give username (a credential key) or username_text (a fixed user name), not both")
+        return self
+
+
+class ApiKeyAuth(_Spec):
+    type: Literal["api_key"]
+    key: str = "api_key"  # the credential key
+    name: str  # the header or query parameter that carries it
+    location: Literal["header", "query"] = "header"
+    prefix: str = ""  # e.g. "Token " before the key in a header
+
+
+class OAuth2ClientCredentials(_Spec):
+    """A token fetched from ``token_url`` with the client's id and secret, fetched again when it expires or the API
+    refuses it."""
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: str
+    client_id: str = "client_id"  # credential keys
+    client_secret: str = "client_secret"
+    scope: str | None = None
+
+
+class NoAuth(_Spec):
+    type: Literal["none"]
+
+
+RestAuth = Annotated[Union[BearerAuth, BasicAuth, ApiKeyAuth, OAuth2ClientCredentials, NoAuth],
+                     Field(discriminator="type")]
+
+
+class RestClient(_Spec):
+    auth: RestAuth
+    headers: dict[str, str] = {}
+    error_path: str | None = None  # where an error body holds its message or code (dotted; a list's first item)
+    page_size: int = Field(default=100, ge=1)
+
+    def credential_keys(self) -> tuple[str, ...]:
+        auth = self.auth
+        keys = {BearerAuth: ("token",), BasicAuth: ("username", "password"), ApiKeyAuth: ("key",),
+                OAuth2ClientCredentials: ("client_id", "client_secret"), NoAuth: ()}[type(auth)]
+        return tuple(getattr(auth, attribute) for attribute in keys if getattr(auth, attribute) is not None)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+class CursorPages(_Spec):
+    type: Literal["cursor"]
+    cursor_path: str  # where the body holds the next page's token
+    param: str  # the query parameter that sends it back
+    stop_path: str | None = None  # a flag in the body that says this was the last page (Jira ``isLast``)
+
+
+class OffsetPages(_Spec):
+    type: Literal["offset"]
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    total_path: str | None = None  # where the body holds the number of records in all (Mailchimp ``total_items``)
+
+
+class PageNumberPages(_Spec):
+    type: Literal["page_number"]
+    param: str = "page"
+    start: int = 1
+    total_pages_path: str | None = None
+    page_size_param: str | None = None
+
+
+class NextUrlPages(_Spec):
+    type: Literal["next_url"]
+    next_path: str  # where the body holds the next page's URL
+
+
+class LinkHeaderPages(_Spec):
+    type: Literal["link_header"]
+
+
+class SinglePage(_Spec):
+    type: Literal["none"]
+
+
+RestPaginator = Annotated[Union[CursorPages, OffsetPages, PageNumberPages, NextUrlPages, LinkHeaderPages, SinglePage],
+                          Field(discriminator="type")]
+TIME_FORMATS = ("iso", "iso_z", "epoch_seconds", "epoch_ms")
+
+
+class Incremental(_Spec):
+    """How a read asks for what changed since a time: ``param`` takes the time in ``format`` (one of
+    ``TIME_FORMATS`` or a strftime pattern), inside ``template`` where one is given (``{since}`` marks the place:
+    a JQL query)."""
+
+    param: str
+    format: str = "iso"
+    template: str | None = None
+    location: Literal["query", "body"] = "query"
+
+    @model_validator(mode="after")
+    def _known_format(self) -> Incremental:
+        if self.format not in TIME_FORMATS and "%" not in self.format:
+            raise ValueError(f"format {self.format!r}: use one of {', '.join(TIME_FORMATS)} or a strftime pattern "
+                             "such as '%Y-%m-%d %H:%M'")
+        if self.template is not None and "{since}" not in self.template:
+            raise ValueError(f"template {self.template!r} has no {{since}} where the time goes")
+        return self
+
+    def value(self, since: datetime) -> str | int:
+        if self.format == "epoch_seconds":
+            return int(since.timestamp())
+        if self.format == "epoch_ms":
+            return int(since.timestamp() * 1000)
+        text = since.isoformat() if self.format == "iso" else \
+            since.isoformat().replace("+00:00", "Z") if self.format == "iso_z" else since.strftime(self.format)
+        return text if self.template is None else self.template.replace("{since}", text)
+
+
+class Endpoint(_Spec):
+    method: Literal["GET", "POST"] = "GET"
+    path: str
+    params: dict[str, str | int | float | bool] = {}
+    body: dict[str, Any] | None = None  # a JSON body (a search by POST)
+
+
+class RestRead(_Spec):
+    endpoint: Endpoint
+    records_path: str = ""  # dotted; empty: the body is the list of records
+    paginator: RestPaginator = SinglePage(type="none")
+    incremental: Incremental | None = None
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+_PLACEHOLDER = re.compile(r"\{([^{}|]+)((?:\|\s*\w+\s*)*)\}")
+PATH_FILTERS = {"lower": str.lower, "upper": str.upper, "trim": str.strip,
+                "md5": lambda text: hashlib.md5(text.encode()).hexdigest()}
+
+
+class WriteCall(_Spec):
+    """One call that writes a record: ``path`` may hold ``{id}`` (the record's id in the tool) and ``{field}`` (a
+    field of the record as written, by its path in the tool, e.g. ``{email_address|lower|md5}``: filters
+    ``PATH_FILTERS``); the body is the record, under ``wrap`` if given, merged into the fixed ``body``; the response
+    gives the record's id at ``id_path``."""
+
+    method: Literal["POST", "PUT", "PATCH"]
+    path: str
+    body: dict[str, Any] = {}
+    wrap: str | None = None
+    id_path: str | None = None
+
+    @model_validator(mode="after")
+    def _known_filters(self) -> WriteCall:
+        for name, filters in self.placeholders():
+            unknown = [f for f in filters if f not in PATH_FILTERS]
+            if unknown:
+                raise ValueError(f"path {self.path!r}: unknown filter {unknown[0]!r} on {name!r}; filters: "
+                                 f"{', '.join(PATH_FILTERS)}")
+        return self
+
+    def placeholders(self) -> list[tuple[str, list[str]]]:
+        return [(m.group(1).strip(), [f.strip() for f in m.group(2).split("|") if f.strip()])
+                for m in _PLACEHOLDER.finditer(self.path)]
+
+
+class RestWrite(_Spec):
+    """How a stream's records are written: ``upsert`` (one call that creates or updates, matched by a field in
+    its path), or ``create`` and ``update`` (by ``{id}``)."""
+
+    create: WriteCall | None = None
+    update: WriteCall | None = None
+    upsert: WriteCall | None = None
+
+    @model_validator(mode="after")
+    def _some_call(self) -> RestWrite:
+        if not (self.create or self.update or self.upsert):
+            raise ValueError("declare at least one of create, update and upsert")
+        if self.update and ID not in dict(self.update.placeholders()):
+            raise ValueError(f"update.path {self.update.path!r} has no {{id}}: an update must name its record")
+        if self.create and self.create.id_path is None:
+            raise ValueError("create needs id_path: where the response gives the created record's id")
+        return self
+
+    def modes(self) -> tuple[str, ...]:
+        return tuple(mode for mode, call in (("upsert", self.upsert or (self.create and self.update)),
+                                             ("update", self.update), ("create", self.create)) if call)
+
+
+class RestSpec(_Spec):
+    """A whole ``kind: rest`` tool, as the connector takes it: the client, and the streams it reads and writes."""
+
+    client: RestClient
+    reads: dict[str, RestRead] = {}
+    writes: dict[str, RestWrite] = {}
+
+
+# ----------------------------------------------------------------------------------------- connector
+
+
+def _error_reader(path: str | None):
+    def read(body: Any) -> str | None:
+        found = dig(body, path) if path else None
+        if isinstance(found, list):
+            found = found[0] if found else None
+        if isinstance(found, dict):
+            found = found.get("message") or found.get("detail") or found.get("title")
+        return None if found in (None, "") else str(found)[:200]
+    return read
+
+
+def _merged(base: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in record.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+class RestConnector(ApiConnector):
+    kind = "rest"
+    write_modes = ("upsert", "update", "create")
+    extra_options = frozenset({"rest"})
+
+    def __init__(self, base_url: str, credentials: Any, options: Options) -> None:
+        rest = options.extra.get("rest")
+        if not isinstance(rest, RestSpec):
+            rest = RestSpec.model_validate(rest or {})
+        self.rest = rest
+        self.streams = tuple(rest.reads)
+        self.write_streams = tuple(rest.writes)
+        self._token_expires = float("inf")
+        self.spec = ToolSpec(credential_keys=rest.client.credential_keys(), auth=self._auth,
+                             error_code=_error_reader(rest.client.error_path), headers=dict(rest.client.headers),
+                             page_size=rest.client.page_size)
+        super().__init__(base_url, credentials or {}, options)
+        auth = rest.client.auth
+        if isinstance(auth, OAuth2ClientCredentials):
+            self.http.reauthenticate = self._fetch_token
+        elif isinstance(auth, ApiKeyAuth) and auth.location == "header":
+            self.http.session.headers[auth.name] = auth.prefix + self.credentials[auth.key]
+        elif isinstance(auth, ApiKeyAuth):  # on every call, next-page URLs included
+            self.http.session.params = {auth.name: self.credentials[auth.key]}
+
+    # --------------------------------------------------------------------------------------- auth
+
+    def _auth(self, credentials: dict[str, str]) -> Auth:
+        auth = self.rest.client.auth
+        if isinstance(auth, BearerAuth):
+            return Auth.bearer(credentials[auth.token])
+        if isinstance(auth, BasicAuth):
+            return Auth.basic(auth.username_text if auth.username is None else credentials[auth.username],
+                              credentials[auth.password])
+        if isinstance(auth, ApiKeyAuth):
+            return Auth.none(credentials[auth.key])  # sent as a header or a parameter of every call
+        if isinstance(auth, OAuth2ClientCredentials):
+            return Auth.none(credentials[auth.client_secret])  # the token comes with the first call
+        return Auth.none()
+
+    def _fetch_token(self) -> Auth:
+        """A new access token by the client-credentials grant (RFC 6749 4.4)."""
+        auth = self.rest.client.auth
+        form = {"grant_type": "client_credentials", "client_id": self.credentials[auth.client_id],
+                "client_secret": self.credentials[auth.client_secret], **({"scope": auth.scope} if auth.scope else {})}
+        self.http.session.headers.pop("Authorization", None)
+        body = self.http.request("POST", auth.token_url, data=form)
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ConnectorError(f"{self.name}: {auth.token_url} answered without an access_token", tool=self.name)
+        expires = body.get("expires_in")
+        self._token_expires = time.monotonic() + float(expires) - 30 if isinstance(expires, (int, float)) \
+            else float("inf")
+        return Auth.bearer(token)
+
+    def _authenticated(self) -> None:
+        if isinstance(self.rest.client.auth, OAuth2ClientCredentials) and (
+                "Authorization" not in self.http.session.headers or time.monotonic() >= self._token_expires):
+            self.http._use(self._fetch_token())
+
+    # ------------------------------------------------------------------------------------- reading
+
+    def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
+        spec = self.rest.reads[stream]
+        self._authenticated()
+        params = dict(spec.endpoint.params)
+        body = dict(spec.endpoint.body) if spec.endpoint.body is not None else None
+        if since is not None and spec.incremental is not None:
+            if spec.incremental.location == "query":
+                params[spec.incremental.param] = spec.incremental.value(since)
+            else:
+                body = {**(body or {}), spec.incremental.param: spec.incremental.value(since)}
+        params.update(self._page_params(spec.paginator))
+        request = PageRequest(spec.endpoint.method, spec.endpoint.path, params=params, json=body)
+        yield from self.http.paginate(request, records_path=spec.records_path, stream=stream,
+                                      paginator=self._paginator(spec.paginator))
+
+    def _page_params(self, pages) -> dict[str, Any]:
+        if isinstance(pages, OffsetPages):
+            return {pages.limit_param: self.page_size}
+        if isinstance(pages, PageNumberPages) and pages.page_size_param:
+            return {pages.page_size_param: self.page_size}
+        return {}
+
+    def _paginator(self, pages) -> Paginator | None:
+        if isinstance(pages, CursorPages):
+            return CursorPaginator(pages.cursor_path, pages.param, stop_path=pages.stop_path)
+        if isinstance(pages, OffsetPages):
+            return OffsetPaginator(pages.offset_param, pages.limit_param, self.page_size, pages.total_path)
+        if isinstance(pages, PageNumberPages):
+            return PageNumberPaginator(pages.param, pages.start, pages.total_pages_path)
+        if isinstance(pages, NextUrlPages):
+            return NextUrlPaginator(pages.next_path)
+        if isinstance(pages, LinkHeaderPages):
+            return LinkHeaderPaginator(self.http)
+        return None
+
+    # ------------------------------------------------------------------------------------- writing
+
+    def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
+        """One call per record. ``update`` and ``create`` use their calls; ``upsert`` its own call, else update a
+        record that carries its id (``key``) and create one that does not."""
+        spec = self.rest.writes[stream]
+        self._authenticated()
+        if mode not in spec.modes():
+            raise ConnectorError(f"{self.name}: {stream} declares no write for mode {mode!r}; declared: "
+                                 f"{', '.join(spec.modes()) or 'none'}")
+        return [self._write_batch([record], lambda batch: [self._write_one(spec, batch[0], mode, key)])[0]
+                for record in records]
+
+    def _write_one(self, spec: RestWrite, record: dict, mode: str, key: str | None) -> dict[str, Any]:
+        data = dict(record)
+        data.pop("idempotency_key", None)
+        record_id = data.pop(key, None) if key and mode != "upsert" else None
+        if mode == "upsert" and spec.upsert is None:
+            record_id = data.pop(key or ID, None)
+            mode = "update" if record_id not in (None, "") else "create"
+        call = {"upsert": spec.upsert, "update": spec.update, "create": spec.create}[mode]
+        if mode == "update" and record_id in (None, ""):
+            return result(False, error=f"record lacks its id ({key or ID})")
+        try:
+            path = self._path(call, data, record_id)
+        except KeyError as missing:
+            return result(False, error=f"record lacks {missing.args[0]}, which the path {call.path} names")
+        body = _merged(call.body, {call.wrap: data} if call.wrap else data)
+        answer = self.http.request(call.method, path, json=body, idempotent=call.method != "POST")
+        found = dig(answer, call.id_path) if call.id_path else None
+        return result(True, found if found is not None else record_id, mode == "create" or None)
+
+    @staticmethod
+    def _path(call: WriteCall, record: dict, record_id: Any) -> str:
+        def fill(match: re.Match) -> str:
+            name = match.group(1).strip()
+            value = record_id if name == ID else dig(record, name)
+            if value in (None, ""):
+                raise KeyError(name)
+            text = str(value)
+            for name_of_filter in (f.strip() for f in match.group(2).split("|") if f.strip()):
+                text = PATH_FILTERS[name_of_filter](text)
+            return quote(text, safe="")
+        return _PLACEHOLDER.sub(fill, call.path)

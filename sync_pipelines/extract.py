@@ -184,7 +184,8 @@ def extract_stream(
         result.cursor_after = min(max(filter(None, (cursor_before, newest.to_pydatetime()))), started)
         warehouse.save_cursor(tool, stream_name, result.cursor_after)
     if stream.deletions is not None:
-        listed = pd.concat(read_ids, ignore_index=True) if lists_all else None
+        # a full read that found nothing lists no id (the share guard keeps that from deleting everything)
+        listed = pd.concat(read_ids or [pd.Series([], dtype=object)], ignore_index=True) if lists_all else None
         result.scan = scan_deletions(warehouse, connector, tool, stream_name, stream, now or started, listed,
                                      landed_before)
     result.stats = dict(getattr(connector, "stats", {}) or {})

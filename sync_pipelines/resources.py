@@ -9,7 +9,8 @@ from pathlib import Path
 import dagster as dg
 
 from sync_pipelines.connectors import connect
-from sync_pipelines.stack import DEFAULT_STACK, Stack, load_stack
+from sync_pipelines.connectors.rest import RestSpec
+from sync_pipelines.stack import DEFAULT_STACK, REST, Stack, Tool, load_stack
 from sync_pipelines.warehouse import Warehouse
 
 
@@ -33,6 +34,13 @@ def _stack_for(path: str | None) -> Stack:
 def _warehouse(stack_path: str | None, url: str) -> Warehouse:
     """One engine (and one schema check) per process and warehouse, not one per step."""
     return Warehouse(load_stack(stack_path), url)
+
+
+def rest_spec(tool: Tool) -> RestSpec:
+    """A rest tool's whole description, as its connector takes it: the client, each tool stream's request (a stream
+    that ``reads`` another uses that one's), and its writes."""
+    reads = {stream.reads or name: stream.request for name, stream in tool.streams.items() if stream.request}
+    return RestSpec(client=tool.client, reads=reads, writes=tool.writes)
 
 
 class SyncResource(dg.ConfigurableResource):
@@ -71,10 +79,11 @@ class SyncResource(dg.ConfigurableResource):
                       for name, s in tool.streams.items()}
         associations = {"associations": {name: types for name, types in associated.items() if types}} \
             if tool.kind == "hubspot" and any(associated.values()) else {}
+        described = {"rest": rest_spec(tool)} if tool.kind == REST else {}
         return connect(
             tool.kind, tool.base_url, credentials,
             name=tool_name,
             credential_env=dict(tool.credentials),
             rate_limit=tool.rate_limit.model_dump() if tool.rate_limit else None,
-            **files, **associations,
+            **files, **associations, **described,
         )

@@ -23,6 +23,8 @@ from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
 )
 
+from sync_pipelines.connectors import KINDS
+from sync_pipelines.connectors.rest import RestClient, RestRead, RestWrite
 from sync_pipelines.core import conditions as condition_language
 
 DEFAULT_STACK = Path(__file__).parent / "stacks" / "sandbox.yaml"
@@ -44,7 +46,8 @@ ENTITY_TABLE_KINDS = (
     "conflicts", "field_state", "references", "review_pairs",
 )
 
-ToolKind = Literal["salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "csv", "sql"]
+ToolKind = Literal[KINDS]  # the connectors' registry: a new kind is allowed here once it is registered there
+REST = "rest"
 FieldType = Literal["string", "email", "phone", "integer", "number", "boolean", "date", "datetime"]
 Transform = Literal[
     "trim", "lower", "upper", "title", "snake", "first_word", "rest_words", "domain", "email_domain", "phone_e164",
@@ -253,6 +256,7 @@ class Stream(_Model):
     deleted_field: str | None = None
     deleted_value: str | bool = True
     deletions: DeletionScan | None = None
+    request: RestRead | None = None  # a rest tool's stream: how to read it (connectors/rest.py, docs/rest.md)
     fields: list[Mapping]
 
 
@@ -275,6 +279,8 @@ class Tool(_Model):
     owner: str = "team:data"
     scopes: Scopes = Scopes()
     streams: dict[str, Stream] = {}
+    client: RestClient | None = None  # a rest tool's API: auth, headers, error bodies
+    writes: dict[str, RestWrite] = {}  # a rest tool's streams that can be written, and how
 
     @field_validator("credentials")
     @classmethod
@@ -846,6 +852,63 @@ def _check_model(raw: dict, path: str, fields: set[str], problems: _Problems) ->
                              f"{', '.join(DERIVED_KEYS)}; fields: {_allowed(fields)}")
 
 
+def write_streams(tool: Tool) -> tuple[str, ...] | None:
+    """The streams a tool's connector can write (None: any stream the tool declares): a rest tool's are its
+    ``writes``, every other kind's are its connector's."""
+    from sync_pipelines.connectors import CONNECTORS
+
+    return tuple(tool.writes) if tool.kind == REST else CONNECTORS[tool.kind].write_streams
+
+
+def _check_rest(stack: Stack, problems: _Problems) -> None:
+    """A rest tool is described whole (its client, each stream's request, the fields its write paths name); the
+    other kinds' connectors know their API, so they take none of it."""
+    for t, tool in stack.tools.items():
+        base = f"tools.{t}"
+        if tool.kind != REST:
+            for key, given in (("client", tool.client is not None), ("writes", bool(tool.writes))):
+                if given:
+                    problems.add(f"{base}.{key}", f"only a rest tool takes {key}; {t!r} is a {tool.kind} tool, "
+                                                  "whose connector knows its API")
+            for s, stream in tool.streams.items():
+                if stream.request is not None:
+                    problems.add(f"{base}.streams.{s}.request", f"only a rest tool's stream takes request; {t!r} "
+                                                                 f"is a {tool.kind} tool")
+            continue
+        if tool.client is None:
+            problems.add(f"{base}.client", "a rest tool needs client: its auth, and optionally headers, error_path "
+                                           "and page_size (docs/rest.md)")
+        else:
+            missing = [key for key in tool.client.credential_keys() if key not in tool.credentials]
+            if missing:
+                problems.add(f"{base}.client.auth", f"names credential key(s) {', '.join(missing)}, which "
+                                                    f"{base}.credentials does not declare; declared: "
+                                                    f"{_allowed(tool.credentials)}")
+        requests: dict[str, RestRead] = {}
+        for s, stream in tool.streams.items():
+            read = stream.reads or s
+            if stream.request is not None and requests.setdefault(read, stream.request) != stream.request:
+                problems.add(f"{base}.streams.{s}.request", f"another stream reading {read!r} declares a different "
+                                                             "request: one tool stream is read one way")
+        for s, stream in tool.streams.items():
+            if (stream.reads or s) not in requests:
+                problems.add(f"{base}.streams.{s}", "a rest tool's stream needs request: its endpoint, and where "
+                                                    "the records are and how pages follow (docs/rest.md)")
+        for w, write in tool.writes.items():
+            if w not in tool.streams:
+                problems.add(f"{base}.writes.{w}", f"unknown stream {w!r}; streams: {_allowed(tool.streams)}")
+                continue
+            stream = tool.streams[w]
+            mapped = {mapping.source for mapping in stream.fields} | {stream.primary_key}
+            for mode in ("create", "update", "upsert"):
+                call = getattr(write, mode)
+                for name, _ in call.placeholders() if call else ():
+                    if name != "id" and name not in mapped:
+                        problems.add(f"{base}.writes.{w}.{mode}.path",
+                                     f"{{{name}}} is no field the stream maps; allowed: id, "
+                                     f"{_allowed(mapped)}{_did_you_mean(name, mapped)}")
+
+
 def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> None:
     """Cross-references pydantic cannot see: every name used must be declared somewhere else in the file. A name in
     ``refused`` is declared but was refused (reported already): a check that needs it is skipped, not reported."""
@@ -993,11 +1056,12 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
                 f"tool {dest.tool!r} is not allowed to write {dest.entity!r}; "
                 f"its write scope is: {_allowed(stack.tools[dest.tool].scopes.write)}",
             )
-        streams, writer = stack.tools[dest.tool].streams, CONNECTORS[stack.tools[dest.tool].kind]
+        streams, writable = stack.tools[dest.tool].streams, write_streams(stack.tools[dest.tool])
+        writer = CONNECTORS[stack.tools[dest.tool].kind]
         if not need(dest.stream, set(streams), f"{base}.stream", f"stream of tool {dest.tool!r}"):
             continue
-        if writer.write_streams is not None and not need(dest.stream, set(writer.write_streams), f"{base}.stream",
-                                                         f"stream a {writer.kind} tool can write"):
+        if writable is not None and not need(dest.stream, set(writable), f"{base}.stream",
+                                             f"stream a {stack.tools[dest.tool].kind} tool can write"):
             continue
         if streams[dest.stream].entity not in entities:  # reported at the stream
             continue
@@ -1024,7 +1088,8 @@ def _check_references(stack: Stack, problems: _Problems, refused: set[str]) -> N
                                         "write (a transform it cannot invert, or write: never): a create could not "
                                         "carry its key; allowed: a key the destination writes, or one the stack maps "
                                         "no field to (it then holds the golden record's id)")
-        if dest.creates and "upsert" not in writer.write_modes:
+        modes = stack.tools[dest.tool].writes[dest.stream].modes() if writer.kind == REST else writer.write_modes
+        if dest.creates and "upsert" not in modes:
             problems.add(f"{base}.mode", f"found {dest.mode!r}, but a {writer.kind} tool cannot match a record by a "
                                          "key to create it; allowed: update")
     for e, entity in stack.entities.items():
@@ -1083,12 +1148,13 @@ def _check_action(stack: Stack, problems: _Problems, action: Action, base: str, 
 
     if not need(create.tool, set(stack.tools), f"{base}.create.tool", "tool"):
         return
-    tool, writer = stack.tools[create.tool], CONNECTORS[stack.tools[create.tool].kind]
+    tool = stack.tools[create.tool]
 
     def writable(stream: str, at: str, declared_only: bool) -> bool:
         """A stream the tool's connector can write: declared in the stack (with its entity in the write scope), or,
         for the target, one the tool can only write (a Slack message)."""
-        can_write = set(writer.write_streams) if writer.write_streams is not None else set(tool.streams)
+        writable = write_streams(tool)
+        can_write = set(writable) if writable is not None else set(tool.streams)
         write_only = set() if declared_only else can_write - set(tool.streams)
         if not need(stream, (can_write & set(tool.streams)) | write_only, at,
                     f"stream of tool {create.tool!r} to create {'a linked record' if declared_only else 'records'} "
@@ -1343,6 +1409,7 @@ def load_stack(path: str | Path | None = None) -> Stack:
         found = _Problems(file)
         _check_names(stack, found)
         _check_references(stack, found, refused)
+        _check_rest(stack, found)
         for path, problem in found.found:
             problems.add(_path_in_file(path, dropped_items), problem)
     problems.raise_any(raw)

@@ -42,7 +42,7 @@ def test_five_mistakes_are_five_lines_of_one_report(tmp_path):
          "found 'lowr'; allowed: 'trim', 'lower', 'upper', 'title', 'snake', 'first_word', 'rest_words', 'domain', "
          "'email_domain', 'phone_e164', 'name_key' or 'utc'; did you mean 'lower'?"),
         ("tools.hubspot.kind", "found 'hubspott'; allowed: 'salesforce', 'hubspot', 'zendesk', 'asana', 'stripe', "
-                               "'slack', 'csv' or 'sql'; did you mean 'hubspot'?"),
+                               "'slack', 'csv', 'sql' or 'rest'; did you mean 'hubspot'?"),
         ("survivorship.contacts.source_of_truth", "unknown tool: 'salesfroce'; allowed: asana, legacy_erp, "
                                                   "salesforce, slack, stripe, zendesk; did you mean 'salesforce'?"),
         ("quality.contacts.expectations[5]", "unknown expect 'not_nul'; allowed: between, in_set, match_regex, "

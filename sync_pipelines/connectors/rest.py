@@ -227,9 +227,18 @@ class RestWrite(_Spec):
             raise ValueError("create needs id_path: where the response gives the created record's id")
         return self
 
+    def call_for(self, mode: str, has_id: bool) -> WriteCall | None:
+        """The call that writes a record in ``mode``: an upsert call serves an update or a create the API has no
+        own call for, and an upsert without one is an update of a record with an id or a create of one without."""
+        if mode == "update":
+            return self.update or self.upsert
+        if mode == "create":
+            return self.create or self.upsert
+        return self.upsert or (self.update if has_id else self.create)
+
     def modes(self) -> tuple[str, ...]:
-        return tuple(mode for mode, call in (("upsert", self.upsert or (self.create and self.update)),
-                                             ("update", self.update), ("create", self.create)) if call)
+        return tuple(mode for mode in ("upsert", "update", "create")
+                     if self.call_for(mode, True) and self.call_for(mode, False))
 
 
 class RestSpec(_Spec):
@@ -362,11 +371,11 @@ class RestConnector(ApiConnector):
     # ------------------------------------------------------------------------------------- writing
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
-        """One call per record. ``update`` and ``create`` use their calls; ``upsert`` its own call, else update a
-        record that carries its id (``key``) and create one that does not."""
+        """One call per record, by ``RestWrite.call_for``: an upsert without an upsert call updates a record that
+        carries its id and creates one that does not (an action's new record)."""
         spec = self.rest.writes[stream]
         self._authenticated()
-        if mode not in spec.modes():
+        if spec.call_for(mode, True) is None and spec.call_for(mode, False) is None:
             raise ConnectorError(f"{self.name}: {stream} declares no write for mode {mode!r}; declared: "
                                  f"{', '.join(spec.modes()) or 'none'}")
         return [self._write_batch([record], lambda batch: [self._write_one(spec, batch[0], mode, key)])[0]
@@ -375,13 +384,13 @@ class RestConnector(ApiConnector):
     def _write_one(self, spec: RestWrite, record: dict, mode: str, key: str | None) -> dict[str, Any]:
         data = dict(record)
         data.pop("idempotency_key", None)
-        record_id = data.pop(key, None) if key and mode != "upsert" else None
-        if mode == "upsert" and spec.upsert is None:
-            record_id = data.pop(key or ID, None)
-            mode = "update" if record_id not in (None, "") else "create"
-        call = {"upsert": spec.upsert, "update": spec.update, "create": spec.create}[mode]
+        id_field = key if mode == "update" and key else ID  # an upsert's key is a field of the record: it stays
+        record_id = data.pop(id_field, None) if mode != "create" else None
+        call = spec.call_for(mode, record_id not in (None, ""))
         if mode == "update" and record_id in (None, ""):
-            return result(False, error=f"record lacks its id ({key or ID})")
+            return result(False, error=f"record lacks its id ({id_field})")
+        if call is None:  # an upsert of a record with an id, where only creates are declared
+            return result(False, error=f"{self.name} declares no update for a record with an id ({record_id})")
         try:
             path = self._path(call, data, record_id)
         except KeyError as missing:
@@ -389,7 +398,8 @@ class RestConnector(ApiConnector):
         body = _merged(call.body, {call.wrap: data} if call.wrap else data)
         answer = self.http.request(call.method, path, json=body, idempotent=call.method != "POST")
         found = dig(answer, call.id_path) if call.id_path else None
-        return result(True, found if found is not None else record_id, mode == "create" or None)
+        created = True if call is spec.create else None if call is spec.upsert else False
+        return result(True, found if found is not None else record_id, created)
 
     @staticmethod
     def _path(call: WriteCall, record: dict, record_id: Any) -> str:

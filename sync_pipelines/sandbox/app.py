@@ -20,7 +20,9 @@ from .common import ApiError, Call, json_response, now_ms
 from .data import World, build_world
 from .erp import write_csv
 from .hubspot import HubSpot
+from .jira import Jira
 from .limits import Faults, RateLimiter, Stats
+from .mailchimp import Mailchimp
 from .salesforce import Salesforce
 from .slack import Slack
 from .stripe import Stripe
@@ -30,7 +32,7 @@ from .webhooks import AssociationChange, WebhookSender
 from .zendesk import Zendesk
 
 log = logging.getLogger(__name__)
-VENDOR_CLASSES: tuple[type[Vendor], ...] = (Salesforce, HubSpot, Zendesk, Asana, Stripe, Slack)
+VENDOR_CLASSES: tuple[type[Vendor], ...] = (Salesforce, HubSpot, Zendesk, Asana, Stripe, Slack, Jira, Mailchimp)
 
 
 class SandboxState:

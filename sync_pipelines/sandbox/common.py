@@ -95,6 +95,11 @@ def iso_s(ms: int) -> str:
     return f"{_utc_seconds(ms)}Z"
 
 
+def iso_offset(ms: int) -> str:
+    """2026-11-01T12:34:56+00:00 (Mailchimp)."""
+    return f"{_utc_seconds(ms)}+00:00"
+
+
 def sf_datetime(ms: int) -> str:
     """2026-11-01T12:34:56.000+0000 (Salesforce)."""
     return f"{_utc_seconds(ms)}.{ms % 1000:03d}+0000"

@@ -274,6 +274,7 @@ def build_world(seed: int = 42, scale: float = 1.0, anchor: datetime | None = No
     _plant_split_names(world)
     _build_business(world)
     _plant_contact_companies(world)
+    _build_issues_and_audience(world)
     return world
 
 
@@ -672,6 +673,40 @@ def _plant_contact_companies(world: World) -> None:
         stale = (style == 2) & in_salesforce[np.maximum(person, 0)] & (person >= 0)
         chosen = np.where(stale, np.where(other == own, -1, other), np.where(style == 1, -1, own))
         contacts.codes[column] = np.where(own >= 0, chosen, -1).astype(np.int64)
+
+
+def _build_issues_and_audience(world: World) -> None:
+    """Jira issues of the support escalation project, assigned to staff; the marketing audience, empty until a sync
+    writes the golden contacts into it."""
+    from .jira import ID_OFFSET, PRIORITIES, STATUSES
+    from .mailchimp import subscriber_hash
+
+    rng = _rng(world.seed, "jira/issues")
+    n = max(3, int(round(len(world.people) * 0.12)))
+    created, modified = _times(rng, n, world.anchor_ms)
+    codes = {"summary": rng.integers(0, len(N.TICKET_SUBJECTS), n).astype(np.int8),
+             "status": _pick(rng, n, (40, 30, 30)), "priority": _pick(rng, n, (5, 20, 50, 20, 5)),
+             "assignee": np.where(rng.random(n) < 0.8, rng.integers(0, len(N.TEAM), n), -1).astype(np.int16),
+             "due_days": np.where(rng.random(n) < 0.5, rng.integers(3, 30, n), -1).astype(np.int16)}
+
+    def issue(t: Table, row: int) -> dict[str, Any]:
+        member, due = int(t.codes["assignee"][row]), int(t.codes["due_days"][row])
+        assignee = None if member < 0 else team_member(member)
+        return {"summary": f"Escalation: {N.TICKET_SUBJECTS[t.codes['summary'][row]]}",
+                "status": STATUSES[t.codes["status"][row]], "priority": PRIORITIES[t.codes["priority"][row]],
+                "assignee": assignee and {"accountId": assignee["gid"], "emailAddress": assignee["email"],
+                                          "displayName": assignee["name"]},
+                "duedate": None if due < 0 else datetime.fromtimestamp(
+                    (int(t.created[row]) + due * DAY_MS) / 1000, timezone.utc).strftime("%Y-%m-%d"),
+                "labels": [], "issuetype": "Task"}
+
+    issues = Table("jira", "issues", IdScheme("string_int", offset=ID_OFFSET), created, modified, np.full(n, -1),
+                   issue, deleted=rng.random(n) < 0.02, codes=codes)
+    empty = np.empty(0, np.int64)
+    audience = Table("mailchimp", "members", IdScheme("int", offset=1), empty, empty, empty, lambda t, row: {})
+    audience.shown_id = lambda t, row: subscriber_hash(t.fields(row)["email_address"])
+    for table in (issues, audience):
+        world.tables[table.key] = table
 
 
 def team_member(index: int) -> dict[str, str]:

@@ -8,7 +8,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
-TOOLS = ("salesforce", "hubspot", "zendesk", "asana", "stripe", "slack")
+TOOLS = ("salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "jira", "mailchimp")
 
 # Documented limits; Zendesk's applies to incremental exports only, Salesforce's is the daily API budget.
 DEFAULT_LIMITS: dict[str, dict[str, float]] = {
@@ -17,6 +17,8 @@ DEFAULT_LIMITS: dict[str, dict[str, float]] = {
     "zendesk": {"requests": 10, "per_seconds": 60},
     "asana": {"requests": 150, "per_seconds": 60},
     "stripe": {"requests": 100, "per_seconds": 1},
+    "jira": {"requests": 100, "per_seconds": 10},  # Jira Cloud's are cost-based: a burst budget stands for them
+    "mailchimp": {"requests": 100, "per_seconds": 10},  # 10 connections at once, of about 100 ms each
 }
 
 KNOBS = ("error_rate", "latency_ms", "malformed_page_rate", "schema_drift", "rate_limits", "page_size")

@@ -59,6 +59,12 @@ class Table:
     def id(self, row: int) -> Any:
         return self.ids.id(row)
 
+    # how the tool shows a record's id, where it is not the id scheme's (a hash of a field: Mailchimp's members)
+    shown_id: Callable[["Table", int], Any] | None = None
+
+    def public_id(self, row: int) -> Any:
+        return self.shown_id(self, row) if self.shown_id else self.id(row)
+
     def row_of(self, record_id: object) -> int | None:
         row = self.ids.row(record_id)
         return row if row is not None and row < len(self) else None

@@ -43,6 +43,10 @@ CONTACT_MAPPINGS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "zendesk/users": _from_full_name("name", "email"),
     "stripe/customers": _from_full_name("name", "email"),
     "legacy_erp/customers": _from_full_name("contact_name", "email_address", {"company_name": "company"}),
+    "mailchimp/members": lambda f: {"email": f.get("email_address"),
+                                    "first_name": (f.get("merge_fields") or {}).get("FNAME") or None,
+                                    "last_name": (f.get("merge_fields") or {}).get("LNAME") or None,
+                                    "phone": (f.get("merge_fields") or {}).get("PHONE") or None},
 }
 
 
@@ -138,7 +142,7 @@ def records(table: Table, world: World | None = None) -> list[dict[str, Any]]:
     """One entry per record: id as the tool shows it, person, deleted flag and invalid reason; for a company
     record, also the company it describes (`data.company_label`); for a contact record of a person (given the
     ``world``), the company that person belongs to, whatever the record names (`company_key`)."""
-    ids = [None if table.tool == "legacy_erp" and reason == "missing_id" else table.id(row)
+    ids = [None if table.tool == "legacy_erp" and reason == "missing_id" else table.public_id(row)
            for row, reason in enumerate(INVALID_REASONS[i] for i in table.invalid.tolist())]
     entries = [{"id": ids[row], "person": None if p < 0 else person_key(p), "deleted": d,
                 "invalid": INVALID_REASONS[i] or None}

@@ -1,0 +1,134 @@
+"""The two tools the sandbox stack describes with ``kind: rest`` alone (a Jira-style tracker, a Mailchimp-style
+audience): every record lands once, reads are incremental and within the rate limits, golden contacts reach the
+audience through a destination, an urgent ticket creates an issue through a declared action, and each stream rides
+out the reliability matrix's faults with nothing lost and nothing landed twice."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from sync_pipelines.connectors import AuthError, ResponseError, connect
+from sync_pipelines.extract import extract_stream
+from sync_pipelines.resources import rest_spec
+from sync_pipelines.sandbox import running_sandbox, sandbox_env
+from sync_pipelines.stack import load_stack
+from sync_pipelines.warehouse import Warehouse, landing_table_name
+
+FAST_BACKOFF = 0.01
+AUDIENCE = 60  # members written into the audience before a reliability case reads it
+
+
+def live_ids(box, tool: str, stream: str) -> set[str]:
+    return {str(r["id"]) for r in box.truth("records", tool=tool, stream=stream) if not r["deleted"]}
+
+
+def test_rest_tools_land_once_read_incrementally_and_take_golden_contacts_and_actions(sync):
+    result, written = sync.run()
+    assert result.success
+    issues = sync.warehouse.read_table(landing_table_name("jira", "issues"))
+    assert issues["_source_id"].is_unique and set(issues["_source_id"]) == live_ids(sync.box, "jira", "issues")
+    golden = sync.warehouse.read_table("golden_contacts")
+    wanted = golden[golden["lifecycle_stage"].isin(["lead", "customer"]) & golden["email"].notna()
+                    & ~golden["_deleted"].astype(bool)]
+    assert written["mailchimp/contacts_writeback"] == len(wanted) > 0
+
+    result, written = sync.run()  # the audience read back: exactly the golden leads and customers, nothing rewritten
+    assert result.success and written["mailchimp/contacts_writeback"] == 0
+    staged = sync.warehouse.read_table("staged_contacts")
+    audience = staged[staged["_source"] == "mailchimp"]
+    assert audience["_source_id"].is_unique and set(audience["_source_id"]) == live_ids(sync.box, "mailchimp",
+                                                                                           "members")
+    assert set(audience["email"]) == set(wanted["email"])
+
+    sync.box.stats(reset=True)
+    assert sync.run()[0].success  # nothing changed: one page of each, and no write
+    stats = sync.box.stats()
+    assert (stats["jira"]["requests"], stats["mailchimp"]["requests"]) == (1, 1), stats
+    assert stats["jira"]["throttled"] == stats["mailchimp"]["throttled"] == 0
+
+    # an urgent ticket: the declared action creates one Jira issue, once
+    tickets = sync.warehouse.read_table("staged_tickets")
+    calm = tickets[(tickets["priority"] != "urgent") & ~tickets["status"].isin(["solved", "closed"])].iloc[0]
+    sync.box.mutate("zendesk", "tickets", int(calm["_source_id"]), {"priority": "urgent"})
+    before = len(live_ids(sync.box, "jira", "issues"))
+    assert sync.run()[0].success and sync.run()[0].success
+    assert len(live_ids(sync.box, "jira", "issues")) == before + 1
+    tasks = sync.warehouse.read_table("staged_tasks")
+    [created] = tasks.loc[tasks["name"].str.contains(f"Urgent ticket {calm['_source_id']}:", regex=False,
+                                                     na=False), "_source"].tolist()
+    assert created == "jira"
+
+
+@pytest.fixture
+def box(tmp_path, monkeypatch):
+    with running_sandbox(scale=0.3, csv_dir=tmp_path / "csv") as sandbox:
+        for key, value in sandbox_env(sandbox.url, tmp_path / "csv").items():
+            monkeypatch.setenv(key, value)
+        yield sandbox
+
+
+def connector(box, tool: str, **options: Any):
+    """The connector the Dagster resource builds for a rest tool, with a short backoff."""
+    stack = load_stack()
+    spec = stack.tools[tool]
+    credentials = {key: os.environ[env] for key, env in spec.credentials.items()}
+    return connect("rest", spec.base_url, credentials, name=tool, credential_env=dict(spec.credentials),
+                   rest=rest_spec(spec), backoff_base=FAST_BACKOFF, **options)
+
+
+def _fill_audience(box) -> None:
+    with connector(box, "mailchimp") as mailchimp:
+        results = mailchimp.write("members", [
+            {"email_address": f"member{k}@example.com", "merge_fields": {"FNAME": f"Member{k}"}}
+            for k in range(AUDIENCE)], mode="upsert", key="email_address")
+    assert all(r["ok"] for r in results)
+
+
+CASES = {
+    "429 storm": {"rate_limits": {"requests": 3, "per_seconds": 1}, "page_size": 10},
+    "5xx burst": {"error_rate": 0.3, "page_size": 10},
+    "malformed page": {"malformed_page_rate": 0.3, "page_size": 10},
+}
+
+
+@pytest.mark.parametrize("tool, stream", [("jira", "issues"), ("mailchimp", "members")])
+@pytest.mark.parametrize("case", list(CASES))
+def test_rest_streams_ride_out_the_fault_matrix_exactly_once(box, tmp_path, tool, stream, case):
+    """Throttling and server errors are retried through; a page truncated again and again fails the read naming the
+    tool, with no cursor moved. Then a rerun without the fault lands every record once."""
+    if tool == "mailchimp":
+        _fill_audience(box)
+    stack = load_stack()
+    warehouse = Warehouse(stack, f"sqlite:///{tmp_path / 'warehouse.db'}")
+    box.set_faults({tool: CASES[case]})
+    box.stats(reset=True)
+    try:
+        result = extract_stream(stack, warehouse, connector(box, tool, max_retries=8), tool, stream)
+    except ResponseError as error:
+        assert case == "malformed page" and str(error).startswith(f"{tool}: ") and "not JSON" in str(error)
+        assert warehouse.cursor(tool, stream) is None
+    else:
+        server = box.stats()[tool]
+        faults = {"429 storm": server["throttled"], "5xx burst": server["server_errors"]}.get(case)
+        assert result.stats["retries"] >= (faults or 0) and result.stats["retries"] > 0  # met, and retried
+    box.set_faults(reset=True)
+    extract_stream(stack, warehouse, connector(box, tool), tool, stream)
+    landed = warehouse.read_table(landing_table_name(tool, stream))
+    assert landed["_source_id"].is_unique, "a record landed twice"
+    assert set(landed["_source_id"]) == live_ids(box, tool, stream), "a record was lost"
+
+
+@pytest.mark.parametrize("tool, stream, variable", [("jira", "issues", "JIRA_API_TOKEN"),
+                                                    ("mailchimp", "members", "MAILCHIMP_API_KEY")])
+def test_an_expired_credential_fails_at_once_naming_the_variable_and_never_the_value(box, tmp_path, monkeypatch,
+                                                                                   tool, stream, variable):
+    monkeypatch.setenv(variable, "expired-credential-0001")
+    stack = load_stack()
+    warehouse = Warehouse(stack, f"sqlite:///{tmp_path / 'warehouse.db'}")
+    with pytest.raises(AuthError) as refused:
+        extract_stream(stack, warehouse, connector(box, tool), tool, stream)
+    assert variable in str(refused.value) and "expired-credential-0001" not in str(refused.value)
+    assert box.stats()[tool]["requests"] == 1  # refused credentials are not retried

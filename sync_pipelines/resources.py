@@ -39,7 +39,8 @@ def _warehouse(stack_path: str | None, url: str) -> Warehouse:
 def rest_spec(tool: Tool) -> RestSpec:
     """A rest tool's whole description, as its connector takes it: the client, each tool stream's request (a stream
     that ``reads`` another uses that one's), and its writes."""
-    reads = {stream.reads or name: stream.request for name, stream in tool.streams.items() if stream.request}
+    reads = {stream.reads or name: stream.request.model_copy(update={"id_field": stream.primary_key})
+             for name, stream in tool.streams.items() if stream.request}
     return RestSpec(client=tool.client, reads=reads, writes=tool.writes)
 
 

@@ -23,7 +23,7 @@ from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
 )
 
-from sync_pipelines.connectors import KINDS
+from sync_pipelines.connectors import KINDS, TOOL_KINDS
 from sync_pipelines.connectors.rest import RestClient, RestRead, RestWrite
 from sync_pipelines.core import conditions as condition_language
 
@@ -611,8 +611,7 @@ def _credential_variables(raw: dict) -> dict[str, tuple[str, tuple | None]]:
     connector names when none is declared (connectors/base.py ``Options.env_var``: ``<TOOL>_<KEY>``), the webhook
     signing secrets, and the URLs with passwords: the Celery broker's and the warehouse's, allowed in warehouse.url
     only."""
-    from sync_pipelines.connectors import CONNECTORS  # imported late: pipeline imports us
-    from sync_pipelines.webhooks import SECRET_ENV
+    from sync_pipelines.webhooks import SECRET_ENV  # imported late: webhooks imports the pipeline, which imports us
 
     warehouse = raw.get("warehouse", {}).get("url") if isinstance(raw.get("warehouse"), dict) else None
     secrets = {var: ("the warehouse URL (its password)", WAREHOUSE_URL) for var in (
@@ -624,8 +623,8 @@ def _credential_variables(raw: dict) -> dict[str, tuple[str, tuple | None]]:
         if not isinstance(tool, dict):
             continue
         declared = tool.get("credentials") if isinstance(tool.get("credentials"), dict) else {}
-        spec = getattr(CONNECTORS.get(tool.get("kind")) if isinstance(tool.get("kind"), str) else None, "spec", None)
-        for key in {*declared, *(spec.credential_keys if spec else ())}:
+        kind = TOOL_KINDS.get(tool.get("kind")) if isinstance(tool.get("kind"), str) else None
+        for key in {*declared, *(kind.credential_keys if kind else ())}:
             for var in (declared.get(key), f"{str(name).upper()}_{str(key).upper()}"):
                 if isinstance(var, str):
                     secrets[var] = (f"credential {key!r} of tool {name!r}", None)
@@ -1279,8 +1278,9 @@ def _pydantic_problem(error: dict, raw: Any) -> tuple[str, str]:
     elif error["type"] == "literal_error":
         choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
         detail = f"allowed: {error['ctx']['expected']}{_did_you_mean(found, choices) if found else ''}"
-    elif error["type"] == "union_tag_invalid":  # the one tagged union: an action trigger, by its kind
-        loc, found = [*loc, "kind"], error["ctx"]["tag"]
+    elif error["type"] == "union_tag_invalid":  # a tagged union: its key, or an action trigger's kind
+        tag = str(error["ctx"].get("discriminator", "")).strip("'")
+        loc, found = [*loc, tag if tag.isidentifier() else "kind"], error["ctx"]["tag"]
         choices = re.findall(r"'([^']*)'", error["ctx"]["expected_tags"])
         detail = f"allowed: {error['ctx']['expected_tags']}{_did_you_mean(found, choices)}"
     a_name = error["type"] in ("literal_error", "union_tag_invalid") and isinstance(found, str) and (

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sync_pipelines.connectors import TOOL_KINDS
 from sync_pipelines.connectors.hubspot import ASSOCIATIONS
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ TOLERANCE_S = 300
 MAX_BODY_BYTES = 1024 * 1024  # vendors' events are a few kB; a larger post is refused before it fills memory
 MAX_DEPTH = 64  # vendors' events nest a few levels; far below where json recurses out of stack, wherever it is read
 INBOX_TABLE = "webhook_inbox"
-SECRET_ENV = {"hubspot": "HUBSPOT_WEBHOOK_SECRET", "stripe": "STRIPE_WEBHOOK_SECRET",
-              "zendesk": "ZENDESK_WEBHOOK_SECRET"}
+# the kinds that sign their webhooks (connectors/kinds.py), each with the variable holding its signing secret
+SECRET_ENV = {name: kind.webhook_secret_env for name, kind in TOOL_KINDS.items() if kind.webhooks}
 HUBSPOT_STREAMS = {"contact": "contacts", "company": "companies", "deal": "deals"}
 ASSOCIATION_CHANGE = ".associationChange"
 # HubSpot signs the URI with these escapes decoded (its v3 validation guide lists them).
@@ -355,6 +356,11 @@ SCHEMES = {scheme.tool: scheme for scheme in (
                   _sign_zendesk, _verify_zendesk, _zendesk_events,
                   {"user": "users", "ticket": "tickets"}, _zendesk_changed, _sets),
 )}
+
+
+if set(SCHEMES) != set(SECRET_ENV):  # a kind that signs webhooks has its scheme here, and only such a kind
+    raise ImportError(f"webhook schemes {sorted(SCHEMES)} differ from the kinds that sign webhooks "
+                      f"{sorted(SECRET_ENV)} (connectors/kinds.py)")
 
 
 def signed_headers(tool: str, secret: str, url: str, body: bytes, now: float | None = None,

@@ -16,7 +16,8 @@ def _write(tmp_path: Path, mutate) -> Path:
 
 def test_sandbox_stack_loads_with_every_tool_and_stream():
     stack = load_stack()
-    assert set(stack.tools) == {"salesforce", "hubspot", "zendesk", "asana", "stripe", "legacy_erp", "slack"}
+    assert set(stack.tools) == {"salesforce", "hubspot", "zendesk", "asana", "stripe", "legacy_erp", "slack",
+                                 "jira", "mailchimp"}
     assert ("salesforce", "Contact") in {(t, s) for t, _, s, _ in stack.streams()}
     assert stack.tools["zendesk"].credentials == {"email": "ZENDESK_EMAIL", "api_token": "ZENDESK_API_TOKEN"}
 
@@ -46,7 +47,7 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
         (lambda r: r["tools"]["salesforce"]["streams"]["Contact"]["fields"][0].update(transforms=["lowr"]),
          "tools.salesforce.streams.Contact.fields[0].transforms[0]", "'lower'"),
         (lambda r: r["destinations"].append({"tool": "asana", "entity": "contacts", "stream": "x", "key": "k"}),
-         "destinations[5].entity", "tasks"),
+         "destinations[6].entity", "tasks"),
         (lambda r: r.update(timezone="Europe/Pariss"), "timezone", "IANA name"),
         (lambda r: r.update(start_date="2026-13-01"), "start_date", "YYYY-MM-DD"),
         (lambda r: r["nightly"].update(cron="0 25 * * *"), "nightly.cron", "hour 25 is out of range 0-23"),
@@ -85,7 +86,7 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
         (lambda r: (r["tools"]["zendesk"]["scopes"]["write"].append("tickets"),
                     r["destinations"].append({"tool": "zendesk", "entity": "tickets", "stream": "tickets",
                                               "key": "id"})),
-         "destinations[5].stream", "a zendesk tool can write"),
+         "destinations[6].stream", "a zendesk tool can write"),
         (lambda r: r["warehouse"].update(url="postgres ql://secret-pw@db"), "warehouse.url", "not a database URL"),
         (lambda r: r["survivorship"]["contacts"].update(groups=[["first_name", "lats_name"]]),
          "survivorship.contacts.groups[0][1]", "last_name"),
@@ -96,7 +97,7 @@ def test_sync_stack_env_selects_another_file(tmp_path, monkeypatch):
         (lambda r: (r["tools"]["stripe"]["scopes"]["write"].append("contacts"),
                     r["destinations"].append({"tool": "stripe", "entity": "contacts", "stream": "customers",
                                               "key": "id", "on_delete": "archive"})),
-         "destinations[5].on_delete", "cannot delete records"),
+         "destinations[6].on_delete", "cannot delete records"),
         (lambda r: r["survivorship"]["contacts"].update(groups=[["phone", "phone"]]),
          "survivorship.contacts.groups[0]", "two or more different fields"),
         (lambda r: r["destinations"][2].update(fields={"job_title": {"write": "never"}}),

@@ -39,25 +39,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sync_pipelines.connectors.asana import AsanaConnector
 from sync_pipelines.connectors.base import Connector, Options
-from sync_pipelines.connectors.csv_folder import CsvConnector
 from sync_pipelines.connectors.errors import ApiError, AuthError, ConnectorError, RateLimitError, ResponseError
 from sync_pipelines.connectors.http import Stats, redact
-from sync_pipelines.connectors.hubspot import HubSpotConnector
-from sync_pipelines.connectors.rest import RestConnector
-from sync_pipelines.connectors.salesforce import SalesforceConnector
-from sync_pipelines.connectors.slack import SlackConnector
-from sync_pipelines.connectors.sql import SqlConnector
-from sync_pipelines.connectors.stripe import StripeConnector
-from sync_pipelines.connectors.zendesk import ZendeskConnector
+from sync_pipelines.connectors.kinds import KINDS as TOOL_KINDS
 
-CONNECTORS: dict[str, type[Connector]] = {cls.kind: cls for cls in (
-    SalesforceConnector, HubSpotConnector, ZendeskConnector, AsanaConnector, StripeConnector, SlackConnector,
-    CsvConnector, SqlConnector, RestConnector)}
-KINDS = tuple(CONNECTORS)
+CONNECTORS: dict[str, type[Connector]] = {name: kind.connector for name, kind in TOOL_KINDS.items()}
+KINDS = tuple(TOOL_KINDS)
 
-__all__ = ["connect", "Connector", "Stats", "redact", "KINDS", "ConnectorError", "AuthError", "RateLimitError",
+__all__ = ["connect", "Connector", "Stats", "redact", "KINDS", "TOOL_KINDS", "ConnectorError", "AuthError", "RateLimitError",
            "ApiError", "ResponseError"]
 
 

@@ -9,13 +9,18 @@ from urllib.parse import quote
 
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, result
 from sync_pipelines.connectors.errors import ApiError
-from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest
+from sync_pipelines.connectors.http import Auth
+from sync_pipelines.connectors.rest import CursorPages, Endpoint, Incremental, RestRead, read_pages
 
 API = "/api/1.0"
 PAGE_MAX = 100
 TASK_FIELDS = ("gid", "name", "notes", "completed", "completed_at", "due_on", "due_at", "created_at", "modified_at",
                "assignee.email", "assignee.name", "projects.name", "workspace.name", "permalink_url")
-OFFSET_PAGINATOR = CursorPaginator("next_page.offset", "offset")
+OFFSET_PAGES = CursorPages(type="cursor", cursor_path="next_page.offset", param="offset")
+# A project's tasks are a plain REST read; what is special is going over every project (a task in several comes once)
+TASKS = RestRead(endpoint=Endpoint(path=f"{API}/tasks"), records_path="data", paginator=OFFSET_PAGES,
+                 incremental=Incremental(param="modified_since", format="iso_z"), page_size_param="limit",
+                 id_field="gid")
 
 
 def error_code(body: Any) -> str | None:
@@ -36,13 +41,11 @@ class AsanaConnector(ApiConnector):
                     error_code=error_code, page_size=PAGE_MAX)
 
     def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
-        params: dict[str, Any] = {"limit": min(self.page_size, PAGE_MAX),
-                                  "opt_fields": ",".join(self.fields_for(stream) or TASK_FIELDS)}
-        if since:
-            params["modified_since"] = since.isoformat().replace("+00:00", "Z")
+        fields = ",".join(self.fields_for(stream) or TASK_FIELDS)
         seen: set[str] = set()
         for project in self._project_gids():
-            for task in self._list("/tasks", {**params, "project": project}, stream):
+            for task in read_pages(self.http, TASKS, since, stream=stream, page_size=min(self.page_size, PAGE_MAX),
+                                   params={"opt_fields": fields, "project": project}):
                 if task["gid"] not in seen:
                     seen.add(task["gid"])
                     yield task
@@ -52,14 +55,15 @@ class AsanaConnector(ApiConnector):
         if pinned:
             yield str(pinned)
             return
-        for workspace in self._list("/workspaces", {}, "workspaces"):
-            for project in self._list("/projects", {"workspace": workspace["gid"]}, "projects"):
+        for workspace in self._list(f"{API}/workspaces", {}, "workspaces"):
+            for project in self._list(f"{API}/projects", {"workspace": workspace["gid"]}, "projects"):
                 yield project["gid"]
 
     def _list(self, path: str, params: dict[str, Any], stream: str) -> Iterator[dict]:
-        request = PageRequest("GET", API + path, params={"limit": min(self.page_size, PAGE_MAX), **params})
-        yield from self.http.paginate(request, records_path="data", paginator=OFFSET_PAGINATOR, stream=stream,
-                                      id_field="gid")
+        listing = RestRead(endpoint=Endpoint(path=path), records_path="data", paginator=OFFSET_PAGES,
+                           page_size_param="limit", id_field="gid")
+        yield from read_pages(self.http, listing, None, stream=stream, page_size=min(self.page_size, PAGE_MAX),
+                              params=params)
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
         """upsert creates tasks without a `gid` and updates the others; update needs the `gid`."""

@@ -7,12 +7,15 @@ import argparse
 import logging
 import time
 
-from sync_pipelines.connectors import connect
+from sync_pipelines.connectors import TOOL_KINDS, connect
 from sync_pipelines.sandbox import running_sandbox, sandbox_credentials
+from sync_pipelines.stack import DEFAULT_STACK, load_stack
 
 SANDBOX_CREDENTIALS = sandbox_credentials()
-STREAMS = {"salesforce": ("Contact", "Account", "Opportunity"), "hubspot": ("contacts", "companies"),
-           "zendesk": ("users", "tickets"), "asana": ("tasks",), "stripe": ("customers", "invoices")}
+# the streams the sandbox stack reads from each tool of a kind the sandbox emulates under its own name
+STREAMS = {name: tuple(dict.fromkeys(spec.reads or stream for stream, spec in tool.streams.items()))
+           for name, tool in load_stack(DEFAULT_STACK).tools.items()
+           if TOOL_KINDS[tool.kind].emulated and tool.streams and name == tool.kind}
 
 
 def main() -> None:

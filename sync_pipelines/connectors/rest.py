@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sync_pipelines.connectors.base import ApiConnector, Options, ToolSpec, result
 from sync_pipelines.connectors.errors import ConnectorError
 from sync_pipelines.connectors.http import (
-    Auth, CursorPaginator, LinkHeaderPaginator, NextUrlPaginator, OffsetPaginator, PageNumberPaginator, PageRequest,
-    Paginator, dig,
+    Auth, CursorPaginator, HttpClient, LinkHeaderPaginator, NextUrlPaginator, OffsetPaginator, PageNumberPaginator,
+    PageRequest, Paginator, dig,
 )
 
 ID = "id"  # the placeholder of a write path that stands for the record's id in the tool
@@ -98,6 +98,7 @@ class CursorPages(_Spec):
     cursor_path: str  # where the body holds the next page's token
     param: str  # the query parameter that sends it back
     stop_path: str | None = None  # a flag in the body that says this was the last page (Jira ``isLast``)
+    drop_params: tuple[str, ...] = ()  # parameters of the first call that later pages leave out (the start time)
 
 
 class OffsetPages(_Spec):
@@ -112,7 +113,6 @@ class PageNumberPages(_Spec):
     param: str = "page"
     start: int = 1
     total_pages_path: str | None = None
-    page_size_param: str | None = None
 
 
 class NextUrlPages(_Spec):
@@ -174,6 +174,44 @@ class RestRead(_Spec):
     records_path: str = ""  # dotted; empty: the body is the list of records
     paginator: RestPaginator = SinglePage(type="none")
     incremental: Incremental | None = None
+    page_size_param: str | None = None  # the parameter that asks for the client's page size (an offset's limit)
+    id_field: str = "id"  # what tells records apart, for the guard against pages that bring nothing new
+
+
+def read_pages(http: HttpClient, read: RestRead, since: datetime | None, *, stream: str,
+               page_size: int | None = None, params: dict[str, Any] | None = None) -> Iterator[dict]:
+    """Every record of a read as ``read`` describes it, from ``since`` when its API filters by time; ``params``
+    go with the first call, besides the endpoint's. The one reading path of the rest kind and of the built-in kinds
+    whose reads are plain REST."""
+    query = {**read.endpoint.params, **(params or {})}
+    body = dict(read.endpoint.body) if read.endpoint.body is not None else None
+    if since is not None and read.incremental is not None:
+        if read.incremental.location == "query":
+            query[read.incremental.param] = read.incremental.value(since)
+        else:
+            body = {**(body or {}), read.incremental.param: read.incremental.value(since)}
+    pages = read.paginator
+    size_param = pages.limit_param if isinstance(pages, OffsetPages) else read.page_size_param
+    if size_param and page_size:
+        query[size_param] = page_size
+    request = PageRequest(read.endpoint.method, read.endpoint.path, params=query, json=body)
+    yield from http.paginate(request, records_path=read.records_path, stream=stream, id_field=read.id_field,
+                             paginator=_paginator(pages, http, page_size))
+
+
+def _paginator(pages, http: HttpClient, page_size: int | None) -> Paginator | None:
+    if isinstance(pages, CursorPages):
+        return CursorPaginator(pages.cursor_path, pages.param, stop_path=pages.stop_path,
+                               drop_params=tuple(pages.drop_params))
+    if isinstance(pages, OffsetPages):
+        return OffsetPaginator(pages.offset_param, pages.limit_param, page_size or 1, pages.total_path)
+    if isinstance(pages, PageNumberPages):
+        return PageNumberPaginator(pages.param, pages.start, pages.total_pages_path)
+    if isinstance(pages, NextUrlPages):
+        return NextUrlPaginator(pages.next_path)
+    if isinstance(pages, LinkHeaderPages):
+        return LinkHeaderPaginator(http)
+    return None
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -334,39 +372,8 @@ class RestConnector(ApiConnector):
     # ------------------------------------------------------------------------------------- reading
 
     def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
-        spec = self.rest.reads[stream]
         self._authenticated()
-        params = dict(spec.endpoint.params)
-        body = dict(spec.endpoint.body) if spec.endpoint.body is not None else None
-        if since is not None and spec.incremental is not None:
-            if spec.incremental.location == "query":
-                params[spec.incremental.param] = spec.incremental.value(since)
-            else:
-                body = {**(body or {}), spec.incremental.param: spec.incremental.value(since)}
-        params.update(self._page_params(spec.paginator))
-        request = PageRequest(spec.endpoint.method, spec.endpoint.path, params=params, json=body)
-        yield from self.http.paginate(request, records_path=spec.records_path, stream=stream,
-                                      paginator=self._paginator(spec.paginator))
-
-    def _page_params(self, pages) -> dict[str, Any]:
-        if isinstance(pages, OffsetPages):
-            return {pages.limit_param: self.page_size}
-        if isinstance(pages, PageNumberPages) and pages.page_size_param:
-            return {pages.page_size_param: self.page_size}
-        return {}
-
-    def _paginator(self, pages) -> Paginator | None:
-        if isinstance(pages, CursorPages):
-            return CursorPaginator(pages.cursor_path, pages.param, stop_path=pages.stop_path)
-        if isinstance(pages, OffsetPages):
-            return OffsetPaginator(pages.offset_param, pages.limit_param, self.page_size, pages.total_path)
-        if isinstance(pages, PageNumberPages):
-            return PageNumberPaginator(pages.param, pages.start, pages.total_pages_path)
-        if isinstance(pages, NextUrlPages):
-            return NextUrlPaginator(pages.next_path)
-        if isinstance(pages, LinkHeaderPages):
-            return LinkHeaderPaginator(self.http)
-        return None
+        yield from read_pages(self.http, self.rest.reads[stream], since, stream=stream, page_size=self.page_size)
 
     # ------------------------------------------------------------------------------------- writing
 

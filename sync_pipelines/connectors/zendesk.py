@@ -12,7 +12,8 @@ from typing import Any, Iterator
 from sync_pipelines.connectors.base import ApiConnector, ToolSpec, chunked, result
 from sync_pipelines.connectors.deletes import delete_each
 from sync_pipelines.connectors.errors import ConnectorError, ResponseError
-from sync_pipelines.connectors.http import Auth, CursorPaginator, PageRequest
+from sync_pipelines.connectors.http import Auth
+from sync_pipelines.connectors.rest import CursorPages, Endpoint, RestRead, read_pages
 
 API = "/api/v2"
 WRITE_CHUNK = 100
@@ -21,6 +22,20 @@ MIN_START_AGE_SECONDS = 61
 JOB_DONE = ("completed", "failed", "killed")
 JOB_POLL_SECONDS = (1, 2, 4, 5)
 JOB_TIMEOUT_SECONDS = 600
+# The exports are plain REST, described as a rest tool's would be: cursor-based for users and tickets, time-based for
+# organizations (each page's end_time is the next one's start_time). What is special is only the start time.
+EXPORTS = {
+    stream: RestRead(endpoint=Endpoint(path=f"{API}/incremental/{stream}/cursor.json"), records_path=stream,
+                     paginator=CursorPages(type="cursor", cursor_path="after_cursor", param="cursor",
+                                           stop_path="end_of_stream", drop_params=("start_time",)),
+                     page_size_param="per_page")
+    for stream in ("users", "tickets")
+} | {
+    "organizations": RestRead(endpoint=Endpoint(path=f"{API}/incremental/organizations.json"),
+                              records_path="organizations", page_size_param="per_page",
+                              paginator=CursorPages(type="cursor", cursor_path="end_time", param="start_time",
+                                                    stop_path="end_of_stream")),
+}
 
 
 def error_code(body: Any) -> str | None:
@@ -33,8 +48,7 @@ def error_code(body: Any) -> str | None:
 
 class ZendeskConnector(ApiConnector):
     kind = "zendesk"
-    streams = ("users", "tickets", "organizations")
-    time_based_streams = ("organizations",)
+    streams = tuple(EXPORTS)
     write_streams = ("users",)
     write_modes = ("upsert", "update")
     spec = ToolSpec(credential_keys=("email", "api_token"),
@@ -44,18 +58,9 @@ class ZendeskConnector(ApiConnector):
                     endpoint_limits={f"{API}/incremental/": {"requests": 10, "per_seconds": 60}})
 
     def _read(self, stream: str, since: datetime | None) -> Iterator[dict]:
-        params: dict[str, Any] = {"start_time": self._start_time(since)}
-        if self.options.page_size:
-            params["per_page"] = min(self.page_size, EXPORT_PAGE_MAX)
-        if stream in self.time_based_streams:  # each page's end_time is the next one's start_time
-            path, paginator = (f"{API}/incremental/{stream}.json",
-                               CursorPaginator("end_time", "start_time", stop_path="end_of_stream"))
-        else:
-            path, paginator = (f"{API}/incremental/{stream}/cursor.json",
-                               CursorPaginator("after_cursor", "cursor", stop_path="end_of_stream",
-                                               drop_params=("start_time",)))
-        yield from self.http.paginate(PageRequest("GET", path, params=params), records_path=stream,
-                                      paginator=paginator, stream=stream)
+        size = min(self.page_size, EXPORT_PAGE_MAX) if self.options.page_size else None
+        yield from read_pages(self.http, EXPORTS[stream], None, stream=stream, page_size=size,
+                              params={"start_time": self._start_time(since)})
 
     @staticmethod
     def _start_time(since: datetime | None) -> int:

@@ -15,8 +15,9 @@ from sync_pipelines.stack import load_stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
 TODAY = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-# What each API can return on a full read: Stripe lists never show deleted objects (only its events do).
-READABLE = {"stripe/customers": "live"}
+# What each API can return on a full read: Stripe lists never show deleted objects (only its events do), and a Jira
+# search never finds a deleted issue.
+READABLE = {"stripe/customers": "live", "jira/issues": "live"}
 
 
 @pytest.fixture

@@ -43,8 +43,9 @@ def test_five_mistakes_are_five_lines_of_one_report(tmp_path):
          "'email_domain', 'phone_e164', 'name_key' or 'utc'; did you mean 'lower'?"),
         ("tools.hubspot.kind", "found 'hubspott'; allowed: 'salesforce', 'hubspot', 'zendesk', 'asana', 'stripe', "
                                "'slack', 'csv', 'sql' or 'rest'; did you mean 'hubspot'?"),
-        ("survivorship.contacts.source_of_truth", "unknown tool: 'salesfroce'; allowed: asana, legacy_erp, "
-                                                  "salesforce, slack, stripe, zendesk; did you mean 'salesforce'?"),
+        ("survivorship.contacts.source_of_truth", "unknown tool: 'salesfroce'; allowed: asana, jira, legacy_erp, "
+                                                  "mailchimp, salesforce, slack, stripe, zendesk; did you mean "
+                                                  "'salesforce'?"),
         ("quality.contacts.expectations[5]", "unknown expect 'not_nul'; allowed: between, in_set, match_regex, "
                                              "max_length, not_null, unique; did you mean 'not_null'?"),
     ]]

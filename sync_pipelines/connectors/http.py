@@ -606,7 +606,8 @@ class HttpClient:
             if following is not None and following.identity() in asked:
                 raise ResponseError(self.redact(
                     f"{self.tool}: pagination came back to a page it already read, after "
-                    f"{request.method} {request.path}"), tool=self.tool)
+                    f"{request.method} {request.path}{f' (stream {stream})' if stream else ''}: its next-page "
+                    f"token does not move"), tool=self.tool)
             if following is not None and stale >= self.limits.stale_pages:
                 raise self._read_limit(stream, request, f"{stale} pages in a row brought no record not already read "
                                                         f"(limits.stale_pages): its next-page token moves, its "

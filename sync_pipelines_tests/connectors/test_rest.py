@@ -167,7 +167,7 @@ def test_a_response_that_does_not_match_its_spec_fails_naming_the_stream_the_pat
     stuck = {"client": {"auth": {"type": "none"}},
              "reads": {"deals": {"endpoint": {"path": "/deals"}, "records_path": "data",
                                  "paginator": {"type": "cursor", "cursor_path": "next", "param": "cursor"}}}}
-    with pytest.raises(ResponseError, match="came back to a page it already read"):
+    with pytest.raises(ResponseError, match=r"came back to a page it already read, after GET /deals \(stream deals\)"):
         list(rest(fake_api, sleeps, stuck).read("deals"))
     with pytest.raises(ConnectorError, match="cannot read stream 'contacts'"):
         list(rest(fake_api, sleeps, spec).read("contacts"))

@@ -36,7 +36,9 @@ TOOL, STREAM = "hubspot", "contacts"
 TOKEN_ENV = "HUBSPOT_ACCESS_TOKEN"
 TODAY = datetime.now(timezone.utc).strftime("%Y-%m-%d")
 FAST_BACKOFF = 0.01  # retries back off from 10 ms instead of 500 ms; Retry-After is still obeyed as sent
-LISTS_HIDE_DELETED = {"stripe"}  # Stripe's list endpoints omit deleted objects: a full read cannot see them
+# Stripe's list endpoints omit deleted objects, and a Jira search never finds a deleted issue: a full read cannot see
+# them
+LISTS_HIDE_DELETED = {"stripe", "jira"}
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--window-size=1920,1080")
+                  "--window-size=1920,1600")
 README_SCREENSHOTS = REPO / "docs" / "screenshots"
 RENDER_TIMEOUT_S = 30
 # Upstream to downstream: each tool's extraction, then core, then what goes back to the tools.

@@ -47,8 +47,8 @@ from sync_pipelines.connectors.kinds import KINDS as TOOL_KINDS
 CONNECTORS: dict[str, type[Connector]] = {name: kind.connector for name, kind in TOOL_KINDS.items()}
 KINDS = tuple(TOOL_KINDS)
 
-__all__ = ["connect", "Connector", "Stats", "redact", "KINDS", "TOOL_KINDS", "ConnectorError", "AuthError", "RateLimitError",
-           "ApiError", "ResponseError"]
+__all__ = ["connect", "Connector", "Stats", "redact", "KINDS", "TOOL_KINDS", "ConnectorError", "AuthError",
+           "RateLimitError", "ApiError", "ResponseError"]
 
 
 def connect(kind: str, base_url: str, credentials: Any = None, **options: Any) -> Connector:

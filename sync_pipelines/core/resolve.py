@@ -511,8 +511,8 @@ class _Resolver:
         for key in rule.blocking_keys() or (None,):
             block_codes = combine([*([] if key is None else [self._key_codes(rule, key)]), *exact_codes])
             block_codes[~present] = -1
-            blocks = split_large(block_codes, self.max_block_size,
-                                 [(k, functools.partial(self._key_codes, rule, k)) for k in self._split_keys(rule, key)])
+            further = [(k, functools.partial(self._key_codes, rule, k)) for k in self._split_keys(rule, key)]
+            blocks = split_large(block_codes, self.max_block_size, further)
             for large in blocks.large:
                 self._large_block(rule.name, key or "+".join(c.field for c in rule.exact), large)
             pairs = _fuzzy_pairs(blocks.codes, rule.fuzzy, self.compared)

@@ -110,7 +110,8 @@ class MatchModel:
 
     def fields(self) -> set[str]:
         """The record fields the model reads (a derived blocking key counts as its field)."""
-        return ({c.field for c in self.comparisons} | {key_source(key, None)[0] for keys in self.blocking for key in keys}
+        return ({c.field for c in self.comparisons}
+                | {key_source(key, None)[0] for keys in self.blocking for key in keys}
                 | {level.other for c in self.comparisons for level in c.levels if level.other})
 
     @classmethod

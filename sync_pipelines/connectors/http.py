@@ -470,9 +470,10 @@ class HttpClient:
         self.session = session or requests.Session()
         self.session.headers.update({"Accept": "application/json", "User-Agent": "sync-pipelines"})
         self.session.headers.update(headers or {})
-        self._use(auth)
+        self.use_auth(auth)
 
-    def _use(self, auth: Auth) -> None:
+    def use_auth(self, auth: Auth) -> None:
+        """Send `auth` from now on, its secrets redacted (a token refreshed replaces the last)."""
         for secret in auth.secrets:
             self.redact.add(secret)
         if auth.header:
@@ -558,7 +559,7 @@ class HttpClient:
                 self._wait_or_raise(failure, idempotent, attempt, parse_retry_after(
                     response.headers.get("Retry-After")), shown)
             elif status in self.auth_statuses and self.reauthenticate and not reauthenticated:
-                self._use(self.reauthenticate())  # once per call: a token just issued and refused is no expiry
+                self.use_auth(self.reauthenticate())  # once per call: a token just issued and refused is no expiry
                 reauthenticated = True
                 continue
             elif status in self.auth_statuses:

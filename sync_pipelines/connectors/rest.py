@@ -367,7 +367,7 @@ class RestConnector(ApiConnector):
     def _authenticated(self) -> None:
         if isinstance(self.rest.client.auth, OAuth2ClientCredentials) and (
                 "Authorization" not in self.http.session.headers or time.monotonic() >= self._token_expires):
-            self.http._use(self._fetch_token())
+            self.http.use_auth(self._fetch_token())
 
     # ------------------------------------------------------------------------------------- reading
 

@@ -84,7 +84,7 @@ class Jira(Vendor):
         """The live rows a JQL query selects, in its order (by update time, then id, by default)."""
         order_match = _ORDER.search(" " + jql)
         where = (" " + jql)[: order_match.start()] if order_match else jql
-        mask = ~table.deleted.copy()
+        mask = ~table.deleted
         for clause in filter(str.strip, re.split(r"\s+AND\s+", where.strip(), flags=re.IGNORECASE)):
             found = _CLAUSE.match(clause)
             if not found:

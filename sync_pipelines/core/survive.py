@@ -630,6 +630,38 @@ def derive_field_change_times(
     return state.take(_key_order(state)).reset_index(drop=True)
 
 
+def echoed_writes(current: pd.DataFrame, previous_state: pd.DataFrame, written: pd.DataFrame,
+                  fields: Sequence[str]) -> np.ndarray:
+    """Which ``current`` records changed only by taking the values we last wrote them: every field that differs
+    from the record's row of ``previous_state`` (a record without one held nothing: one we created) now holds the
+    value ``written`` says was last written to that field of that record, and at least one such write exists. That
+    is our own write-back coming back from the tool (its echo): the values came from the golden record, so they
+    move no golden value. ``written`` holds ``_source``, ``_source_id``, ``field``, ``value`` (None for a clear),
+    one row per record and field."""
+    fields = list(fields)
+    changed_columns = [name + CHANGED_AT_SUFFIX for name in fields]
+    now = current[KEY_COLUMNS + fields].astype({c: str for c in KEY_COLUMNS}).reset_index(drop=True)
+    previous = _previous_state(previous_state, fields, changed_columns)
+    written = written.astype({c: str for c in KEY_COLUMNS})
+    now_keys, previous_keys = _joint_key_codes(now, previous)
+    previous_row = pd.Index(previous_keys).get_indexer(now_keys)
+    echo = np.ones(len(now), dtype=bool)
+    wrote_any = np.zeros(len(now), dtype=bool)
+    for name in fields:
+        ours = written[written["field"] == name].reset_index(drop=True)
+        now_codes, written_codes = _joint_key_codes(now, ours)
+        written_row = pd.Index(written_codes).get_indexer(now_codes)
+        wrote_any |= written_row >= 0
+        held = pd.Series(previous[name].astype(object).array.take(previous_row, allow_fill=True))
+        moved = np.flatnonzero(~_same_text(now[name], held))
+        has_write = written_row[moved] >= 0
+        took_ours = np.zeros(len(moved), dtype=bool)
+        took_ours[has_write] = _same_text(now.loc[moved[has_write], name].reset_index(drop=True),
+                                          pd.Series(ours["value"].array.take(written_row[moved[has_write]])))
+        echo[moved[~took_ours]] = False
+    return echo & wrote_any
+
+
 def without_clears(state: pd.DataFrame, fields: Sequence[str]) -> pd.DataFrame:
     """A state stored before clears were recorded gave every empty value a change time, replaced value or not: as
     no clear can be told from a gap there, all its empty values become gaps (none empties a golden field)."""

@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from sync_pipelines.core.changes import CONCURRENT_COLUMNS, KEYS, changed_fields, concurrent_edits
+from sync_pipelines.core.changes import ALL_FIELDS, CONCURRENT_COLUMNS, KEYS, changed_fields, concurrent_edits
 from sync_pipelines.core.quality import SOURCE_COLUMNS, QualityReport, columns_read, validate, volume_check
-from sync_pipelines.core.survive import derive_field_change_times, survivorship, without_clears
+from sync_pipelines.core.survive import derive_field_change_times, echoed_writes, survivorship, without_clears
 from sync_pipelines.pipeline.common import (
     METADATA,
     StepMark,
@@ -23,6 +23,7 @@ from sync_pipelines.pipeline.common import (
 )
 from sync_pipelines.core.scoring import waterfall_markdown
 from sync_pipelines.resolve import block_neighbors, build_crosswalk, explain_pair, record_refs, resolve_entities
+from sync_pipelines.pipeline.writeback import LEDGER
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 
@@ -66,7 +67,7 @@ def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields
     that tool's newer edit (which would echo it back as a conflict and let it win fields it never changed)."""
     if ledger is None or ledger.empty:
         return state
-    latest = ledger.sort_values("written_at").drop_duplicates(["tool", "source_id", "field"], keep="last")
+    latest = _latest_writes(ledger)
     state = state.copy()
     for fname in fields:
         origin = latest[latest["field"] == fname]
@@ -82,6 +83,58 @@ def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields
         column = f"{fname}__changed_at"
         state.loc[ours, column] = pd.to_datetime(merged.loc[ours, "origin_changed_at"], utc=True).to_numpy()
     return state
+
+
+def _latest_writes(ledger: pd.DataFrame) -> pd.DataFrame:
+    """The ledger's last write to each field of each record."""
+    return ledger.sort_values("written_at", kind="stable").drop_duplicates(["tool", "source_id", "field"],
+                                                                           keep="last")
+
+
+@dataclass
+class _Echo:
+    """Changes logged by staging that are only our own write-backs coming back: their records' new field state,
+    to store without resolving or surviving anything again."""
+
+    keys: pd.DataFrame
+    state: pd.DataFrame
+
+
+def _echoes(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame, now: datetime) -> _Echo | None:
+    """The logged changes of records that changed only by taking the values the write-back ledger says we last
+    wrote them (``survive.echoed_writes``): after a first sync that updated most records of every tool, the tools
+    report each as changed, and resolving them again would cost a rebuild to find what was already decided. Their
+    field state still takes the new values, with the change times of the values they copied. None: no echo."""
+    if not warehouse.has_table(LEDGER):
+        return None
+    fields = list(stack.entities[entity].fields)
+    per_key = log.assign(removed=log["removed"].astype(bool), new=log["identity_changed"].eq(ALL_FIELDS)).groupby(
+        KEYS, as_index=False, sort=False)[["removed", "new"]].any()
+    # a new record is ours when a write-back created it: the crosswalk links it to its golden record at once
+    created = warehouse.read_keys(table("crosswalk", entity), per_key.loc[per_key["new"], KEYS], KEYS)
+    candidates = pd.concat([per_key.loc[~per_key["removed"] & ~per_key["new"], KEYS], created], ignore_index=True)
+    if candidates.empty:
+        return None
+    ledger = warehouse.read_where_in(LEDGER, "source_id", candidates["_source_id"],
+                                     ["tool", "source_id", "field", "value", "origin_changed_at", "written_at"])
+    ledger = ledger.merge(candidates, left_on=["tool", "source_id"], right_on=KEYS)[ledger.columns]
+    if ledger.empty:
+        return None
+    candidates = candidates.merge(ledger[["tool", "source_id"]].drop_duplicates(), left_on=KEYS,
+                                  right_on=["tool", "source_id"])[KEYS]
+    records = warehouse.read_keys(table("staged", entity), candidates, [*KEYS, *fields, "_updated_at"])
+    previous = warehouse.read_keys(table("field_state", entity), candidates)
+    written = _latest_writes(ledger).rename(columns={"tool": "_source", "source_id": "_source_id"})
+    echoed = records[echoed_writes(records, previous, written, fields)]
+    if echoed.empty:
+        return None
+    state = derive_field_change_times(previous.merge(echoed[KEYS], on=KEYS), echoed, fields, extracted_at=now)
+    return _Echo(echoed[KEYS].reset_index(drop=True), _with_write_origins(state, ledger, fields))
+
+
+def _store_echo(warehouse: Warehouse, conn, field_state: str, echo: _Echo) -> None:
+    warehouse.delete_keys(conn, field_state, echo.keys)
+    warehouse.insert(conn, field_state, echo.state)
 
 
 def _golden_tables(entity: str) -> dict[str, str]:
@@ -172,8 +225,8 @@ def _survive(stack: Stack, warehouse: Warehouse, entity: str, records: pd.DataFr
         field_state = without_clears(field_state, fields)
     state = derive_field_change_times(field_state, records, fields, extracted_at=now)
     ledger = None
-    if warehouse.has_table("writeback_ledger"):
-        ledger = warehouse.read_where_in("writeback_ledger", "source_id", records["_source_id"])
+    if warehouse.has_table(LEDGER):
+        ledger = warehouse.read_where_in(LEDGER, "source_id", records["_source_id"])
     state = _with_write_origins(state, ledger, fields)
     result = survivorship(records[fields + METADATA], clusters, stack.survivorship[entity], field_times=state,
                           decided_at=now)
@@ -203,13 +256,25 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
                          keeps=[tables["golden"]])
     older_layout = mark.stored is not None and (mark.stored.get("layout") or 1) < CLEARS_LAYOUT
     log, last_batch = mark.log_since(warehouse, log_table)
+    echo = None
+    if mark.valid and not untrained and log is not None and len(log) and not log["_source"].isna().any():
+        echo = _echoes(stack, warehouse, entity, log, now)
+        if echo is not None:
+            log = log[~pd.MultiIndex.from_frame(log[KEYS]).isin(pd.MultiIndex.from_frame(echo.keys))]
+    echoed = f"; {len(echo.keys)} more were our own write-backs coming back" if echo is not None else ""
     staged_rows = warehouse.count(staged_table)
     reason = "the identity model has no trained parameters: trained on every staged record" if untrained else \
         _rebuild_reason(mark, log, staged_rows)
     full = reason is not None
     if not full and log.empty:
+        if echo is not None:
+            with warehouse.transaction() as conn:
+                _store_echo(warehouse, conn, tables["field_state"], echo)
+                mark.commit(warehouse, conn, batch=last_batch, layout=LAYOUT, decided_at=mark.stored.get("decided_at"))
+                warehouse.prune_log(conn, log_table, last_batch)
         live, deleted = _counts(warehouse, tables["golden"])
-        return Golden(entity, staged_rows, live, 0, deleted=deleted, changed_ids=[], reason="no change")
+        return Golden(entity, staged_rows, live, 0, deleted=deleted, changed_ids=[],
+                      reason="no change" + echoed.replace(" more", ""))
     if not full:
         scope = _incremental_scope(stack, warehouse, entity, log)
         if len(scope.keys) > FULL_REBUILD_SHARE * staged_rows:  # reading by key would cost more than reading all
@@ -224,7 +289,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
         # a new id equal to one outside the scope (a hash of a record that left that entity) would merge two
         # entities' rows: rebuild everything instead (rare)
         full = bool(fresh) and not warehouse.read_where_in(tables["golden"], "entity_id", fresh, ["entity_id"]).empty
-        reason = "a new entity id equals a stored one" if full else f"{len(log)} staged changes"
+        reason = "a new entity id equals a stored one" if full else f"{len(log)} staged changes{echoed}"
     if full:
         records = warehouse.read_table(staged_table)
         stored = warehouse.read_if_exists(tables["crosswalk"])
@@ -265,6 +330,10 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
             warehouse.insert(conn, tables["crosswalk"], crosswalk)
             warehouse.insert(conn, tables["provenance"], provenance)
             warehouse.insert(conn, tables["field_state"], state)
+            if echo is not None:  # those the scope did not take in again
+                outside = ~pd.MultiIndex.from_frame(echo.keys).isin(pd.MultiIndex.from_frame(scope.keys[KEYS]))
+                _store_echo(warehouse, conn, tables["field_state"], _Echo(
+                    echo.keys[outside], echo.state.merge(echo.keys[outside], on=KEYS)))
             logged = pd.DataFrame({"entity_id": changed_ids}).assign(
                 removed=lambda f: ~f["entity_id"].isin(golden["entity_id"]))
         warehouse.insert(conn, table("conflicts", entity), result.conflicts)

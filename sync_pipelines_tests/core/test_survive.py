@@ -11,6 +11,7 @@ from sync_pipelines.core.survive import (
     PROVENANCE_COLUMNS,
     SurvivorshipRules,
     derive_field_change_times,
+    echoed_writes,
     survivorship,
     without_clears,
 )
@@ -399,6 +400,40 @@ def test_derive_field_change_times_keeps_unchanged_and_stamps_changed():
     assert second.loc["3", "email__changed_at"] == utc("2026-09-11")  # new record
     assert second.loc["2", "email__changed_at"] == utc("2026-09-02")  # not extracted this run: kept as is
     assert second.loc["2", "_seen_at"] == utc("2026-09-03") and second.loc["1", "_seen_at"] == utc("2026-09-12")
+
+
+def written(*rows: tuple[str, str, str, str | None]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["_source", "_source_id", "field", "value"])
+
+
+def test_echoed_writes_are_changes_made_only_of_what_we_wrote():
+    before = derive_field_change_times(None, staged(
+        ("hubspot", "1", "old@x.com", "+1555", "2026-09-01"), ("hubspot", "2", "b@x.com", "+1555", "2026-09-01"),
+        ("hubspot", "3", "c@x.com", "+1555", "2026-09-01"), ("hubspot", "4", "d@x.com", "+1555", "2026-09-01"),
+        ("hubspot", "5", "e@x.com", "+1555", "2026-09-01"), ("zendesk", "1", "z@x.com", "+1555", "2026-09-01"),
+    ), STATE_FIELDS, extracted_at=utc("2026-09-02"))
+    now = staged(
+        ("hubspot", "1", "new@x.com", "+1555", "2026-09-03"),  # took the email we wrote
+        ("hubspot", "2", "b@x.com", None, "2026-09-03"),  # took the clear we wrote
+        ("hubspot", "3", "mine@x.com", "+1555", "2026-09-03"),  # someone else's email, not the one we wrote
+        ("hubspot", "4", "d@x.com", "+1999", "2026-09-03"),  # we wrote the email, a person changed the phone
+        ("hubspot", "6", "f@x.com", "+1555", "2026-09-03"),  # new, with a phone we did not write
+        ("hubspot", "7", "g@x.com", None, "2026-09-03"),  # new, holding only what we wrote: one we created
+        ("zendesk", "1", "z@x.com", "+1555", "2026-09-03"),  # touched, but we never wrote to it
+    )
+    ours = written(("hubspot", "1", "email", "new@x.com"), ("hubspot", "2", "phone", None),
+                   ("hubspot", "3", "email", "ours@x.com"), ("hubspot", "4", "email", "d@x.com"),
+                   ("hubspot", "6", "email", "f@x.com"), ("hubspot", "7", "email", "g@x.com"),
+                   ("zendesk", "2", "email", "z@x.com"))
+    assert echoed_writes(now, before, ours, STATE_FIELDS).tolist() == [True, True, False, False, False, True, False]
+
+
+def test_echoed_writes_compare_as_text_and_by_the_whole_key():
+    before = derive_field_change_times(None, staged(("stripe", "7", "a@x.com", "+1555", "2026-09-01")),
+                                       STATE_FIELDS, extracted_at=utc("2026-09-02"))
+    now = staged(("stripe", "7", "b@x.com", "+1555", "2026-09-03"))
+    assert echoed_writes(now, before, written(("hubspot", "7", "email", "b@x.com")), STATE_FIELDS).tolist() == [False]
+    assert echoed_writes(now, before, written(("stripe", "7", "email", "b@x.com")), STATE_FIELDS).tolist() == [True]
 
 
 def test_derived_state_feeds_survivorship_as_field_times():

@@ -307,7 +307,7 @@ class Warehouse:
         write (a ledger's ``before``) is added, empty in the rows it holds, so an upgrade needs no manual step."""
         if not sa.inspect(conn).has_table(name):
             conn.exec_driver_sql(pd.io.sql.get_schema(frame, name, con=conn))
-        table = sa.Table(name, sa.MetaData(), autoload_with=conn)
+        table = _stored_table(conn, name)
         missing = [column for column in frame.columns if column not in table.c]
         if not missing:
             return table
@@ -316,7 +316,7 @@ class Warehouse:
         for column in inferred.columns:
             conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ADD COLUMN {quote(column.name)} "
                                  f"{column.type.compile(conn.dialect)}")
-        return sa.Table(name, sa.MetaData(), autoload_with=conn)
+        return _stored_table(conn, name)
 
     def land(self, tool: str, stream: str, rows: pd.DataFrame) -> int:
         """Upsert a stream's rows by source id: landing the same records twice leaves one row each. The rows are
@@ -419,7 +419,7 @@ class Warehouse:
     def _read(self, table: str, queries: list[tuple[str, tuple]], columns: list[str] | None = None) -> pd.DataFrame:
         """The rows of ``table`` matched by each (WHERE clause, driver parameters) query, typed as declared."""
         with collector_paused(), self.engine.connect() as conn:
-            declared = sa.Table(table, sa.MetaData(), autoload_with=conn).columns
+            declared = _stored_table(conn, table).columns
             wanted = [c for c in declared if columns is None or c.name in columns]
             quote = conn.dialect.identifier_preparer.quote
             select = f"SELECT {', '.join(quote(c.name) for c in wanted)} FROM {quote(table)}"
@@ -432,8 +432,7 @@ class Warehouse:
             finally:
                 cursor.close()
             names = [c.name for c in wanted]
-            frame = _frame_of(rows, names) if self.dialect == "sqlite" else pd.DataFrame.from_records(
-                rows, columns=names, coerce_float=True)
+            frame = _frame_of(rows, names)
             for column in wanted:
                 frame[column.name] = _typed(frame[column.name], column.type)
         return frame
@@ -586,6 +585,13 @@ class Warehouse:
             return None
         mark = "%s" if self.dialect == "postgresql" else "?"
         return self._read(log, [(f"WHERE batch > {mark}", (after_batch,))])
+
+
+def _stored_table(conn: Connection, name: str) -> sa.Table:
+    """A table's columns and their types as the database holds them now. Only the columns: reflecting the whole
+    table (keys, indexes, constraints, comments) takes several catalog queries, and a step reads tens of times."""
+    columns = sa.inspect(conn).get_columns(name)
+    return sa.Table(name, sa.MetaData(), *(sa.Column(c["name"], c["type"]) for c in columns))
 
 
 def _raw_digest(raw: str) -> str:
@@ -759,7 +765,9 @@ def _cells(values: pd.Series, sql_type: sa.types.TypeEngine, dialect: str) -> li
 def _frame_of(rows: list[tuple], names: list[str]) -> pd.DataFrame:
     """Driver rows as a frame, typed as ``DataFrame.from_records(coerce_float=True)`` types them, but built column
     by column by Arrow, which makes a column of one kind of value (text, numbers, None for missing) in one pass
-    where pandas goes row by row; a column of several kinds (SQLite lets a column hold any) stays objects."""
+    where pandas goes row by row; a column of several kinds (SQLite lets a column hold any) stays objects. The
+    drivers hand back text, numbers, booleans, None and (psycopg) datetimes: no column type needs ``coerce_float``'s
+    Decimal conversion."""
     if not rows:
         return pd.DataFrame.from_records(rows, columns=names, coerce_float=True)
     data = {}

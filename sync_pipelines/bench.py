@@ -141,15 +141,12 @@ def _run_job(job, instance, partition_key: str) -> dict[str, Any]:
 
 def _bench_stack(path: Path) -> Path:
     """The bundled sandbox stack without client-side rate limits: the sandbox lifts its own, so this is the whole
-    of the throttling a benchmark turns off. Destinations in rest tools are left out: their APIs take one record per
-    call, which at this scale measures the sandbox's request handling, not the pipeline."""
+    of the throttling a benchmark turns off."""
     from sync_pipelines.stack import DEFAULT_STACK
 
     raw = yaml.safe_load(Path(DEFAULT_STACK).read_text())
     for tool in raw["tools"].values():
         tool.pop("rate_limit", None)
-    rest = {name for name, tool in raw["tools"].items() if tool.get("kind") == "rest"}
-    raw["destinations"] = [dest for dest in raw.get("destinations", []) if dest["tool"] not in rest]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 

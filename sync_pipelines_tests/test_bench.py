@@ -48,7 +48,12 @@ def test_counts_agree_with_the_sandbox(report):
     assert set(report["golden_records"]) == set(report["core"])  # every resolved entity is counted
     for entity, count in report["golden_records"].items():
         assert 0 < count <= steps[f"golden_{entity}"], entity
-    assert report["core"]["contacts"]["records"] == steps["golden_contacts"]
+    # timed on what the last run left staged: the first run's records, and the members its write-back created in
+    # the audience (read back by the next run), who are already golden records
+    created = report["full"]["steps"]
+    made = sum(step["written"] or 0 for step in created if step["step"] == "mailchimp__contacts_writeback")
+    assert report["core"]["contacts"]["records"] <= steps["golden_contacts"] + made
+    assert report["core"]["contacts"]["records"] >= steps["golden_contacts"]
     # every resolved entity is in the stage totals
     assert full["golden"]["records"] == sum(n for step, n in steps.items() if step.startswith("golden_") and n)
 

@@ -45,10 +45,15 @@ def test_rest_tools_land_once_read_incrementally_and_take_golden_contacts_and_ac
                                                                                            "members")
     assert set(audience["email"]) == set(wanted["email"])
 
+    # nothing changed: one page of each, and no write; a read from the newest change time includes the records
+    # changed in that second (timestamps are to the second), which a batch of creates shares
+    members = sync.warehouse.read_table(landing_table_name("mailchimp", "members"))
+    boundary = int((members["_updated_at"] == members["_updated_at"].max()).sum())
+    page = sync.stack.tools["mailchimp"].client.page_size
     sync.box.stats(reset=True)
-    assert sync.run()[0].success  # nothing changed: one page of each, and no write
+    assert sync.run()[0].success
     stats = sync.box.stats()
-    assert (stats["jira"]["requests"], stats["mailchimp"]["requests"]) == (1, 1), stats
+    assert (stats["jira"]["requests"], stats["mailchimp"]["requests"]) == (1, max(1, -(-boundary // page))), stats
     assert stats["jira"]["throttled"] == stats["mailchimp"]["throttled"] == 0
 
     # an urgent ticket: the declared action creates one Jira issue, once

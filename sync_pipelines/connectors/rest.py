@@ -221,17 +221,42 @@ PATH_FILTERS = {"lower": str.lower, "upper": str.upper, "trim": str.strip,
                 "md5": lambda text: hashlib.md5(text.encode()).hexdigest()}
 
 
+class Batch(_Spec):
+    """Many records in one call (an API's batch endpoint): the records, each built as the call builds one, go as a
+    list under ``records`` in the fixed ``body``, at most ``size`` a call. The answer lists the records it created
+    at ``created`` and those it updated at ``updated``, each naming its record by the field ``match`` (by its path
+    in the tool, compared without case or surrounding space), and the refused ones at ``errors``, each with its
+    message under ``message``. A record the answer does not name failed: the tool never said it was written."""
+
+    size: int = Field(ge=1, le=10_000)
+    records: str
+    body: dict[str, Any] = {}
+    match: str
+    created: str | None = None
+    updated: str | None = None
+    errors: str | None = None
+    message: str = "error"
+
+    @model_validator(mode="after")
+    def _some_answer(self) -> Batch:
+        if self.created is None and self.updated is None:
+            raise ValueError("give created or updated (or both): where the answer lists the records written")
+        return self
+
+
 class WriteCall(_Spec):
     """One call that writes a record: ``path`` may hold ``{id}`` (the record's id in the tool) and ``{field}`` (a
     field of the record as written, by its path in the tool, e.g. ``{email_address|lower|md5}``: filters
     ``PATH_FILTERS``); the body is the record, under ``wrap`` if given, merged into the fixed ``body``; the response
-    gives the record's id at ``id_path``."""
+    gives the record's id at ``id_path``. With ``batch``, one call writes many records (``Batch``): its path then
+    names none, and ``id_path`` is read in each answered record."""
 
     method: Literal["POST", "PUT", "PATCH"]
     path: str
     body: dict[str, Any] = {}
     wrap: str | None = None
     id_path: str | None = None
+    batch: Batch | None = None
 
     @model_validator(mode="after")
     def _known_filters(self) -> WriteCall:
@@ -240,6 +265,9 @@ class WriteCall(_Spec):
             if unknown:
                 raise ValueError(f"path {self.path!r}: unknown filter {unknown[0]!r} on {name!r}; filters: "
                                  f"{', '.join(PATH_FILTERS)}")
+        if self.batch is not None and self.placeholders():
+            raise ValueError(f"path {self.path!r} names {{{self.placeholders()[0][0]}}}: a batch call writes many "
+                             "records, so its path can name none of them")
         return self
 
     def placeholders(self) -> list[tuple[str, list[str]]]:
@@ -299,6 +327,16 @@ def _error_reader(path: str | None):
             found = found.get("message") or found.get("detail") or found.get("title")
         return None if found in (None, "") else str(found)[:200]
     return read
+
+
+def _listed(answer: Any, path: str | None) -> list:
+    found = dig(answer, path) if path else None
+    return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+
+def _matched(value: Any) -> str | None:
+    """A batch answer's name for a record, as compared: tools lower-case emails and trim what they store."""
+    return None if value in (None, "") else str(value).strip().casefold()
 
 
 def _merged(base: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -378,17 +416,41 @@ class RestConnector(ApiConnector):
     # ------------------------------------------------------------------------------------- writing
 
     def _write(self, stream: str, records: list[dict], mode: str, key: str | None) -> list[dict[str, Any]]:
-        """One call per record, by ``RestWrite.call_for``: an upsert without an upsert call updates a record that
-        carries its id and creates one that does not (an action's new record)."""
+        """By ``RestWrite.call_for``: an upsert without an upsert call updates a record that carries its id and
+        creates one that does not (an action's new record). A call with a batch writes its records ``Batch.size``
+        at a time, any other one call per record; results come back in the records' order."""
         spec = self.rest.writes[stream]
         self._authenticated()
         if spec.call_for(mode, True) is None and spec.call_for(mode, False) is None:
             raise ConnectorError(f"{self.name}: {stream} declares no write for mode {mode!r}; declared: "
                                  f"{', '.join(spec.modes()) or 'none'}")
-        return [self._write_batch([record], lambda batch: [self._write_one(spec, batch[0], mode, key)])[0]
-                for record in records]
+        results: list[dict[str, Any] | None] = [None] * len(records)
+        batched: dict[int, list[tuple[int, dict, Any]]] = {}
+        for position, record in enumerate(records):
+            prepared = self._prepare(spec, record, mode, key)
+            if isinstance(prepared, dict):  # refused before any call
+                results[position] = prepared
+            elif prepared[0].batch is not None:
+                batched.setdefault(id(prepared[0]), []).append((position, *prepared[1:]))
+            else:
+                call, data, record_id = prepared
+                results[position] = self._write_batch(
+                    [record], lambda _, c=call, d=data, r=record_id: [self._write_one(spec, c, d, r)])[0]
+        calls = {id(c): c for c in (spec.create, spec.update, spec.upsert) if c is not None}
+        for call_id, waiting in batched.items():
+            call = calls[call_id]
+            for start in range(0, len(waiting), call.batch.size):
+                part = waiting[start:start + call.batch.size]
+                answers = self._write_batch([data for _, data, _ in part],
+                                            lambda datas, c=call: self._write_many(spec, c, datas))
+                for (position, _, _), answer in zip(part, answers):
+                    results[position] = answer
+        return results
 
-    def _write_one(self, spec: RestWrite, record: dict, mode: str, key: str | None) -> dict[str, Any]:
+    def _prepare(self, spec: RestWrite, record: dict, mode: str,
+                 key: str | None) -> tuple[WriteCall, dict, Any] | dict[str, Any]:
+        """The call that writes ``record``, the record as sent and its id; or the failed result of a record that
+        cannot be written."""
         data = dict(record)
         data.pop("idempotency_key", None)
         id_field = key if mode == "update" and key else ID  # an upsert's key is a field of the record: it stays
@@ -398,15 +460,44 @@ class RestConnector(ApiConnector):
             return result(False, error=f"record lacks its id ({id_field})")
         if call is None:  # an upsert of a record with an id, where only creates are declared
             return result(False, error=f"{self.name} declares no update for a record with an id ({record_id})")
+        if call.batch is not None and dig(data, call.batch.match) in (None, ""):
+            return result(False, error=f"record lacks {call.batch.match}, which names it in the batch's answer")
+        return call, data, record_id
+
+    def _write_one(self, spec: RestWrite, call: WriteCall, data: dict, record_id: Any) -> dict[str, Any]:
         try:
             path = self._path(call, data, record_id)
         except KeyError as missing:
             return result(False, error=f"record lacks {missing.args[0]}, which the path {call.path} names")
-        body = _merged(call.body, {call.wrap: data} if call.wrap else data)
-        answer = self.http.request(call.method, path, json=body, idempotent=call.method != "POST")
+        answer = self.http.request(call.method, path, json=self._body(call, data), idempotent=call.method != "POST")
         found = dig(answer, call.id_path) if call.id_path else None
-        created = True if call is spec.create else None if call is spec.upsert else False
-        return result(True, found if found is not None else record_id, created)
+        return result(True, found if found is not None else record_id, self._created(spec, call))
+
+    @staticmethod
+    def _body(call: WriteCall, data: dict) -> dict[str, Any]:
+        return _merged(call.body, {call.wrap: data} if call.wrap else data)
+
+    @staticmethod
+    def _created(spec: RestWrite, call: WriteCall) -> bool | None:
+        return True if call is spec.create else None if call is spec.upsert else False
+
+    def _write_many(self, spec: RestWrite, call: WriteCall, datas: list[dict]) -> list[dict[str, Any]]:
+        """One batch call, and each record's result as the answer tells it."""
+        batch = call.batch
+        body = _merged(batch.body, {batch.records: [self._body(call, data) for data in datas]})
+        answer = self.http.request(call.method, call.path, json=body, idempotent=call.method != "POST")
+        told: dict[str, dict[str, Any]] = {}
+        for path, created in ((batch.created, True), (batch.updated, False)):
+            for item in _listed(answer, path):
+                found = dig(item, call.id_path) if call.id_path else None
+                told.setdefault(_matched(dig(item, batch.match)), result(True, found, created))
+        for item in _listed(answer, batch.errors):
+            message = dig(item, batch.message) if isinstance(item, dict) else None
+            told.setdefault(_matched(dig(item, batch.match) if isinstance(item, dict) else None),
+                            result(False, error=str(message or "refused")[:200]))
+        return [told.get(_matched(dig(data, batch.match)))
+                or result(False, error=f"the batch answer does not name this record ({batch.match})")
+                for data in datas]
 
     @staticmethod
     def _path(call: WriteCall, record: dict, record_id: Any) -> str:

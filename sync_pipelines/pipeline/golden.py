@@ -69,19 +69,20 @@ def _with_write_origins(state: pd.DataFrame, ledger: pd.DataFrame | None, fields
         return state
     latest = _latest_writes(ledger)
     state = state.copy()
+    keys = pd.MultiIndex.from_arrays([state["_source"].astype(str), state["_source_id"].astype(str)])
     for fname in fields:
         origin = latest[latest["field"] == fname]
-        if origin.empty:
+        rows = keys.get_indexer(pd.MultiIndex.from_arrays([origin["tool"].astype(str),
+                                                           origin["source_id"].astype(str)]))
+        origin, rows = origin[rows >= 0], rows[rows >= 0]
+        if not len(rows):
             continue
-        merged = state[["_source", "_source_id", fname]].merge(
-            origin, left_on=["_source", "_source_id"], right_on=["tool", "source_id"], how="left"
-        )
-        held, written = merged[fname].astype("str").replace("", None), merged["value"].astype("str").replace("", None)
+        held = state[fname].iloc[rows].reset_index(drop=True).astype("str").replace("", None)
+        written = origin["value"].reset_index(drop=True).astype("str").replace("", None)
         # a clear we wrote is ours too: the tool holds nothing where we sent nothing
-        ours = (merged["written_at"].notna() & ((held == written).fillna(False) | (held.isna() & written.isna()))
-                ).to_numpy()
-        column = f"{fname}__changed_at"
-        state.loc[ours, column] = pd.to_datetime(merged.loc[ours, "origin_changed_at"], utc=True).to_numpy()
+        ours = ((held == written).fillna(False) | (held.isna() & written.isna())).to_numpy(bool)
+        column = state.columns.get_loc(f"{fname}__changed_at")
+        state.iloc[rows[ours], column] = pd.to_datetime(origin["origin_changed_at"].iloc[ours], utc=True).to_numpy()
     return state
 
 

@@ -1,9 +1,10 @@
 """Mailchimp Marketing API 3.0, an audience's members: the data centre in the URL (``/{dc}/3.0``, which must be
 the one the API key ends with), basic auth with any user name and the API key, members listed with ``count`` and
 ``offset`` and ``total_items`` and filtered by ``since_last_changed``, and added or updated by
-``PUT /lists/{list_id}/members/{subscriber_hash}``, the hash being the MD5 of the lower-cased email. Errors are
-problem documents (``type``, ``title``, ``status``, ``detail``, ``instance``). The audience starts empty: its
-members are those a sync writes."""
+``PUT /lists/{list_id}/members/{subscriber_hash}``, the hash being the MD5 of the lower-cased email, or up to 500
+at a time by the batch subscribe ``POST /lists/{list_id}`` (``members``, ``update_existing``; answered with
+``new_members``, ``updated_members`` and per-member ``errors``). Errors are problem documents (``type``,
+``title``, ``status``, ``detail``, ``instance``). The audience starts empty: its members are those a sync writes."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .vendor import Vendor, basic_credentials
 LIST_ID = "5a1b0c9d3e"
 DATA_CENTRE = "us21"
 PAGE_DEFAULT, PAGE_MAX = 10, 1000
+BATCH_MAX = 500  # members a batch subscribe takes
 STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 MERGE_FIELDS = ("FNAME", "LNAME", "PHONE")
@@ -44,6 +46,7 @@ class Mailchimp(Vendor):
             ("GET", members + "/{hash}", self.get_member, True),
             ("PUT", members + "/{hash}", self.put_member, True),
             ("PATCH", members + "/{hash}", self.patch_member, True),
+            ("POST", "/{dc}/3.0/lists/{list_id}", self.batch_subscribe, True),
         ]
 
     def authorized(self, request, credential) -> bool:
@@ -95,10 +98,9 @@ class Mailchimp(Vendor):
                               "list_id": LIST_ID, "total_items": int(len(rows)), "_links": []})
 
     def _row(self, table, digest: str) -> int | None:
-        for row in np.flatnonzero(~table.deleted).tolist():  # an audience is small here: a scan is enough
-            if subscriber_hash(table.fields(row)["email_address"]) == digest.lower():
-                return row
-        return None
+        """The live member whose email hashes to ``digest``: each write stores the hash beside the email, so the
+        table's field index finds it without a scan."""
+        return table.live(table.lookup("hash", digest.strip().lower()))
 
     def get_member(self, call: Call) -> Response:
         table = self._audience(call)
@@ -136,8 +138,8 @@ class Mailchimp(Vendor):
         status = body.get("status")
         if status is not None and status not in STATUSES:
             raise ApiError(400, "INVALID", f"status: {status!r} is not one of {', '.join(STATUSES)}.")
-        changes = {"email_address": email, "merge_fields": {**current.get("merge_fields", {}),
-                                                            **{k: str(v) for k, v in merge.items()}}}
+        changes = {"email_address": email, "hash": subscriber_hash(email),
+                   "merge_fields": {**current.get("merge_fields", {}), **{k: str(v) for k, v in merge.items()}}}
         return {**changes, **({"status": status} if status else {})}
 
     def put_member(self, call: Call) -> Response:
@@ -164,3 +166,40 @@ class Mailchimp(Vendor):
         elif any(current.get(k) != v for k, v in changes.items()):
             self.state.write(table, row, changes)
         return json_response(self.member(table, row))
+
+    def batch_subscribe(self, call: Call) -> Response:
+        """Add (and with ``update_existing``, update) up to ``BATCH_MAX`` members: each is written or refused on its
+        own, and the answer says which (200 even when some were refused)."""
+        table = self._audience(call)
+        body = call.json()
+        members = body.get("members") if isinstance(body, dict) else None
+        if not isinstance(members, list):
+            raise ApiError(400, "INVALID", "The resource submitted could not be validated: members must be a list.")
+        if len(members) > BATCH_MAX:
+            raise ApiError(400, "INVALID", f"A batch takes at most {BATCH_MAX} members; got {len(members)}.")
+        update_existing = bool(body.get("update_existing"))
+        created, updated, errors = [], [], []
+        for member in members:
+            email = str(member.get("email_address") or "").strip() if isinstance(member, dict) else ""
+            try:
+                if not isinstance(member, dict):
+                    raise ApiError(400, "INVALID", "A member must be an object.")
+                row = self._row(table, subscriber_hash(email)) if email else None
+                if row is not None and not update_existing:
+                    raise ApiError(400, "ERROR_CONTACT_EXISTS", f"{email} is already a list member. Use PUT to "
+                                                                "insert or update list members.")
+                current = table.fields(row) if row is not None else {}
+                changes = self._changes(member, email, current)
+                if row is None:
+                    if member.get("status") not in STATUSES:
+                        raise ApiError(400, "INVALID", f"status: give one of {', '.join(STATUSES)}.")
+                    created.append(self.member(table, self.state.write(table, None, changes)))
+                else:
+                    if any(current.get(k) != v for k, v in changes.items()):
+                        self.state.write(table, row, changes)
+                    updated.append(self.member(table, row))
+            except ApiError as refused:
+                errors.append({"email_address": email, "error": refused.message, "error_code": refused.code})
+        return json_response({"new_members": created, "updated_members": updated, "errors": errors,
+                              "total_created": len(created), "total_updated": len(updated),
+                              "error_count": len(errors), "_links": []})

@@ -205,7 +205,56 @@ def test_writes_create_update_and_upsert_by_a_hash_of_a_field(fake_api, sleeps):
     assert not upserted[1]["ok"] and "email_address" in upserted[1]["error"] and len(calls) == 3
 
 
+def test_a_batch_call_writes_many_records_at_once_and_reads_each_ones_fate_from_the_answer(fake_api, sleeps):
+    """Mailchimp's batch subscribe: members under ``members``, answered with those created and updated (named by
+    their email, which the tool lower-cases) and those refused, each with its message."""
+    bodies = []
+
+    def api(seen):
+        body = json.loads(seen.body)
+        bodies.append(body)
+        created, updated, errors = [], [], []
+        for member in body["members"]:
+            email = member["email_address"].lower()
+            if email.startswith("bad"):
+                errors.append({"email_address": email, "error": f"{email} looks fake", "error_code": "ERROR_GENERIC"})
+            elif email.startswith("old"):
+                updated.append({"id": hashlib.md5(email.encode()).hexdigest(), "email_address": email})
+            elif not email.startswith("lost"):  # a member the answer forgets
+                created.append({"id": hashlib.md5(email.encode()).hexdigest(), "email_address": email})
+        return Reply(200, {"new_members": created, "updated_members": updated, "errors": errors})
+
+    fake_api.script = api
+    spec = {"client": {"auth": {"type": "none"}},
+            "writes": {"members": {"create": {
+                "method": "POST", "path": "/lists/abc", "body": {"status": "subscribed"}, "id_path": "id",
+                "batch": {"size": 2, "records": "members", "body": {"update_existing": False},
+                          "match": "email_address", "created": "new_members", "updated": "updated_members",
+                          "errors": "errors"}}}}}
+    emails = ["Ann@X.com", "bad@x.com", "old@x.com", "lost@x.com", "zoe@x.com"]
+    with rest(fake_api, sleeps, spec) as api_client:
+        results = api_client.write("members", [{"email_address": e} for e in emails] + [{"merge_fields": {}}],
+                                   mode="create")
+    assert len(bodies) == 3  # five records, two a call; the one without an email was never sent
+    assert bodies[0] == {"update_existing": False, "members": [{"status": "subscribed", "email_address": "Ann@X.com"},
+                                                               {"status": "subscribed", "email_address": "bad@x.com"}]}
+    assert results[0] == {"ok": True, "id": hashlib.md5(b"ann@x.com").hexdigest(), "created": True, "error": None}
+    assert results[1] == {"ok": False, "id": None, "created": None, "error": "bad@x.com looks fake"}
+    assert results[2]["ok"] and results[2]["created"] is False
+    assert not results[3]["ok"] and "does not name this record" in results[3]["error"]
+    assert results[4]["ok"] and results[4]["created"]
+    assert not results[5]["ok"] and "email_address" in results[5]["error"]
+
+
 @pytest.mark.parametrize("write, message", [
+    ({"create": {"method": "POST", "path": "/lists/{list}", "id_path": "id",
+                 "batch": {"size": 10, "records": "members", "match": "email", "created": "new"}}},
+     "a batch call writes many records"),
+    ({"create": {"method": "POST", "path": "/lists", "id_path": "id",
+                 "batch": {"size": 10, "records": "members", "match": "email"}}}, "give created or updated"),
+    ({"create": {"method": "POST", "path": "/lists", "id_path": "id",
+                 "batch": {"size": 0, "records": "members", "match": "email", "created": "new"}}},
+     "greater than or equal to 1"),
     ({"update": {"method": "PUT", "path": "/issues"}}, "has no {id}"),
     ({"create": {"method": "POST", "path": "/issues"}}, "create needs id_path"),
     ({"upsert": {"method": "PUT", "path": "/m/{email|sha1}"}}, "unknown filter 'sha1'"),

@@ -44,7 +44,7 @@ class SandboxState:
         self.csv_dir = csv_dir
         self.lock = threading.RLock()
         self.random = random.Random(world.seed)
-        self.faults = Faults(rate_limits)
+        self.faults = Faults({cls.tool: cls.rate_limit for cls in VENDOR_CLASSES}, rate_limits)
         if faults:
             self.faults.update(faults)
         self.limiter = RateLimiter()

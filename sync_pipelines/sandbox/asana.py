@@ -28,6 +28,7 @@ EXTERNAL_LIMITS = {"gid": 1024, "data": 32768}  # characters, as Asana documents
 
 class Asana(Vendor):
     tool = "asana"
+    rate_limit = {"requests": 150, "per_seconds": 60}
     default_credential = "sandbox-asana-token"
     drift_fields = {"tasks": "notes"}
 

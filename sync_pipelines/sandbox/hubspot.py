@@ -48,6 +48,7 @@ OPERATORS = {"GT": np.greater, "GTE": np.greater_equal, "LT": np.less, "LTE": np
 
 class HubSpot(Vendor):
     tool = "hubspot"
+    rate_limit = {"requests": 100, "per_seconds": 10}
     default_credential = "sandbox-hubspot-token"
     drift_fields = {"contacts": "phone", "companies": "industry"}
 

@@ -32,6 +32,7 @@ _ORDER = re.compile(r"\s+ORDER\s+BY\s+(updated|created|key)(?:\s+(ASC|DESC))?\s*
 
 class Jira(Vendor):
     tool = "jira"
+    rate_limit = {"requests": 100, "per_seconds": 10}  # Jira Cloud's are cost-based: a burst budget stands for them
     default_credential = ("sync@sandbox.example", "sandbox-jira-token")
     drift_fields = {"issues": "summary"}
 

@@ -8,19 +8,6 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
-TOOLS = ("salesforce", "hubspot", "zendesk", "asana", "stripe", "slack", "jira", "mailchimp")
-
-# Documented limits; Zendesk's applies to incremental exports only, Salesforce's is the daily API budget.
-DEFAULT_LIMITS: dict[str, dict[str, float]] = {
-    "salesforce": {"requests": 100_000, "per_seconds": 86_400},
-    "hubspot": {"requests": 100, "per_seconds": 10},
-    "zendesk": {"requests": 10, "per_seconds": 60},
-    "asana": {"requests": 150, "per_seconds": 60},
-    "stripe": {"requests": 100, "per_seconds": 1},
-    "jira": {"requests": 100, "per_seconds": 10},  # Jira Cloud's are cost-based: a burst budget stands for them
-    "mailchimp": {"requests": 1000, "per_seconds": 10},  # 10 connections at once: a sequential client never waits
-}
-
 KNOBS = ("error_rate", "latency_ms", "malformed_page_rate", "schema_drift", "rate_limits", "page_size")
 DRIFT_MODES = ("add", "drop", "retype")
 
@@ -58,9 +45,11 @@ class RateLimiter:
 
 
 class Faults:
-    """Knobs set globally or per tool; a tool's own value wins over the global one."""
+    """Knobs set globally or per tool; a tool's own value wins over the global one. ``limits``: each emulated tool's
+    documented rate limit (None: it has none), which names the tools a knob may be set for."""
 
-    def __init__(self, rate_limits: bool = True) -> None:
+    def __init__(self, limits: dict[str, dict[str, float] | None], rate_limits: bool = True) -> None:
+        self.limits = dict(limits)
         self.default_rate_limits = rate_limits
         self.global_knobs: dict[str, Any] = {}
         self.tool_knobs: dict[str, dict[str, Any]] = {}
@@ -77,13 +66,13 @@ class Faults:
         for key, value in body.items():
             if key in ("reset", "tools"):
                 continue
-            if key in TOOLS:
+            if key in self.limits:
                 tools[key] = value
             else:
                 _merge(self.global_knobs, key, value, "faults")
         for tool, knobs in tools.items():
-            if tool not in TOOLS:
-                raise ValueError(f"faults: unknown tool {tool!r}; expected one of {', '.join(TOOLS)}")
+            if tool not in self.limits:
+                raise ValueError(f"faults: unknown tool {tool!r}; expected one of {', '.join(self.limits)}")
             if not isinstance(knobs, dict):
                 raise ValueError(f"faults.{tool} must be an object of knobs")
             target = self.tool_knobs.setdefault(tool, {})
@@ -98,11 +87,12 @@ class Faults:
     def rate_limit(self, tool: str) -> dict[str, float] | None:
         """The limit in force for a tool, or None when limits are off."""
         setting = self.get(tool, "rate_limits", self.default_rate_limits)
-        if setting is False or tool not in DEFAULT_LIMITS:
+        documented = self.limits.get(tool)
+        if setting is False or documented is None:
             return None
         if isinstance(setting, dict):
-            return {**DEFAULT_LIMITS[tool], **setting}
-        return DEFAULT_LIMITS[tool]
+            return {**documented, **setting}
+        return documented
 
     def as_dict(self) -> dict[str, Any]:
         return {"global": dict(self.global_knobs), "tools": {k: dict(v) for k, v in self.tool_knobs.items() if v},

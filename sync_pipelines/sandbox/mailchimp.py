@@ -36,6 +36,7 @@ def subscriber_hash(email: str) -> str:
 
 class Mailchimp(Vendor):
     tool = "mailchimp"
+    rate_limit = {"requests": 1000, "per_seconds": 10}  # 10 connections at once: a sequential client never waits
     default_credential = f"sandbox-mailchimp-key-{DATA_CENTRE}"
     drift_fields = {"members": "merge_fields"}
 

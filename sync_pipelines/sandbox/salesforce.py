@@ -11,7 +11,7 @@ import numpy as np
 from starlette.responses import Response
 
 from .common import EMAIL, ApiError, Call, json_response, now_ms, parse_datetime, sf_datetime
-from .limits import DEFAULT_LIMITS, Verdict
+from .limits import Verdict
 from .table import Table
 from .vendor import Vendor
 
@@ -44,6 +44,7 @@ COMPARE = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_
 
 class Salesforce(Vendor):
     tool = "salesforce"
+    rate_limit = {"requests": 100_000, "per_seconds": 86_400}  # the daily API budget
     default_credential = "sandbox-salesforce-token"
     drift_fields = {"Contact": "Phone", "Account": "Industry", "Opportunity": "Amount"}
 
@@ -81,7 +82,7 @@ class Salesforce(Vendor):
 
     def limit_headers(self, verdict: Verdict | None) -> dict[str, str]:
         self.used += 1
-        limit = verdict.limit if verdict else int(DEFAULT_LIMITS["salesforce"]["requests"])
+        limit = verdict.limit if verdict else int(self.rate_limit["requests"])
         return {"Sforce-Limit-Info": f"api-usage={verdict.used if verdict else self.used}/{limit}"}
 
     def _object(self, name: str) -> Table:

@@ -60,6 +60,7 @@ class EventLog:
 
 class Stripe(Vendor):
     tool = "stripe"
+    rate_limit = {"requests": 100, "per_seconds": 1}
     default_credential = "sk_test_sandbox"
     drift_fields = {"customers": "phone", "invoices": "amount_due"}
 

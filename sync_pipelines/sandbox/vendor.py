@@ -23,6 +23,7 @@ class Vendor:
 
     tool: str = ""
     default_credential: Any = None
+    rate_limit: dict[str, float] | None = None  # the documented limit: ``requests`` per ``per_seconds``
     # Per stream, the field that schema drift drops or retypes by default.
     drift_fields: dict[str, str] = {}
 

@@ -24,6 +24,7 @@ USER_FIELDS = ("name", "email", "phone", "external_id", "organization_id")
 
 class Zendesk(Vendor):
     tool = "zendesk"
+    rate_limit = {"requests": 10, "per_seconds": 60}  # incremental exports' budget (the only reads here)
     default_credential = {"email": "sync@sandbox.example", "api_token": "sandbox-zendesk-token"}
     drift_fields = {"users": "phone", "tickets": "priority"}
 

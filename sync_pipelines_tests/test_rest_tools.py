@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sync_pipelines.connectors import AuthError, ResponseError, connect
+from sync_pipelines.connectors import AuthError, ConnectorError, ResponseError, connect
 from sync_pipelines.extract import extract_stream
 from sync_pipelines.resources import rest_spec
 from sync_pipelines.sandbox import running_sandbox, sandbox_env
@@ -92,6 +92,23 @@ def _fill_audience(box) -> None:
             {"email_address": f"member{k}@example.com", "merge_fields": {"FNAME": f"Member{k}"}}
             for k in range(AUDIENCE)], mode="upsert", key="email_address")
     assert all(r["ok"] for r in results)
+
+
+def test_an_action_create_carries_its_key_so_that_one_a_crash_cut_off_is_found_again(box):
+    with connector(box, "jira") as jira:
+        [made] = jira.write("issues", [{"summary": "Urgent ticket 42: login down",
+                                        "idempotency_key": "jira_issue_for_urgent_ticket:issues:zendesk:42"}],
+                            mode="create")
+        assert made["ok"] and made["created"]
+        assert jira.find_created("issues", "jira_issue_for_urgent_ticket:issues:zendesk:42") == str(made["id"])
+        assert jira.find_created("issues", "jira_issue_for_urgent_ticket:issues:zendesk:43") is None
+        assert jira.write("issues", [{"summary": "the same again, by hand",
+                                      "idempotency_key": "jira_issue_for_urgent_ticket:issues:zendesk:42"}],
+                          mode="create")[0]["ok"]
+        with pytest.raises(ConnectorError, match="2 issues records hold the idempotency key"):
+            jira.find_created("issues", "jira_issue_for_urgent_ticket:issues:zendesk:42")
+    with connector(box, "mailchimp") as mailchimp, pytest.raises(ConnectorError, match="cannot tell whether"):
+        mailchimp.find_created("members", "any")  # its create declares no key: it refuses to guess
 
 
 CASES = {

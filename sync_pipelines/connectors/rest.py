@@ -244,6 +244,38 @@ class Batch(_Spec):
         return self
 
 
+class Idempotency(_Spec):
+    """How a create carries its idempotency key into the tool, and how it is found there again: a create a crash
+    cut off is then told from one that never reached the tool, so it is neither lost nor made twice. The record's
+    ``field`` (a path in the record as sent) gets ``value`` (``{key}``, with filters: ``sync-{key|md5}``), added to
+    the list it holds where ``list`` (Jira's labels); ``find`` reads the records holding it, ``{key}`` in its path
+    and parameters standing for that value."""
+
+    field: str
+    value: str = "{key}"
+    list: bool = False
+    find: RestRead
+
+    @model_validator(mode="after")
+    def _names_the_key(self) -> Idempotency:
+        names = [(m.group(1).strip(), [f.strip() for f in m.group(2).split("|") if f.strip()])
+                 for m in _PLACEHOLDER.finditer(self.value)]
+        if [name for name, _ in names] != ["key"]:
+            raise ValueError(f"value {self.value!r} must hold {{key}} once, and no other placeholder")
+        unknown = [f for f in names[0][1] if f not in PATH_FILTERS]
+        if unknown:
+            raise ValueError(f"value {self.value!r}: unknown filter {unknown[0]!r}; filters: {', '.join(PATH_FILTERS)}")
+        return self
+
+    def rendered(self, key: str) -> str:
+        def fill(match: re.Match) -> str:
+            text = key
+            for name in (f.strip() for f in match.group(2).split("|") if f.strip()):
+                text = PATH_FILTERS[name](text)
+            return text
+        return _PLACEHOLDER.sub(fill, self.value)
+
+
 class WriteCall(_Spec):
     """One call that writes a record: ``path`` may hold ``{id}`` (the record's id in the tool) and ``{field}`` (a
     field of the record as written, by its path in the tool, e.g. ``{email_address|lower|md5}``: filters
@@ -257,6 +289,7 @@ class WriteCall(_Spec):
     wrap: str | None = None
     id_path: str | None = None
     batch: Batch | None = None
+    idempotency: Idempotency | None = None  # a create's only
 
     @model_validator(mode="after")
     def _known_filters(self) -> WriteCall:
@@ -291,6 +324,10 @@ class RestWrite(_Spec):
             raise ValueError(f"update.path {self.update.path!r} has no {{id}}: an update must name its record")
         if self.create and self.create.id_path is None:
             raise ValueError("create needs id_path: where the response gives the created record's id")
+        for name in ("update", "upsert"):
+            if getattr(self, name) is not None and getattr(self, name).idempotency is not None:
+                raise ValueError(f"{name}.idempotency: only a create carries an idempotency key (an {name} names "
+                                 "its record, so sending it again writes nothing twice)")
         return self
 
     def call_for(self, mode: str, has_id: bool) -> WriteCall | None:
@@ -327,6 +364,22 @@ def _error_reader(path: str | None):
             found = found.get("message") or found.get("detail") or found.get("title")
         return None if found in (None, "") else str(found)[:200]
     return read
+
+
+def _with_key(data: dict[str, Any], idempotency: Idempotency, value: str) -> dict[str, Any]:
+    """``data`` with the idempotency ``value`` at the field's path (added to the list there, for a list field)."""
+    *parents, last = idempotency.field.split(".")
+    data = dict(data)
+    target = data
+    for part in parents:
+        target[part] = dict(target.get(part) or {})
+        target = target[part]
+    if idempotency.list:
+        held = target.get(last)
+        target[last] = [*(held if isinstance(held, list) else [] if held in (None, "") else [held]), value]
+    else:
+        target[last] = value
+    return data
 
 
 def _listed(answer: Any, path: str | None) -> list:
@@ -452,10 +505,12 @@ class RestConnector(ApiConnector):
         """The call that writes ``record``, the record as sent and its id; or the failed result of a record that
         cannot be written."""
         data = dict(record)
-        data.pop("idempotency_key", None)
+        idempotency_key = data.pop("idempotency_key", None)
         id_field = key if mode == "update" and key else ID  # an upsert's key is a field of the record: it stays
         record_id = data.pop(id_field, None) if mode != "create" else None
         call = spec.call_for(mode, record_id not in (None, ""))
+        if call is not None and call.idempotency is not None and idempotency_key:
+            data = _with_key(data, call.idempotency, call.idempotency.rendered(str(idempotency_key)))
         if mode == "update" and record_id in (None, ""):
             return result(False, error=f"record lacks its id ({id_field})")
         if call is None:  # an upsert of a record with an id, where only creates are declared
@@ -472,6 +527,27 @@ class RestConnector(ApiConnector):
         answer = self.http.request(call.method, path, json=self._body(call, data), idempotent=call.method != "POST")
         found = dig(answer, call.id_path) if call.id_path else None
         return result(True, found if found is not None else record_id, self._created(spec, call))
+
+    def find_created(self, stream: str, key: str) -> str | None:
+        """Where the stream's create declares its ``idempotency``: the id of the one record holding the key, None
+        when none does; two holding it are refused (which one the create made cannot be told)."""
+        self._check_stream(stream, self.write_streams, "look up")
+        create = self.rest.writes[stream].create
+        if create is None or create.idempotency is None:
+            return super().find_created(stream, key)
+        self._authenticated()
+        value = create.idempotency.rendered(key)
+        find = create.idempotency.find
+        endpoint = find.endpoint.model_copy(update={
+            "path": find.endpoint.path.replace("{key}", quote(value, safe="")),
+            "params": {k: v.replace("{key}", value) if isinstance(v, str) else v
+                       for k, v in find.endpoint.params.items()}})
+        found = {str(dig(record, find.id_field)) for record in read_pages(
+            self.http, find.model_copy(update={"endpoint": endpoint}), None, stream=stream)}
+        if len(found) > 1:
+            raise ConnectorError(f"{self.name}: {len(found)} {stream} records hold the idempotency key {value!r} "
+                                 f"({', '.join(sorted(found)[:3])}): keep one in the tool", tool=self.name)
+        return found.pop() if found else None
 
     @staticmethod
     def _body(call: WriteCall, data: dict) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Jira Cloud REST v3, the part an issue sync uses: enhanced search by JQL (``/rest/api/3/search/jql``, GET or POST)
 paged by ``nextPageToken`` until ``isLast``, issue create (``POST /rest/api/3/issue`` with ``fields``), read and
 edit, basic auth with an account's email and API token, errors as ``{"errorMessages": [...], "errors": {...}}`` and
-429 with Retry-After. JQL is understood as far as a sync writes it: ``project = KEY``, ``updated >= "yyyy-MM-dd
-HH:mm"`` (or ``created``), joined by AND, and ``ORDER BY updated|created|key [ASC|DESC]``."""
+429 with Retry-After. JQL is understood as far as a sync writes it: ``project = KEY``, ``labels = "name"``,
+``updated >= "yyyy-MM-dd HH:mm"`` (or ``created``), joined by AND, and ``ORDER BY updated|created|key
+[ASC|DESC]``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ PRIORITIES = ("Highest", "High", "Medium", "Low", "Lowest")
 ISSUE_TYPES = ("Task", "Bug", "Story")
 _CLAUSE = re.compile(r"""^\s*(?:(project)\s*=\s*"?([A-Za-z0-9_]+)"?|(updated|created)\s*(>=|>|<=|<)\s*["']"""
                      r"""(\d{4}[-/]\d{2}[-/]\d{2}(?:\s+\d{2}:\d{2})?)["'])\s*$""", re.IGNORECASE)
+_LABEL = re.compile(r"""^\s*labels\s*=\s*["']([^"']+)["']\s*$""", re.IGNORECASE)
 _ORDER = re.compile(r"\s+ORDER\s+BY\s+(updated|created|key)(?:\s+(ASC|DESC))?\s*$", re.IGNORECASE)
 
 
@@ -87,10 +89,16 @@ class Jira(Vendor):
         where = (" " + jql)[: order_match.start()] if order_match else jql
         mask = ~table.deleted
         for clause in filter(str.strip, re.split(r"\s+AND\s+", where.strip(), flags=re.IGNORECASE)):
+            label = _LABEL.match(clause)
+            if label:
+                mask &= np.array([label.group(1) in (table.fields(row).get("labels") or [])
+                                  for row in range(len(table))], dtype=bool)
+                continue
             found = _CLAUSE.match(clause)
             if not found:
                 raise ApiError(400, "JQL", f"Error in the JQL Query: the sandbox does not understand {clause!r} "
-                                           "(it knows project = KEY and updated/created >= \"yyyy-MM-dd HH:mm\").")
+                                           "(it knows project = KEY, labels = \"name\" and updated/created >= "
+                                           "\"yyyy-MM-dd HH:mm\").")
             if found.group(1):
                 if found.group(2).upper() not in (PROJECT[1], PROJECT[0]):
                     raise ApiError(400, "JQL", f"The value '{found.group(2)}' does not exist for the field "

@@ -255,6 +255,10 @@ def test_a_batch_call_writes_many_records_at_once_and_reads_each_ones_fate_from_
     ({"create": {"method": "POST", "path": "/lists", "id_path": "id",
                  "batch": {"size": 0, "records": "members", "match": "email", "created": "new"}}},
      "greater than or equal to 1"),
+    ({"update": {"method": "PUT", "path": "/issues/{id}", "idempotency": {
+        "field": "labels", "find": {"endpoint": {"path": "/search"}}}}}, "only a create carries an idempotency key"),
+    ({"create": {"method": "POST", "path": "/issues", "id_path": "id", "idempotency": {
+        "field": "labels", "value": "sync-{id}", "find": {"endpoint": {"path": "/search"}}}}}, "must hold {key} once"),
     ({"update": {"method": "PUT", "path": "/issues"}}, "has no {id}"),
     ({"create": {"method": "POST", "path": "/issues"}}, "create needs id_path"),
     ({"upsert": {"method": "PUT", "path": "/m/{email|sha1}"}}, "unknown filter 'sha1'"),

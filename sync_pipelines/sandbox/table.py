@@ -47,6 +47,7 @@ class Table:
         self.overrides: dict[int, dict[str, Any]] = {}
         self.version = 0
         self._indexes: dict[str, dict[str, int]] = {}
+        self._buffers: dict[str, np.ndarray] = {}  # room for appended rows, per column (`_appended`)
         self._order_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @property
@@ -108,13 +109,13 @@ class Table:
     def append(self, fields: dict[str, Any], now_ms: int, codes: dict[str, int] | None = None) -> int:
         """Add a written record; returns its row."""
         row = len(self)
-        self.created = np.append(self.created, np.int64(now_ms))
-        self.modified = np.append(self.modified, np.int64(now_ms))
-        self.person = np.append(self.person, np.int32(-1))
-        self.deleted = np.append(self.deleted, False)
-        self.invalid = np.append(self.invalid, np.int8(0))
+        self.created = self._appended("created", self.created, now_ms)
+        self.modified = self._appended("modified", self.modified, now_ms)
+        self.person = self._appended("person", self.person, -1)
+        self.deleted = self._appended("deleted", self.deleted, False)
+        self.invalid = self._appended("invalid", self.invalid, 0)
         for name, column in self.codes.items():
-            self.codes[name] = np.append(column, (codes or {}).get(name, -1)).astype(column.dtype)
+            self.codes[name] = self._appended(f"codes.{name}", column, (codes or {}).get(name, -1))
         self.extra.append(dict(fields))
         for field, index in self._indexes.items():
             key = _index_key(fields.get(field))
@@ -122,6 +123,18 @@ class Table:
                 index.setdefault(key, row)
         self.version += 1
         return row
+
+    def _appended(self, name: str, values: np.ndarray, value: Any) -> np.ndarray:
+        """``values`` and ``value`` after it, as a view of a buffer that doubles when full: appending row after row
+        (a batch of creates) costs what it adds, where copying the column for each row grew with its length. A
+        column replaced since (the world's build does) starts a buffer of its own."""
+        count, buffer = len(values), self._buffers.get(name)
+        if buffer is None or values.base is not buffer or len(buffer) <= count:
+            buffer = np.empty(max(64, 2 * (count + 1)), values.dtype)
+            buffer[:count] = values
+            self._buffers[name] = buffer
+        buffer[count] = value
+        return buffer[:count + 1]
 
     def lookup(self, field: str, value: object) -> int | None:
         """Row whose `field` equals `value` (case- and space-insensitive), preferring live rows; built on first use."""

@@ -79,7 +79,8 @@ def test_a_golden_record_whose_members_are_all_deleted_is_kept_deleted_and_live_
     assert table.deleted[table.row_of(hubspot_id)]  # archived in HubSpot, within the cap
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "golden_contacts_quality")
     live = wh.count("golden_contacts", _deleted=False)
-    assert check.passed and wh.read_table("volume_history")["golden_rows"].iloc[-1] == live
+    assert check.passed, (check.description, {k: v.value for k, v in check.metadata.items()})
+    assert wh.read_table("volume_history")["golden_rows"].iloc[-1] == live
 
     sync.box.mutate("hubspot", "contacts", int(hubspot_id), {"deleted": False})  # restored in HubSpot
     assert sync.run()[0].success

@@ -226,7 +226,8 @@ class Batch(_Spec):
     list under ``records`` in the fixed ``body``, at most ``size`` a call. The answer lists the records it created
     at ``created`` and those it updated at ``updated``, each naming its record by the field ``match`` (by its path
     in the tool, compared without case or surrounding space), and the refused ones at ``errors``, each with its
-    message under ``message``. A record the answer does not name failed: the tool never said it was written."""
+    message under ``message``. A record the answer does not name failed: the tool never said it was written. A
+    record refused with a kind (at ``code``) listed in ``one_by_one`` is written again by the stream's upsert call."""
 
     size: int = Field(ge=1, le=10_000)
     records: str
@@ -236,6 +237,10 @@ class Batch(_Spec):
     updated: str | None = None
     errors: str | None = None
     message: str = "error"
+    code: str = "error_code"  # where a refused record's error names its kind
+    # kinds of refusal that the stream's upsert call (one call per record) writes instead: a record the batch
+    # refuses as already there (Mailchimp's ERROR_CONTACT_EXISTS) is then updated and its id learnt
+    one_by_one: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _some_answer(self) -> Batch:
@@ -337,6 +342,8 @@ class RestWrite(_Spec):
             return self.update or self.upsert
         if mode == "create":
             return self.create or self.upsert
+        if not has_id and self.create is not None and self.create.batch is not None:
+            return self.create  # many at a time; those it refuses as already there go through the upsert
         return self.upsert or (self.update if has_id else self.create)
 
     def modes(self) -> tuple[str, ...]:
@@ -567,13 +574,22 @@ class RestConnector(ApiConnector):
             for item in _listed(answer, path):
                 found = dig(item, call.id_path) if call.id_path else None
                 told.setdefault(_matched(dig(item, batch.match)), result(True, found, created))
+        again: set[str | None] = set()
         for item in _listed(answer, batch.errors):
-            message = dig(item, batch.message) if isinstance(item, dict) else None
-            told.setdefault(_matched(dig(item, batch.match) if isinstance(item, dict) else None),
-                            result(False, error=str(message or "refused")[:200]))
-        return [told.get(_matched(dig(data, batch.match)))
-                or result(False, error=f"the batch answer does not name this record ({batch.match})")
-                for data in datas]
+            name = _matched(dig(item, batch.match))
+            if spec.upsert is not None and dig(item, batch.code) in batch.one_by_one:
+                again.add(name)
+            told.setdefault(name, result(False, error=str(dig(item, batch.message) or "refused")[:200]))
+        results = []
+        for data in datas:
+            name = _matched(dig(data, batch.match))
+            if name in again:
+                results.append(self._write_batch([data], lambda _, d=data: [self._write_one(spec, spec.upsert, d,
+                                                                                            None)])[0])
+            else:
+                results.append(told.get(name) or result(
+                    False, error=f"the batch answer does not name this record ({batch.match})"))
+        return results
 
     @staticmethod
     def _path(call: WriteCall, record: dict, record_id: Any) -> str:

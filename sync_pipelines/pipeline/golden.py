@@ -99,6 +99,8 @@ class _Echo:
 
     keys: pd.DataFrame
     state: pd.DataFrame
+    joined: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["entity_id", "members"]))
+    # records a write-back created, now staged: members their golden records count from now on (entity_id, members)
 
 
 def _echoes(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame, now: datetime) -> _Echo | None:
@@ -111,8 +113,16 @@ def _echoes(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame, 
     fields = list(stack.entities[entity].fields)
     per_key = log.assign(removed=log["removed"].astype(bool), new=log["identity_changed"].eq(ALL_FIELDS)).groupby(
         KEYS, as_index=False, sort=False)[["removed", "new"]].any()
-    # a new record is ours when a write-back created it: the crosswalk links it to its golden record at once
-    created = warehouse.read_keys(table("crosswalk", entity), per_key.loc[per_key["new"], KEYS], KEYS)
+    # a new record is ours when a write-back created it: the crosswalk links it to its live golden record at once
+    # (a record restored in its tool is linked too, to the golden record its deletion deleted: that one must come
+    # back, so it is resolved again)
+    created = warehouse.read_keys(table("crosswalk", entity), per_key.loc[per_key["new"], KEYS], [*KEYS, "entity_id"])
+    deleted = warehouse.read_where_in(table("golden", entity), "entity_id", created["entity_id"],
+                                      ["entity_id", "_deleted"])
+    gone = set(deleted.loc[deleted["_deleted"].astype(bool), "entity_id"])
+    created = created[~created["entity_id"].isin(gone)]
+    entity_of = created.set_index(KEYS)["entity_id"]
+    created = created[KEYS]
     candidates = pd.concat([per_key.loc[~per_key["removed"] & ~per_key["new"], KEYS], created], ignore_index=True)
     if candidates.empty:
         return None
@@ -130,12 +140,21 @@ def _echoes(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame, 
     if echoed.empty:
         return None
     state = derive_field_change_times(previous.merge(echoed[KEYS], on=KEYS), echoed, fields, extracted_at=now)
-    return _Echo(echoed[KEYS].reset_index(drop=True), _with_write_origins(state, ledger, fields))
+    joined = entity_of.reindex(pd.MultiIndex.from_frame(echoed[KEYS])).dropna().value_counts()
+    return _Echo(echoed[KEYS].reset_index(drop=True), _with_write_origins(state, ledger, fields),
+                 joined.rename_axis("entity_id").rename("members").reset_index())
 
 
-def _store_echo(warehouse: Warehouse, conn, field_state: str, echo: _Echo) -> None:
-    warehouse.delete_keys(conn, field_state, echo.keys)
-    warehouse.insert(conn, field_state, echo.state)
+def _store_echo(warehouse: Warehouse, conn, tables: dict[str, str], echo: _Echo) -> None:
+    warehouse.delete_keys(conn, tables["field_state"], echo.keys)
+    warehouse.insert(conn, tables["field_state"], echo.state)
+    if len(echo.joined):
+        quote = conn.dialect.identifier_preparer.quote
+        mark = "%s" if warehouse.dialect == "postgresql" else "?"
+        conn.exec_driver_sql(
+            f"UPDATE {quote(tables['golden'])} SET {quote('_member_count')} = {quote('_member_count')} + {mark} "
+            f"WHERE {quote('entity_id')} = {mark}",
+            [(int(n), str(e)) for e, n in zip(echo.joined["entity_id"], echo.joined["members"])])
 
 
 def _golden_tables(entity: str) -> dict[str, str]:
@@ -270,7 +289,7 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
     if not full and log.empty:
         if echo is not None:
             with warehouse.transaction() as conn:
-                _store_echo(warehouse, conn, tables["field_state"], echo)
+                _store_echo(warehouse, conn, tables, echo)
                 mark.commit(warehouse, conn, batch=last_batch, layout=LAYOUT, decided_at=mark.stored.get("decided_at"))
                 warehouse.prune_log(conn, log_table, last_batch)
         live, deleted = _counts(warehouse, tables["golden"])
@@ -333,8 +352,9 @@ def build_golden(stack: Stack, warehouse: Warehouse, entity: str, now: datetime 
             warehouse.insert(conn, tables["field_state"], state)
             if echo is not None:  # those the scope did not take in again
                 outside = ~pd.MultiIndex.from_frame(echo.keys).isin(pd.MultiIndex.from_frame(scope.keys[KEYS]))
-                _store_echo(warehouse, conn, tables["field_state"], _Echo(
-                    echo.keys[outside], echo.state.merge(echo.keys[outside], on=KEYS)))
+                _store_echo(warehouse, conn, tables, _Echo(  # the scope's own entities were counted again
+                    echo.keys[outside], echo.state.merge(echo.keys[outside], on=KEYS),
+                    echo.joined[~echo.joined["entity_id"].isin(scope.entity_ids)]))
             logged = pd.DataFrame({"entity_id": changed_ids}).assign(
                 removed=lambda f: ~f["entity_id"].isin(golden["entity_id"]))
         warehouse.insert(conn, table("conflicts", entity), result.conflicts)

@@ -213,11 +213,16 @@ def test_a_batch_call_writes_many_records_at_once_and_reads_each_ones_fate_from_
     def api(seen):
         body = json.loads(seen.body)
         bodies.append(body)
+        if seen.method == "PUT":  # the member the batch refused as already there, written by its hash
+            return Reply(200, {"id": seen.path.rsplit("/", 1)[-1], "email_address": body["email_address"]})
         created, updated, errors = [], [], []
         for member in body["members"]:
             email = member["email_address"].lower()
             if email.startswith("bad"):
                 errors.append({"email_address": email, "error": f"{email} looks fake", "error_code": "ERROR_GENERIC"})
+            elif email.startswith("dup"):
+                errors.append({"email_address": email, "error": "already a member",
+                               "error_code": "ERROR_CONTACT_EXISTS"})
             elif email.startswith("old"):
                 updated.append({"id": hashlib.md5(email.encode()).hexdigest(), "email_address": email})
             elif not email.startswith("lost"):  # a member the answer forgets
@@ -230,12 +235,15 @@ def test_a_batch_call_writes_many_records_at_once_and_reads_each_ones_fate_from_
                 "method": "POST", "path": "/lists/abc", "body": {"status": "subscribed"}, "id_path": "id",
                 "batch": {"size": 2, "records": "members", "body": {"update_existing": False},
                           "match": "email_address", "created": "new_members", "updated": "updated_members",
-                          "errors": "errors"}}}}}
-    emails = ["Ann@X.com", "bad@x.com", "old@x.com", "lost@x.com", "zoe@x.com"]
+                          "errors": "errors", "one_by_one": ["ERROR_CONTACT_EXISTS"]}},
+                "upsert": {"method": "PUT", "path": "/lists/abc/members/{email_address|lower|md5}",
+                           "body": {"status_if_new": "subscribed"}, "id_path": "id"}}}}
+    emails = ["Ann@X.com", "bad@x.com", "old@x.com", "lost@x.com", "zoe@x.com", "dup@x.com"]
     with rest(fake_api, sleeps, spec) as api_client:
         results = api_client.write("members", [{"email_address": e} for e in emails] + [{"merge_fields": {}}],
-                                   mode="create")
-    assert len(bodies) == 3  # five records, two a call; the one without an email was never sent
+                                   mode="upsert", key="email_address")
+    assert len(bodies) == 4  # six records, two a batch, then the refused one by its hash; one without an email
+    assert bodies[3] == {"status_if_new": "subscribed", "email_address": "dup@x.com"}
     assert bodies[0] == {"update_existing": False, "members": [{"status": "subscribed", "email_address": "Ann@X.com"},
                                                                {"status": "subscribed", "email_address": "bad@x.com"}]}
     assert results[0] == {"ok": True, "id": hashlib.md5(b"ann@x.com").hexdigest(), "created": True, "error": None}
@@ -243,7 +251,8 @@ def test_a_batch_call_writes_many_records_at_once_and_reads_each_ones_fate_from_
     assert results[2]["ok"] and results[2]["created"] is False
     assert not results[3]["ok"] and "does not name this record" in results[3]["error"]
     assert results[4]["ok"] and results[4]["created"]
-    assert not results[5]["ok"] and "email_address" in results[5]["error"]
+    assert results[5] == {"ok": True, "id": hashlib.md5(b"dup@x.com").hexdigest(), "created": None, "error": None}
+    assert not results[6]["ok"] and "email_address" in results[6]["error"]
 
 
 @pytest.mark.parametrize("write, message", [

@@ -20,11 +20,11 @@ import pandas as pd
 
 from sync_pipelines.core.normalize import get_path, map_records
 from sync_pipelines.core.plan import tool_text, writable_fields
+from sync_pipelines.pipeline.writeback import LEDGER
 from sync_pipelines.stack import Stack
 from sync_pipelines.warehouse import Warehouse, landing_table_name
 from sync_pipelines.webhooks import SCHEMES
 
-LEDGER = "writeback_ledger"
 # How far from our write a tool's event about it counts as its echo: vendors deliver within seconds and retry failed
 # deliveries for minutes; the ledger is stamped once a batch returns, after the tool may have sent its events.
 ECHO_WINDOW = timedelta(minutes=10)

@@ -99,8 +99,8 @@ class _Echo:
 
     keys: pd.DataFrame
     state: pd.DataFrame
-    joined: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["entity_id", "members"]))
     # records a write-back created, now staged: members their golden records count from now on (entity_id, members)
+    joined: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["entity_id", "members"]))
 
 
 def _echoes(stack: Stack, warehouse: Warehouse, entity: str, log: pd.DataFrame, now: datetime) -> _Echo | None:
